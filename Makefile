@@ -1,0 +1,32 @@
+# agentrt — the project's verbs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check agentrt tests benchmarks examples
+	$(BIN)/ruff format --check agentrt
+	$(BIN)/mypy
+
+demo: install
+	$(BIN)/agentrt supervise examples/demo/config.toml --output out/demo-results.json
+
+bench: install
+	$(BIN)/python benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) out .mypy_cache .ruff_cache

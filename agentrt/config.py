@@ -1,0 +1,354 @@
+"""Typed specs for supervisors, agents, limits and tasks; TOML loading.
+
+Every struct forbids unknown fields, so a typo fails at load time with the
+key's dotted path (``agents.echo.limits.memry: unknown key; did you mean
+'memory'?``).  Sizes (``"256MiB"``) and durations (``"500ms"``, ``"30s"``,
+``"2m"``) are normalised to bytes and seconds when a spec is built, from TOML
+or from Python.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from agentrt.errors import ConfigError
+
+__all__ = [
+    "AgentSpec",
+    "Config",
+    "Limits",
+    "SupervisorSpec",
+    "TaskSpec",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]
+
+RestartType = Literal["permanent", "transient", "temporary"]
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+StartMethod = Literal["zygote", "forkserver", "spawn", "fork"]
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
+_NUM_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+class _FieldError(ValueError):
+    """Raised from ``__post_init__``: names the field within the struct."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"@{field}@{message}")
+
+
+def parse_size(value: int | str) -> int:
+    """``"256MiB"`` -> ``268435456``; an int is bytes already."""
+    if isinstance(value, bool):
+        raise ValueError('expected a size like "256MiB"')
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = _NUM_UNIT.match(value)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _SIZE_UNITS:
+        raise ValueError(f'expected a size like "256MiB", got {value!r}')
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: float | int | str) -> float:
+    """``"500ms"`` -> ``0.5``; ``"2m"`` -> ``120.0``; a number is seconds."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration like "30s"')
+    if isinstance(value, int | float):
+        if value < 0 or math.isnan(value):
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    m = _NUM_UNIT.match(value)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _DURATION_UNITS:
+        raise ValueError(f'expected a duration like "500ms", "30s" or "2m", got {value!r}')
+    return float(m.group(1)) * _DURATION_UNITS[unit]
+
+
+def _size(obj: Any, field: str) -> None:
+    v = getattr(obj, field)
+    if v is not None:
+        try:
+            setattr(obj, field, parse_size(v))
+        except ValueError as exc:
+            raise _FieldError(field, str(exc)) from None
+
+
+def _duration(obj: Any, field: str) -> None:
+    v = getattr(obj, field)
+    if v is not None:
+        try:
+            setattr(obj, field, parse_duration(v))
+        except ValueError as exc:
+            raise _FieldError(field, str(exc)) from None
+
+
+def _positive(obj: Any, field: str, minimum: int = 1) -> None:
+    v = getattr(obj, field)
+    if v is not None and v < minimum:
+        raise _FieldError(field, f"must be at least {minimum}, got {v}")
+
+
+class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Resource limits of one agent replica (applied in the child before user code).
+
+    ``memory`` is bytes (``"256MiB"`` accepted): RLIMIT_AS in the child plus
+    an RSS watchdog in the supervisor.  ``cpu_time`` is seconds of CPU over
+    the replica's life (RLIMIT_CPU).  Core dumps are always off.
+    """
+
+    memory: int | str | None = None
+    cpu_time: float | str | None = None
+    open_files: int | None = None
+    processes: int | None = None
+    file_size: int | str | None = None
+
+    def __post_init__(self) -> None:
+        _size(self, "memory")
+        _duration(self, "cpu_time")
+        _size(self, "file_size")
+        _positive(self, "open_files", 3)
+        _positive(self, "processes")
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else int(self.memory)
+
+    @property
+    def cpu_seconds(self) -> float | None:
+        return None if self.cpu_time is None else float(self.cpu_time)
+
+    @property
+    def file_size_bytes(self) -> int | None:
+        return None if self.file_size is None else int(self.file_size)
+
+
+class AgentSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One agent: its entry point, pool size, restart type, limits and deadlines.
+
+    ``entry`` is ``"module:attr"``: a function (sync or async) or a class
+    whose instance is created once per replica and whose methods are call
+    targets.  ``concurrency`` calls run at once in a replica; ``queue`` more
+    may wait in it, beyond which callers wait (backpressure).
+    """
+
+    name: str = ""
+    entry: str
+    replicas: int = 1
+    restart: RestartType = "permanent"
+    timeout: float | str | None = None
+    startup_timeout: float | str = 10.0
+    shutdown_timeout: float | str = 2.0
+    cancel_grace: float | str = 1.0
+    concurrency: int = 1
+    queue: int = 4
+    retries: int = 0
+    limits: Limits = msgspec.field(default_factory=Limits)
+    env: dict[str, str] = {}
+    intensity: int | None = None
+    period: float | str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.entry or ":" not in self.entry:
+            raise _FieldError("entry", f'expected "module:attr", got {self.entry!r}')
+        mod, _, attr = self.entry.partition(":")
+        if not mod or not attr:
+            raise _FieldError("entry", f'expected "module:attr", got {self.entry!r}')
+        for f in ("timeout", "startup_timeout", "shutdown_timeout", "cancel_grace", "period"):
+            _duration(self, f)
+        _positive(self, "replicas")
+        _positive(self, "concurrency")
+        _positive(self, "queue", 0)
+        _positive(self, "retries", 0)
+        _positive(self, "intensity", 0)
+
+    @property
+    def timeout_s(self) -> float | None:
+        return None if self.timeout is None else float(self.timeout)
+
+
+class SupervisorSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Supervisor-wide settings: start method, preloads, restart policy."""
+
+    start_method: StartMethod = "zygote"
+    preload: list[str] = []
+    strategy: Strategy = "one_for_one"
+    intensity: int = 5
+    period: float | str = 10.0
+    backoff: float | str = 0.05
+    backoff_max: float | str = 5.0
+    max_frame: int | str = 64 * 1024 * 1024
+    sys_path: list[str] = []
+
+    def __post_init__(self) -> None:
+        for f in ("period", "backoff", "backoff_max"):
+            _duration(self, f)
+        _size(self, "max_frame")
+        _positive(self, "intensity", 0)
+
+
+class TaskSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One call to run: ``agent`` with keyword ``args``."""
+
+    id: str
+    agent: str
+    args: dict[str, Any] = {}
+    method: str = ""
+    retries: int | None = None
+    timeout: float | str | None = None
+
+    def __post_init__(self) -> None:
+        _duration(self, "timeout")
+        _positive(self, "retries", 0)
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A whole ``config.toml``: supervisor, agents (in declaration order), tasks."""
+
+    supervisor: SupervisorSpec = msgspec.field(default_factory=SupervisorSpec)
+    agents: dict[str, AgentSpec] = {}
+    tasks: list[TaskSpec] = []
+    base_dir: str = ""
+
+
+def _fields(tp: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in msgspec.structs.fields(tp))
+
+
+def _convert_error(exc: msgspec.ValidationError, prefix: str, tp: Any) -> ConfigError:
+    text = str(exc)
+    path = ""
+    m = re.search(r" - at `\$(.*)`$", text)
+    if m:
+        text = text[: m.start()]
+        path = m.group(1)
+    path = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
+    m2 = re.match(r"^@(\w+)@(.*)$", text, re.S)
+    if m2:
+        path = f"{path}.{m2.group(1)}" if path else m2.group(1)
+        text = m2.group(2)
+    m3 = re.match(r"^Object contains unknown field `(.*)`$", text)
+    if m3:
+        key = m3.group(1)
+        owner = _struct_at(tp, path)
+        path = f"{path}.{key}" if path else key
+        text = "unknown key"
+        if owner is not None:
+            close = difflib.get_close_matches(key, _fields(owner), n=1)
+            if close:
+                text += f"; did you mean {close[0]!r}?"
+    m4 = re.match(r"^Object missing required field `(.*)`$", text)
+    if m4:
+        path = f"{path}.{m4.group(1)}" if path else m4.group(1)
+        text = "required key is missing"
+    full = ".".join(p for p in (prefix, path) if p)
+    return ConfigError(full, text[:1].lower() + text[1:])
+
+
+def _struct_at(tp: Any, path: str) -> Any:
+    """The struct type found by following ``path`` from ``tp`` (for suggestions)."""
+    for part in [p for p in path.split(".") if p]:
+        if part.isdigit():
+            continue
+        hints = {f.name: f.type for f in msgspec.structs.fields(tp)}
+        sub = hints.get(part)
+        if sub is None:
+            return None
+        for cand in getattr(sub, "__args__", (sub,)):
+            if isinstance(cand, type) and issubclass(cand, msgspec.Struct):
+                sub = cand
+                break
+        else:
+            return None
+        tp = sub
+    return tp
+
+
+def _convert(obj: Any, tp: Any, prefix: str) -> Any:
+    try:
+        return msgspec.convert(obj, tp)
+    except msgspec.ValidationError as exc:
+        raise _convert_error(exc, prefix, tp) from None
+
+
+def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
+    """Validate a decoded TOML document; raise :class:`ConfigError` naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError("", "expected a table at the top level")
+    known = ("supervisor", "agents", "tasks")
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(key, f"unknown key{hint}")
+    sup = _convert(data.get("supervisor", {}), SupervisorSpec, "supervisor")
+    raw_agents = data.get("agents", {})
+    if not isinstance(raw_agents, dict):
+        raise ConfigError("agents", "expected a table of agents")
+    agents: dict[str, AgentSpec] = {}
+    for name, raw in raw_agents.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"agents.{name}", "expected a table")
+        if "name" in raw:
+            raise ConfigError(f"agents.{name}.name", "unknown key (the table's name is the agent's)")
+        spec = _convert({**raw, "name": name}, AgentSpec, f"agents.{name}")
+        agents[name] = spec
+    raw_tasks = data.get("tasks", [])
+    if not isinstance(raw_tasks, list):
+        raise ConfigError("tasks", "expected an array of tables ([[tasks]])")
+    tasks: list[TaskSpec] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_tasks):
+        label = f"tasks.{raw.get('id', i)}" if isinstance(raw, dict) else f"tasks.{i}"
+        task = _convert(raw, TaskSpec, label)
+        if task.id in seen:
+            raise ConfigError(f"{label}.id", f"duplicate task id {task.id!r}")
+        seen.add(task.id)
+        if task.agent not in agents:
+            close = difflib.get_close_matches(task.agent, list(agents), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{label}.agent", f"no agent named {task.agent!r}{hint}")
+        tasks.append(task)
+    return Config(supervisor=sup, agents=agents, tasks=tasks, base_dir=str(Path(base_dir).resolve()))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; its directory goes on the agents' import path."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {p}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{p}: invalid TOML: {exc}") from exc
+    return parse_config(data, p.parent)

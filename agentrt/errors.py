@@ -1,0 +1,205 @@
+"""The exception tree of agentrt (leaf module: stdlib only).
+
+::
+
+    AgentrtError
+    ├── ConfigError (ValueError)            bad config; ``path`` names the key
+    ├── SupervisorClosed (RuntimeError)     you closed it: the supervisor is stopping
+    ├── UnknownAgent (LookupError)          no agent of that name is running
+    ├── AgentFailed                         the agent gave up (restart intensity)
+    └── CallError                           one call failed; ``call_id``, ``agent``, ``pid``
+        ├── RemoteError                     the agent raised: type, message, traceback
+        ├── CallTimeout (TimeoutError)      the call's deadline passed
+        ├── CallCancelled                   the call was cancelled
+        └── AgentDied                       the replica serving the call died
+            ├── AgentCrashed                exit code, or signal as -signum and name
+            ├── LimitExceeded               which limit: memory, cpu_time, wall, ...
+            ├── ProtocolViolation           garbage, oversized or out-of-order frames
+            └── StartupError                import failed or no Ready in time
+
+"You closed it" (:class:`SupervisorClosed`) and "the peer died"
+(:class:`AgentDied`) are different errors.  Remote failures cross the wire as
+strings, never as pickles.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from typing import Any
+
+__all__ = [
+    "AgentCrashed",
+    "AgentDied",
+    "AgentFailed",
+    "AgentrtError",
+    "CallCancelled",
+    "CallError",
+    "CallTimeout",
+    "ConfigError",
+    "LimitExceeded",
+    "ProtocolViolation",
+    "RemoteError",
+    "StartupError",
+    "SupervisorClosed",
+    "UnknownAgent",
+    "signal_name",
+]
+
+
+def signal_name(signum: int) -> str:
+    """``9`` -> ``"SIGKILL"``; an unknown number -> ``"SIG<n>"``."""
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
+
+
+class AgentrtError(Exception):
+    """Base of every error agentrt raises."""
+
+    #: short status word used in results files ("failed", "timeout", ...)
+    status = "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description: ``type``, ``message`` and typed details."""
+        return {"type": type(self).__name__, "message": str(self)}
+
+
+class ConfigError(AgentrtError, ValueError):
+    """A configuration is invalid; ``path`` is the dotted key path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class SupervisorClosed(AgentrtError, RuntimeError):
+    """The supervisor is stopping or stopped; no new work is accepted."""
+
+    status = "cancelled"
+
+
+class UnknownAgent(AgentrtError, LookupError):
+    """No agent of that name has been started."""
+
+
+class AgentFailed(AgentrtError):
+    """The agent exceeded its restart intensity and was marked failed."""
+
+    def __init__(self, agent: str, reason: str) -> None:
+        self.agent = agent
+        self.reason = reason
+        super().__init__(f"agent {agent!r} failed: {reason}")
+
+
+class CallError(AgentrtError):
+    """One call failed.  Subclasses say how."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        agent: str | None = None,
+        call_id: int | None = None,
+        pid: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.call_id = call_id
+        self.pid = pid
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["agent"] = self.agent
+        d["pid"] = self.pid
+        return d
+
+
+class RemoteError(CallError):
+    """The agent's code raised; type, message and traceback are strings."""
+
+    def __init__(self, type_name: str, message: str, traceback: str, **kw: Any) -> None:
+        super().__init__(f"{type_name}: {message}", **kw)
+        self.type_name = type_name
+        self.remote_message = message
+        self.traceback = traceback
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(remote_type=self.type_name, traceback=self.traceback)
+        return d
+
+
+class CallTimeout(CallError, TimeoutError):
+    """The call did not finish before its deadline."""
+
+    status = "timeout"
+
+    def __init__(self, message: str, *, timeout: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.timeout = timeout
+
+
+class CallCancelled(CallError):
+    """The call was cancelled before it finished."""
+
+    status = "cancelled"
+
+
+class AgentDied(CallError):
+    """The replica serving the call died before answering."""
+
+    status = "crashed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.exit_code = exit_code
+        self.signal = signal
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signal is None else signal_name(self.signal)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(exit_code=self.exit_code, signal=self.signal, signal_name=self.signal_name)
+        return d
+
+
+class AgentCrashed(AgentDied):
+    """The replica exited on its own (exit code) or was killed by a signal.
+
+    A signal death is reported as ``exit_code = -signum``.
+    """
+
+
+class LimitExceeded(AgentDied):
+    """The replica hit a resource limit: ``limit`` is memory, cpu_time, wall, ..."""
+
+    status = "limit"
+
+    def __init__(self, message: str, *, limit: str, value: Any = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
+        self.value = value
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(limit=self.limit, limit_value=self.value)
+        return d
+
+
+class ProtocolViolation(AgentDied):
+    """The replica wrote a malformed, oversized or out-of-order frame."""
+
+
+class StartupError(AgentDied):
+    """The replica could not start: import failure, or no Ready in time."""

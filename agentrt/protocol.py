@@ -1,0 +1,251 @@
+"""Wire messages and the frame codec (leaf module: msgspec and stdlib only, no I/O).
+
+A frame is a 4-byte big-endian length followed by a MessagePack body.  The
+body is one message of a tagged union of frozen :class:`msgspec.Struct`
+types.  Each direction has its own union, so a message sent the wrong way
+(an agent sending ``Call``) is refused by the decoder like any garbage.
+
+This module is the one place that knows the byte format: bytes in,
+messages out.  It raises only :class:`FrameError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Final
+
+import msgspec
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "HEADER",
+    "AgentMessage",
+    "Call",
+    "Cancel",
+    "Failure",
+    "FrameDecoder",
+    "FrameEncoder",
+    "FrameError",
+    "Heartbeat",
+    "Log",
+    "Ready",
+    "Result",
+    "Shutdown",
+    "StartupFailed",
+    "SupervisorMessage",
+]
+
+#: bytes in the length prefix
+HEADER: Final = 4
+#: frames larger than this are refused from the prefix, before any allocation
+DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
+_MAX_HEADER_VALUE: Final = (1 << 32) - 1
+
+
+class FrameError(ValueError):
+    """A frame is oversized, truncated, malformed, or of the wrong type."""
+
+
+class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, omit_defaults=False):
+    pass
+
+
+# --- supervisor -> agent ----------------------------------------------------
+
+
+class Call(_Msg, tag="call"):
+    """Run ``target`` (``""``: the agent's entry) with keyword ``args``.
+
+    ``deadline`` is a ``time.monotonic()`` instant (the clock is shared by
+    every process of the machine); ``0.0`` means none.
+    """
+
+    id: int
+    target: str
+    args: dict[str, Any]
+    deadline: float = 0.0
+
+
+class Cancel(_Msg, tag="cancel"):
+    """Cancel call ``id`` if it is still running."""
+
+    id: int
+
+
+class Shutdown(_Msg, tag="shutdown"):
+    """Finish what is running, then exit 0."""
+
+
+# --- agent -> supervisor ----------------------------------------------------
+
+
+class Ready(_Msg, tag="ready"):
+    """The agent imported its entry and serves calls."""
+
+    pid: int
+
+
+class StartupFailed(_Msg, tag="startup_failed"):
+    """The agent could not import or build its entry."""
+
+    type: str
+    message: str
+    traceback: str
+
+
+class Result(_Msg, tag="result"):
+    """Call ``id`` returned ``value``."""
+
+    id: int
+    value: Any
+
+
+class Failure(_Msg, tag="failure"):
+    """Call ``id`` failed.
+
+    ``kind`` is ``"error"`` (the code raised), ``"memory"`` (``MemoryError``
+    under a memory limit), ``"cancelled"`` or ``"timeout"``.
+    """
+
+    id: int
+    type: str
+    message: str
+    traceback: str = ""
+    kind: str = "error"
+
+
+class Log(_Msg, tag="log"):
+    """A structured log event from the agent."""
+
+    level: str
+    event: str
+    fields: dict[str, Any] = {}
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    """Liveness ping (either direction may ignore it)."""
+
+    t: float = 0.0
+
+
+SupervisorMessage = Call | Cancel | Shutdown | Heartbeat
+AgentMessage = Ready | StartupFailed | Result | Failure | Log | Heartbeat
+
+
+def _enc_hook(obj: Any) -> Any:
+    raise TypeError(f"cannot encode objects of type {type(obj).__qualname__}")
+
+
+class FrameEncoder:
+    """Encodes messages into length-prefixed frames, reusing one encoder."""
+
+    __slots__ = ("_encoder", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+        self.max_frame = max_frame
+
+    def encode(self, msg: msgspec.Struct) -> bytearray:
+        """One frame for ``msg``; a fresh buffer the caller may keep.
+
+        Raises :class:`TypeError` naming the type that cannot be encoded, and
+        :class:`FrameError` when the body exceeds ``max_frame``.
+        """
+        buf = bytearray(HEADER)
+        self._encoder.encode_into(msg, buf, HEADER)
+        n = len(buf) - HEADER
+        if n > self.max_frame:
+            raise FrameError(f"frame of {n} bytes exceeds max_frame={self.max_frame}")
+        buf[:HEADER] = n.to_bytes(HEADER, "big")
+        return buf
+
+    def encode_many(self, msgs: list[msgspec.Struct]) -> bytearray:
+        """Several frames concatenated into one buffer (one write)."""
+        buf = bytearray()
+        enc = self._encoder
+        for msg in msgs:
+            start = len(buf)
+            enc.encode_into(msg, buf, start + HEADER)
+            n = len(buf) - start - HEADER
+            if n > self.max_frame:
+                raise FrameError(f"frame of {n} bytes exceeds max_frame={self.max_frame}")
+            buf[start : start + HEADER] = n.to_bytes(HEADER, "big")
+        return buf
+
+
+class FrameDecoder:
+    """Incremental decoder: feed arbitrary chunks, get whole messages.
+
+    The length prefix is checked against ``max_frame`` as soon as its four
+    bytes are in, so a hostile prefix fails before anything is allocated for
+    the body.  After a :class:`FrameError` the stream must not be trusted
+    again: every later :meth:`feed` raises too.
+    """
+
+    __slots__ = ("_broken", "_decoder", "_pending", "max_frame")
+
+    def __init__(self, message_type: Any, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(message_type)
+        self._pending = bytearray()
+        self._broken: str | None = None
+        self.max_frame = max_frame
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a frame."""
+        return len(self._pending)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Consume ``data``; return the messages it completed, in order."""
+        if self._broken is not None:
+            raise FrameError(f"stream already broken: {self._broken}")
+        pending = self._pending
+        if pending:
+            pending += data
+            with memoryview(pending) as view:
+                out, used = self._parse(view)
+            del pending[:used]
+            return out
+        with memoryview(data) as view:
+            out, used = self._parse(view)
+            if used < len(view):
+                pending += view[used:]
+        return out
+
+    def _parse(self, view: memoryview) -> tuple[list[Any], int]:
+        out: list[Any] = []
+        pos = 0
+        end = len(view)
+        decode = self._decoder.decode
+        while end - pos >= HEADER:
+            n = int.from_bytes(view[pos : pos + HEADER], "big")
+            if n > self.max_frame:
+                self._broken = f"frame of {n} bytes exceeds max_frame={self.max_frame}"
+                raise FrameError(self._broken)
+            if n == 0:
+                self._broken = "empty frame"
+                raise FrameError(self._broken)
+            stop = pos + HEADER + n
+            if stop > end:
+                break
+            try:
+                out.append(decode(view[pos + HEADER : stop]))
+            except msgspec.DecodeError as exc:
+                self._broken = f"undecodable frame: {exc}"
+                raise FrameError(self._broken) from exc
+            pos = stop
+        return out, pos
+
+    def close(self) -> None:
+        """Declare end of stream; raises if a partial frame was left over."""
+        if self._pending:
+            n = len(self._pending)
+            self._pending.clear()
+            raise FrameError(f"stream ended inside a frame ({n} bytes pending)")
+
+
+def iter_frames(data: bytes, message_type: Any = AgentMessage) -> Iterator[Any]:
+    """Decode a complete byte string of frames (a convenience for tests and tools)."""
+    dec = FrameDecoder(message_type)
+    yield from dec.feed(data)
+    dec.close()
