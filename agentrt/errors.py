@@ -182,7 +182,11 @@ class AgentCrashed(AgentDied):
 
 
 class LimitExceeded(AgentDied):
-    """The replica hit a resource limit: ``limit`` is memory, cpu_time, wall, ..."""
+    """The replica hit a resource limit: ``limit`` is memory, cpu_time, wall, ...
+
+    The replica is always ended (killed, or recycled after a ``MemoryError``
+    under its memory limit), which is why this is a kind of :class:`AgentDied`.
+    """
 
     status = "limit"
 

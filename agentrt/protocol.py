@@ -20,19 +20,27 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER",
     "AgentMessage",
+    "Boot",
     "Call",
     "Cancel",
     "Failure",
     "FrameDecoder",
     "FrameEncoder",
+    "Fork",
+    "ForkFailed",
+    "Forked",
     "FrameError",
     "Heartbeat",
     "Log",
     "Ready",
+    "Reaped",
     "Result",
     "Shutdown",
     "StartupFailed",
     "SupervisorMessage",
+    "ZygoteHello",
+    "ZygoteReply",
+    "ZygoteRequest",
 ]
 
 #: bytes in the length prefix
@@ -46,7 +54,7 @@ class FrameError(ValueError):
     """A frame is oversized, truncated, malformed, or of the wrong type."""
 
 
-class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, omit_defaults=False):
+class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, tag_field="op"):
     pass
 
 
@@ -132,6 +140,67 @@ SupervisorMessage = Call | Cancel | Shutdown | Heartbeat
 AgentMessage = Ready | StartupFailed | Result | Failure | Log | Heartbeat
 
 
+# --- supervisor <-> zygote (one message per SOCK_SEQPACKET datagram) -------
+
+
+class Boot(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a new replica needs before it imports user code."""
+
+    agent: str
+    replica: int
+    generation: int
+    entry: str
+    workdir: str
+    sys_path: list[str] = []
+    env: dict[str, str] = {}
+    memory: int | None = None
+    cpu_time: float | None = None
+    open_files: int | None = None
+    processes: int | None = None
+    file_size: int | None = None
+    max_frame: int = DEFAULT_MAX_FRAME
+    concurrency: int = 1
+    supervisor_pid: int = 0
+
+
+class ZygoteHello(_Msg, tag="hello"):
+    """The zygote is up (``error`` empty) or could not preload a module."""
+
+    pid: int
+    error: str = ""
+
+
+class Fork(_Msg, tag="fork"):
+    """Fork one replica; its three pipe ends travel with this datagram."""
+
+    req: int
+    boot: Boot
+
+
+class Forked(_Msg, tag="forked"):
+    """Replica forked; its pidfd travels with this datagram."""
+
+    req: int
+    pid: int
+
+
+class ForkFailed(_Msg, tag="fork_failed"):
+    req: int
+    message: str
+
+
+class Reaped(_Msg, tag="reaped"):
+    """A child of the zygote was reaped: raw wait status and CPU seconds used."""
+
+    pid: int
+    status: int
+    cpu: float
+
+
+ZygoteRequest = Fork
+ZygoteReply = ZygoteHello | Forked | ForkFailed | Reaped
+
+
 def _enc_hook(obj: Any) -> Any:
     raise TypeError(f"cannot encode objects of type {type(obj).__qualname__}")
 
@@ -148,7 +217,8 @@ class FrameEncoder:
     def encode(self, msg: msgspec.Struct) -> bytearray:
         """One frame for ``msg``; a fresh buffer the caller may keep.
 
-        Raises :class:`TypeError` naming the type that cannot be encoded, and
+        Raises :class:`TypeError` naming the type that cannot be encoded
+        (:class:`OverflowError` for an int outside 64 bits) and
         :class:`FrameError` when the body exceeds ``max_frame``.
         """
         buf = bytearray(HEADER)
@@ -230,7 +300,7 @@ class FrameDecoder:
                 break
             try:
                 out.append(decode(view[pos + HEADER : stop]))
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
                 self._broken = f"undecodable frame: {exc}"
                 raise FrameError(self._broken) from exc
             pos = stop

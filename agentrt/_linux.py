@@ -1,0 +1,150 @@
+"""Thin wrappers over the Linux calls the runtime needs (leaf: stdlib only).
+
+prctl death signal and subreaper, pipe sizing, fd passing, and a sweep of
+``/proc`` for the processes of a session.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import signal
+import socket
+from collections.abc import Iterable
+
+__all__ = [
+    "kill_group",
+    "kill_tree",
+    "pidfd_signal",
+    "raise_nofile_limit",
+    "recv_with_fds",
+    "send_with_fds",
+    "session_members",
+    "set_child_subreaper",
+    "set_pdeathsig",
+    "set_pipe_size",
+]
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_libc: ctypes.CDLL | None = None
+
+
+def _prctl(option: int, arg: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent thread dies."""
+    _prctl(_PR_SET_PDEATHSIG, int(sig))
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants re-parent to this process instead of init."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_pipe_size(fd: int, size: int) -> int:
+    """Grow a pipe's buffer (F_SETPIPE_SZ); returns the size in effect."""
+    try:
+        return fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+    except OSError:
+        # Over /proc/sys/fs/pipe-max-size or the user's pipe quota: keep the default.
+        return -1
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            return soft
+    return soft
+
+
+def send_with_fds(sock: socket.socket, data: bytes, fds: Iterable[int]) -> None:
+    """One datagram with ``fds`` attached (SCM_RIGHTS)."""
+    socket.send_fds(sock, [data], list(fds))
+
+
+def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """One datagram and the fds attached to it; ``b""`` at end of stream."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, bufsize, maxfds)
+    return data, fds
+
+
+def pidfd_signal(pidfd: int, sig: int) -> bool:
+    """Signal the process behind ``pidfd``; False when it has already exited."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ESRCH, errno.EBADF):
+            return False
+        raise
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal a whole process group; False when it is empty."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids whose session or process group is ``sid`` (a sweep of /proc)."""
+    out: list[int] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return out
+    me = os.getpid()
+    for name in names:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised comm: state ppid pgrp session ...
+        rest = stat[stat.rfind(b")") + 2 :].split()
+        if len(rest) > 3 and (int(rest[2]) == sid or int(rest[3]) == sid):
+            out.append(pid)
+    return out
+
+
+def kill_tree(pid: int, extra: Iterable[int] = ()) -> int:
+    """SIGKILL ``pid``'s group, session members and ``extra`` pids; returns how many."""
+    victims = set(session_members(pid)) | set(extra)
+    kill_group(pid)
+    n = 0
+    for v in victims:
+        try:
+            os.kill(v, signal.SIGKILL)
+            n += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return n

@@ -1,0 +1,131 @@
+"""The local backend: replica processes on this machine.
+
+``zygote`` (the default) forks replicas from a preloaded single-threaded
+zygote; ``forkserver``, ``spawn`` and ``fork`` start them through the
+``multiprocess`` package instead (dill pickling, so a closure can be an
+entry when embedding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Any
+
+from agentrt.process import ExitInfo, Launched
+from agentrt.protocol import Boot
+from agentrt.zygote import ZygoteClient
+
+__all__ = ["MultiprocessLauncher", "ZygoteLauncher", "make_launcher"]
+
+
+class ZygoteLauncher:
+    """Replicas forked by the zygote (about a millisecond each)."""
+
+    name = "zygote"
+
+    def __init__(self, preload: list[str], sys_path: list[str]) -> None:
+        self.client = ZygoteClient(preload, sys_path)
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def launch(self, boot: Boot, fds: list[int]) -> Launched:
+        pid, pidfd = await self.client.fork(boot, fds)
+        status = self.client.exit_status(pid)
+
+        async def exited() -> ExitInfo:
+            raw, cpu = await status
+            return ExitInfo.from_status(raw, cpu)
+
+        return Launched(pid, pidfd, exited())
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _mp_child(boot: Boot, conns: list[Any]) -> None:
+    """Target of a ``multiprocess`` replica: unwrap the fds and become a worker."""
+    import asyncio.events
+
+    from agentrt.worker import child_main
+
+    asyncio.events._set_running_loop(None)  # a forked copy of the supervisor's loop thread
+    fds = [c.fileno() for c in conns]
+    child_main(boot, fds[0], fds[1], fds[2])
+
+
+class MultiprocessLauncher:
+    """Replicas started by ``multiprocess`` (``forkserver``, ``spawn`` or ``fork``)."""
+
+    def __init__(self, method: str, preload: list[str], sys_path: list[str]) -> None:
+        import multiprocess
+
+        self.name = method
+        self.ctx = multiprocess.get_context(method)
+        if method == "forkserver":
+            self.ctx.set_forkserver_preload(["agentrt.worker", *preload])
+        self.sys_path = sys_path
+
+    async def start(self) -> None:
+        return None
+
+    async def launch(self, boot: Boot, fds: list[int]) -> Launched:
+        from multiprocess.connection import Connection
+
+        conns = [Connection(os.dup(fd)) for fd in fds]
+        if self.sys_path:
+            boot = _with_sys_path(boot, self.sys_path)
+        proc = self.ctx.Process(target=_mp_child, args=(boot, conns), name=f"agentrt-{boot.agent}")
+        try:
+            # From the loop's thread: PR_SET_PDEATHSIG follows the creating thread.
+            proc.start()
+        finally:
+            for c in conns:
+                c.close()
+        pidfd = os.pidfd_open(proc.pid)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        sentinel = proc.sentinel
+
+        def on_sentinel() -> None:
+            loop.remove_reader(sentinel)
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(sentinel, on_sentinel)
+
+        async def exited() -> ExitInfo:
+            try:
+                await done
+                await asyncio.to_thread(proc.join, 5.0)
+                if proc.exitcode is None:  # closed its sentinel but lives on
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGKILL)
+                    await asyncio.to_thread(proc.join)
+                return ExitInfo(proc.exitcode)
+            finally:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(sentinel)
+                with contextlib.suppress(Exception):
+                    proc.close()
+
+        return Launched(proc.pid, pidfd, exited())
+
+    async def close(self) -> None:
+        return None
+
+
+def _with_sys_path(boot: Boot, extra: list[str]) -> Boot:
+    import msgspec
+
+    return msgspec.structs.replace(boot, sys_path=[*extra, *boot.sys_path])
+
+
+def make_launcher(method: str, preload: list[str], sys_path: list[str]) -> Any:
+    """The launcher for ``start_method``."""
+    if method == "zygote":
+        return ZygoteLauncher(preload, sys_path)
+    return MultiprocessLauncher(method, preload, sys_path)

@@ -1,0 +1,475 @@
+"""Parent side of one replica: pipes, handshake, frame I/O, kill, reap, classify.
+
+An :class:`AgentProcess` owns one child process for its whole life:
+
+* ``start``: make the pipes, have the launcher start the child, wait for
+  ``Ready`` under ``startup_timeout`` (else :class:`StartupError`);
+* frames in: a reader callback on the loop decodes frames and hands each
+  message to the owner's handler; a frame that fails to decode is a
+  :class:`ProtocolViolation` and kills the child, it never raises into the
+  loop;
+* stdout/stderr: read line by line into the structlog log, tagged with the
+  agent's name and pid;
+* death: noticed by the pidfd or by pipe EOF, confirmed by the exit status
+  the launcher reaped, and classified into one :class:`AgentDied` subclass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agentrt import _linux
+from agentrt.errors import (
+    AgentCrashed,
+    AgentDied,
+    LimitExceeded,
+    ProtocolViolation,
+    StartupError,
+    signal_name,
+)
+from agentrt.protocol import (
+    AgentMessage,
+    Boot,
+    FrameDecoder,
+    FrameEncoder,
+    FrameError,
+    Ready,
+    StartupFailed,
+)
+from agentrt.worker import EXIT_MEMORY, EXIT_STARTUP
+
+__all__ = ["AgentProcess", "ExitInfo", "Launched", "Launcher"]
+
+_READ_SIZE = 1 << 18
+_BIG_PIPE = 1 << 20
+_MAX_LINE = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class ExitInfo:
+    """How a process ended: ``exit_code`` is ``-signum`` for a signal death."""
+
+    exit_code: int | None
+    cpu: float | None = None
+
+    @property
+    def signal(self) -> int | None:
+        return -self.exit_code if self.exit_code is not None and self.exit_code < 0 else None
+
+    @classmethod
+    def from_status(cls, status: int, cpu: float | None = None) -> ExitInfo:
+        return cls(os.waitstatus_to_exitcode(status), cpu)
+
+    def describe(self) -> str:
+        if self.exit_code is None:
+            return "exit status unknown"
+        if self.signal is not None:
+            return f"killed by {signal_name(self.signal)} ({self.exit_code})"
+        return f"exited with code {self.exit_code}"
+
+
+@dataclass(slots=True)
+class Launched:
+    pid: int
+    pidfd: int | None
+    exited: Awaitable[ExitInfo]
+
+
+class Launcher(Protocol):
+    """Starts replica processes (the zygote, or a ``multiprocess`` start method)."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def launch(self, boot: Boot, fds: list[int]) -> Launched: ...
+
+    async def close(self) -> None: ...
+
+
+Handler = Callable[["AgentProcess", Any], None]
+
+
+class AgentProcess:
+    """One replica process as the supervisor sees it."""
+
+    def __init__(self, boot: Boot, handler: Handler, log: Any) -> None:
+        self.boot = boot
+        self.handler = handler
+        self.log = log
+        self.pid = 0
+        self.ready_at = 0.0
+        self.exit: ExitInfo | None = None
+        self.cause: AgentDied | None = None
+        self.reason: AgentDied | None = None  # set by whoever killed it on purpose
+        self._loop = asyncio.get_running_loop()
+        self._pidfd: int | None = None
+        self._rfd = -1
+        self._wfd = -1
+        self._ofd = -1
+        self._wbuf = bytearray()
+        self._wbig = False
+        self._encoder = FrameEncoder(boot.max_frame)
+        self._decoder = FrameDecoder(AgentMessage, boot.max_frame)
+        self._obuf = b""
+        self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._gone = asyncio.Event()  # pidfd readable or exit status known
+        self.dead: asyncio.Future[AgentDied | None] = self._loop.create_future()
+        self._eof = False
+        self._exited: Awaitable[ExitInfo] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.stopping = False
+
+    # --- start -------------------------------------------------------------
+
+    async def start(self, launcher: Launcher, startup_timeout: float) -> None:
+        """Start the child and wait for ``Ready``; raises :class:`StartupError`."""
+        to_child_r, to_child_w = os.pipe2(os.O_CLOEXEC)
+        from_child_r, from_child_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        child_fds = [to_child_r, from_child_w, out_w]
+        self._rfd, self._wfd, self._ofd = from_child_r, to_child_w, out_r
+        try:
+            launched = await launcher.launch(self.boot, child_fds)
+        except BaseException as exc:
+            for fd in (*child_fds, from_child_r, to_child_w, out_r):
+                os.close(fd)
+            self._rfd = self._wfd = self._ofd = -1
+            self.cause = StartupError(f"could not start: {exc}", agent=self.boot.agent)
+            self.dead.set_result(self.cause)
+            raise self.cause from exc
+        finally:
+            if self._rfd != -1:
+                for fd in child_fds:
+                    os.close(fd)
+        self.pid = launched.pid
+        self._pidfd = launched.pidfd
+        self._exited = launched.exited
+        self.log = self.log.bind(pid=self.pid)
+        for fd in (self._rfd, self._wfd, self._ofd):
+            os.set_blocking(fd, False)
+        loop = self._loop
+        loop.add_reader(self._rfd, self._on_readable)
+        loop.add_reader(self._ofd, self._on_output)
+        if self._pidfd is not None:
+            loop.add_reader(self._pidfd, self._on_pidfd)
+        self._watch = loop.create_task(self._watch_exit(), name=f"watch-{self.pid}")
+        try:
+            async with asyncio.timeout(startup_timeout):
+                await asyncio.shield(self._ready)
+        except TimeoutError:
+            self.kill(
+                StartupError(f"no Ready within {startup_timeout:g}s", agent=self.boot.agent, pid=self.pid)
+            )
+            cause = await self.dead
+            assert cause is not None
+            raise cause from None
+        except StartupError:
+            await self.dead
+            raise
+        except asyncio.CancelledError:
+            self.kill()
+            await asyncio.shield(self.dead)
+            raise
+        self.ready_at = time.monotonic()
+
+    # --- frames in ---------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = os.read(self._rfd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._on_eof()
+            return
+        self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
+        try:
+            msgs = self._decoder.feed(chunk)
+        except FrameError as exc:
+            self._loop.remove_reader(self._rfd)
+            self.kill(ProtocolViolation(str(exc), agent=self.boot.agent, pid=self.pid))
+            return
+        ready = self._ready
+        for msg in msgs:
+            if ready.done():
+                if isinstance(msg, Ready | StartupFailed):
+                    self._loop.remove_reader(self._rfd)
+                    self.kill(
+                        ProtocolViolation(
+                            f"unexpected {type(msg).__name__} frame after Ready",
+                            agent=self.boot.agent,
+                            pid=self.pid,
+                        )
+                    )
+                    return
+                self.handler(self, msg)
+            elif isinstance(msg, Ready):
+                ready.set_result(None)
+            elif isinstance(msg, StartupFailed):
+                err = StartupError(
+                    f"{msg.type}: {msg.message}", agent=self.boot.agent, pid=self.pid
+                )
+                err.__notes__ = [msg.traceback]
+                self.reason = err
+                ready.set_exception(err)
+            else:
+                self._loop.remove_reader(self._rfd)
+                self.kill(
+                    ProtocolViolation(
+                        f"{type(msg).__name__} frame before Ready",
+                        agent=self.boot.agent,
+                        pid=self.pid,
+                    )
+                )
+                return
+
+    def _on_eof(self) -> None:
+        self._loop.remove_reader(self._rfd)
+        self._eof = True
+        if not self._gone.is_set() and not self.stopping:
+            self._loop.create_task(self._eof_check())
+
+    async def _eof_check(self) -> None:
+        # An exiting process closes its fds a moment before it becomes a
+        # zombie: give it that moment before calling the EOF a violation.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await self._gone.wait()
+        if not self._gone.is_set():
+            self.kill(
+                ProtocolViolation(
+                    "closed its protocol pipe while alive", agent=self.boot.agent, pid=self.pid
+                )
+            )
+
+    def _drain(self) -> None:
+        """Read what the child wrote before it died (results are not lost)."""
+        while self._rfd != -1 and not self._eof:
+            try:
+                chunk = os.read(self._rfd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if not chunk:
+                self._eof = True
+                return
+            self._feed(chunk)
+
+    # --- output ------------------------------------------------------------
+
+    def _on_output(self) -> None:
+        try:
+            chunk = os.read(self._ofd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._loop.remove_reader(self._ofd)
+            self._flush_output(final=True)
+            return
+        self._obuf += chunk
+        self._flush_output()
+
+    def _flush_output(self, final: bool = False) -> None:
+        buf = self._obuf
+        if not buf:
+            return
+        lines = buf.split(b"\n")
+        rest = b"" if final else lines.pop()
+        if len(rest) > _MAX_LINE:
+            lines.append(rest)
+            rest = b""
+        self._obuf = rest
+        for raw in lines:
+            if not raw and not final:
+                continue
+            line = raw[:_MAX_LINE].decode("utf-8", "replace")
+            if len(raw) > _MAX_LINE:
+                line += f" ...[{len(raw) - _MAX_LINE} bytes cut]"
+            self.log.info("agent_output", line=line)
+
+    # --- frames out --------------------------------------------------------
+
+    def send(self, msg: Any) -> None:
+        """Queue one frame to the child; never blocks.  Dropped if the child is gone."""
+        self.send_bytes(self._encoder.encode(msg))
+
+    def encode(self, msg: Any) -> bytearray:
+        return self._encoder.encode(msg)
+
+    def send_bytes(self, data: bytes | bytearray) -> None:
+        if self._wfd == -1:
+            return
+        if len(data) > 65536 and not self._wbig:
+            self._wbig = True
+            _linux.set_pipe_size(self._wfd, _BIG_PIPE)
+        if self._wbuf:
+            self._wbuf += data
+            return
+        try:
+            n = os.write(self._wfd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            return  # EPIPE: the child is dying; death handling reports it
+        if n < len(data):
+            self._wbuf += memoryview(data)[n:]
+            self._loop.add_writer(self._wfd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            n = os.write(self._wfd, self._wbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._wbuf.clear()
+            self._loop.remove_writer(self._wfd)
+            return
+        del self._wbuf[:n]
+        if not self._wbuf:
+            self._loop.remove_writer(self._wfd)
+
+    # --- death -------------------------------------------------------------
+
+    def _on_pidfd(self) -> None:
+        assert self._pidfd is not None
+        self._loop.remove_reader(self._pidfd)
+        self._gone.set()
+
+    @property
+    def alive(self) -> bool:
+        return self.pid != 0 and not self.dead.done() and not self._gone.is_set()
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the replica and its whole process group."""
+        if self.pid == 0 or self.dead.done():
+            return
+        if self._pidfd is not None:
+            _linux.pidfd_signal(self._pidfd, sig)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+        _linux.kill_group(self.pid, sig)
+
+    def kill(self, reason: AgentDied | None = None) -> None:
+        """SIGKILL the replica's process group; ``reason`` classifies the death."""
+        if reason is not None and self.reason is None:
+            self.reason = reason
+        self.signal(signal.SIGKILL)
+
+    async def stop(self, grace: float) -> AgentDied | None:
+        """Graceful stop: ``Shutdown``, grace period, SIGTERM, then SIGKILL."""
+        from agentrt.protocol import Shutdown
+
+        self.stopping = True
+        if self.dead.done():
+            return self.dead.result()
+        self.send(Shutdown())
+        for sig, wait in ((signal.SIGTERM, 0.5), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    return await asyncio.shield(self.dead)
+            self.signal(sig)
+            grace = wait
+        return await asyncio.shield(self.dead)
+
+    async def _watch_exit(self) -> None:
+        assert self._exited is not None
+        try:
+            info = await self._exited
+        except Exception as exc:  # the launcher lost track: assume killed
+            self.log.warning("exit_status_lost", error=str(exc))
+            info = ExitInfo(None)
+        self._gone.set()
+        self.exit = info
+        self._drain()
+        self._close_fds()
+        self.cause = None if (self.stopping and self.reason is None) else self._classify(info)
+        if not self._ready.done():
+            self._ready.set_exception(
+                self.cause
+                or StartupError("stopped before Ready", agent=self.boot.agent, pid=self.pid)
+            )
+            self._ready.exception()  # retrieved: nobody may be waiting any more
+        self.dead.set_result(self.cause)
+
+    def _classify(self, info: ExitInfo) -> AgentDied:
+        kw: dict[str, Any] = {
+            "agent": self.boot.agent,
+            "pid": self.pid,
+            "exit_code": info.exit_code,
+            "signal": info.signal,
+        }
+        r = self.reason
+        if r is not None:
+            r.exit_code, r.signal = info.exit_code, info.signal
+            return r
+        sig = info.signal
+        cpu_limit = self.boot.cpu_time
+        if sig == signal.SIGXCPU or (
+            cpu_limit is not None and sig == signal.SIGKILL and (info.cpu or 0) >= cpu_limit
+        ):
+            return LimitExceeded(
+                f"CPU time limit of {cpu_limit:g}s exceeded ({info.describe()})",
+                limit="cpu_time",
+                value=cpu_limit,
+                **kw,
+            )
+        if info.exit_code == EXIT_MEMORY and self.boot.memory is not None:
+            return LimitExceeded(
+                f"memory limit of {self.boot.memory} bytes exceeded (MemoryError)",
+                limit="memory",
+                value=self.boot.memory,
+                **kw,
+            )
+        if info.exit_code == EXIT_STARTUP and not self._ready.done():
+            return StartupError(f"failed during startup ({info.describe()})", **kw)
+        if not self._ready.done():
+            return StartupError(f"died before Ready ({info.describe()})", **kw)
+        return AgentCrashed(f"replica {self.boot.agent}#{self.boot.replica} {info.describe()}", **kw)
+
+    def _close_fds(self) -> None:
+        loop = self._loop
+        if self._ofd != -1:
+            # Pick up the last lines it printed, then stop listening.
+            with contextlib.suppress(OSError):
+                while True:
+                    chunk = os.read(self._ofd, _READ_SIZE)
+                    if not chunk:
+                        break
+                    self._obuf += chunk
+            self._flush_output(final=True)
+        for attr in ("_rfd", "_wfd", "_ofd"):
+            fd = getattr(self, attr)
+            if fd != -1:
+                loop.remove_reader(fd)
+                loop.remove_writer(fd)
+                os.close(fd)
+                setattr(self, attr, -1)
+        if self._pidfd is not None:
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._wbuf.clear()
+
+    def rss(self) -> int | None:
+        """Resident set size in bytes (from /proc; cheap, but do not loop it on the event loop)."""
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None

@@ -1,0 +1,857 @@
+"""The Supervisor: agent pools, dispatch, restart policy, deadlines, teardown.
+
+Each replica position ("slot") of an agent is driven by one task that
+starts a process, serves until it dies, and decides on a restart.  States
+and their transitions (each one logged as ``replica_state``)::
+
+    starting ──Ready──▶ ready ◀──idle── busy
+       │                  │ ──call──▶    │
+       │ startup error    └──────┬───────┘
+       ▼                         ▼ died                 closing/stop
+    crashed ◀───────────────── crashed / exited ──────▶ stopping ─▶ exited
+       │ restart allowed and intensity not exceeded
+       ▼
+    backoff ──delay──▶ starting            intensity exceeded ─▶ failed
+
+Calls wait in the agent's queue until a replica has room (``concurrency``
+running plus ``queue`` waiting in the replica); the least-loaded replica
+gets the next call.  A call's result is delivered exactly once: late or
+duplicate answers are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import structlog
+
+from agentrt import _linux
+from agentrt.backends.local import make_launcher
+from agentrt.config import AgentSpec, SupervisorSpec
+from agentrt.errors import (
+    AgentCrashed,
+    AgentDied,
+    AgentFailed,
+    CallCancelled,
+    CallError,
+    CallTimeout,
+    ConfigError,
+    LimitExceeded,
+    RemoteError,
+    StartupError,
+    SupervisorClosed,
+    UnknownAgent,
+)
+from agentrt.process import AgentProcess, Launcher
+from agentrt.protocol import Boot, Call, Cancel, Failure, Heartbeat, Log, Result
+
+__all__ = ["ReplicaStatus", "Supervisor"]
+
+_UNSET: Any = object()
+_WATCHDOG_INTERVAL = 0.2
+
+
+class ReplicaStatus(msgspec.Struct, kw_only=True):
+    """A snapshot of one replica."""
+
+    agent: str
+    replica: int
+    state: str
+    pid: int | None
+    restarts: int
+    inflight: int
+    rss: int | None = None
+    cpu_percent: float | None = None
+    uptime: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    id: int
+    agent: _Agent
+    target: str
+    args: dict[str, Any]
+    timeout: float | None
+    deadline: float | None
+    retries: int
+    future: asyncio.Future[Any]
+    attempts: int = 0
+    slot: _Slot | None = None
+    timer: asyncio.TimerHandle | None = None
+    pid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    agent: _Agent
+    index: int
+    state: str = "starting"
+    proc: AgentProcess | None = None
+    inflight: dict[int, _Call] = field(default_factory=dict)
+    restarts: int = 0
+    generation: int = 0
+    recent: deque[float] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    first_start: asyncio.Future[None] | None = None
+    stop_requested: bool = False
+    sibling_restart: bool = False
+    psutil_proc: Any = None
+
+
+@dataclass(eq=False, slots=True)
+class _Agent:
+    spec: AgentSpec
+    order: int
+    slots: list[_Slot] = field(default_factory=list)
+    waiting: deque[_Call] = field(default_factory=deque)
+    restart_times: deque[float] = field(default_factory=deque)
+    failed: AgentFailed | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def capacity(self) -> int:
+        return self.spec.concurrency + self.spec.queue
+
+
+class Supervisor:
+    """Runs agents in isolated processes and routes calls to them.
+
+    Use it as ``async with Supervisor() as sup:``; leaving the block stops
+    every agent and leaves no process behind.  Settings are those of
+    ``[supervisor]`` in config.toml, given as a :class:`SupervisorSpec` or as
+    keyword arguments (``Supervisor(start_method="spawn")``).
+    """
+
+    def __init__(
+        self,
+        spec: SupervisorSpec | None = None,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        **settings: Any,
+    ) -> None:
+        if spec is None:
+            try:
+                spec = msgspec.convert(settings, SupervisorSpec)
+            except msgspec.ValidationError as exc:
+                raise ConfigError("supervisor", str(exc)) from None
+        elif settings:
+            spec = msgspec.structs.replace(spec, **settings)
+        self.spec = spec
+        self.base_dir = os.fspath(base_dir) if base_dir is not None else None
+        self.log = structlog.get_logger("agentrt")
+        self._agents: dict[str, _Agent] = {}
+        self._ids = itertools.count(1)
+        self._launcher: Launcher | None = None
+        self._rundir = ""
+        self._closing = False
+        self._closed = False
+        self._started = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def sys_path(self) -> list[str]:
+        paths = list(self.spec.sys_path)
+        if self.base_dir is not None:
+            paths.insert(0, os.path.abspath(self.base_dir))
+        return paths
+
+    async def open(self) -> None:
+        """Start the launcher (the zygote, by default)."""
+        if self._started:
+            return
+        self._started = True
+        _linux.raise_nofile_limit()
+        self._rundir = tempfile.mkdtemp(prefix="agentrt-")
+        launcher: Launcher = make_launcher(
+            self.spec.start_method, list(self.spec.preload), self.sys_path
+        )
+        try:
+            await launcher.start()
+        except BaseException:
+            shutil.rmtree(self._rundir, ignore_errors=True)
+            raise
+        self._launcher = launcher
+        self.log.info(
+            "supervisor_started", start_method=launcher.name, pid=os.getpid(), rundir=self._rundir
+        )
+
+    async def close(self) -> None:
+        """Stop every agent (graceful, then forced) and the launcher."""
+        if self._closed:
+            return
+        if self._closing:
+            while not self._closed:
+                await asyncio.sleep(0.01)
+            return
+        self._closing = True
+        try:
+            await asyncio.shield(self._close())
+        finally:
+            self._closed = True
+
+    async def _close(self) -> None:
+        closed = SupervisorClosed("supervisor is closing")
+        for agent in self._agents.values():
+            self._fail_waiting(agent, closed)
+        await asyncio.gather(
+            *(self._stop_agent(a, closed) for a in reversed(list(self._agents.values()))),
+            return_exceptions=True,
+        )
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._launcher is not None:
+            await self._launcher.close()
+        if self._rundir:
+            await asyncio.to_thread(shutil.rmtree, self._rundir, True)
+        self.log.info("supervisor_stopped")
+
+    # --- agents ------------------------------------------------------------
+
+    async def start(self, spec: AgentSpec) -> None:
+        """Start an agent's replicas and wait until each has sent ``Ready``.
+
+        Raises :class:`StartupError` (and stops the agent) when a replica
+        cannot start.
+        """
+        if self._closing:
+            raise SupervisorClosed("supervisor is closing")
+        if not spec.name:
+            raise ConfigError("name", "an agent needs a name")
+        if spec.name in self._agents:
+            raise ConfigError(f"agents.{spec.name}", "an agent of that name is already running")
+        await self.open()
+        agent = _Agent(spec, len(self._agents))
+        self._agents[spec.name] = agent
+        loop = asyncio.get_running_loop()
+        for i in range(spec.replicas):
+            slot = _Slot(agent, i)
+            slot.first_start = loop.create_future()
+            agent.slots.append(slot)
+            slot.task = loop.create_task(self._run_slot(slot), name=f"slot-{spec.name}#{i}")
+        results = await asyncio.gather(
+            *(asyncio.shield(s.first_start) for s in agent.slots if s.first_start),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self._stop_agent(agent, SupervisorClosed(f"agent {spec.name!r} failed to start"))
+            del self._agents[spec.name]
+            raise errors[0]
+        if spec.limits.memory is not None and self._watchdog is None:
+            self._watchdog = loop.create_task(self._memory_watchdog(), name="memory-watchdog")
+        self.log.info("agent_started", agent=spec.name, replicas=spec.replicas)
+
+    async def stop(self, name: str) -> None:
+        """Stop one agent's replicas; its waiting calls fail with :class:`CallCancelled`."""
+        agent = self._agent(name)
+        err = CallCancelled(f"agent {name!r} was stopped", agent=name)
+        self._fail_waiting(agent, err)
+        await self._stop_agent(agent, err)
+        del self._agents[name]
+        self.log.info("agent_stopped", agent=name)
+
+    @property
+    def agents(self) -> list[str]:
+        return list(self._agents)
+
+    def _agent(self, name: str) -> _Agent:
+        try:
+            return self._agents[name]
+        except KeyError:
+            raise UnknownAgent(
+                f"no agent named {name!r} (running: {', '.join(self._agents) or 'none'})"
+            ) from None
+
+    async def _stop_agent(self, agent: _Agent, err: CallError | SupervisorClosed) -> None:
+        for slot in agent.slots:
+            slot.stop_requested = True
+        grace = float(agent.spec.shutdown_timeout)
+
+        async def stop_slot(slot: _Slot) -> None:
+            proc = slot.proc
+            if proc is not None and not proc.dead.done():
+                self._set_state(slot, "stopping")
+                await proc.stop(grace)
+            if slot.task is not None:
+                slot.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await slot.task
+            for call in list(slot.inflight.values()):
+                self._fail(call, err)
+            slot.inflight.clear()
+
+        await asyncio.gather(*(stop_slot(s) for s in agent.slots))
+
+    # --- the replica loop ----------------------------------------------------
+
+    def _set_state(self, slot: _Slot, state: str) -> None:
+        if slot.state != state:
+            pid = slot.proc.pid if slot.proc is not None else None
+            self.log.debug(
+                "replica_state",
+                agent=slot.agent.name,
+                replica=slot.index,
+                from_state=slot.state,
+                to_state=state,
+                pid=pid,
+            )
+            slot.state = state
+
+    def _boot(self, slot: _Slot) -> Boot:
+        spec = slot.agent.spec
+        lim = spec.limits
+        return Boot(
+            agent=spec.name,
+            replica=slot.index,
+            generation=slot.generation,
+            entry=spec.entry,
+            workdir=os.path.join(self._rundir, f"{spec.name}.{slot.index}.{slot.generation}"),
+            sys_path=self.sys_path,
+            env=dict(spec.env),
+            memory=lim.memory_bytes,
+            cpu_time=lim.cpu_seconds,
+            open_files=lim.open_files,
+            processes=lim.processes,
+            file_size=lim.file_size_bytes,
+            max_frame=int(self.spec.max_frame),
+            concurrency=spec.concurrency,
+            supervisor_pid=os.getpid(),
+        )
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        agent = slot.agent
+        spec = agent.spec
+        log = self.log.bind(agent=spec.name, replica=slot.index)
+        assert self._launcher is not None
+        while True:
+            boot = self._boot(slot)
+            proc = AgentProcess(boot, self._make_handler(slot), log)
+            slot.proc = slot_proc = proc
+            slot.psutil_proc = None
+            self._set_state(slot, "starting")
+            cause: AgentDied | None
+            try:
+                await proc.start(self._launcher, float(spec.startup_timeout))
+            except StartupError as exc:
+                cause = exc
+            else:
+                self._set_state(slot, "ready")
+                log.info("replica_ready", pid=proc.pid, generation=slot.generation)
+                if slot.first_start is not None and not slot.first_start.done():
+                    slot.first_start.set_result(None)
+                self._dispatch(agent)
+                cause = await asyncio.shield(proc.dead)
+            self._spawn(self._remove_workdir(boot.workdir))
+            if slot.first_start is not None and not slot.first_start.done():
+                assert cause is not None
+                slot.first_start.set_exception(cause)
+                self._set_state(slot, "crashed")
+                self._requeue_or_fail(slot, cause or AgentCrashed("stopped", agent=spec.name))
+                return
+            if slot.stop_requested or self._closing:
+                self._set_state(slot, "exited")
+                self._requeue_or_fail(
+                    slot, cause or CallCancelled("replica stopped", agent=spec.name)
+                )
+                return
+            sibling = slot.sibling_restart
+            slot.sibling_restart = False
+            abnormal = cause is not None and not (
+                isinstance(cause, AgentCrashed) and cause.exit_code == 0
+            )
+            self._set_state(slot, "crashed" if abnormal else "exited")
+            if cause is not None:
+                log.warning(
+                    "replica_died",
+                    pid=slot_proc.pid,
+                    cause=type(cause).__name__,
+                    reason=str(cause),
+                    exit_code=cause.exit_code,
+                    limit=getattr(cause, "limit", None),
+                )
+            self._requeue_or_fail(
+                slot, cause or AgentCrashed("replica exited", agent=spec.name, exit_code=0)
+            )
+            restart = spec.restart == "permanent" or (spec.restart == "transient" and abnormal)
+            if not restart and not sibling:
+                log.info("replica_not_restarted", restart=spec.restart)
+                self._check_agent_alive(agent)
+                return
+            if not sibling:
+                if self._exceeds_intensity(agent):
+                    self._give_up(agent, cause)
+                    return
+                self._apply_strategy(slot)
+            delay = 0.0 if sibling else self._backoff(slot)
+            slot.restarts += 1
+            slot.generation += 1
+            if delay > 0:
+                self._set_state(slot, "backoff")
+                log.info("replica_backoff", delay=round(delay, 4))
+                await asyncio.sleep(delay)
+            if slot.stop_requested or self._closing:
+                self._set_state(slot, "exited")
+                return
+            log.info("replica_restarting", restarts=slot.restarts)
+
+    def _exceeds_intensity(self, agent: _Agent) -> bool:
+        spec = agent.spec
+        intensity = spec.intensity if spec.intensity is not None else self.spec.intensity
+        period = float(spec.period if spec.period is not None else self.spec.period)
+        now = time.monotonic()
+        times = agent.restart_times
+        times.append(now)
+        while times and times[0] < now - period:
+            times.popleft()
+        return len(times) > intensity
+
+    def _backoff(self, slot: _Slot) -> float:
+        """No delay for the first restart in a period, then exponential with jitter."""
+        period = float(self.spec.period)
+        now = time.monotonic()
+        slot.recent.append(now)
+        while slot.recent and slot.recent[0] < now - period:
+            slot.recent.popleft()
+        n = len(slot.recent)
+        if n <= 1:
+            return 0.0
+        base = min(float(self.spec.backoff_max), float(self.spec.backoff) * 2 ** (n - 2))
+        return base * random.uniform(0.75, 1.25)
+
+    def _apply_strategy(self, crashed: _Slot) -> None:
+        strategy = self.spec.strategy
+        if strategy == "one_for_one":
+            return
+        order = [s for a in self._agents.values() for s in a.slots]
+        if strategy == "one_for_all":
+            victims = [s for s in order if s is not crashed]
+        else:  # rest_for_one: the slots declared after the crashed one
+            victims = order[order.index(crashed) + 1 :]
+        for s in victims:
+            proc = s.proc
+            if proc is None or proc.dead.done() or s.stop_requested or s.agent.failed:
+                continue
+            s.sibling_restart = True
+            self.log.info(
+                "replica_restart_by_strategy",
+                agent=s.agent.name,
+                replica=s.index,
+                strategy=strategy,
+                because=f"{crashed.agent.name}#{crashed.index}",
+            )
+            proc.reason = AgentCrashed(
+                f"restarted by {strategy} because {crashed.agent.name}#{crashed.index} crashed",
+                agent=s.agent.name,
+                pid=proc.pid,
+            )
+            self._spawn(proc.stop(float(s.agent.spec.shutdown_timeout)))
+
+    def _give_up(self, agent: _Agent, cause: AgentDied | None) -> None:
+        spec = agent.spec
+        intensity = spec.intensity if spec.intensity is not None else self.spec.intensity
+        period = spec.period if spec.period is not None else self.spec.period
+        reason = f"more than {intensity} restarts within {float(period):g}s"
+        if cause is not None:
+            reason += f"; last: {cause}"
+        agent.failed = AgentFailed(agent.name, reason)
+        self.log.error("agent_failed", agent=agent.name, reason=reason)
+        for s in agent.slots:
+            s.stop_requested = True
+            self._set_state(s, "failed")
+            if s.proc is not None and not s.proc.dead.done():
+                self._spawn(s.proc.stop(float(spec.shutdown_timeout)))
+        self._fail_waiting(agent, agent.failed)
+
+    def _check_agent_alive(self, agent: _Agent) -> None:
+        if all(s.state in ("exited", "failed") for s in agent.slots):
+            self._fail_waiting(
+                agent, CallCancelled(f"agent {agent.name!r} has no replica left", agent=agent.name)
+            )
+
+    # --- calls ---------------------------------------------------------------
+
+    def submit(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        method: str = "",
+        timeout: float | None = _UNSET,
+        retries: int | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue a call and return a future of its result (or typed failure).
+
+        ``args`` are the keyword arguments of the agent's entry (or of
+        ``method`` for a class agent).  ``timeout`` defaults to the agent's;
+        ``retries`` (default: the agent's) re-runs the call on a fresh
+        replica when the one serving it dies.
+        """
+        if self._closing:
+            raise SupervisorClosed("supervisor is closing")
+        ag = self._agent(agent)
+        if ag.failed is not None:
+            raise ag.failed
+        spec = ag.spec
+        loop = asyncio.get_running_loop()
+        to = spec.timeout_s if timeout is _UNSET else timeout
+        deadline = None if to is None else time.monotonic() + to
+        call = _Call(
+            next(self._ids),
+            ag,
+            method,
+            dict(args) if args else {},
+            to,
+            deadline,
+            spec.retries if retries is None else retries,
+            loop.create_future(),
+        )
+        if deadline is not None:
+            call.timer = loop.call_at(deadline, self._on_deadline, call)
+        ag.waiting.append(call)
+        self._dispatch(ag)
+        return call.future
+
+    async def call(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        method: str = "",
+        timeout: float | None = _UNSET,
+        retries: int | None = None,
+    ) -> Any:
+        """Run one call and return its result; raises a :class:`CallError` subclass."""
+        fut = self.submit(agent, args, method=method, timeout=timeout, retries=retries)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._cancel_future(fut)
+            raise
+
+    def _cancel_future(self, fut: asyncio.Future[Any]) -> None:
+        for ag in self._agents.values():
+            for slot in ag.slots:
+                for call in slot.inflight.values():
+                    if call.future is fut:
+                        if slot.proc is not None:
+                            slot.proc.send(Cancel(call.id))
+                        return
+
+    def _dispatch(self, agent: _Agent) -> None:
+        waiting = agent.waiting
+        cap = agent.capacity
+        slots = agent.slots
+        while waiting:
+            best: _Slot | None = None
+            load = cap
+            for s in slots:
+                n = len(s.inflight)
+                if n < load and (s.state == "ready" or s.state == "busy"):
+                    best, load = s, n
+                    if n == 0:
+                        break
+            if best is None:
+                return
+            call = waiting.popleft()
+            if call.future.done():
+                continue
+            self._send(best, call)
+
+    def _send(self, slot: _Slot, call: _Call) -> None:
+        proc = slot.proc
+        assert proc is not None
+        try:
+            data = proc.encode(Call(call.id, call.target, call.args, call.deadline or 0.0))
+        except (TypeError, ValueError) as exc:
+            self._fail(call, TypeError(f"arguments of call to {slot.agent.name!r}: {exc}"))
+            return
+        call.attempts += 1
+        call.slot = slot
+        call.pid = proc.pid
+        call.started_at = time.time()
+        slot.inflight[call.id] = call
+        if slot.state == "ready":
+            slot.state = "busy"
+        proc.send_bytes(data)
+
+    def _make_handler(self, slot: _Slot) -> Any:
+        def handle(proc: AgentProcess, msg: Any) -> None:
+            match msg:
+                case Result(id=cid, value=value):
+                    call = slot.inflight.pop(cid, None)
+                    if call is not None:
+                        self._finish(call, value)
+                        self._after_answer(slot)
+                case Failure():
+                    call = slot.inflight.pop(msg.id, None)
+                    if call is not None:
+                        self._fail(call, self._failure_error(slot, proc, call, msg))
+                        self._after_answer(slot)
+                        if msg.kind == "memory":
+                            proc.kill(
+                                LimitExceeded(
+                                    "MemoryError under the memory limit: replica recycled",
+                                    limit="memory",
+                                    value=proc.boot.memory,
+                                    agent=proc.boot.agent,
+                                    pid=proc.pid,
+                                )
+                            )
+                case Log(level=level, event=event, fields=fields):
+                    meth = getattr(proc.log, level, proc.log.info)
+                    meth(event, source="agent", **{k: v for k, v in fields.items() if k != "pid"})
+                case Heartbeat():
+                    pass
+
+        return handle
+
+    def _after_answer(self, slot: _Slot) -> None:
+        if not slot.inflight and slot.state == "busy":
+            slot.state = "ready"
+        if slot.agent.waiting:
+            self._dispatch(slot.agent)
+
+    def _failure_error(
+        self, slot: _Slot, proc: AgentProcess, call: _Call, msg: Failure
+    ) -> CallError:
+        kw: dict[str, Any] = {"agent": slot.agent.name, "call_id": call.id, "pid": proc.pid}
+        if msg.kind == "timeout":
+            return CallTimeout(
+                f"call to {slot.agent.name!r} timed out after {call.timeout:g}s"
+                if call.timeout
+                else "call deadline passed",
+                timeout=call.timeout,
+                **kw,
+            )
+        if msg.kind == "cancelled":
+            return CallCancelled(f"call to {slot.agent.name!r} was cancelled", **kw)
+        if msg.kind == "memory":
+            return LimitExceeded(
+                f"memory limit of {proc.boot.memory} bytes exceeded: {msg.type}: {msg.message}",
+                limit="memory",
+                value=proc.boot.memory,
+                **kw,
+            )
+        return RemoteError(msg.type, msg.message, msg.traceback, **kw)
+
+    def _finish(self, call: _Call, value: Any) -> None:
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        call.finished_at = time.time()
+        if not call.future.done():
+            call.future.set_result(value)
+
+    def _fail(self, call: _Call, err: BaseException) -> None:
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        call.finished_at = time.time()
+        if not call.future.done():
+            if isinstance(err, CallError):
+                err.call_id = call.id
+            call.future.set_exception(err)
+
+    def _fail_waiting(self, agent: _Agent, err: BaseException) -> None:
+        while agent.waiting:
+            self._fail(agent.waiting.popleft(), copy.copy(err))
+
+    def _on_deadline(self, call: _Call) -> None:
+        call.timer = None
+        if call.future.done():
+            return
+        name = call.agent.name
+        err = CallTimeout(
+            f"call to {name!r} timed out after {call.timeout:g}s",
+            timeout=call.timeout,
+            agent=name,
+            pid=call.pid,
+        )
+        slot = call.slot
+        if slot is None or call.id not in slot.inflight:
+            self._fail(call, err)
+            return
+        # Answer the caller now; the replica gets a cancel and a grace period.
+        call.finished_at = time.time()
+        err.call_id = call.id
+        call.future.set_exception(err)
+        proc = slot.proc
+        if proc is None:
+            return
+        proc.send(Cancel(call.id))
+        grace = float(call.agent.spec.cancel_grace)
+        call.timer = asyncio.get_running_loop().call_later(
+            grace, self._on_cancel_grace, call, proc
+        )
+
+    def _on_cancel_grace(self, call: _Call, proc: AgentProcess) -> None:
+        call.timer = None
+        slot = call.slot
+        if slot is None or slot.proc is not proc or call.id not in slot.inflight:
+            return
+        self.log.warning(
+            "replica_killed_for_deadline",
+            agent=slot.agent.name,
+            replica=slot.index,
+            pid=proc.pid,
+            call_id=call.id,
+        )
+        proc.kill(
+            LimitExceeded(
+                f"call {call.id} ran past its deadline and ignored cancellation",
+                limit="wall",
+                value=call.timeout,
+                agent=slot.agent.name,
+                pid=proc.pid,
+            )
+        )
+
+    def _requeue_or_fail(self, slot: _Slot, cause: AgentDied | CallError) -> None:
+        """A replica is gone: each call it held is retried, re-queued or failed.
+
+        Calls past the first ``concurrency`` in arrival order had not started
+        (the replica starts them in order), so they go back to the queue
+        without using an attempt.
+        """
+        agent = slot.agent
+        calls = list(slot.inflight.values())
+        slot.inflight.clear()
+        if not calls:
+            return
+        conc = agent.spec.concurrency
+        started, unstarted = calls[:conc], calls[conc:]
+        requeue: list[_Call] = []
+        for call in started:
+            if call.future.done():
+                if call.timer is not None:
+                    call.timer.cancel()
+                    call.timer = None
+                continue
+            if call.attempts <= call.retries and not self._closing and not slot.stop_requested:
+                self.log.info(
+                    "call_retry", agent=agent.name, call_id=call.id, attempt=call.attempts + 1
+                )
+                requeue.append(call)
+            else:
+                self._fail(call, copy.copy(cause))
+        for call in unstarted:
+            call.attempts -= 1
+            requeue.append(call)
+        for call in reversed(requeue):
+            call.slot = None
+            if not call.future.done():
+                agent.waiting.appendleft(call)
+        if agent.failed is not None:
+            self._fail_waiting(agent, agent.failed)
+        else:
+            self._dispatch(agent)
+
+    # --- observation -----------------------------------------------------------
+
+    async def status(self) -> list[ReplicaStatus]:
+        """A snapshot per replica: state, pid, restarts, in-flight, RSS and CPU %."""
+        slots = [s for a in self._agents.values() for s in a.slots]
+        return await asyncio.to_thread(self._status_sync, slots)
+
+    def _status_sync(self, slots: list[_Slot]) -> list[ReplicaStatus]:
+        import psutil
+
+        out: list[ReplicaStatus] = []
+        now = time.monotonic()
+        for s in slots:
+            proc = s.proc
+            pid = proc.pid if proc is not None and proc.alive else None
+            rss = cpu = None
+            if pid is not None:
+                try:
+                    if s.psutil_proc is None or s.psutil_proc.pid != pid:
+                        s.psutil_proc = psutil.Process(pid)
+                        s.psutil_proc.cpu_percent(None)
+                    rss = s.psutil_proc.memory_info().rss
+                    cpu = s.psutil_proc.cpu_percent(None)
+                except psutil.Error:
+                    pass
+            out.append(
+                ReplicaStatus(
+                    agent=s.agent.name,
+                    replica=s.index,
+                    state=s.state,
+                    pid=pid,
+                    restarts=s.restarts,
+                    inflight=len(s.inflight),
+                    rss=rss,
+                    cpu_percent=cpu,
+                    uptime=(now - proc.ready_at) if pid and proc and proc.ready_at else None,
+                )
+            )
+        return out
+
+    async def _memory_watchdog(self) -> None:
+        """Kill replicas whose RSS passes their memory limit (RLIMIT_AS is not RSS)."""
+        while True:
+            await asyncio.sleep(_WATCHDOG_INTERVAL)
+            watched = [
+                (s.proc, s.agent.spec.limits.memory_bytes)
+                for a in self._agents.values()
+                if a.spec.limits.memory is not None
+                for s in a.slots
+                if s.proc is not None and s.proc.alive
+            ]
+            if not watched:
+                continue
+            sizes = await asyncio.to_thread(lambda: [p.rss() for p, _ in watched])
+            for (proc, limit), rss in zip(watched, sizes, strict=True):
+                if rss is not None and limit is not None and rss > limit and proc.alive:
+                    proc.kill(
+                        LimitExceeded(
+                            f"RSS of {rss} bytes exceeds the memory limit of {limit} bytes",
+                            limit="memory",
+                            value=limit,
+                            agent=proc.boot.agent,
+                            pid=proc.pid,
+                        )
+                    )
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _remove_workdir(self, path: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, path, True)

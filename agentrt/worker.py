@@ -1,0 +1,443 @@
+"""Child side of a replica: isolate, import the entry, serve calls.
+
+Order matters and is the point of this module.  Before any user code is
+imported the child: leaves the supervisor's session (own session and
+process group), arms ``PR_SET_PDEATHSIG(SIGKILL)``, moves stdout/stderr onto
+the capture pipe and stdin onto ``/dev/null``, closes every fd it did not
+ask for, applies rlimits (core dumps off), enters a private working
+directory and sets its import path.  Only then is ``module:attr`` imported
+and ``Ready`` sent.
+
+Sync entries are served by a plain blocking loop (one call at a time; a
+call's deadline is enforced with ``ITIMER_REAL``); async entries by an
+asyncio loop that runs up to ``concurrency`` calls at once and honours
+``Cancel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from agentrt import _linux
+from agentrt.protocol import (
+    Boot,
+    Call,
+    Cancel,
+    Failure,
+    FrameDecoder,
+    FrameEncoder,
+    FrameError,
+    Heartbeat,
+    Log,
+    Ready,
+    Result,
+    Shutdown,
+    StartupFailed,
+    SupervisorMessage,
+)
+
+__all__ = ["EXIT_MEMORY", "EXIT_PROTOCOL", "EXIT_STARTUP", "child_main"]
+
+#: exit status of a replica whose entry could not be imported
+EXIT_STARTUP = 71
+#: exit status of a replica that ran out of memory outside any call
+EXIT_MEMORY = 72
+#: exit status of a replica that received a frame it could not decode
+EXIT_PROTOCOL = 73
+
+_READ_SIZE = 1 << 16
+
+
+class _Deadline(BaseException):
+    """Raised by SIGALRM inside a sync call whose deadline passed.
+
+    A BaseException so that a plain ``except Exception`` in agent code does
+    not swallow it.
+    """
+
+
+def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
+    """Everything that must happen before user code runs."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    _linux.set_pdeathsig(signal.SIGKILL)
+    if boot.supervisor_pid and os.getppid() == 1:
+        os._exit(EXIT_STARTUP)  # parent already gone: nobody to serve
+    for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(ofd, 1)
+    os.dup2(ofd, 2)
+    keep = sorted({0, 1, 2, rfd, wfd})
+    lo = 3
+    for fd in keep:
+        if fd >= lo:
+            os.closerange(lo, fd)
+            lo = fd + 1
+    os.closerange(lo, 1 << 20)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    _apply_rlimits(boot)
+    os.makedirs(boot.workdir, mode=0o700, exist_ok=True)
+    os.chdir(boot.workdir)
+    for k, v in boot.env.items():
+        os.environ[k] = v
+    os.environ["AGENTRT_AGENT"] = boot.agent
+    os.environ["AGENTRT_REPLICA"] = str(boot.replica)
+    for p in reversed(boot.sys_path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+def _apply_rlimits(boot: Boot) -> None:
+    def setlim(res: int, soft: int, hard: int | None = None) -> None:
+        cur_soft, cur_hard = resource.getrlimit(res)
+        h = soft if hard is None else hard
+        if cur_hard != resource.RLIM_INFINITY:
+            h = min(h, cur_hard)
+        resource.setrlimit(res, (min(soft, h), h))
+
+    setlim(resource.RLIMIT_CORE, 0)
+    if boot.memory is not None:
+        setlim(resource.RLIMIT_AS, boot.memory)
+    if boot.cpu_time is not None:
+        secs = max(1, int(boot.cpu_time + 0.999))
+        # SIGXCPU at the soft limit, SIGKILL one second later.
+        setlim(resource.RLIMIT_CPU, secs, secs + 1)
+    if boot.open_files is not None:
+        setlim(resource.RLIMIT_NOFILE, boot.open_files)
+    if boot.processes is not None:
+        setlim(resource.RLIMIT_NPROC, boot.processes)
+    if boot.file_size is not None:
+        setlim(resource.RLIMIT_FSIZE, boot.file_size)
+
+
+def _load_entry(entry: str) -> tuple[Any, dict[str, Callable[..., Any]]]:
+    """Import ``module:attr``; a class is instantiated once per replica."""
+    mod_name, _, attr = entry.partition(":")
+    module = importlib.import_module(mod_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    targets: dict[str, Callable[..., Any]] = {}
+    if inspect.isclass(obj):
+        instance = obj()
+        for name in dir(instance):
+            if name.startswith("_"):
+                continue
+            member = getattr(instance, name)
+            if callable(member):
+                targets[name] = member
+        default = getattr(instance, "__call__", None) if callable(instance) else None
+        if default is None:
+            default = targets.get("run")
+        if default is not None:
+            targets[""] = default
+        return instance, targets
+    if not callable(obj):
+        raise TypeError(f"entry {entry!r} is a {type(obj).__name__}, not a function or class")
+    targets[""] = obj
+    return obj, targets
+
+
+class _Channel:
+    """Blocking frame I/O on the protocol pipes (the child's side)."""
+
+    def __init__(self, rfd: int, wfd: int, max_frame: int) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self.encoder = FrameEncoder(max_frame)
+        self.decoder = FrameDecoder(SupervisorMessage, max_frame)
+
+    def write(self, msg: Any) -> None:
+        try:
+            data = self.encoder.encode(msg)
+        except (TypeError, FrameError) as exc:
+            call_id = getattr(msg, "id", None)
+            if call_id is None:
+                raise
+            data = self.encoder.encode(
+                Failure(call_id, type(exc).__name__, f"cannot send result: {exc}", "", "error")
+            )
+        self.write_bytes(data)
+
+    def write_bytes(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.wfd, view)
+            view = view[n:]
+
+    def read(self) -> list[Any]:
+        """Block for the next chunk; ``[]`` never returned except at EOF (raises)."""
+        while True:
+            chunk = os.read(self.rfd, _READ_SIZE)
+            if not chunk:
+                raise EOFError
+            msgs = self.decoder.feed(chunk)
+            if msgs:
+                return msgs
+
+
+def _failure(call_id: int, exc: BaseException, kind: str = "error") -> Failure:
+    tb = "".join(traceback.format_exception(exc))
+    return Failure(call_id, type(exc).__qualname__, str(exc), tb, kind)
+
+
+class _Worker:
+    def __init__(self, boot: Boot, chan: _Channel, targets: dict[str, Callable[..., Any]]):
+        self.boot = boot
+        self.chan = chan
+        self.targets = targets
+        self.memory_limited = boot.memory is not None
+        self.stopping = False
+
+    def resolve(self, call: Call) -> Callable[..., Any]:
+        fn = self.targets.get(call.target)
+        if fn is None:
+            known = ", ".join(repr(t) for t in sorted(self.targets) if t) or "none"
+            what = f"method {call.target!r}" if call.target else "a default target"
+            raise LookupError(f"agent {self.boot.agent!r} has no {what} (targets: {known})")
+        return fn
+
+    def error_kind(self, exc: BaseException) -> str:
+        return "memory" if isinstance(exc, MemoryError) and self.memory_limited else "error"
+
+    # --- sync mode ---------------------------------------------------------
+
+    def serve_sync(self) -> int:
+        chan = self.chan
+        backlog: deque[Any] = deque()
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            raise _Deadline
+
+        signal.signal(signal.SIGALRM, on_alarm)
+        while True:
+            if not backlog:
+                try:
+                    backlog.extend(chan.read())
+                except EOFError:
+                    return 0
+            msg = backlog.popleft()
+            match msg:
+                case Call():
+                    chan.write(self.run_sync(msg))
+                case Shutdown():
+                    return 0
+                case Cancel() | Heartbeat():
+                    pass  # nothing runs between calls in sync mode
+
+    def run_sync(self, call: Call) -> Result | Failure:
+        timed = False
+        try:
+            fn = self.resolve(call)
+            if call.deadline:
+                left = call.deadline - time.monotonic()
+                if left <= 0:
+                    return Failure(call.id, "TimeoutError", "deadline passed before start", "", "timeout")
+                signal.setitimer(signal.ITIMER_REAL, left)
+                timed = True
+            value = fn(**call.args)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_awaitable(value))
+            if timed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                timed = False
+            return Result(call.id, value)
+        except _Deadline:
+            timed = False
+            return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")
+        except Exception as exc:
+            return _failure(call.id, exc, self.error_kind(exc))
+        finally:
+            if timed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
+    # --- async mode --------------------------------------------------------
+
+    def serve_async(self) -> int:
+        return asyncio.run(self._serve_async())
+
+    async def _serve_async(self) -> int:
+        loop = asyncio.get_running_loop()
+        chan = self.chan
+        os.set_blocking(chan.rfd, False)
+        stop: asyncio.Future[None] = loop.create_future()
+        running: dict[int, asyncio.Task[None]] = {}
+        waiting: deque[Call] = deque()
+        free = self.boot.concurrency
+
+        async def run_one(call: Call) -> None:
+            nonlocal free
+            try:
+                chan.write(await self.run_async(call))
+            finally:
+                running.pop(call.id, None)
+                free += 1
+                start_waiting()
+
+        def start_waiting() -> None:
+            # Calls start in arrival order, at most ``concurrency`` at once.
+            nonlocal free
+            while waiting and free > 0:
+                call = waiting.popleft()
+                free -= 1
+                running[call.id] = loop.create_task(run_one(call))
+
+        def handle(msg: Any) -> None:
+            match msg:
+                case Call():
+                    waiting.append(msg)
+                    start_waiting()
+                case Cancel(id=cid):
+                    task = running.get(cid)
+                    if task is not None:
+                        task.cancel()
+                        return
+                    for c in waiting:
+                        if c.id == cid:
+                            waiting.remove(c)
+                            chan.write(Failure(cid, "CancelledError", "cancelled", "", "cancelled"))
+                            break
+                case Shutdown():
+                    if not stop.done():
+                        stop.set_result(None)
+                case Heartbeat():
+                    pass
+
+        def on_readable() -> None:
+            try:
+                chunk = os.read(chan.rfd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            if not chunk:
+                loop.remove_reader(chan.rfd)
+                if not stop.done():
+                    stop.set_result(None)
+                return
+            try:
+                msgs = chan.decoder.feed(chunk)
+            except FrameError as exc:
+                loop.remove_reader(chan.rfd)
+                if not stop.done():
+                    stop.set_exception(exc)
+                return
+            for m in msgs:
+                handle(m)
+
+        loop.add_reader(chan.rfd, on_readable)
+        try:
+            await stop
+        finally:
+            loop.remove_reader(chan.rfd)
+        if running:
+            await asyncio.gather(*running.values(), return_exceptions=True)
+        return 0
+
+    async def run_async(self, call: Call) -> Result | Failure:
+        try:
+            fn = self.resolve(call)
+            if call.deadline:
+                async with asyncio.timeout_at(call.deadline):
+                    value = await _call_maybe_async(fn, call.args)
+            else:
+                value = await _call_maybe_async(fn, call.args)
+            return Result(call.id, value)
+        except TimeoutError as exc:
+            if call.deadline and time.monotonic() >= call.deadline:
+                return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")
+            return _failure(call.id, exc)
+        except asyncio.CancelledError:
+            return Failure(call.id, "CancelledError", "cancelled", "", "cancelled")
+        except Exception as exc:
+            return _failure(call.id, exc, self.error_kind(exc))
+
+
+async def _awaitable(aw: Any) -> Any:
+    return await aw
+
+
+async def _call_maybe_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    value = fn(**args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+def _configure_logging(chan: _Channel, boot: Boot) -> None:
+    """structlog in the child sends each event to the supervisor as a ``Log`` frame."""
+    import structlog
+
+    def forward(_logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+        event = str(event_dict.pop("event", ""))
+        fields: dict[str, Any] = {}
+        for k, v in event_dict.items():
+            fields[k] = v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
+        with contextlib.suppress(OSError):
+            chan.write_bytes(chan.encoder.encode(Log(method, event, fields)))
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, forward],
+        cache_logger_on_first_use=True,
+    )
+
+
+def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
+    """Entry point of every replica, whatever started it.  Never returns."""
+    code = EXIT_STARTUP
+    try:
+        _isolate(boot, rfd, wfd, ofd)
+        chan = _Channel(rfd, wfd, boot.max_frame)
+        _configure_logging(chan, boot)
+        try:
+            _instance, targets = _load_entry(boot.entry)
+        except BaseException as exc:  # noqa: BLE001 - anything at import is a startup failure
+            tb = "".join(traceback.format_exception(exc))
+            with contextlib.suppress(OSError):
+                chan.write(StartupFailed(type(exc).__qualname__, str(exc), tb))
+            os._exit(EXIT_MEMORY if isinstance(exc, MemoryError) else EXIT_STARTUP)
+        worker = _Worker(boot, chan, targets)
+        chan.write(Ready(os.getpid()))
+        is_async = any(
+            inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+            for fn in targets.values()
+        )
+        code = worker.serve_async() if is_async else worker.serve_sync()
+    except FrameError:
+        code = EXIT_PROTOCOL
+    except MemoryError:
+        code = EXIT_MEMORY
+    except BrokenPipeError:
+        code = 0  # the supervisor closed our pipe: it is going away
+    except BaseException:  # noqa: BLE001
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+        code = 70
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,341 @@
+"""The zygote: a single-threaded process that forks agent replicas on request.
+
+It is started once per supervisor as a fresh interpreter (through
+``multiprocess.util.spawnv_passfds``, so it never inherits the supervisor's
+threads nor re-imports the user's ``__main__``), imports agentrt and the
+``preload`` modules, freezes the GC so forked children share those pages,
+and then serves :class:`~agentrt.protocol.Fork` requests on a
+``SOCK_SEQPACKET`` socket.  Each request carries the child's three pipe
+ends as SCM_RIGHTS; the reply carries a pidfd of the new child, opened
+before the zygote could possibly reap it (no pid-reuse race).
+
+The zygote is the replicas' parent (and a child subreaper, so orphaned
+grandchildren come back to it): it reaps every exit with ``wait4`` and
+reports the raw status and CPU time.  It dies with the supervisor
+(``PR_SET_PDEATHSIG``), and its replicas die with it.
+
+:class:`ZygoteClient` is the supervisor's side of that socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gc
+import importlib
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+import msgspec
+
+from agentrt import _linux
+from agentrt.protocol import Boot, Fork, Forked, ForkFailed, Reaped, ZygoteHello, ZygoteReply
+
+__all__ = ["ZygoteClient", "zygote_main"]
+
+_DGRAM = 1 << 16
+
+
+def zygote_main(sock: socket.socket, preload: list[str], sys_path: list[str], parent: int) -> None:
+    """Body of the zygote process."""
+    _linux.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(0)
+    with contextlib.suppress(OSError):
+        _linux.set_child_subreaper()
+    # The zygote is the one process the terminal's Ctrl-C must not reach on its
+    # own: the supervisor decides when replicas stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    encoder = msgspec.msgpack.Encoder()
+    decoder = msgspec.msgpack.Decoder(Fork)
+    for p in reversed(sys_path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    error = ""
+    import agentrt.worker  # noqa: F401  - preloaded for every replica
+
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # noqa: BLE001
+            error = f"preload {name!r} failed: {type(exc).__name__}: {exc}"
+            break
+    sock.sendall(encoder.encode(ZygoteHello(os.getpid(), error)))
+    if error:
+        os._exit(1)
+    gc.collect()
+    gc.freeze()
+
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        try:
+            events = poller.poll()
+        except InterruptedError:
+            continue
+        for fd, _ev in events:
+            if fd == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                _reap(sock, encoder)
+                continue
+            try:
+                data, fds = _linux.recv_with_fds(sock, _DGRAM, 8)
+            except InterruptedError:
+                continue
+            if not data:
+                os._exit(0)  # supervisor closed the socket
+            try:
+                req = decoder.decode(data)
+            except msgspec.DecodeError:
+                for f in fds:
+                    os.close(f)
+                continue
+            _fork_one(sock, encoder, req, fds, (wake_r, wake_w))
+        # SIGCHLD may have raced with poll(); reaping is cheap.
+        _reap(sock, encoder)
+
+
+def _fork_one(
+    sock: socket.socket, encoder: Any, req: Fork, fds: list[int], own: tuple[int, int]
+) -> None:
+    if len(fds) != 3:
+        for f in fds:
+            os.close(f)
+        sock.sendall(encoder.encode(ForkFailed(req.req, f"expected 3 fds, got {len(fds)}")))
+        return
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for f in fds:
+            os.close(f)
+        sock.sendall(encoder.encode(ForkFailed(req.req, f"fork failed: {exc}")))
+        return
+    if pid == 0:  # child
+        try:
+            sock.close()
+            for f in own:
+                os.close(f)
+            gc.unfreeze()
+            from agentrt.worker import child_main
+
+            child_main(req.boot, fds[0], fds[1], fds[2])
+        finally:
+            os._exit(70)
+    for f in fds:
+        os.close(f)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        sock.sendall(encoder.encode(ForkFailed(req.req, f"pidfd_open failed: {exc}")))
+        return
+    try:
+        _linux.send_with_fds(sock, encoder.encode(Forked(req.req, pid)), [pidfd])
+    finally:
+        os.close(pidfd)
+
+
+def _reap(sock: socket.socket, encoder: Any) -> None:
+    while True:
+        try:
+            pid, status, ru = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
+        cpu = ru.ru_utime + ru.ru_stime
+        with contextlib.suppress(OSError):
+            sock.sendall(encoder.encode(Reaped(pid, status, cpu)))
+
+
+class ZygoteClient:
+    """The supervisor's end of the zygote socket (runs on the event loop)."""
+
+    def __init__(self, preload: list[str], sys_path: list[str]) -> None:
+        self.preload = preload
+        self.sys_path = sys_path
+        self.pid = 0
+        self._sock: socket.socket | None = None
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(ZygoteReply)
+        self._next_req = 0
+        self._forks: dict[int, asyncio.Future[tuple[int, int]]] = {}
+        self._exits: dict[int, asyncio.Future[tuple[int, float]]] = {}
+        self._early: dict[int, tuple[int, float]] = {}
+        self._hello: asyncio.Future[ZygoteHello] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    async def start(self, timeout: float = 30.0) -> None:
+        import multiprocess.spawn
+        import multiprocess.util
+
+        loop = self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        args = msgspec.json.encode([theirs.fileno(), self.preload, self.sys_path, os.getpid()])
+        exe = os.fsencode(multiprocess.spawn.get_executable())
+        argv = [
+            os.fsdecode(exe),
+            *multiprocess.util._args_from_interpreter_flags(),
+            "-c",
+            f"from agentrt.zygote import _main; _main({args.decode()!r})",
+        ]
+        # A fresh interpreter (never a fork of our threads), and unlike a
+        # multiprocess "spawn" child it does not re-import the user's __main__.
+        # Started from the loop's thread: PR_SET_PDEATHSIG follows the thread
+        # that created the child, so it must be one that lives as long as we do.
+        try:
+            self.pid = multiprocess.util.spawnv_passfds(exe, argv, [theirs.fileno()])
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._hello = loop.create_future()
+        loop.add_reader(ours.fileno(), self._on_readable)
+        try:
+            async with asyncio.timeout(timeout):
+                hello = await self._hello
+        except BaseException:
+            await self.close()
+            raise
+        if hello.error:
+            await self.close()
+            raise RuntimeError(hello.error)
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data, fds = _linux.recv_with_fds(self._sock, _DGRAM, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                self._lost("zygote exited")
+                return
+            try:
+                msg = self._decoder.decode(data)
+            except msgspec.DecodeError:
+                for f in fds:
+                    os.close(f)
+                continue
+            match msg:
+                case Forked(req=req, pid=pid):
+                    fut = self._forks.pop(req, None)
+                    if fds and fut is not None and not fut.done():
+                        fut.set_result((pid, fds[0]))
+                    else:
+                        for f in fds:
+                            os.close(f)
+                case ForkFailed(req=req, message=message):
+                    fut = self._forks.pop(req, None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(OSError(errno.EAGAIN, message))
+                case Reaped(pid=pid, status=status, cpu=cpu):
+                    ex = self._exits.pop(pid, None)
+                    if ex is not None:
+                        if not ex.done():
+                            ex.set_result((status, cpu))
+                    else:
+                        self._early[pid] = (status, cpu)
+                        if len(self._early) > 4096:
+                            self._early.pop(next(iter(self._early)))
+                case ZygoteHello():
+                    if self._hello is not None and not self._hello.done():
+                        self._hello.set_result(msg)
+
+    def _lost(self, why: str) -> None:
+        if self._loop is not None and self._sock is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock.fileno())
+        err = RuntimeError(why)
+        for fut in [*self._forks.values(), *self._exits.values()]:
+            if not fut.done():
+                fut.set_exception(err)
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_exception(err)
+        self._forks.clear()
+        self._exits.clear()
+        self.closed = True
+
+    async def fork(self, boot: Boot, fds: list[int]) -> tuple[int, int]:
+        """Fork a replica; returns ``(pid, pidfd)``.  ``fds`` stay ours to close."""
+        if self.closed or self._sock is None or self._loop is None:
+            raise RuntimeError("zygote is not running")
+        self._next_req += 1
+        req = self._next_req
+        fut: asyncio.Future[tuple[int, int]] = self._loop.create_future()
+        self._forks[req] = fut
+        data = self._encoder.encode(Fork(req, boot))
+        while True:
+            try:
+                _linux.send_with_fds(self._sock, data, fds)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.001)  # socket buffer full: zygote is behind
+        return await fut
+
+    def exit_status(self, pid: int) -> asyncio.Future[tuple[int, float]]:
+        """A future of ``(raw wait status, cpu seconds)`` for a child of the zygote."""
+        assert self._loop is not None
+        fut: asyncio.Future[tuple[int, float]] = self._loop.create_future()
+        early = self._early.pop(pid, None)
+        if early is not None:
+            fut.set_result(early)
+        elif self.closed:
+            fut.set_exception(RuntimeError("zygote exited"))
+        else:
+            self._exits[pid] = fut
+        return fut
+
+    async def close(self) -> None:
+        """Stop the zygote (its replicas die with it) and reap it."""
+        if self._sock is not None:
+            if self._loop is not None and not self.closed:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        self._lost("zygote closed")
+        pid, self.pid = self.pid, 0
+        if pid:
+            await asyncio.to_thread(_reap_pid, pid, 2.0)
+
+
+def _reap_pid(pid: int, grace: float) -> None:
+    """Wait for the zygote to exit (it does once its socket closes), else kill it."""
+    import time
+
+    end = time.monotonic() + grace
+    while True:
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        if time.monotonic() >= end:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            return
+        time.sleep(0.005)
+
+
+def _main(args: str) -> None:
+    """Entry of the zygote interpreter (see :meth:`ZygoteClient.start`)."""
+    fd, preload, sys_path, parent = msgspec.json.decode(args)
+    zygote_main(socket.socket(fileno=fd), preload, sys_path, parent)
