@@ -24,6 +24,7 @@ lint: install
 
 demo: install
 	$(BIN)/agentrt supervise examples/demo/config.toml --output out/demo-results.json
+	@echo "results: out/demo-results.json"
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py

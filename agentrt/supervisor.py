@@ -45,6 +45,7 @@ from agentrt.errors import (
     AgentCrashed,
     AgentDied,
     AgentFailed,
+    AgentrtError,
     CallCancelled,
     CallError,
     CallTimeout,
@@ -58,7 +59,7 @@ from agentrt.errors import (
 from agentrt.process import AgentProcess, Launcher
 from agentrt.protocol import Boot, Call, Cancel, Failure, Heartbeat, Log, Result
 
-__all__ = ["ReplicaStatus", "Supervisor"]
+__all__ = ["CallReport", "ReplicaStatus", "Supervisor"]
 
 _UNSET: Any = object()
 _WATCHDOG_INTERVAL = 0.2
@@ -76,6 +77,23 @@ class ReplicaStatus(msgspec.Struct, kw_only=True):
     rss: int | None = None
     cpu_percent: float | None = None
     uptime: float | None = None
+
+
+class CallReport(msgspec.Struct, kw_only=True):
+    """The outcome of one call, as a results file records it.
+
+    ``status`` is ``ok``, ``failed``, ``timeout``, ``crashed``, ``limit`` or
+    ``cancelled``; ``error`` is the typed error's :meth:`to_dict`.
+    """
+
+    status: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    agent: str = ""
+    pid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -520,6 +538,16 @@ class Supervisor:
         ``retries`` (default: the agent's) re-runs the call on a fresh
         replica when the one serving it dies.
         """
+        return self._submit(agent, args, method, timeout, retries).future
+
+    def _submit(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None,
+        method: str,
+        timeout: float | None,
+        retries: int | None,
+    ) -> _Call:
         if self._closing:
             raise SupervisorClosed("supervisor is closing")
         ag = self._agent(agent)
@@ -543,7 +571,7 @@ class Supervisor:
             call.timer = loop.call_at(deadline, self._on_deadline, call)
         ag.waiting.append(call)
         self._dispatch(ag)
-        return call.future
+        return call
 
     async def call(
         self,
@@ -561,6 +589,42 @@ class Supervisor:
         except asyncio.CancelledError:
             self._cancel_future(fut)
             raise
+
+    async def call_report(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        method: str = "",
+        timeout: float | None = _UNSET,
+        retries: int | None = None,
+    ) -> CallReport:
+        """Run one call and describe its outcome instead of raising."""
+        try:
+            call = self._submit(agent, args, method, timeout, retries)
+        except AgentrtError as exc:
+            return CallReport(status=exc.status, error=exc.to_dict(), agent=agent)
+        try:
+            value = await call.future
+        except asyncio.CancelledError:
+            self._cancel_future(call.future)
+            raise
+        except AgentrtError as exc:
+            status, value, error = exc.status, None, exc.to_dict()
+        except Exception as exc:  # e.g. arguments msgpack cannot encode
+            status, value, error = "failed", None, {"type": type(exc).__name__, "message": str(exc)}
+        else:
+            status, error = "ok", None
+        return CallReport(
+            status=status,
+            result=value,
+            error=error,
+            attempts=call.attempts,
+            agent=agent,
+            pid=call.pid,
+            started_at=call.started_at,
+            finished_at=call.finished_at,
+        )
 
     def _cancel_future(self, fut: asyncio.Future[Any]) -> None:
         for ag in self._agents.values():

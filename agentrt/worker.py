@@ -106,6 +106,7 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
         os.environ[k] = v
     os.environ["AGENTRT_AGENT"] = boot.agent
     os.environ["AGENTRT_REPLICA"] = str(boot.replica)
+    os.environ["AGENTRT_GENERATION"] = str(boot.generation)
     for p in reversed(boot.sys_path):
         if p not in sys.path:
             sys.path.insert(0, p)
