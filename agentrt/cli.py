@@ -87,7 +87,8 @@ async def _supervise(cfg: Config, output: Path | None) -> int:
 
             runner = asyncio.ensure_future(asyncio.gather(*(run(t) for t in cfg.tasks)))
             stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            both: list[asyncio.Future[Any]] = [runner, stopper]
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             if not runner.done():
                 log.warning("run_interrupted")
@@ -111,9 +112,13 @@ async def _supervise(cfg: Config, output: Path | None) -> int:
     log.info("run_finished", run_id=run_id, tasks=len(reports), ok=ok, failed=len(reports) - ok)
     if output is not None:
         doc = {"run_id": run_id, "tasks": {t.id: reports[t.id] for t in cfg.tasks}}
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_bytes(msgspec.json.format(msgspec.json.encode(doc)) + b"\n")
+        _write_results(output, msgspec.json.format(msgspec.json.encode(doc)) + b"\n")
     return code
+
+
+def _write_results(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def main(argv: list[str] | None = None) -> int:

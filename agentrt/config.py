@@ -318,7 +318,9 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"agents.{name}", "expected a table")
         if "name" in raw:
-            raise ConfigError(f"agents.{name}.name", "unknown key (the table's name is the agent's)")
+            raise ConfigError(
+                f"agents.{name}.name", "unknown key (the table's name is the agent's)"
+            )
         spec = _convert({**raw, "name": name}, AgentSpec, f"agents.{name}")
         agents[name] = spec
     raw_tasks = data.get("tasks", [])
@@ -337,7 +339,9 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{label}.agent", f"no agent named {task.agent!r}{hint}")
         tasks.append(task)
-    return Config(supervisor=sup, agents=agents, tasks=tasks, base_dir=str(Path(base_dir).resolve()))
+    return Config(
+        supervisor=sup, agents=agents, tasks=tasks, base_dir=str(Path(base_dir).resolve())
+    )
 
 
 def load_config(path: str | Path) -> Config:

@@ -166,7 +166,9 @@ class AgentProcess:
                 await asyncio.shield(self._ready)
         except TimeoutError:
             self.kill(
-                StartupError(f"no Ready within {startup_timeout:g}s", agent=self.boot.agent, pid=self.pid)
+                StartupError(
+                    f"no Ready within {startup_timeout:g}s", agent=self.boot.agent, pid=self.pid
+                )
             )
             cause = await self.dead
             assert cause is not None
@@ -440,7 +442,9 @@ class AgentProcess:
             return StartupError(f"failed during startup ({info.describe()})", **kw)
         if not self._ready.done():
             return StartupError(f"died before Ready ({info.describe()})", **kw)
-        return AgentCrashed(f"replica {self.boot.agent}#{self.boot.replica} {info.describe()}", **kw)
+        return AgentCrashed(
+            f"replica {self.boot.agent}#{self.boot.replica} {info.describe()}", **kw
+        )
 
     def _close_fds(self) -> None:
         loop = self._loop

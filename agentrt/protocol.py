@@ -24,11 +24,11 @@ __all__ = [
     "Call",
     "Cancel",
     "Failure",
-    "FrameDecoder",
-    "FrameEncoder",
     "Fork",
     "ForkFailed",
     "Forked",
+    "FrameDecoder",
+    "FrameEncoder",
     "FrameError",
     "Heartbeat",
     "Log",
@@ -61,7 +61,7 @@ class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, tag_field="op
 # --- supervisor -> agent ----------------------------------------------------
 
 
-class Call(_Msg, tag="call"):
+class Call(_Msg, frozen=True, tag="call"):
     """Run ``target`` (``""``: the agent's entry) with keyword ``args``.
 
     ``deadline`` is a ``time.monotonic()`` instant (the clock is shared by
@@ -74,26 +74,26 @@ class Call(_Msg, tag="call"):
     deadline: float = 0.0
 
 
-class Cancel(_Msg, tag="cancel"):
+class Cancel(_Msg, frozen=True, tag="cancel"):
     """Cancel call ``id`` if it is still running."""
 
     id: int
 
 
-class Shutdown(_Msg, tag="shutdown"):
+class Shutdown(_Msg, frozen=True, tag="shutdown"):
     """Finish what is running, then exit 0."""
 
 
 # --- agent -> supervisor ----------------------------------------------------
 
 
-class Ready(_Msg, tag="ready"):
+class Ready(_Msg, frozen=True, tag="ready"):
     """The agent imported its entry and serves calls."""
 
     pid: int
 
 
-class StartupFailed(_Msg, tag="startup_failed"):
+class StartupFailed(_Msg, frozen=True, tag="startup_failed"):
     """The agent could not import or build its entry."""
 
     type: str
@@ -101,14 +101,14 @@ class StartupFailed(_Msg, tag="startup_failed"):
     traceback: str
 
 
-class Result(_Msg, tag="result"):
+class Result(_Msg, frozen=True, tag="result"):
     """Call ``id`` returned ``value``."""
 
     id: int
     value: Any
 
 
-class Failure(_Msg, tag="failure"):
+class Failure(_Msg, frozen=True, tag="failure"):
     """Call ``id`` failed.
 
     ``kind`` is ``"error"`` (the code raised), ``"memory"`` (``MemoryError``
@@ -122,7 +122,7 @@ class Failure(_Msg, tag="failure"):
     kind: str = "error"
 
 
-class Log(_Msg, tag="log"):
+class Log(_Msg, frozen=True, tag="log"):
     """A structured log event from the agent."""
 
     level: str
@@ -130,7 +130,7 @@ class Log(_Msg, tag="log"):
     fields: dict[str, Any] = {}
 
 
-class Heartbeat(_Msg, tag="heartbeat"):
+class Heartbeat(_Msg, frozen=True, tag="heartbeat"):
     """Liveness ping (either direction may ignore it)."""
 
     t: float = 0.0
@@ -163,33 +163,33 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     supervisor_pid: int = 0
 
 
-class ZygoteHello(_Msg, tag="hello"):
+class ZygoteHello(_Msg, frozen=True, tag="hello"):
     """The zygote is up (``error`` empty) or could not preload a module."""
 
     pid: int
     error: str = ""
 
 
-class Fork(_Msg, tag="fork"):
+class Fork(_Msg, frozen=True, tag="fork"):
     """Fork one replica; its three pipe ends travel with this datagram."""
 
     req: int
     boot: Boot
 
 
-class Forked(_Msg, tag="forked"):
+class Forked(_Msg, frozen=True, tag="forked"):
     """Replica forked; its pidfd travels with this datagram."""
 
     req: int
     pid: int
 
 
-class ForkFailed(_Msg, tag="fork_failed"):
+class ForkFailed(_Msg, frozen=True, tag="fork_failed"):
     req: int
     message: str
 
 
-class Reaped(_Msg, tag="reaped"):
+class Reaped(_Msg, frozen=True, tag="reaped"):
     """A child of the zygote was reaped: raw wait status and CPU seconds used."""
 
     pid: int

@@ -181,6 +181,7 @@ class Supervisor:
         self._rundir = ""
         self._closing = False
         self._closed = False
+        self._closed_event = asyncio.Event()
         self._started = False
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -226,14 +227,14 @@ class Supervisor:
         if self._closed:
             return
         if self._closing:
-            while not self._closed:
-                await asyncio.sleep(0.01)
+            await self._closed_event.wait()
             return
         self._closing = True
         try:
             await asyncio.shield(self._close())
         finally:
             self._closed = True
+            self._closed_event.set()
 
     async def _close(self) -> None:
         closed = SupervisorClosed("supervisor is closing")
@@ -467,7 +468,7 @@ class Supervisor:
         n = len(slot.recent)
         if n <= 1:
             return 0.0
-        base = min(float(self.spec.backoff_max), float(self.spec.backoff) * 2 ** (n - 2))
+        base: float = min(float(self.spec.backoff_max), float(self.spec.backoff) * 2.0 ** (n - 2))
         return base * random.uniform(0.75, 1.25)
 
     def _apply_strategy(self, crashed: _Slot) -> None:
@@ -604,6 +605,7 @@ class Supervisor:
             call = self._submit(agent, args, method, timeout, retries)
         except AgentrtError as exc:
             return CallReport(status=exc.status, error=exc.to_dict(), agent=agent)
+        error: dict[str, Any] | None
         try:
             value = await call.future
         except asyncio.CancelledError:
@@ -778,9 +780,7 @@ class Supervisor:
             return
         proc.send(Cancel(call.id))
         grace = float(call.agent.spec.cancel_grace)
-        call.timer = asyncio.get_running_loop().call_later(
-            grace, self._on_cancel_grace, call, proc
-        )
+        call.timer = asyncio.get_running_loop().call_later(grace, self._on_cancel_grace, call, proc)
 
     def _on_cancel_grace(self, call: _Call, proc: AgentProcess) -> None:
         call.timer = None
@@ -897,7 +897,7 @@ class Supervisor:
             ]
             if not watched:
                 continue
-            sizes = await asyncio.to_thread(lambda: [p.rss() for p, _ in watched])
+            sizes = await asyncio.to_thread(_rss_all, [p for p, _ in watched])
             for (proc, limit), rss in zip(watched, sizes, strict=True):
                 if rss is not None and limit is not None and rss > limit and proc.alive:
                     proc.kill(
@@ -919,3 +919,7 @@ class Supervisor:
 
     async def _remove_workdir(self, path: str) -> None:
         await asyncio.to_thread(shutil.rmtree, path, True)
+
+
+def _rss_all(procs: list[AgentProcess]) -> list[int | None]:
+    return [p.rss() for p in procs]

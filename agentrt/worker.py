@@ -27,7 +27,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any, NoReturn
 
 from agentrt import _linux
@@ -114,7 +114,7 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
 
 def _apply_rlimits(boot: Boot) -> None:
     def setlim(res: int, soft: int, hard: int | None = None) -> None:
-        cur_soft, cur_hard = resource.getrlimit(res)
+        _soft, cur_hard = resource.getrlimit(res)
         h = soft if hard is None else hard
         if cur_hard != resource.RLIM_INFINITY:
             h = min(h, cur_hard)
@@ -151,7 +151,7 @@ def _load_entry(entry: str) -> tuple[Any, dict[str, Callable[..., Any]]]:
             member = getattr(instance, name)
             if callable(member):
                 targets[name] = member
-        default = getattr(instance, "__call__", None) if callable(instance) else None
+        default = instance.__call__ if callable(instance) else None
         if default is None:
             default = targets.get("run")
         if default is not None:
@@ -257,7 +257,9 @@ class _Worker:
             if call.deadline:
                 left = call.deadline - time.monotonic()
                 if left <= 0:
-                    return Failure(call.id, "TimeoutError", "deadline passed before start", "", "timeout")
+                    return Failure(
+                        call.id, "TimeoutError", "deadline passed before start", "", "timeout"
+                    )
                 signal.setitimer(signal.ITIMER_REAL, left)
                 timed = True
             value = fn(**call.args)
@@ -391,7 +393,7 @@ def _configure_logging(chan: _Channel, boot: Boot) -> None:
     """structlog in the child sends each event to the supervisor as a ``Log`` frame."""
     import structlog
 
-    def forward(_logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+    def forward(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
         event = str(event_dict.pop("event", ""))
         fields: dict[str, Any] = {}
         for k, v in event_dict.items():
@@ -415,7 +417,7 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
         _configure_logging(chan, boot)
         try:
             _instance, targets = _load_entry(boot.entry)
-        except BaseException as exc:  # noqa: BLE001 - anything at import is a startup failure
+        except BaseException as exc:
             tb = "".join(traceback.format_exception(exc))
             with contextlib.suppress(OSError):
                 chan.write(StartupFailed(type(exc).__qualname__, str(exc), tb))
@@ -423,7 +425,7 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
         worker = _Worker(boot, chan, targets)
         chan.write(Ready(os.getpid()))
         is_async = any(
-            inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+            inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
             for fn in targets.values()
         )
         code = worker.serve_async() if is_async else worker.serve_sync()
@@ -433,7 +435,7 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
         code = EXIT_MEMORY
     except BrokenPipeError:
         code = 0  # the supervisor closed our pipe: it is going away
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         with contextlib.suppress(Exception):
             traceback.print_exc()
         code = 70

@@ -62,7 +62,7 @@ def zygote_main(sock: socket.socket, preload: list[str], sys_path: list[str], pa
     for name in preload:
         try:
             importlib.import_module(name)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             error = f"preload {name!r} failed: {type(exc).__name__}: {exc}"
             break
     sock.sendall(encoder.encode(ZygoteHello(os.getpid(), error)))
@@ -261,7 +261,8 @@ class ZygoteClient:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._sock.fileno())
         err = RuntimeError(why)
-        for fut in [*self._forks.values(), *self._exits.values()]:
+        futures: list[asyncio.Future[Any]] = [*self._forks.values(), *self._exits.values()]
+        for fut in futures:
             if not fut.done():
                 fut.set_exception(err)
         if self._hello is not None and not self._hello.done():
