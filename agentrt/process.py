@@ -125,6 +125,7 @@ class AgentProcess:
         self._eof = False
         self._exited: Awaitable[ExitInfo] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._descendants: list[int] = []
         self.stopping = False
 
     # --- start -------------------------------------------------------------
@@ -381,6 +382,7 @@ class AgentProcess:
         if self.dead.done():
             return self.dead.result()
         self.send(Shutdown())
+        self._descendants = await asyncio.to_thread(_descendants_of, self.pid)
         for sig, wait in ((signal.SIGTERM, 0.5), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
@@ -408,6 +410,15 @@ class AgentProcess:
             )
             self._ready.exception()  # retrieved: nobody may be waiting any more
         self.dead.set_result(self.cause)
+        # Nothing the replica started may outlive it: its session and group
+        # members, and the descendants seen while it was alive.
+        descendants, self._descendants = self._descendants, []
+        await asyncio.to_thread(_linux.kill_tree, self.pid, descendants)
+
+    async def wait_closed(self) -> None:
+        """Wait until the process is reaped and its leftovers are swept."""
+        if self._watch is not None:
+            await asyncio.shield(self._watch)
 
     def _classify(self, info: ExitInfo) -> AgentDied:
         kw: dict[str, Any] = {
@@ -477,3 +488,12 @@ class AgentProcess:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
             return None
+
+
+def _descendants_of(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []

@@ -325,6 +325,8 @@ class Supervisor:
             if proc is not None and not proc.dead.done():
                 self._set_state(slot, "stopping")
                 await proc.stop(grace)
+            if proc is not None:
+                await proc.wait_closed()
             if slot.task is not None:
                 slot.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -395,6 +397,7 @@ class Supervisor:
                 self._dispatch(agent)
                 cause = await asyncio.shield(proc.dead)
             self._spawn(self._remove_workdir(boot.workdir))
+            self._spawn(proc.wait_closed())
             if slot.first_start is not None and not slot.first_start.done():
                 assert cause is not None
                 slot.first_start.set_exception(cause)

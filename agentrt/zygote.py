@@ -29,7 +29,7 @@ import select
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -43,9 +43,12 @@ _DGRAM = 1 << 16
 
 def zygote_main(sock: socket.socket, preload: list[str], sys_path: list[str], parent: int) -> None:
     """Body of the zygote process."""
-    _linux.set_pdeathsig(signal.SIGKILL)
+    # SIGTERM, not SIGKILL, when the supervisor dies: the handler takes every
+    # replica's process group down before the zygote goes.
+    signal.signal(signal.SIGTERM, lambda *_: _die())
+    _linux.set_pdeathsig(signal.SIGTERM)
     if os.getppid() != parent:
-        os._exit(0)
+        _die()
     with contextlib.suppress(OSError):
         _linux.set_child_subreaper()
     # The zygote is the one process the terminal's Ctrl-C must not reach on its
@@ -93,7 +96,7 @@ def zygote_main(sock: socket.socket, preload: list[str], sys_path: list[str], pa
             except InterruptedError:
                 continue
             if not data:
-                os._exit(0)  # supervisor closed the socket
+                _die()  # supervisor closed the socket
             try:
                 req = decoder.decode(data)
             except msgspec.DecodeError:
@@ -122,6 +125,8 @@ def _fork_one(
         return
     if pid == 0:  # child
         try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _forked.clear()
             sock.close()
             for f in own:
                 os.close(f)
@@ -131,6 +136,7 @@ def _fork_one(
             child_main(req.boot, fds[0], fds[1], fds[2])
         finally:
             os._exit(70)
+    _forked.add(pid)
     for f in fds:
         os.close(f)
     try:
@@ -154,9 +160,45 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
             continue
         if pid == 0:
             return
+        if pid in _forked:
+            _forked.discard(pid)
+            # Whatever the replica left in its process group goes with it, and
+            # so do orphans that escaped into sessions of their own: as the
+            # subreaper, the zygote adopted them.
+            _linux.kill_group(pid)
+            _kill_orphans()
         cpu = ru.ru_utime + ru.ru_stime
         with contextlib.suppress(OSError):
             sock.sendall(encoder.encode(Reaped(pid, status, cpu)))
+
+
+#: replicas forked by this zygote and not yet reaped
+_forked: set[int] = set()
+
+
+def _kill_orphans() -> None:
+    """SIGKILL children of the zygote that it did not fork (adopted orphans)."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children", "rb") as f:
+            children = [int(x) for x in f.read().split()]
+    except OSError:
+        return
+    for pid in children:
+        if pid not in _forked:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _die() -> NoReturn:
+    """Take every replica's process group and every orphan down, then exit."""
+    for pid in list(_forked):
+        _linux.kill_group(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _forked.clear()
+    _kill_orphans()
+    os._exit(0)
 
 
 class ZygoteClient:
@@ -317,23 +359,21 @@ class ZygoteClient:
 
 def _reap_pid(pid: int, grace: float) -> None:
     """Wait for the zygote to exit (it does once its socket closes), else kill it."""
-    import time
+    import select
 
-    end = time.monotonic() + grace
-    while True:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = -1
+    if pidfd != -1:
         try:
-            done, _status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
-            return
-        if time.monotonic() >= end:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            return
-        time.sleep(0.005)
+            readable, _, _ = select.select([pidfd], [], [], grace)
+            if not readable:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        finally:
+            os.close(pidfd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _main(args: str) -> None:
