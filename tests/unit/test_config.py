@@ -1,0 +1,136 @@
+"""Config loading: typed specs, sizes and durations, errors that name the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentrt import AgentSpec, ConfigError, Limits, load_config, parse_config
+from agentrt.config import parse_duration, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("256MiB", 256 * 2**20),
+        ("1GiB", 2**30),
+        ("512KiB", 512 * 1024),
+        ("10MB", 10**7),
+        ("4096", 4096),
+        (1024, 1024),
+        ("1.5GiB", int(1.5 * 2**30)),
+    ],
+)
+def test_parse_size_accepts_units(text: str | int, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("500ms", 0.5), ("30s", 30.0), ("2m", 120.0), ("1h", 3600.0), (5, 5.0), ("0.25", 0.25)],
+)
+def test_parse_duration_accepts_units(text: str | int, expected: float) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "12 parsecs", "-1", True, "MiB"])
+def test_parse_size_rejects_garbage(bad: object) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(bad)  # type: ignore[arg-type]
+
+
+def test_limits_normalise_strings_from_python() -> None:
+    lim = Limits(memory="256MiB", cpu_time="10s", file_size="1MiB")
+    assert (lim.memory_bytes, lim.cpu_seconds, lim.file_size_bytes) == (256 * 2**20, 10.0, 2**20)
+
+
+def _agent(**kw: object) -> dict[str, object]:
+    return {"agents": {"echo": {"entry": "agents:echo", **kw}}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "fragment"),
+    [
+        (
+            _agent(limits={"memory": "lots"}),
+            "agents.echo.limits.memory",
+            'expected a size like "256MiB"',
+        ),
+        (_agent(limits={"memry": 1}), "agents.echo.limits.memry", "did you mean 'memory'"),
+        (_agent(replicas=0), "agents.echo.replicas", "at least 1"),
+        (_agent(restart="sometimes"), "agents.echo.restart", "invalid enum value"),
+        (_agent(timeout="soon"), "agents.echo.timeout", "duration"),
+        ({"agents": {"echo": {"entry": "no_colon"}}}, "agents.echo.entry", "module:attr"),
+        ({"agents": {"echo": {}}}, "agents.echo.entry", "required"),
+        ({"supervisor": {"strategy": "all_for_one"}}, "supervisor.strategy", "invalid enum"),
+        ({"supervisor": {"start_methd": "zygote"}}, "supervisor.start_methd", "start_method"),
+        ({"agentz": {}}, "agentz", "did you mean 'agents'"),
+        (
+            {**_agent(), "tasks": [{"id": "t", "agent": "ecko"}]},
+            "tasks.t.agent",
+            "did you mean 'echo'",
+        ),
+        (
+            {**_agent(), "tasks": [{"id": "t", "agent": "echo"}, {"id": "t", "agent": "echo"}]},
+            "tasks.t.id",
+            "duplicate",
+        ),
+        (
+            {**_agent(), "tasks": [{"id": "t", "agent": "echo", "retries": -1}]},
+            "tasks.t.retries",
+            "at least 0",
+        ),
+    ],
+)
+def test_config_errors_name_the_key_path(doc: dict[str, object], path: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert info.value.path == path
+    assert fragment in str(info.value)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_load_config_reads_toml_and_keeps_declaration_order(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "config.toml"
+    cfg_file.write_text(
+        """
+[supervisor]
+strategy = "rest_for_one"
+period = "10s"
+
+[agents.zeta]
+entry = "agents:echo"
+timeout = "500ms"
+[agents.alpha]
+entry = "agents:echo"
+replicas = 3
+[agents.alpha.limits]
+memory = "64MiB"
+
+[[tasks]]
+id = "greet"
+agent = "alpha"
+args = { text = "hello" }
+"""
+    )
+    cfg = load_config(cfg_file)
+    assert list(cfg.agents) == ["zeta", "alpha"]
+    assert cfg.agents["zeta"].timeout_s == 0.5
+    assert cfg.agents["alpha"].limits.memory_bytes == 64 * 2**20
+    assert cfg.agents["alpha"].name == "alpha"
+    assert cfg.supervisor.strategy == "rest_for_one"
+    assert cfg.tasks[0].args == {"text": "hello"}
+    assert cfg.base_dir == str(tmp_path.resolve())
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[agents\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(f)
+
+
+def test_agent_spec_from_python_validates_entry() -> None:
+    with pytest.raises(ValueError, match="module:attr"):
+        AgentSpec(name="x", entry="nocolon")

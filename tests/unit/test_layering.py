@@ -1,0 +1,89 @@
+"""The module map's one-way data flow, and the public API, checked by parsing imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import agentrt
+
+PKG = Path(agentrt.__file__).parent
+
+# module -> the agentrt modules it may import (directly)
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "protocol": set(),
+    "_linux": set(),
+    "config": {"errors"},
+    "observe": set(),
+    "worker": {"_linux", "protocol"},
+    "zygote": {"_linux", "protocol", "worker"},
+    "process": {"_linux", "errors", "protocol", "worker"},
+    "backends.local": {"process", "protocol", "worker", "zygote"},
+    "supervisor": {"_linux", "backends.local", "config", "errors", "process", "protocol"},
+    "cli": {"__init__", "config", "errors", "observe", "supervisor"},
+}
+
+
+def _agentrt_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "agentrt":
+                names = {a.name for a in node.names}
+                mods = {n for n in names if (PKG / f"{n}.py").exists()}
+                found |= mods or {"__init__"}
+                if names - mods:
+                    found.add("__init__")
+            elif node.module.startswith("agentrt."):
+                found.add(node.module.removeprefix("agentrt."))
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("agentrt."):
+                    found.add(a.name.removeprefix("agentrt."))
+    return found
+
+
+def test_every_module_imports_only_lower_layers() -> None:
+    for name, allowed in ALLOWED.items():
+        path = PKG / (name.replace(".", "/") + ".py")
+        extra = _agentrt_imports(path) - allowed
+        assert not extra, f"agentrt.{name} imports {sorted(extra)}, outside its layer"
+
+
+def test_every_module_is_in_the_layer_map() -> None:
+    mods = {
+        str(p.relative_to(PKG).with_suffix("")).replace("/", ".")
+        for p in PKG.rglob("*.py")
+        if p.name != "__init__.py"
+    }
+    assert mods <= set(ALLOWED), (
+        f"modules missing from the layer map: {sorted(mods - set(ALLOWED))}"
+    )
+
+
+def test_protocol_and_errors_import_only_msgspec_and_stdlib() -> None:
+    import sys
+
+    for name in ("protocol", "errors"):
+        tree = ast.parse((PKG / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            mods: list[str] = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods = [node.module]
+            for m in mods:
+                top = m.split(".")[0]
+                assert (
+                    top == "msgspec" and name == "protocol"
+                ) or top in sys.stdlib_module_names, f"agentrt.{name} imports {m}"
+
+
+def test_dunder_all_matches_the_public_names() -> None:
+    public = {n for n in dir(agentrt) if not n.startswith("_") and n not in {"annotations"}}
+    modules = {n for n in public if type(getattr(agentrt, n)).__name__ == "module"}
+    assert set(agentrt.__all__) - {"__version__"} == public - modules
+    for name in agentrt.__all__:
+        assert hasattr(agentrt, name), name
