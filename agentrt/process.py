@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ from agentrt.worker import EXIT_MEMORY, EXIT_STARTUP
 __all__ = ["AgentProcess", "ExitInfo", "Launched", "Launcher"]
 
 _READ_SIZE = 1 << 18
+_tls = threading.local()
+
+
+def _read(fd: int) -> memoryview:
+    """Read into this thread's reusable buffer (every replica's reader shares it:
+    the decoder consumes or copies what it is given before the next read)."""
+    view: memoryview | None = getattr(_tls, "view", None)
+    if view is None:
+        view = _tls.view = memoryview(bytearray(_READ_SIZE))
+    n = os.readv(fd, [view])
+    return view[:n]
+
+
 _BIG_PIPE = 1 << 20
 _MAX_LINE = 8192
 
@@ -116,6 +130,8 @@ class AgentProcess:
         self._ofd = -1
         self._wbuf = bytearray()
         self._wbig = False
+        self._burst = False
+        self._writer_armed = False
         self._encoder = FrameEncoder(boot.max_frame)
         self._decoder = FrameDecoder(AgentMessage, boot.max_frame)
         self._obuf = b""
@@ -187,17 +203,18 @@ class AgentProcess:
 
     def _on_readable(self) -> None:
         try:
-            chunk = os.read(self._rfd, _READ_SIZE)
+            chunk = _read(self._rfd)
         except BlockingIOError:
             return
         except OSError:
-            chunk = b""
+            self._on_eof()
+            return
         if not chunk:
             self._on_eof()
             return
         self._feed(chunk)
 
-    def _feed(self, chunk: bytes) -> None:
+    def _feed(self, chunk: bytes | memoryview) -> None:
         try:
             msgs = self._decoder.feed(chunk)
         except FrameError as exc:
@@ -261,7 +278,7 @@ class AgentProcess:
         """Read what the child wrote before it died (results are not lost)."""
         while self._rfd != -1 and not self._eof:
             try:
-                chunk = os.read(self._rfd, _READ_SIZE)
+                chunk = _read(self._rfd)
             except BlockingIOError:
                 return
             except OSError:
@@ -315,12 +332,19 @@ class AgentProcess:
         return self._encoder.encode(msg)
 
     def send_bytes(self, data: bytes | bytearray) -> None:
+        """Write now if nothing is pending; otherwise coalesce.
+
+        The first frame of a loop iteration is written at once (lowest
+        latency); frames sent after it in the same iteration are gathered and
+        written together at the start of the next one: waking a blocked reader
+        costs far more than copying bytes, so a burst pays for one wake-up.
+        """
         if self._wfd == -1:
             return
         if len(data) > 65536 and not self._wbig:
             self._wbig = True
             _linux.set_pipe_size(self._wfd, _BIG_PIPE)
-        if self._wbuf:
+        if self._wbuf or self._burst:
             self._wbuf += data
             return
         try:
@@ -331,19 +355,33 @@ class AgentProcess:
             return  # EPIPE: the child is dying; death handling reports it
         if n < len(data):
             self._wbuf += memoryview(data)[n:]
+            self._arm_writer()
+        else:
+            self._burst = True
+            self._loop.call_soon(self._end_burst)
+
+    def _end_burst(self) -> None:
+        self._burst = False
+        if self._wbuf and not self._writer_armed:
+            self._on_writable()
+
+    def _arm_writer(self) -> None:
+        if not self._writer_armed and self._wfd != -1:
+            self._writer_armed = True
             self._loop.add_writer(self._wfd, self._on_writable)
 
     def _on_writable(self) -> None:
         try:
             n = os.write(self._wfd, self._wbuf)
         except BlockingIOError:
-            return
+            n = 0
         except OSError:
-            self._wbuf.clear()
-            self._loop.remove_writer(self._wfd)
-            return
+            n = len(self._wbuf)
         del self._wbuf[:n]
-        if not self._wbuf:
+        if self._wbuf:
+            self._arm_writer()
+        elif self._writer_armed:
+            self._writer_armed = False
             self._loop.remove_writer(self._wfd)
 
     # --- death -------------------------------------------------------------

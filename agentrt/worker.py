@@ -172,17 +172,20 @@ class _Channel:
         self.encoder = FrameEncoder(max_frame)
         self.decoder = FrameDecoder(SupervisorMessage, max_frame)
 
-    def write(self, msg: Any) -> None:
+    def frame(self, msg: Any) -> bytearray:
+        """Encode ``msg``; a result that cannot be encoded becomes a ``Failure``."""
         try:
-            data = self.encoder.encode(msg)
-        except (TypeError, FrameError) as exc:
+            return self.encoder.encode(msg)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             call_id = getattr(msg, "id", None)
             if call_id is None:
                 raise
-            data = self.encoder.encode(
+            return self.encoder.encode(
                 Failure(call_id, type(exc).__name__, f"cannot send result: {exc}", "", "error")
             )
-        self.write_bytes(data)
+
+    def write(self, msg: Any) -> None:
+        self.write_bytes(self.frame(msg))
 
     def write_bytes(self, data: bytes | bytearray) -> None:
         view = memoryview(data)
@@ -235,8 +238,15 @@ class _Worker:
             raise _Deadline
 
         signal.signal(signal.SIGALRM, on_alarm)
+        # Results of calls that arrived together are written together (one
+        # wake-up of the supervisor), unless that would hold one back > 1 ms.
+        out = bytearray()
+        since = 0.0
         while True:
             if not backlog:
+                if out:
+                    chan.write_bytes(out)
+                    out.clear()
                 try:
                     backlog.extend(chan.read())
                 except EOFError:
@@ -244,8 +254,15 @@ class _Worker:
             msg = backlog.popleft()
             match msg:
                 case Call():
-                    chan.write(self.run_sync(msg))
+                    if not out:
+                        since = time.monotonic()
+                    out += chan.frame(self.run_sync(msg))
+                    if backlog and time.monotonic() - since > 0.001:
+                        chan.write_bytes(out)
+                        out.clear()
                 case Shutdown():
+                    if out:
+                        chan.write_bytes(out)
                     return 0
                 case Cancel() | Heartbeat():
                     pass  # nothing runs between calls in sync mode
