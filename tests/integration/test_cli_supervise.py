@@ -1,0 +1,175 @@
+"""`agentrt supervise`: results file, exit codes, config errors, signals (real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENTS = """
+import os, time
+
+def echo(**kw):
+    return kw
+
+def crash():
+    os._exit(5)
+
+def slow(seconds=30):
+    time.sleep(seconds)
+"""
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentrt.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _project(tmp_path: Path, config: str) -> Path:
+    (tmp_path / "agents.py").write_text(AGENTS)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(config)
+    return cfg
+
+
+def test_supervise_writes_results_and_exits_0_when_all_tasks_succeed(tmp_path: Path) -> None:
+    cfg = _project(
+        tmp_path,
+        """
+[agents.echo]
+entry = "agents:echo"
+replicas = 2
+
+[[tasks]]
+id = "greet"
+agent = "echo"
+args = { text = "hello" }
+
+[[tasks]]
+id = "again"
+agent = "echo"
+args = { n = 2 }
+""",
+    )
+    out = tmp_path / "results.json"
+    proc = _run("supervise", str(cfg), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["run_id"]
+    greet = doc["tasks"]["greet"]
+    assert greet["status"] == "ok"
+    assert greet["result"] == {"text": "hello"}
+    assert greet["error"] is None
+    assert greet["attempts"] == 1
+    assert greet["agent"] == "echo"
+    assert greet["pid"] > 0
+    assert greet["finished_at"] >= greet["started_at"]
+    assert doc["tasks"]["again"]["result"] == {"n": 2}
+
+
+def test_supervise_exits_1_and_records_the_typed_cause_when_a_task_fails(tmp_path: Path) -> None:
+    cfg = _project(
+        tmp_path,
+        """
+[agents.crasher]
+entry = "agents:crash"
+[agents.echo]
+entry = "agents:echo"
+
+[[tasks]]
+id = "boom"
+agent = "crasher"
+
+[[tasks]]
+id = "fine"
+agent = "echo"
+""",
+    )
+    out = tmp_path / "results.json"
+    proc = _run("supervise", str(cfg), "--output", str(out), "--log-format", "json")
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(out.read_text())
+    boom = doc["tasks"]["boom"]
+    assert boom["status"] == "crashed"
+    assert boom["error"]["type"] == "AgentCrashed"
+    assert boom["error"]["exit_code"] == 5
+    assert doc["tasks"]["fine"]["status"] == "ok"
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert any(e.get("event") == "replica_died" and e.get("agent") == "crasher" for e in events)
+
+
+def test_supervise_exits_2_with_the_key_path_on_a_config_error(tmp_path: Path) -> None:
+    cfg = _project(
+        tmp_path,
+        """
+[agents.echo]
+entry = "agents:echo"
+[agents.echo.limits]
+memory = "a lot"
+""",
+    )
+    proc = _run("supervise", str(cfg))
+    assert proc.returncode == 2
+    assert 'agents.echo.limits.memory: expected a size like "256MiB"' in proc.stderr
+
+
+def test_supervise_rejects_unknown_keys_with_a_suggestion(tmp_path: Path) -> None:
+    cfg = _project(tmp_path, '[agents.echo]\nentry = "agents:echo"\nreplica = 2\n')
+    proc = _run("supervise", str(cfg))
+    assert proc.returncode == 2
+    assert "agents.echo.replica: unknown key; did you mean 'replicas'?" in proc.stderr
+
+
+def test_supervise_without_tasks_runs_until_sigterm_and_leaves_no_process(tmp_path: Path) -> None:
+    cfg = _project(tmp_path, '[agents.echo]\nentry = "agents:echo"\nreplicas = 3\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentrt.cli", "supervise", str(cfg), "--log-format", "json"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stderr is not None
+        ready = 0
+        for line in proc.stderr:  # blocks on the real log stream, no polling
+            if '"replica_ready"' in line:
+                ready += 1
+            if '"supervising"' in line:
+                break
+        assert ready == 3
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 4  # the zygote and three replicas
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        _gone, alive = psutil.wait_procs(family, timeout=5)
+        assert not alive
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.mark.skipif(not (ROOT / "examples/demo/config.toml").exists(), reason="no demo")
+def test_demo_config_runs_and_its_flaky_agent_is_restarted(tmp_path: Path) -> None:
+    out = tmp_path / "demo.json"
+    proc = _run("supervise", "examples/demo/config.toml", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert all(t["status"] == "ok" for t in doc["tasks"].values())
+    assert doc["tasks"]["flaky-job"]["attempts"] == 2
+    assert "replica_died" in proc.stderr
+    assert os.path.exists(out)
