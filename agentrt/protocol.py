@@ -41,6 +41,7 @@ __all__ = [
     "ZygoteHello",
     "ZygoteReply",
     "ZygoteRequest",
+    "describe_unencodable",
 ]
 
 #: bytes in the length prefix
@@ -312,6 +313,33 @@ class FrameDecoder:
             n = len(self._pending)
             self._pending.clear()
             raise FrameError(f"stream ended inside a frame ({n} bytes pending)")
+
+
+def describe_unencodable(value: Any, path: str = "") -> str:
+    """Name the first part of ``value`` msgpack cannot encode, with its path.
+
+    Only for error messages: ``"args['items'][2]: cannot encode objects of
+    type Foo"``.  Walks dicts, lists and tuples; returns ``""`` when it finds
+    nothing wrong.
+    """
+    enc = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, obj = stack.pop()
+        if isinstance(obj, dict):
+            stack.extend((f"{where}[{k!r}]", v) for k, v in reversed(list(obj.items())))
+            bad_keys = [k for k in obj if not isinstance(k, str | int | float | bool | bytes)]
+            if bad_keys:
+                return f"{where}: cannot encode a key of type {type(bad_keys[0]).__qualname__}"
+            continue
+        if isinstance(obj, list | tuple):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(obj))))
+            continue
+        try:
+            enc.encode(obj)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return f"{where}: {exc}"
+    return ""
 
 
 def iter_frames(data: bytes, message_type: Any = AgentMessage) -> Iterator[Any]:

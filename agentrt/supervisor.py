@@ -57,7 +57,16 @@ from agentrt.errors import (
     UnknownAgent,
 )
 from agentrt.process import AgentProcess, Launcher
-from agentrt.protocol import Boot, Call, Cancel, Failure, Heartbeat, Log, Result
+from agentrt.protocol import (
+    Boot,
+    Call,
+    Cancel,
+    Failure,
+    Heartbeat,
+    Log,
+    Result,
+    describe_unencodable,
+)
 
 __all__ = ["CallReport", "ReplicaStatus", "Supervisor"]
 
@@ -665,8 +674,9 @@ class Supervisor:
         assert proc is not None
         try:
             data = proc.encode(Call(call.id, call.target, call.args, call.deadline or 0.0))
-        except (TypeError, ValueError) as exc:
-            self._fail(call, TypeError(f"arguments of call to {slot.agent.name!r}: {exc}"))
+        except (TypeError, ValueError, OverflowError) as exc:
+            where = describe_unencodable(call.args, "args") or str(exc)
+            self._fail(call, TypeError(f"call to {slot.agent.name!r}: {where}"))
             return
         call.attempts += 1
         call.slot = slot

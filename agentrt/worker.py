@@ -46,6 +46,7 @@ from agentrt.protocol import (
     Shutdown,
     StartupFailed,
     SupervisorMessage,
+    describe_unencodable,
 )
 
 __all__ = ["EXIT_MEMORY", "EXIT_PROTOCOL", "EXIT_STARTUP", "child_main"]
@@ -180,9 +181,8 @@ class _Channel:
             call_id = getattr(msg, "id", None)
             if call_id is None:
                 raise
-            return self.encoder.encode(
-                Failure(call_id, type(exc).__name__, f"cannot send result: {exc}", "", "error")
-            )
+            where = describe_unencodable(getattr(msg, "value", None), "result") or str(exc)
+            return self.encoder.encode(Failure(call_id, type(exc).__name__, where, "", "error"))
 
     def write(self, msg: Any) -> None:
         self.write_bytes(self.frame(msg))
