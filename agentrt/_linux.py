@@ -16,13 +16,14 @@ import socket
 from collections.abc import Iterable
 
 __all__ = [
+    "descendants",
     "kill_group",
     "kill_tree",
     "pidfd_signal",
+    "proc_table",
     "raise_nofile_limit",
     "recv_with_fds",
     "send_with_fds",
-    "session_members",
     "set_child_subreaper",
     "set_pdeathsig",
     "set_pipe_size",
@@ -110,19 +111,15 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
         return False
 
 
-def session_members(sid: int) -> list[int]:
-    """Pids whose session or process group is ``sid`` (a sweep of /proc)."""
-    out: list[int] = []
+def proc_table() -> list[tuple[int, int, int, int]]:
+    """``(pid, ppid, pgid, sid)`` of every process (one sweep of /proc)."""
+    out: list[tuple[int, int, int, int]] = []
     try:
         names = os.listdir("/proc")
     except OSError:
         return out
-    me = os.getpid()
     for name in names:
         if not name.isdigit():
-            continue
-        pid = int(name)
-        if pid == me:
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
@@ -131,15 +128,36 @@ def session_members(sid: int) -> list[int]:
             continue
         # Fields after the parenthesised comm: state ppid pgrp session ...
         rest = stat[stat.rfind(b")") + 2 :].split()
-        if len(rest) > 3 and (int(rest[2]) == sid or int(rest[3]) == sid):
-            out.append(pid)
+        if len(rest) > 3:
+            out.append((int(name), int(rest[1]), int(rest[2]), int(rest[3])))
     return out
 
 
-def kill_tree(pid: int, extra: Iterable[int] = ()) -> int:
-    """SIGKILL ``pid``'s group, session members and ``extra`` pids; returns how many."""
-    victims = set(session_members(pid)) | set(extra)
-    kill_group(pid)
+def descendants(roots: Iterable[int]) -> list[int]:
+    """Every live descendant of ``roots`` (one sweep of /proc for all of them)."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _pgid, _sid in proc_table():
+        children.setdefault(ppid, []).append(pid)
+    out: list[int] = []
+    stack = list(roots)
+    while stack:
+        for c in children.get(stack.pop(), ()):
+            out.append(c)
+            stack.append(c)
+    return out
+
+
+def kill_tree(leaders: Iterable[int], extra: Iterable[int] = ()) -> int:
+    """SIGKILL what the ``leaders`` left behind: their process groups, every
+    process of their sessions or groups, and ``extra`` pids.  Returns how many
+    processes were signalled."""
+    lead = set(leaders)
+    for pid in lead:
+        kill_group(pid)
+    me = os.getpid()
+    victims = {pid for pid, _pp, pgid, sid in proc_table() if sid in lead or pgid in lead}
+    victims |= set(extra)
+    victims.discard(me)
     n = 0
     for v in victims:
         try:

@@ -64,6 +64,18 @@ class AgentrtError(Exception):
         """A JSON-ready description: ``type``, ``message`` and typed details."""
         return {"type": type(self).__name__, "message": str(self)}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild without calling __init__ (whose keyword-only arguments are not
+        # in ``args``), so copy.copy() and pickle keep every typed detail.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[AgentrtError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class ConfigError(AgentrtError, ValueError):
     """A configuration is invalid; ``path`` is the dotted key path."""

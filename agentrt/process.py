@@ -142,6 +142,9 @@ class AgentProcess:
         self._exited: Awaitable[ExitInfo] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._descendants: list[int] = []
+        #: sweep the replica's leftovers when it dies; off when the owner
+        #: stops many replicas and sweeps them in one pass
+        self.sweep = True
         self.stopping = False
 
     # --- start -------------------------------------------------------------
@@ -420,7 +423,8 @@ class AgentProcess:
         if self.dead.done():
             return self.dead.result()
         self.send(Shutdown())
-        self._descendants = await asyncio.to_thread(_descendants_of, self.pid)
+        if self.sweep:
+            self._descendants = await asyncio.to_thread(_linux.descendants, [self.pid])
         for sig, wait in ((signal.SIGTERM, 0.5), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
@@ -450,8 +454,9 @@ class AgentProcess:
         self.dead.set_result(self.cause)
         # Nothing the replica started may outlive it: its session and group
         # members, and the descendants seen while it was alive.
-        descendants, self._descendants = self._descendants, []
-        await asyncio.to_thread(_linux.kill_tree, self.pid, descendants)
+        if self.sweep:
+            descendants, self._descendants = self._descendants, []
+            await asyncio.to_thread(_linux.kill_tree, [self.pid], descendants)
 
     async def wait_closed(self) -> None:
         """Wait until the process is reaped and its leftovers are swept."""
@@ -526,12 +531,3 @@ class AgentProcess:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
             return None
-
-
-def _descendants_of(pid: int) -> list[int]:
-    import psutil
-
-    try:
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return []

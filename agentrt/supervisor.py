@@ -137,6 +137,7 @@ class _Slot:
     first_start: asyncio.Future[None] | None = None
     stop_requested: bool = False
     sibling_restart: bool = False
+    gone: bool = False  # its task ended: this slot will not serve again
     psutil_proc: Any = None
 
 
@@ -249,10 +250,7 @@ class Supervisor:
         closed = SupervisorClosed("supervisor is closing")
         for agent in self._agents.values():
             self._fail_waiting(agent, closed)
-        await asyncio.gather(
-            *(self._stop_agent(a, closed) for a in reversed(list(self._agents.values()))),
-            return_exceptions=True,
-        )
+        await self._stop_agents(list(self._agents.values()), closed)
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -325,15 +323,25 @@ class Supervisor:
             ) from None
 
     async def _stop_agent(self, agent: _Agent, err: CallError | SupervisorClosed) -> None:
-        for slot in agent.slots:
+        await self._stop_agents([agent], err)
+
+    async def _stop_agents(self, agents: list[_Agent], err: CallError | SupervisorClosed) -> None:
+        """Stop replicas concurrently, then sweep all their leftovers in one pass."""
+        slots = [s for a in agents for s in a.slots]
+        procs: list[AgentProcess] = []
+        for slot in slots:
             slot.stop_requested = True
-        grace = float(agent.spec.shutdown_timeout)
+            if slot.proc is not None and not slot.proc.dead.done():
+                slot.proc.sweep = False
+                procs.append(slot.proc)
+        leaders = [p.pid for p in procs if p.pid]
+        left = await asyncio.to_thread(_linux.descendants, leaders) if leaders else []
 
         async def stop_slot(slot: _Slot) -> None:
             proc = slot.proc
             if proc is not None and not proc.dead.done():
                 self._set_state(slot, "stopping")
-                await proc.stop(grace)
+                await proc.stop(float(slot.agent.spec.shutdown_timeout))
             if proc is not None:
                 await proc.wait_closed()
             if slot.task is not None:
@@ -344,7 +352,9 @@ class Supervisor:
                 self._fail(call, err)
             slot.inflight.clear()
 
-        await asyncio.gather(*(stop_slot(s) for s in agent.slots))
+        await asyncio.gather(*(stop_slot(s) for s in slots))
+        if leaders:
+            await asyncio.to_thread(_linux.kill_tree, leaders, left)
 
     # --- the replica loop ----------------------------------------------------
 
@@ -440,6 +450,7 @@ class Supervisor:
             restart = spec.restart == "permanent" or (spec.restart == "transient" and abnormal)
             if not restart and not sibling:
                 log.info("replica_not_restarted", restart=spec.restart)
+                slot.gone = True
                 self._check_agent_alive(agent)
                 return
             if not sibling:
@@ -528,10 +539,15 @@ class Supervisor:
         self._fail_waiting(agent, agent.failed)
 
     def _check_agent_alive(self, agent: _Agent) -> None:
-        if all(s.state in ("exited", "failed") for s in agent.slots):
-            self._fail_waiting(
-                agent, CallCancelled(f"agent {agent.name!r} has no replica left", agent=agent.name)
-            )
+        if all(s.gone for s in agent.slots):
+            self._fail_waiting(agent, self._no_replica(agent))
+
+    @staticmethod
+    def _no_replica(agent: _Agent) -> AgentFailed:
+        return AgentFailed(
+            agent.name,
+            f"no replica left ({agent.spec.restart} replicas that ended are not restarted)",
+        )
 
     # --- calls ---------------------------------------------------------------
 
@@ -566,6 +582,8 @@ class Supervisor:
         ag = self._agent(agent)
         if ag.failed is not None:
             raise ag.failed
+        if all(s.gone for s in ag.slots):
+            raise self._no_replica(ag)
         spec = ag.spec
         loop = asyncio.get_running_loop()
         to = spec.timeout_s if timeout is _UNSET else timeout

@@ -172,6 +172,7 @@ class _Channel:
         self.wfd = wfd
         self.encoder = FrameEncoder(max_frame)
         self.decoder = FrameDecoder(SupervisorMessage, max_frame)
+        self.big = False
 
     def frame(self, msg: Any) -> bytearray:
         """Encode ``msg``; a result that cannot be encoded becomes a ``Failure``."""
@@ -188,6 +189,9 @@ class _Channel:
         self.write_bytes(self.frame(msg))
 
     def write_bytes(self, data: bytes | bytearray) -> None:
+        if len(data) > 65536 and not self.big:
+            self.big = True
+            _linux.set_pipe_size(self.wfd, 1 << 20)
         view = memoryview(data)
         while view:
             n = os.write(self.wfd, view)
@@ -238,15 +242,10 @@ class _Worker:
             raise _Deadline
 
         signal.signal(signal.SIGALRM, on_alarm)
-        # Results of calls that arrived together are written together (one
-        # wake-up of the supervisor), unless that would hold one back > 1 ms.
-        out = bytearray()
-        since = 0.0
+        # Each result is written before the next call starts: a call that
+        # kills the process must not take an earlier call's result with it.
         while True:
             if not backlog:
-                if out:
-                    chan.write_bytes(out)
-                    out.clear()
                 try:
                     backlog.extend(chan.read())
                 except EOFError:
@@ -254,15 +253,8 @@ class _Worker:
             msg = backlog.popleft()
             match msg:
                 case Call():
-                    if not out:
-                        since = time.monotonic()
-                    out += chan.frame(self.run_sync(msg))
-                    if backlog and time.monotonic() - since > 0.001:
-                        chan.write_bytes(out)
-                        out.clear()
+                    chan.write(self.run_sync(msg))
                 case Shutdown():
-                    if out:
-                        chan.write_bytes(out)
                     return 0
                 case Cancel() | Heartbeat():
                     pass  # nothing runs between calls in sync mode

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from typing import Any
 
 from agentrt.process import ExitInfo, Launched
@@ -86,36 +85,46 @@ class MultiprocessLauncher:
             for c in conns:
                 c.close()
         pidfd = os.pidfd_open(proc.pid)
+        # Not multiprocess's sentinel: the replica closes every fd it did not
+        # ask for, that one included.  A pidfd turns readable when it exits.
+        watch_fd = os.dup(pidfd)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        sentinel = proc.sentinel
 
-        def on_sentinel() -> None:
-            loop.remove_reader(sentinel)
+        def on_exit() -> None:
+            loop.remove_reader(watch_fd)
             if not done.done():
                 done.set_result(None)
 
-        loop.add_reader(sentinel, on_sentinel)
+        loop.add_reader(watch_fd, on_exit)
 
         async def exited() -> ExitInfo:
             try:
                 await done
+                # It has exited: join only collects the status (for forkserver,
+                # from the server's pipe, written as soon as it reaps).
                 await asyncio.to_thread(proc.join, 5.0)
-                if proc.exitcode is None:  # closed its sentinel but lives on
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, signal.SIGKILL)
-                    await asyncio.to_thread(proc.join)
                 return ExitInfo(proc.exitcode)
             finally:
-                with contextlib.suppress(Exception):
-                    loop.remove_reader(sentinel)
+                loop.remove_reader(watch_fd)
+                os.close(watch_fd)
                 with contextlib.suppress(Exception):
                     proc.close()
 
         return Launched(proc.pid, pidfd, exited())
 
     async def close(self) -> None:
-        return None
+        """Stop the helper processes multiprocess started for us (forkserver,
+        resource tracker); the next use starts them again."""
+        await asyncio.to_thread(self._stop_helpers)
+
+    def _stop_helpers(self) -> None:
+        import multiprocess.forkserver
+        import multiprocess.resource_tracker
+
+        if self.name == "forkserver":
+            multiprocess.forkserver._forkserver._stop()
+        multiprocess.resource_tracker._resource_tracker._stop()
 
 
 def _with_sys_path(boot: Boot, extra: list[str]) -> Boot:
