@@ -7,7 +7,6 @@ prctl death signal and subreaper, pipe sizing, fd passing, and a sweep of
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -27,18 +26,23 @@ __all__ = [
     "set_child_subreaper",
     "set_pdeathsig",
     "set_pipe_size",
+    "warm",
 ]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_libc: ctypes.CDLL | None = None
+# The symbols already loaded into this process (libc among them): no
+# find_library() here, it runs a subprocess and costs milliseconds per replica.
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def warm() -> None:
+    """Resolve the libc functions now, not in each forked child."""
+    _ = _libc.prctl
 
 
 def _prctl(option: int, arg: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     if _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

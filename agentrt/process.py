@@ -139,6 +139,7 @@ class AgentProcess:
         self._gone = asyncio.Event()  # pidfd readable or exit status known
         self.dead: asyncio.Future[AgentDied | None] = self._loop.create_future()
         self._eof = False
+        self._broken = False
         self._exited: Awaitable[ExitInfo] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._descendants: list[int] = []
@@ -221,21 +222,15 @@ class AgentProcess:
         try:
             msgs = self._decoder.feed(chunk)
         except FrameError as exc:
-            self._loop.remove_reader(self._rfd)
-            self.kill(ProtocolViolation(str(exc), agent=self.boot.agent, pid=self.pid))
+            self._violation(str(exc))
             return
         ready = self._ready
         for msg in msgs:
+            if self._broken:
+                return
             if ready.done():
                 if isinstance(msg, Ready | StartupFailed):
-                    self._loop.remove_reader(self._rfd)
-                    self.kill(
-                        ProtocolViolation(
-                            f"unexpected {type(msg).__name__} frame after Ready",
-                            agent=self.boot.agent,
-                            pid=self.pid,
-                        )
-                    )
+                    self._violation(f"unexpected {type(msg).__name__} frame after Ready")
                     return
                 self.handler(self, msg)
             elif isinstance(msg, Ready):
@@ -248,15 +243,15 @@ class AgentProcess:
                 self.reason = err
                 ready.set_exception(err)
             else:
-                self._loop.remove_reader(self._rfd)
-                self.kill(
-                    ProtocolViolation(
-                        f"{type(msg).__name__} frame before Ready",
-                        agent=self.boot.agent,
-                        pid=self.pid,
-                    )
-                )
+                self._violation(f"{type(msg).__name__} frame before Ready")
                 return
+
+    def _violation(self, what: str) -> None:
+        """Kill the replica; nothing it sent from here on is read, let alone trusted."""
+        self._broken = True
+        if self._rfd != -1:
+            self._loop.remove_reader(self._rfd)
+        self.kill(ProtocolViolation(what, agent=self.boot.agent, pid=self.pid))
 
     def _on_eof(self) -> None:
         self._loop.remove_reader(self._rfd)
@@ -279,7 +274,7 @@ class AgentProcess:
 
     def _drain(self) -> None:
         """Read what the child wrote before it died (results are not lost)."""
-        while self._rfd != -1 and not self._eof:
+        while self._rfd != -1 and not self._eof and not self._broken:
             try:
                 chunk = _read(self._rfd)
             except BlockingIOError:
@@ -431,15 +426,36 @@ class AgentProcess:
                     return await asyncio.shield(self.dead)
             self.signal(sig)
             grace = wait
-        return await asyncio.shield(self.dead)
+        try:
+            async with asyncio.timeout(10.0):
+                return await asyncio.shield(self.dead)
+        except TimeoutError:  # SIGKILL not acted upon: nothing more we can do
+            self.log.error("replica_unkillable", pid=self.pid)
+            return self.reason
 
     async def _watch_exit(self) -> None:
         assert self._exited is not None
         try:
             info = await self._exited
+        except asyncio.CancelledError:
+            # The loop is being torn down under us (asyncio.run cancelling
+            # every task): kill the replica and settle ``dead`` anyway, so
+            # nothing waits on it forever.
+            self.signal(signal.SIGKILL)
+            self._settle(ExitInfo(None))
+            raise
         except Exception as exc:  # the launcher lost track: assume killed
             self.log.warning("exit_status_lost", error=str(exc))
             info = ExitInfo(None)
+        self._settle(info)
+        # Nothing the replica started may outlive it: its session and group
+        # members, and the descendants seen while it was alive.
+        if self.sweep:
+            descendants, self._descendants = self._descendants, []
+            await asyncio.to_thread(_linux.kill_tree, [self.pid], descendants)
+
+    def _settle(self, info: ExitInfo) -> None:
+        """The process is gone: read its last frames, close, classify, resolve ``dead``."""
         self._gone.set()
         self.exit = info
         self._drain()
@@ -452,11 +468,6 @@ class AgentProcess:
             )
             self._ready.exception()  # retrieved: nobody may be waiting any more
         self.dead.set_result(self.cause)
-        # Nothing the replica started may outlive it: its session and group
-        # members, and the descendants seen while it was alive.
-        if self.sweep:
-            descendants, self._descendants = self._descendants, []
-            await asyncio.to_thread(_linux.kill_tree, [self.pid], descendants)
 
     async def wait_closed(self) -> None:
         """Wait until the process is reaped and its leftovers are swept."""

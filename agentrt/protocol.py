@@ -206,6 +206,17 @@ def _enc_hook(obj: Any) -> Any:
     raise TypeError(f"cannot encode objects of type {type(obj).__qualname__}")
 
 
+_DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _decoder_for(message_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    """One typed decoder per message type, shared (decoders are stateless)."""
+    dec = _DECODERS.get(message_type)
+    if dec is None:
+        dec = _DECODERS[message_type] = msgspec.msgpack.Decoder(message_type)
+    return dec
+
+
 class FrameEncoder:
     """Encodes messages into length-prefixed frames, reusing one encoder."""
 
@@ -256,7 +267,7 @@ class FrameDecoder:
     __slots__ = ("_broken", "_decoder", "_pending", "max_frame")
 
     def __init__(self, message_type: Any, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(message_type)
+        self._decoder = _decoder_for(message_type)
         self._pending = bytearray()
         self._broken: str | None = None
         self.max_frame = max_frame

@@ -59,6 +59,7 @@ EXIT_MEMORY = 72
 EXIT_PROTOCOL = 73
 
 _READ_SIZE = 1 << 16
+_prepared = False
 
 
 class _Deadline(BaseException):
@@ -97,9 +98,12 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
             os.closerange(lo, fd)
             lo = fd + 1
     os.closerange(lo, 1 << 20)
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    # sys.stdout/stderr still write to fds 1 and 2, now the capture pipe;
+    # line buffering makes each line reach the supervisor's log promptly.
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(line_buffering=True)
     _apply_rlimits(boot)
     os.makedirs(boot.workdir, mode=0o700, exist_ok=True)
     os.chdir(boot.workdir)
@@ -398,23 +402,46 @@ async def _call_maybe_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any
     return value
 
 
-def _configure_logging(chan: _Channel, boot: Boot) -> None:
-    """structlog in the child sends each event to the supervisor as a ``Log`` frame."""
+#: the protocol channel of this replica, once it has one (for log forwarding)
+_channel: _Channel | None = None
+
+
+def _forward_log(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog's last processor in a replica: the event becomes a ``Log`` frame."""
     import structlog
 
-    def forward(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    chan = _channel
+    if chan is not None:
         event = str(event_dict.pop("event", ""))
         fields: dict[str, Any] = {}
         for k, v in event_dict.items():
             fields[k] = v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, TypeError, ValueError):
             chan.write_bytes(chan.encoder.encode(Log(method, event, fields)))
-        raise structlog.DropEvent
+    raise structlog.DropEvent
+
+
+def prepare() -> None:
+    """Work every replica would repeat, done once in the process that forks them.
+
+    Configures structlog to forward events over the (future) channel, builds
+    the typed decoder, and freezes the GC so the pages of everything imported
+    so far stay shared with the children.
+    """
+    global _prepared
+    _prepared = True
+    import gc
+
+    import structlog
 
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, forward],
+        processors=[structlog.contextvars.merge_contextvars, _forward_log],
         cache_logger_on_first_use=True,
     )
+    FrameDecoder(SupervisorMessage)
+    _linux.warm()
+    gc.collect()
+    gc.freeze()
 
 
 def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
@@ -422,8 +449,10 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
     code = EXIT_STARTUP
     try:
         _isolate(boot, rfd, wfd, ofd)
-        chan = _Channel(rfd, wfd, boot.max_frame)
-        _configure_logging(chan, boot)
+        global _channel
+        chan = _channel = _Channel(rfd, wfd, boot.max_frame)
+        if not _prepared:
+            prepare()
         try:
             _instance, targets = _load_entry(boot.entry)
         except BaseException as exc:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import importlib
 import os
 import select
 import signal
 import socket
 import sys
+from collections import deque
 from typing import Any, NoReturn
 
 import msgspec
@@ -60,7 +60,7 @@ def zygote_main(sock: socket.socket, preload: list[str], sys_path: list[str], pa
         if p not in sys.path:
             sys.path.insert(0, p)
     error = ""
-    import agentrt.worker  # noqa: F401  - preloaded for every replica
+    import agentrt.worker  # preloaded for every replica
 
     for name in preload:
         try:
@@ -71,8 +71,7 @@ def zygote_main(sock: socket.socket, preload: list[str], sys_path: list[str], pa
     sock.sendall(encoder.encode(ZygoteHello(os.getpid(), error)))
     if error:
         os._exit(1)
-    gc.collect()
-    gc.freeze()
+    agentrt.worker.prepare()
 
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -130,7 +129,6 @@ def _fork_one(
             sock.close()
             for f in own:
                 os.close(f)
-            gc.unfreeze()
             from agentrt.worker import child_main
 
             child_main(req.boot, fds[0], fds[1], fds[2])
@@ -212,6 +210,8 @@ class ZygoteClient:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ZygoteReply)
         self._next_req = 0
+        self._outbox: deque[tuple[bytes, list[int]]] = deque()
+        self._writer_armed = False
         self._forks: dict[int, asyncio.Future[tuple[int, int]]] = {}
         self._exits: dict[int, asyncio.Future[tuple[int, float]]] = {}
         self._early: dict[int, tuple[int, float]] = {}
@@ -302,6 +302,8 @@ class ZygoteClient:
         if self._loop is not None and self._sock is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._sock.fileno())
+                self._loop.remove_writer(self._sock.fileno())
+        self._outbox.clear()
         err = RuntimeError(why)
         futures: list[asyncio.Future[Any]] = [*self._forks.values(), *self._exits.values()]
         for fut in futures:
@@ -321,14 +323,28 @@ class ZygoteClient:
         req = self._next_req
         fut: asyncio.Future[tuple[int, int]] = self._loop.create_future()
         self._forks[req] = fut
-        data = self._encoder.encode(Fork(req, boot))
-        while True:
-            try:
-                _linux.send_with_fds(self._sock, data, fds)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.001)  # socket buffer full: zygote is behind
+        self._outbox.append((self._encoder.encode(Fork(req, boot)), fds))
+        self._flush_outbox()
         return await fut
+
+    def _flush_outbox(self) -> None:
+        """Send queued fork requests; when the socket is full, wait for room."""
+        sock, loop = self._sock, self._loop
+        if sock is None or loop is None:
+            return
+        while self._outbox:
+            data, fds = self._outbox[0]
+            try:
+                _linux.send_with_fds(sock, data, fds)
+            except BlockingIOError:
+                if not self._writer_armed:
+                    self._writer_armed = True
+                    loop.add_writer(sock.fileno(), self._flush_outbox)
+                return
+            self._outbox.popleft()
+        if self._writer_armed:
+            self._writer_armed = False
+            loop.remove_writer(sock.fileno())
 
     def exit_status(self, pid: int) -> asyncio.Future[tuple[int, float]]:
         """A future of ``(raw wait status, cpu seconds)`` for a child of the zygote."""
