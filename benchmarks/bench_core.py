@@ -1,0 +1,764 @@
+"""Core benchmark of agentrt: call latency, throughput, startup and memory.
+
+Everything is measured in one run, on this machine, so that the ratios are
+against a floor measured under the same conditions:
+
+1. **floor**: a raw ping-pong between this process and a forked child over
+   two pipes (``os.pipe``), framed exactly like agentrt (``FrameEncoder`` /
+   ``FrameDecoder``: a 4-byte big-endian length and a msgspec MessagePack
+   ``Call``/``Result``), with blocking reads and writes on both sides.  This
+   is the least a round trip through a process boundary costs in Python.
+   p50/p99 round trip in µs.
+2. **call**: ``await sup.call("ping")`` in sequence on one replica (tiny
+   payload), p50/p99 in µs, and its ratio to the floor.  Floor and call run
+   in short alternating blocks (50 x 100 round trips each) so that both see
+   the same machine even when its speed drifts (virtual machines); the
+   percentiles are over all round trips, the min-max is that of the blocks'
+   p50.  The ratio judged against the aim is the median over the pairs of
+   blocks of (call block p50 / floor block p50): pooled p50s of a bimodal
+   machine can fall in different modes and swing the plain ratio.
+3. **bulk**: 10,000 tiny calls submitted at once (``asyncio.gather``) to an
+   agent of two replicas: wall time per call in µs.
+4. **startup**: for N = 1, 50, 300 replicas, each in a fresh Supervisor (its
+   zygote already up), the time from the start of ``sup.start()`` until all
+   N replicas have answered a ping (N concurrent calls: least-loaded
+   dispatch gives each idle replica one; the answers carry the pid, so that
+   N distinct replicas answering is checked).  The time ``start()`` alone
+   took (all N sent ``Ready``) and the time to close are shown beside it.
+   Its floor: the time this process takes to fork N bare children that each
+   write a byte on a pipe (what a fork costs depends on the machine).
+5. **pss**: proportional set size of each idle replica (``Pss:`` of
+   ``/proc/PID/smaps_rollup``) once the largest N is up and has answered:
+   mean and median MiB (USS and RSS beside it).
+6. **payload**: echo of ``bytes`` payloads of 1 KiB, 64 KiB, 1 MiB and
+   16 MiB, in MB/s (10^6 bytes; the payload is counted once although it
+   travels both ways), for agentrt and for the floor's child.
+
+Figures are medians over repetitions with the min-max beside them.  The
+aims printed next to them: round trip within 1.5x the floor, 300 replicas
+ready in under 0.5 s, PSS under 3 MiB per idle replica.
+
+Usage::
+
+    python benchmarks/bench_core.py [--quick] [--method zygote] [--json FILE|-]
+
+``--quick`` runs fewer iterations and N up to 50 only.  With ``--json -``
+the JSON goes to stdout and the table to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+import structlog
+
+from agentrt import AgentSpec, Supervisor
+from agentrt.protocol import (
+    AgentMessage,
+    Call,
+    FrameDecoder,
+    FrameEncoder,
+    Result,
+    SupervisorMessage,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+AIM_RTT_RATIO = 1.5
+AIM_READY_300_S = 0.5
+AIM_PSS_MIB = 3.0
+STATUS_TIMEOUT_S = 20.0
+
+_READ_SIZE = 1 << 18
+_PIPE_SIZE = 1 << 20
+_SIZES = [("1 KiB", 1 << 10), ("64 KiB", 1 << 16), ("1 MiB", 1 << 20), ("16 MiB", 1 << 24)]
+
+
+def _progress(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# --- statistics ---------------------------------------------------------------
+
+
+def pct(sorted_xs: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence."""
+    n = len(sorted_xs)
+    return sorted_xs[min(n - 1, max(0, math.ceil(q * n) - 1))]
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median and min-max of per-repetition figures."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def latency_summary(blocks: list[list[int]]) -> dict[str, Any]:
+    """p50/p99 (µs) over all round trips (ns), and the spread of the blocks' p50."""
+    pooled = sorted(x for b in blocks for x in b)
+    block_p50 = [pct(sorted(b), 0.50) / 1e3 for b in blocks]
+    return {
+        "p50_us": pct(pooled, 0.50) / 1e3,
+        "p99_us": pct(pooled, 0.99) / 1e3,
+        "block_p50_us": spread(block_p50),
+        "iterations": len(pooled),
+        "blocks": len(blocks),
+    }
+
+
+# --- the floor: framed ping-pong with a forked child ---------------------------------
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _floor_child(rfd: int, wfd: int) -> None:
+    enc = FrameEncoder()
+    dec = FrameDecoder(SupervisorMessage)
+    while True:
+        chunk = os.read(rfd, _READ_SIZE)
+        if not chunk:
+            return
+        for msg in dec.feed(chunk):
+            _write_all(wfd, enc.encode(Result(msg.id, msg.args.get("x"))))
+
+
+class Floor:
+    """A forked child answering ``Call`` frames with ``Result`` frames, blocking I/O."""
+
+    def __init__(self) -> None:
+        child_r, parent_w = os.pipe()
+        parent_r, child_w = os.pipe()
+        # 1 MiB both ways, the best a pipe does here (agentrt enlarges only the
+        # supervisor-to-replica pipe, once a frame over 64 KiB goes that way).
+        for fd in (parent_w, child_w):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.close(parent_w)
+                os.close(parent_r)
+                _floor_child(child_r, child_w)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(child_r)
+        os.close(child_w)
+        self.pid, self.rfd, self.wfd = pid, parent_r, parent_w
+        self.enc = FrameEncoder()
+        self.dec = FrameDecoder(AgentMessage)
+        self.next_id = 0
+
+    def call(self, args: dict[str, Any]) -> Any:
+        self.next_id += 1
+        _write_all(self.wfd, self.enc.encode(Call(self.next_id, "", args, 0.0)))
+        while True:
+            chunk = os.read(self.rfd, _READ_SIZE)
+            if not chunk:
+                raise EOFError("floor child exited")
+            msgs = self.dec.feed(chunk)
+            if msgs:
+                return msgs[0].value
+
+    def round_trips(self, n: int) -> list[int]:
+        out = [0] * n
+        clock = time.perf_counter_ns
+        call = self.call
+        empty: dict[str, Any] = {}
+        for i in range(n):
+            t0 = clock()
+            call(empty)
+            out[i] = clock() - t0
+        return out
+
+    def close(self) -> None:
+        os.close(self.wfd)
+        os.close(self.rfd)
+        os.waitpid(self.pid, 0)
+
+
+def fork_floor(n: int) -> float:
+    """Seconds for this process to fork ``n`` bare children that each report on a pipe.
+
+    The children stay alive until all have reported (as replicas do), then
+    exit on EOF of a second pipe and are reaped.  This process has imported
+    agentrt, msgspec and structlog much as the zygote has, so it is the
+    least that forking N replicas costs on this machine.
+    """
+    rd, wr = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pids: list[int] = []
+    t0 = time.perf_counter()
+    try:
+        for _ in range(n):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(hold_w)
+                    os.close(rd)
+                    os.write(wr, b"x")
+                    os.read(hold_r, 1)
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        got = 0
+        while got < n:
+            got += len(os.read(rd, n - got))
+        return time.perf_counter() - t0
+    finally:
+        os.close(hold_w)
+        for fd in (rd, wr, hold_r):
+            os.close(fd)
+        for pid in pids:
+            os.waitpid(pid, 0)
+
+
+def fork_floor_series(ns: list[int], reps: dict[int, int]) -> dict[str, dict[str, float]]:
+    out = {}
+    for n in ns:
+        out[str(n)] = spread([fork_floor(n) for _ in range(reps[n])])
+        _progress(f"fork floor N={n}: {out[str(n)]['median']:.3f}s")
+    return out
+
+
+# --- agentrt measurements ---------------------------------------------------------
+
+
+async def call_round_trips(sup: Supervisor, agent: str, n: int) -> list[int]:
+    out = [0] * n
+    clock = time.perf_counter_ns
+    call = sup.call
+    for i in range(n):
+        t0 = clock()
+        await call(agent)
+        out[i] = clock() - t0
+    return out
+
+
+async def bulk_once(sup: Supervisor, agent: str, n: int) -> float:
+    t0 = time.perf_counter()
+    await asyncio.gather(*(sup.call(agent) for _ in range(n)))
+    return time.perf_counter() - t0
+
+
+def _iterations(size: int, target: int, cap: int) -> int:
+    return max(2, min(cap, target // size))
+
+
+async def payload_throughput(
+    sup: Supervisor, floor: Floor, agent: str, reps: int, target: int, cap: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, size in _SIZES:
+        payload = os.urandom(size)
+        args = {"x": payload}
+        k = _iterations(size, target, cap)
+        if await sup.call(agent, args) != payload:
+            raise AssertionError(f"echo of {label} came back different")
+        if floor.call(args) != payload:
+            raise AssertionError(f"floor echo of {label} came back different")
+        for _ in range(min(k, 10)):  # warm-up
+            floor.call(args)
+            await sup.call(agent, args)
+        rt_rates, fl_rates = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(k):
+                floor.call(args)
+            fl_rates.append(size * k / (time.perf_counter() - t0) / 1e6)
+            t0 = time.perf_counter()
+            for _ in range(k):
+                await sup.call(agent, args)
+            rt_rates.append(size * k / (time.perf_counter() - t0) / 1e6)
+        rt, fl = spread(rt_rates), spread(fl_rates)
+        out[label] = {
+            "bytes": size,
+            "calls_per_rep": k,
+            "repetitions": reps,
+            "agentrt_MBps": rt,
+            "floor_MBps": fl,
+            "ratio_to_floor": rt["median"] / fl["median"],
+        }
+        _progress(f"payload {label}: {rt['median']:.1f} MB/s (floor {fl['median']:.1f})")
+    return out
+
+
+def read_smaps_rollup(pid: int) -> dict[str, int]:
+    """Fields of /proc/PID/smaps_rollup, in kB."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1])
+    return fields
+
+
+def _zygote_pid() -> int | None:
+    import psutil
+
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if any("agentrt.zygote" in a for a in child.cmdline()):
+                return child.pid
+    return None
+
+
+async def measure_pss(sup: Supervisor) -> dict[str, Any]:
+    await asyncio.sleep(0.2)  # let the replicas go idle after their ping
+    try:
+        statuses = await asyncio.wait_for(sup.status(), STATUS_TIMEOUT_S)
+    except TimeoutError:
+        return {"error": f"Supervisor.status() did not return within {STATUS_TIMEOUT_S:g} s"}
+    pids = [s.pid for s in statuses if s.pid is not None]
+    rows: list[dict[str, int]] = []
+    errors = 0
+    for pid in pids:
+        try:
+            rows.append(read_smaps_rollup(pid))
+        except OSError:
+            errors += 1
+    if not rows:
+        return {"error": f"no smaps_rollup readable ({errors} failed)"}
+    mib = 1024.0
+    pss = [r.get("Pss", 0) / mib for r in rows]
+    uss = [(r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)) / mib for r in rows]
+    rss = [r.get("Rss", 0) / mib for r in rows]
+    out: dict[str, Any] = {
+        "replicas": len(rows),
+        "unreadable": errors,
+        "pss_mib": {"mean": statistics.fmean(pss), **spread(pss)},
+        "uss_mib": {"mean": statistics.fmean(uss), **spread(uss)},
+        "rss_mib": {"mean": statistics.fmean(rss), **spread(rss)},
+    }
+    zpid = _zygote_pid() if sup.spec.start_method == "zygote" else None
+    if zpid is not None:
+        with contextlib.suppress(OSError):
+            z = read_smaps_rollup(zpid)
+            out["zygote_pss_mib"] = z.get("Pss", 0) / mib
+            out["zygote_rss_mib"] = z.get("Rss", 0) / mib
+    return out
+
+
+async def startup_once(method: str, n: int, want_pss: bool) -> dict[str, Any]:
+    sup = Supervisor(base_dir=BENCH_DIR, start_method=method)
+    t_open = time.perf_counter()
+    await sup.open()
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"open_s": t0 - t_open}
+    try:
+        await sup.start(
+            AgentSpec(name="s", entry="bench_agents:whoami", replicas=n, startup_timeout=60)
+        )
+        t1 = time.perf_counter()
+        pids = await asyncio.gather(*(sup.call("s") for _ in range(n)))
+        t2 = time.perf_counter()
+        rec.update(start_s=t1 - t0, ready_s=t2 - t0, distinct=len(set(pids)))
+        if want_pss:
+            rec["pss"] = await measure_pss(sup)
+    finally:
+        t3 = time.perf_counter()
+        await sup.close()
+        rec["close_s"] = time.perf_counter() - t3
+    return rec
+
+
+async def startup_series(
+    method: str, ns: list[int], reps: dict[int, int], forks: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    pss_n = max(ns)
+    for n in ns:
+        recs: list[dict[str, Any]] = []
+        errors: list[str] = []
+        pss: dict[str, Any] | None = None
+        for r in range(reps[n]):
+            last = r == reps[n] - 1
+            try:
+                rec = await startup_once(method, n, want_pss=(n == pss_n and last))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                _progress(f"startup N={n} rep {r + 1} FAILED: {type(exc).__name__}: {exc}")
+                traceback.print_exc(file=sys.stderr)
+                continue
+            pss = rec.pop("pss", pss)
+            recs.append(rec)
+            if rec["distinct"] != n:
+                errors.append(f"only {rec['distinct']} distinct replicas answered of {n}")
+        entry: dict[str, Any] = {"replicas": n, "repetitions": len(recs), "errors": errors}
+        if str(n) in forks:
+            entry["fork_floor_s"] = forks[str(n)]
+        if recs:
+            for key in ("ready_s", "start_s", "close_s", "open_s"):
+                entry[key] = spread([r[key] for r in recs])
+            if "fork_floor_s" in entry:
+                entry["ratio_to_fork_floor"] = (
+                    entry["ready_s"]["median"] / entry["fork_floor_s"]["median"]
+                )
+            med = {k: entry[k]["median"] for k in ("ready_s", "start_s", "close_s")}
+            _progress(
+                f"startup N={n}: ready {med['ready_s']:.3f}s "
+                f"(start {med['start_s']:.3f}s, close {med['close_s']:.3f}s)"
+            )
+        out[str(n)] = entry
+        if pss is not None:
+            out["pss"] = pss
+    return out
+
+
+# --- the run --------------------------------------------------------------------
+
+
+class Params(msgspec.Struct, kw_only=True):
+    rtt_iters: int
+    rtt_blocks: int
+    warmup: int
+    bulk_calls: int
+    bulk_reps: int
+    startup_ns: list[int]
+    startup_reps: dict[int, int]
+    payload_reps: int
+    payload_target: int
+    payload_cap: int
+
+
+QUICK = Params(
+    rtt_iters=50,
+    rtt_blocks=20,
+    warmup=200,
+    bulk_calls=10_000,
+    bulk_reps=2,
+    startup_ns=[1, 50],
+    startup_reps={1: 3, 50: 2},
+    payload_reps=2,
+    payload_target=8 << 20,
+    payload_cap=300,
+)
+FULL = Params(
+    rtt_iters=100,
+    rtt_blocks=50,
+    warmup=500,
+    bulk_calls=10_000,
+    bulk_reps=5,
+    startup_ns=[1, 50, 300],
+    startup_reps={1: 5, 50: 3, 300: 3},
+    payload_reps=3,
+    payload_target=64 << 20,
+    payload_cap=2000,
+)
+
+
+def _section(results: dict[str, Any], name: str) -> Callable[[BaseException], None]:
+    def record(exc: BaseException) -> None:
+        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        _progress(f"{name} FAILED: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+
+    return record
+
+
+async def run(
+    method: str, p: Params, floor: Floor, forks: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    async with Supervisor(base_dir=BENCH_DIR, start_method=method) as sup:
+        await sup.start(AgentSpec(name="ping", entry="bench_agents:ping", replicas=1))
+        await sup.start(AgentSpec(name="bulk", entry="bench_agents:ping", replicas=2))
+        await sup.start(AgentSpec(name="echo", entry="bench_agents:echo", replicas=1))
+
+        # 1 + 2: floor and call round trips, repetitions interleaved.
+        try:
+            floor.round_trips(p.warmup)
+            await call_round_trips(sup, "ping", p.warmup)
+            fl_reps, rt_reps = [], []
+            for _ in range(p.rtt_blocks):
+                fl_reps.append(floor.round_trips(p.rtt_iters))
+                rt_reps.append(await call_round_trips(sup, "ping", p.rtt_iters))
+            fl, rt = latency_summary(fl_reps), latency_summary(rt_reps)
+            rt["ratio_p50"] = rt["p50_us"] / fl["p50_us"]
+            rt["ratio_p99"] = rt["p99_us"] / fl["p99_us"]
+            # Each call block ran right after its floor block: their ratio is
+            # the least disturbed by the machine's drift.
+            rt["block_ratio_p50"] = spread(
+                [
+                    pct(sorted(r), 0.5) / pct(sorted(f), 0.5)
+                    for f, r in zip(fl_reps, rt_reps, strict=True)
+                ]
+            )
+            results["floor"], results["call"] = fl, rt
+            _progress(
+                f"round trip: floor p50 {fl['p50_us']:.1f}us, "
+                f"call p50 {rt['p50_us']:.1f}us ({rt['block_ratio_p50']['median']:.2f}x)"
+            )
+        except Exception as exc:
+            _section(results, "call")(exc)
+
+        # 3: bulk.
+        try:
+            await bulk_once(sup, "bulk", min(1000, p.bulk_calls))
+            per_call = [
+                await bulk_once(sup, "bulk", p.bulk_calls) / p.bulk_calls * 1e6
+                for _ in range(p.bulk_reps)
+            ]
+            results["bulk"] = {
+                "calls": p.bulk_calls,
+                "replicas": 2,
+                "repetitions": p.bulk_reps,
+                "us_per_call": spread(per_call),
+                "calls_per_s": 1e6 / statistics.median(per_call),
+            }
+            _progress(f"bulk: {statistics.median(per_call):.1f}us per call")
+        except Exception as exc:
+            _section(results, "bulk")(exc)
+
+        # 6: payloads.
+        try:
+            results["payload"] = await payload_throughput(
+                sup, floor, "echo", p.payload_reps, p.payload_target, p.payload_cap
+            )
+        except Exception as exc:
+            _section(results, "payload")(exc)
+
+    # 4 + 5: startup, each N in fresh supervisors; PSS at the largest N.
+    try:
+        startup = await startup_series(method, p.startup_ns, p.startup_reps, forks)
+        pss = startup.pop("pss", None)
+        results["startup"] = startup
+        if pss is not None:
+            results["pss"] = pss
+        else:
+            results["pss"] = {"error": "no run of the largest N came up to measure PSS"}
+    except Exception as exc:
+        _section(results, "startup")(exc)
+    return results
+
+
+def aims(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ratio = results.get("call", {}).get("block_ratio_p50")
+    out["rtt_within_1.5x_floor"] = None if ratio is None else ratio["median"] <= AIM_RTT_RATIO
+    s300 = results.get("startup", {}).get("300", {}).get("ready_s")
+    out["300_ready_under_0.5s"] = None if s300 is None else s300["median"] < AIM_READY_300_S
+    pss = results.get("pss", {}).get("pss_mib")
+    out["pss_under_3MiB"] = None if pss is None else pss["mean"] < AIM_PSS_MIB
+    return out
+
+
+# --- output -----------------------------------------------------------------------
+
+
+def _mm(d: dict[str, float], fmt: str) -> str:
+    if d["min"] == d["max"]:
+        return ""
+    return f"{format(d['min'], fmt)}-{format(d['max'], fmt)}"
+
+
+def _met(flag: bool | None) -> str:
+    return {True: "yes", False: "NO", None: "n/a"}[flag]
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    r = report["results"]
+    a = report["aims"]
+    lines = [
+        f"agentrt core benchmark ({'quick' if report['quick'] else 'full'}, "
+        f"start_method={report['method']})",
+        f"machine: {m['cores']} cores, Python {m['python']}, kernel {m['kernel']}, {m['machine']}",
+        "",
+    ]
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(name: str, value: str, rng: str = "", aim: str = "") -> None:
+        rows.append((name, value, rng, aim))
+
+    fl, rt = r.get("floor"), r.get("call")
+    if fl and rt and "error" not in rt:
+        it = f"{fl['iterations']} in {fl['blocks']} blocks"
+        row(
+            f"floor round trip p50 ({it})",
+            f"{fl['p50_us']:.1f} us",
+            _mm(fl["block_p50_us"], ".1f"),
+            "min-max: p50 of the blocks",
+        )
+        row("floor round trip p99", f"{fl['p99_us']:.1f} us")
+        row(
+            f"call round trip p50 ({it})",
+            f"{rt['p50_us']:.1f} us",
+            _mm(rt["block_p50_us"], ".1f"),
+            "min-max: p50 of the blocks",
+        )
+        row("call round trip p99", f"{rt['p99_us']:.1f} us")
+        br = rt["block_ratio_p50"]
+        row(
+            "call / floor, p50 of paired blocks",
+            f"{br['median']:.2f}x",
+            _mm(br, ".2f"),
+            f"<= {AIM_RTT_RATIO}x: {_met(a['rtt_within_1.5x_floor'])}",
+        )
+        row("call / floor, p50 / p99 of all", f"{rt['ratio_p50']:.2f}x / {rt['ratio_p99']:.2f}x")
+    elif rt:
+        row("call round trip", "ERROR", rt.get("error", ""))
+    b = r.get("bulk")
+    if b and "error" not in b:
+        row(
+            f"bulk {b['calls']} calls, {b['replicas']} replicas",
+            f"{b['us_per_call']['median']:.1f} us/call",
+            _mm(b["us_per_call"], ".1f"),
+            f"({b['calls_per_s']:,.0f} calls/s)",
+        )
+    elif b:
+        row("bulk", "ERROR", b["error"])
+    st = r.get("startup", {})
+    if "error" in st:
+        row("startup", "ERROR", st["error"])
+    for key, e in st.items():
+        if not isinstance(e, dict) or "replicas" not in e:
+            continue
+        n = e["replicas"]
+        if "ready_s" in e:
+            aim = ""
+            if n == 300:
+                aim = f"< {AIM_READY_300_S} s: {_met(a['300_ready_under_0.5s'])}"
+            row(
+                f"startup N={n}: all answered ({e['repetitions']} reps)",
+                f"{e['ready_s']['median']:.3f} s",
+                _mm(e["ready_s"], ".3f"),
+                aim,
+            )
+            if "fork_floor_s" in e:
+                ff = e["fork_floor_s"]
+                row(
+                    f"  floor: fork {n} bare children",
+                    f"{ff['median']:.3f} s",
+                    _mm(ff, ".3f"),
+                    f"agentrt = {e['ratio_to_fork_floor']:.2f}x",
+                )
+            row(
+                f"  of which start() (all Ready), N={n}",
+                f"{e['start_s']['median']:.3f} s",
+                _mm(e["start_s"], ".3f"),
+                f"then close: {e['close_s']['median']:.3f} s",
+            )
+        for err in e["errors"]:
+            row(f"startup N={key} problem", "ERROR", err)
+    pss = r.get("pss")
+    if pss and "pss_mib" in pss:
+        p = pss["pss_mib"]
+        row(
+            f"PSS per idle replica (N={pss['replicas']}), mean",
+            f"{p['mean']:.2f} MiB",
+            "",
+            f"< {AIM_PSS_MIB} MiB: {_met(a['pss_under_3MiB'])}",
+        )
+        row("PSS per idle replica, median", f"{p['median']:.2f} MiB", _mm(p, ".2f"))
+        row(
+            "USS / RSS per idle replica, median",
+            f"{pss['uss_mib']['median']:.2f} / {pss['rss_mib']['median']:.2f} MiB",
+        )
+        if "zygote_pss_mib" in pss:
+            row(
+                "zygote PSS / RSS", f"{pss['zygote_pss_mib']:.2f} / {pss['zygote_rss_mib']:.2f} MiB"
+            )
+    elif pss:
+        row("PSS", "ERROR", pss.get("error", ""))
+    pl = r.get("payload", {})
+    if "error" in pl:
+        row("payload", "ERROR", pl["error"])
+    for label, e in pl.items():
+        if not isinstance(e, dict) or "agentrt_MBps" not in e:
+            continue
+        row(
+            f"echo {label} ({e['calls_per_rep']}x{e['repetitions']})",
+            f"{e['agentrt_MBps']['median']:.1f} MB/s",
+            _mm(e["agentrt_MBps"], ".1f"),
+            f"floor {e['floor_MBps']['median']:.1f} MB/s = {e['ratio_to_floor']:.2f}x",
+        )
+
+    w = [max(len(x[i]) for x in rows) for i in range(4)] if rows else [0, 0, 0, 0]
+    head = ("measure", "median", "min-max", "aim / note")
+    w = [max(wi, len(h)) for wi, h in zip(w, head, strict=True)]
+    fmt = f"{{:<{w[0]}}}  {{:>{w[1]}}}  {{:<{w[2]}}}  {{}}"
+    lines.append(fmt.format(*head).rstrip())
+    lines.append("-" * (sum(w) + 6 + 10))
+    lines.extend(fmt.format(*x).rstrip() for x in rows)
+    lines.append(f"(took {report['elapsed_s']:.1f} s)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout)")
+    ap.add_argument("--quick", action="store_true", help="fewer iterations, N up to 50 only")
+    ap.add_argument(
+        "--method",
+        default="zygote",
+        choices=["zygote", "spawn", "forkserver", "fork"],
+        help="start method (default: zygote)",
+    )
+    args = ap.parse_args(argv)
+
+    # Logging must not distort the figures: warnings and errors only.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    params = QUICK if args.quick else FULL
+    t0 = time.perf_counter()
+    # Both floors fork before the event loop and its threads exist.
+    forks = fork_floor_series(params.startup_ns, params.startup_reps)
+    floor = Floor()
+    try:
+        results = asyncio.run(run(args.method, params, floor, forks))
+    finally:
+        floor.close()
+    report: dict[str, Any] = {
+        "benchmark": "agentrt bench_core",
+        "quick": args.quick,
+        "method": args.method,
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "machine": platform.machine(),
+        },
+        "params": msgspec.to_builtins(params),
+        "results": results,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    report["aims"] = aims(results)
+    table_out: TextIO = sys.stderr if args.json == "-" else sys.stdout
+    print(render(report), file=table_out)
+    if args.json:
+        text = json.dumps(report, indent=2, sort_keys=False)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    failed = any(isinstance(v, dict) and "error" in v for v in results.values()) or any(
+        e.get("errors") for e in results.get("startup", {}).values() if isinstance(e, dict)
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
