@@ -472,7 +472,9 @@ class AgentProcess:
     async def wait_closed(self) -> None:
         """Wait until the process is reaped and its leftovers are swept."""
         if self._watch is not None:
-            await asyncio.shield(self._watch)
+            # wait(), not shield(): a watcher cancelled by loop teardown must
+            # not cancel the caller (close() still has work to do).
+            await asyncio.wait({self._watch})
 
     def _classify(self, info: ExitInfo) -> AgentDied:
         kw: dict[str, Any] = {

@@ -248,22 +248,24 @@ class Supervisor:
 
     async def _close(self) -> None:
         closed = SupervisorClosed("supervisor is closing")
-        for agent in self._agents.values():
-            self._fail_waiting(agent, closed)
-        await self._stop_agents(list(self._agents.values()), closed)
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._launcher is not None:
-            await self._launcher.close()
-        if self._rundir:
-            await asyncio.to_thread(shutil.rmtree, self._rundir, True)
-        self.log.info("supervisor_stopped")
+        try:
+            for agent in self._agents.values():
+                self._fail_waiting(agent, closed)
+            await self._stop_agents(list(self._agents.values()), closed)
+        finally:
+            # Whatever happened above, the launcher and the run directory go.
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                await asyncio.wait({self._watchdog})
+            for t in list(self._tasks):
+                t.cancel()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+            if self._launcher is not None:
+                await self._launcher.close()
+            if self._rundir:
+                await asyncio.to_thread(shutil.rmtree, self._rundir, True)
+            self.log.info("supervisor_stopped")
 
     # --- agents ------------------------------------------------------------
 
@@ -352,7 +354,10 @@ class Supervisor:
                 self._fail(call, err)
             slot.inflight.clear()
 
-        await asyncio.gather(*(stop_slot(s) for s in slots))
+        results = await asyncio.gather(*(stop_slot(s) for s in slots), return_exceptions=True)
+        for r in results:
+            if isinstance(r, Exception):
+                self.log.error("replica_stop_failed", error=repr(r))
         if leaders:
             await asyncio.to_thread(_linux.kill_tree, leaders, left)
 
@@ -409,7 +414,8 @@ class Supervisor:
             except StartupError as exc:
                 cause = exc
             else:
-                self._set_state(slot, "ready")
+                if not slot.stop_requested:
+                    self._set_state(slot, "ready")
                 log.info("replica_ready", pid=proc.pid, generation=slot.generation)
                 if slot.first_start is not None and not slot.first_start.done():
                     slot.first_start.set_result(None)

@@ -363,7 +363,8 @@ async def measure_pss(sup: Supervisor) -> dict[str, Any]:
 
 
 async def startup_once(method: str, n: int, want_pss: bool) -> dict[str, Any]:
-    sup = Supervisor(base_dir=BENCH_DIR, start_method=method)
+    # The agents' module is preloaded by the zygote, as a deployment would.
+    sup = Supervisor(base_dir=BENCH_DIR, start_method=method, preload=["bench_agents"])
     t_open = time.perf_counter()
     await sup.open()
     t0 = time.perf_counter()

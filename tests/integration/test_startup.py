@@ -1,0 +1,194 @@
+"""Starting agents: failures at startup, the four start methods, agent output in the log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+import psutil
+import pytest
+from structlog.testing import capture_logs
+
+from agentrt import ConfigError, StartupError, SupervisorClosed
+
+
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+# --- startup failures ----------------------------------------------------------------
+
+
+async def _assert_failed_start_left_nothing(sup, name: str, before: set[int], healthy) -> None:
+    assert name not in sup.agents
+    assert [s.agent for s in await sup.status()] == ["echo"]
+    # The failed replicas are reaped by the time start() raises.
+    assert _descendants() == before
+    await healthy(sup)
+
+
+async def test_missing_entry_module_raises_startup_error_and_leaves_nothing(
+    make_supervisor, agent_spec, healthy
+):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("echo", "agents:echo"))
+        before = _descendants()
+        with pytest.raises(StartupError) as info:
+            await sup.start(agent_spec("bad", "no_such_module_for_agentrt:entry", replicas=2))
+        assert "ModuleNotFoundError" in str(info.value)
+        assert info.value.agent == "bad"
+        await _assert_failed_start_left_nothing(sup, "bad", before, healthy)
+
+
+async def test_missing_entry_attribute_raises_startup_error(make_supervisor, agent_spec, healthy):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("echo", "agents:echo"))
+        before = _descendants()
+        with pytest.raises(StartupError, match="AttributeError"):
+            await sup.start(agent_spec("bad", "agents:no_such_function"))
+        await _assert_failed_start_left_nothing(sup, "bad", before, healthy)
+
+
+async def test_entry_raising_import_error_at_import_raises_startup_error(
+    make_supervisor, agent_spec, healthy
+):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("echo", "agents:echo"))
+        before = _descendants()
+        with pytest.raises(StartupError) as info:
+            await sup.start(
+                agent_spec(
+                    "bad",
+                    "agents:echo",
+                    replicas=2,
+                    env={"AGENTRT_TEST_RAISE_ON_IMPORT": "refusing to import"},
+                )
+            )
+        assert "ImportError: refusing to import" in str(info.value)
+        # the remote traceback comes along as a note
+        assert any("refusing to import" in n for n in getattr(info.value, "__notes__", []))
+        await _assert_failed_start_left_nothing(sup, "bad", before, healthy)
+        # the name can be used again once the cause is gone
+        await sup.start(agent_spec("bad", "agents:echo"))
+        assert await sup.call("bad", {"ok": 1}) == {"ok": 1}
+
+
+async def test_import_that_blocks_past_startup_timeout_raises_startup_error(
+    make_supervisor, agent_spec, healthy
+):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("echo", "agents:echo"))
+        before = _descendants()
+        with pytest.raises(StartupError, match="no Ready within"):
+            await sup.start(
+                agent_spec(
+                    "slow",
+                    "agents:echo",
+                    startup_timeout=0.5,
+                    env={"AGENTRT_TEST_BLOCK_ON_IMPORT": "1"},
+                )
+            )
+        await _assert_failed_start_left_nothing(sup, "slow", before, healthy)
+
+
+async def test_starting_an_agent_twice_is_a_config_error(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("echo", "agents:echo"))
+        with pytest.raises(ConfigError):
+            await sup.start(agent_spec("echo", "agents:echo"))
+        assert await sup.call("echo", {"a": 1}) == {"a": 1}
+
+
+async def test_start_and_submit_after_close_raise_supervisor_closed(make_supervisor, agent_spec):
+    sup = make_supervisor()
+    async with sup:
+        await sup.start(agent_spec("echo", "agents:echo"))
+    with pytest.raises(SupervisorClosed):
+        await sup.start(agent_spec("other", "agents:echo"))
+    with pytest.raises(SupervisorClosed):
+        sup.submit("echo")
+
+
+# --- start methods --------------------------------------------------------------------
+
+
+def _stop_multiprocess_helpers() -> None:
+    """Safety net: stop the process-wide helpers of ``multiprocess`` if close() did not."""
+    from multiprocess import forkserver, resource_tracker
+
+    with contextlib.suppress(Exception):
+        forkserver._forkserver._stop()
+    with contextlib.suppress(Exception):
+        resource_tracker._resource_tracker._stop()
+
+
+@pytest.mark.parametrize("method", ["zygote", "forkserver", "spawn", "fork"])
+async def test_every_start_method_starts_an_agent_that_answers(method, make_supervisor, agent_spec):
+    async with make_supervisor(start_method=method) as sup:
+        await sup.start(agent_spec("who", "agents:whoami", replicas=2))
+        await sup.start(agent_spec("counter", "agents:Counter"))
+        infos = await asyncio.gather(sup.submit("who"), sup.submit("who"))
+        assert len({i["pid"] for i in infos}) == 2
+        for info in infos:
+            assert info["pid"] != os.getpid()
+            assert info["sid"] == info["pid"]
+        assert await sup.call("counter", method="incr") == 1
+        assert await sup.call("counter", method="incr") == 2
+        procs = [psutil.Process(s.pid) for s in await sup.status()]
+    _gone, alive = await asyncio.to_thread(psutil.wait_procs, procs, 2)
+    assert not alive
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+async def test_close_stops_the_helper_processes_of_multiprocess_start_methods(
+    method, make_supervisor, agent_spec
+):
+    try:
+        before = _descendants()
+        async with make_supervisor(start_method=method) as sup:
+            await sup.start(agent_spec("echo", "agents:echo"))
+            assert await sup.call("echo", {"a": 1}) == {"a": 1}
+            helpers = _descendants() - before - {s.pid for s in await sup.status()}
+            assert helpers  # the forkserver and/or the resource tracker
+        left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        _gone, alive = await asyncio.to_thread(psutil.wait_procs, left, 0.5)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        _stop_multiprocess_helpers()
+
+
+# --- agent output ------------------------------------------------------------------------
+
+
+async def test_agent_stdout_and_stderr_lines_are_logged_as_agent_output(
+    make_supervisor, agent_spec
+):
+    with capture_logs() as entries:
+        async with make_supervisor() as sup:
+            await sup.start(agent_spec("talker", "agents:say"))
+            [st] = await sup.status()
+            n = await sup.call(
+                "talker", {"lines": ["hello world", "second line"], "err_lines": ["to stderr"]}
+            )
+            assert n == 3
+            # Stopping drains what the replica wrote before it exits.
+            await sup.stop("talker")
+    output = [e for e in entries if e["event"] == "agent_output"]
+    assert [e["line"] for e in output] == ["hello world", "second line", "to stderr"]
+    for e in output:
+        assert e["agent"] == "talker"
+        assert e["pid"] == st.pid
+        assert e["log_level"] == "info"
+
+
+async def test_overlong_output_line_is_cut(make_supervisor, agent_spec):
+    with capture_logs() as entries:
+        async with make_supervisor() as sup:
+            await sup.start(agent_spec("talker", "agents:say"))
+            await sup.call("talker", {"lines": ["y" * 20000, "short"]})
+            await sup.stop("talker")
+    lines = [e["line"] for e in entries if e["event"] == "agent_output"]
+    assert lines[-1] == "short"
+    assert all(len(line) < 9000 for line in lines)
+    assert any("bytes cut" in line for line in lines)
