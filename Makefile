@@ -19,7 +19,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check agentrt tests benchmarks examples
-	$(BIN)/ruff format --check agentrt
+	$(BIN)/ruff format --check agentrt tests benchmarks examples
 	$(BIN)/mypy
 
 demo: install

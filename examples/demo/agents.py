@@ -21,7 +21,10 @@ def word_count(text: str) -> dict[str, int]:
 async def fetch(topic: str, delay: float = 0.2) -> dict[str, str]:
     """Pretend to call a slow remote tool (an async agent)."""
     await asyncio.sleep(delay)
-    return {"topic": topic, "summary": f"{topic}: {len(topic)} letters, fetched by pid {os.getpid()}"}
+    return {
+        "topic": topic,
+        "summary": f"{topic}: {len(topic)} letters, fetched by pid {os.getpid()}",
+    }
 
 
 def flaky(job: str) -> str:
