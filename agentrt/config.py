@@ -24,8 +24,10 @@ __all__ = [
     "AgentSpec",
     "Config",
     "Limits",
+    "RunSpec",
     "SupervisorSpec",
     "TaskSpec",
+    "ToolSpec",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -195,8 +197,36 @@ class AgentSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return None if self.timeout is None else float(self.timeout)
 
 
+class ToolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A tool agents may call with ``ctx.tool(name, ...)``.
+
+    In-process by default (the function runs in the calling agent); with
+    ``isolated = true`` each call runs in a sandboxed process of a small warm
+    pool (``replicas``), under its own ``limits`` and ``timeout``, so a tool
+    that crashes or hangs fails only that call.
+    """
+
+    name: str = ""
+    entry: str
+    isolated: bool = False
+    replicas: int = 1
+    timeout: float | str | None = None
+    limits: Limits = msgspec.field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if ":" not in self.entry or not all(self.entry.partition(":")[::2]):
+            raise _FieldError("entry", f'expected "module:attr", got {self.entry!r}')
+        _duration(self, "timeout")
+        _positive(self, "replicas")
+
+
 class SupervisorSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Supervisor-wide settings: start method, preloads, restart policy."""
+    """Supervisor-wide settings: start method, preloads, restart policy, budgets.
+
+    Budgets are enforced by the supervisor: ``max_agents`` live replica
+    processes, ``max_depth`` of subagent nesting, and per run ``max_tasks``
+    (tasks, spawns and submissions) and ``max_tool_calls``.
+    """
 
     start_method: StartMethod = "zygote"
     preload: list[str] = []
@@ -207,27 +237,62 @@ class SupervisorSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backoff_max: float | str = 5.0
     max_frame: int | str = 64 * 1024 * 1024
     sys_path: list[str] = []
+    max_agents: int | None = None
+    max_depth: int | None = None
+    max_tasks: int | None = None
+    max_tool_calls: int | None = None
 
     def __post_init__(self) -> None:
         for f in ("period", "backoff", "backoff_max"):
             _duration(self, f)
         _size(self, "max_frame")
         _positive(self, "intensity", 0)
+        for f in ("max_agents", "max_depth", "max_tasks", "max_tool_calls"):
+            _positive(self, f, 0)
+
+
+OnError = Literal["fail_fast", "continue"]
 
 
 class TaskSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One call to run: ``agent`` with keyword ``args``."""
+    """One task of a graph: ``agent`` with keyword ``args``.
+
+    Dependencies are ``after`` plus every ``${id...}`` reference in ``args``;
+    ``for_each = "${plan.topics}"`` makes one task per item (``${item}``).
+    """
 
     id: str
     agent: str
     args: dict[str, Any] = {}
     method: str = ""
+    after: list[str] = []
     retries: int | None = None
     timeout: float | str | None = None
+    for_each: str | None = None
+    min_success: int | None = None
+    on_error: OnError | None = None
 
     def __post_init__(self) -> None:
         _duration(self, "timeout")
         _positive(self, "retries", 0)
+        _positive(self, "min_success", 0)
+
+
+class RunSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How a graph runs: failure policy, deadline, concurrency, retry backoff."""
+
+    on_error: OnError = "fail_fast"
+    deadline: float | str | None = None
+    max_concurrency: int | None = None
+    agent_concurrency: dict[str, int] = {}
+    retry_backoff: float | str = 0.1
+    retry_backoff_max: float | str = 5.0
+
+    def __post_init__(self) -> None:
+        _duration(self, "deadline")
+        _duration(self, "retry_backoff")
+        _duration(self, "retry_backoff_max")
+        _positive(self, "max_concurrency")
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -235,6 +300,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     supervisor: SupervisorSpec = msgspec.field(default_factory=SupervisorSpec)
     agents: dict[str, AgentSpec] = {}
+    tools: dict[str, ToolSpec] = {}
+    run: RunSpec = msgspec.field(default_factory=RunSpec)
     tasks: list[TaskSpec] = []
     base_dir: str = ""
 
@@ -303,7 +370,7 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
     """Validate a decoded TOML document; raise :class:`ConfigError` naming the key."""
     if not isinstance(data, dict):
         raise ConfigError("", "expected a table at the top level")
-    known = ("supervisor", "agents", "tasks")
+    known = ("supervisor", "agents", "tools", "run", "tasks")
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -323,6 +390,17 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
             )
         spec = _convert({**raw, "name": name}, AgentSpec, f"agents.{name}")
         agents[name] = spec
+    raw_tools = data.get("tools", {})
+    if not isinstance(raw_tools, dict):
+        raise ConfigError("tools", "expected a table of tools")
+    tools: dict[str, ToolSpec] = {}
+    for name, raw in raw_tools.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"tools.{name}", "expected a table")
+        if "name" in raw:
+            raise ConfigError(f"tools.{name}.name", "unknown key (the table's name is the tool's)")
+        tools[name] = _convert({**raw, "name": name}, ToolSpec, f"tools.{name}")
+    run = _convert(data.get("run", {}), RunSpec, "run")
     raw_tasks = data.get("tasks", [])
     if not isinstance(raw_tasks, list):
         raise ConfigError("tasks", "expected an array of tables ([[tasks]])")
@@ -340,7 +418,12 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
             raise ConfigError(f"{label}.agent", f"no agent named {task.agent!r}{hint}")
         tasks.append(task)
     return Config(
-        supervisor=sup, agents=agents, tasks=tasks, base_dir=str(Path(base_dir).resolve())
+        supervisor=sup,
+        agents=agents,
+        tools=tools,
+        run=run,
+        tasks=tasks,
+        base_dir=str(Path(base_dir).resolve()),
     )
 
 

@@ -11,6 +11,7 @@
         ├── RemoteError                     the agent raised: type, message, traceback
         ├── CallTimeout (TimeoutError)      the call's deadline passed
         ├── CallCancelled                   the call was cancelled
+        ├── BudgetExceeded                  a run's budget is spent: ``budget``, ``limit``
         └── AgentDied                       the replica serving the call died
             ├── AgentCrashed                exit code, or signal as -signum and name
             ├── LimitExceeded               which limit: memory, cpu_time, wall, ...
@@ -32,6 +33,7 @@ __all__ = [
     "AgentDied",
     "AgentFailed",
     "AgentrtError",
+    "BudgetExceeded",
     "CallCancelled",
     "CallError",
     "CallTimeout",
@@ -42,6 +44,7 @@ __all__ = [
     "StartupError",
     "SupervisorClosed",
     "UnknownAgent",
+    "from_dict",
     "signal_name",
 ]
 
@@ -159,6 +162,23 @@ class CallCancelled(CallError):
     status = "cancelled"
 
 
+class BudgetExceeded(CallError):
+    """A request past a budget (``max_agents``, ``max_depth``, ``max_tasks``,
+    ``max_tool_calls``) was refused; nothing was started for it."""
+
+    status = "limit"
+
+    def __init__(self, message: str, *, budget: str, limit: int, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.budget = budget
+        self.limit = limit
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(budget=self.budget, limit=self.limit)
+        return d
+
+
 class AgentDied(CallError):
     """The replica serving the call died before answering."""
 
@@ -219,3 +239,45 @@ class ProtocolViolation(AgentDied):
 
 class StartupError(AgentDied):
     """The replica could not start: import failure, or no Ready in time."""
+
+
+_ATTRS = {
+    "agent": "agent",
+    "pid": "pid",
+    "exit_code": "exit_code",
+    "signal": "signal",
+    "limit": "limit",
+    "limit_value": "value",
+    "remote_type": "type_name",
+    "traceback": "traceback",
+    "budget": "budget",
+    "reason": "reason",
+}
+
+
+def from_dict(d: dict[str, Any]) -> AgentrtError:
+    """Rebuild a typed error from :meth:`AgentrtError.to_dict` (an agent receives
+    the failures of its tool calls and subagents this way: as data, never pickles)."""
+    cls = globals().get(str(d.get("type", "")))
+    if not (isinstance(cls, type) and issubclass(cls, AgentrtError)):
+        cls = CallError
+    message = str(d.get("message", ""))
+    err = cls.__new__(cls, message)
+    err.args = (message,)
+    for key, attr in _ATTRS.items():
+        if key in d:
+            setattr(err, attr, d[key])
+    if isinstance(err, CallError):
+        err.__dict__.setdefault("agent", None)
+        err.__dict__.setdefault("pid", None)
+        err.__dict__.setdefault("call_id", None)
+    if isinstance(err, AgentDied):
+        err.__dict__.setdefault("exit_code", None)
+        err.__dict__.setdefault("signal", None)
+    if isinstance(err, RemoteError):
+        err.remote_message = message.partition(": ")[2]
+        err.__dict__.setdefault("type_name", "Exception")
+        err.__dict__.setdefault("traceback", "")
+    if isinstance(err, CallTimeout):
+        err.__dict__.setdefault("timeout", None)
+    return err

@@ -23,6 +23,7 @@ __all__ = [
     "Boot",
     "Call",
     "Cancel",
+    "Count",
     "Failure",
     "Fork",
     "ForkFailed",
@@ -32,12 +33,19 @@ __all__ = [
     "FrameError",
     "Heartbeat",
     "Log",
+    "Message",
     "Ready",
     "Reaped",
+    "Reply",
+    "ReplyError",
     "Result",
+    "Send",
     "Shutdown",
+    "Spawn",
     "StartupFailed",
+    "Submit",
     "SupervisorMessage",
+    "ToolCall",
     "ZygoteHello",
     "ZygoteReply",
     "ZygoteRequest",
@@ -121,6 +129,9 @@ class Failure(_Msg, frozen=True, tag="failure"):
     message: str
     traceback: str = ""
     kind: str = "error"
+    #: a typed agentrt error the agent let through (a failed subagent or tool
+    #: call it did not handle), as ``to_dict()``: re-raised typed, not wrapped
+    error: dict[str, Any] | None = None
 
 
 class Log(_Msg, frozen=True, tag="log"):
@@ -137,8 +148,95 @@ class Heartbeat(_Msg, frozen=True, tag="heartbeat"):
     t: float = 0.0
 
 
-SupervisorMessage = Call | Cancel | Shutdown | Heartbeat
-AgentMessage = Ready | StartupFailed | Result | Failure | Log | Heartbeat
+# --- agent -> supervisor: requests made through ``ctx`` ------------------
+#
+# ``req`` numbers a request within one replica; ``parent`` is the call id the
+# agent is serving when it asks (0: none), which gives the supervisor the
+# depth, the deadline and the run the request belongs to.
+
+
+class Spawn(_Msg, frozen=True, tag="spawn"):
+    """Run a task on a subagent (``agent``) and reply with its result."""
+
+    req: int
+    parent: int
+    agent: str
+    args: dict[str, Any]
+    method: str = ""
+    timeout: float = 0.0
+
+
+class ToolCall(_Msg, frozen=True, tag="tool"):
+    """Run an isolated tool in its own sandboxed process and reply."""
+
+    req: int
+    parent: int
+    tool: str
+    args: dict[str, Any]
+    timeout: float = 0.0
+
+
+class Send(_Msg, frozen=True, tag="send"):
+    """Deliver ``body`` to agent ``to`` (any replica); replies once routed."""
+
+    req: int
+    parent: int
+    to: str
+    body: Any
+
+
+class Submit(_Msg, frozen=True, tag="submit"):
+    """Add a task to the run the parent call belongs to; replies with its id."""
+
+    req: int
+    parent: int
+    task: dict[str, Any]
+
+
+class Count(_Msg, frozen=True, tag="count"):
+    """An in-process tool call was made (for the run's ``max_tool_calls`` budget)."""
+
+    req: int
+    parent: int
+    tool: str
+
+
+# --- supervisor -> agent: answers to requests, and messages ---------------
+
+
+class Reply(_Msg, frozen=True, tag="reply"):
+    req: int
+    value: Any = None
+
+
+class ReplyError(_Msg, frozen=True, tag="reply_error"):
+    """A request failed; ``error`` is the typed error's ``to_dict()``."""
+
+    req: int
+    error: dict[str, Any]
+
+
+class Message(_Msg, frozen=True, tag="message"):
+    """A message another agent sent with ``ctx.send``."""
+
+    sender: str
+    body: Any
+
+
+SupervisorMessage = Call | Cancel | Shutdown | Heartbeat | Reply | ReplyError | Message
+AgentMessage = (
+    Ready
+    | StartupFailed
+    | Result
+    | Failure
+    | Log
+    | Heartbeat
+    | Spawn
+    | ToolCall
+    | Send
+    | Submit
+    | Count
+)
 
 
 # --- supervisor <-> zygote (one message per SOCK_SEQPACKET datagram) -------
@@ -162,6 +260,10 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     max_frame: int = DEFAULT_MAX_FRAME
     concurrency: int = 1
     supervisor_pid: int = 0
+    #: tools this agent may call: name -> "module:attr" (in-process) or "" (isolated)
+    tools: dict[str, str] = {}
+    #: report in-process tool calls (a ``max_tool_calls`` budget is set)
+    count_tools: bool = False
 
 
 class ZygoteHello(_Msg, frozen=True, tag="hello"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import itertools
 import os
 import random
@@ -40,12 +41,13 @@ import structlog
 
 from agentrt import _linux
 from agentrt.backends.local import make_launcher
-from agentrt.config import AgentSpec, SupervisorSpec
+from agentrt.config import AgentSpec, SupervisorSpec, ToolSpec
 from agentrt.errors import (
     AgentCrashed,
     AgentDied,
     AgentFailed,
     AgentrtError,
+    BudgetExceeded,
     CallCancelled,
     CallError,
     CallTimeout,
@@ -55,16 +57,25 @@ from agentrt.errors import (
     StartupError,
     SupervisorClosed,
     UnknownAgent,
+    from_dict,
 )
 from agentrt.process import AgentProcess, Launcher
 from agentrt.protocol import (
     Boot,
     Call,
     Cancel,
+    Count,
     Failure,
     Heartbeat,
     Log,
+    Message,
+    Reply,
+    ReplyError,
     Result,
+    Send,
+    Spawn,
+    Submit,
+    ToolCall,
     describe_unencodable,
 )
 
@@ -121,6 +132,38 @@ class _Call:
     pid: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    parent: _Call | None = None
+    children: list[_Call] = field(default_factory=list)
+    depth: int = 0
+    budget: _Budget | None = None
+    run: Any = None  # the graph run the call belongs to, if any
+
+
+@dataclass(eq=False, slots=True)
+class _Budget:
+    """What one run has spent: counted by the supervisor, not by trust."""
+
+    max_tasks: int | None
+    max_tool_calls: int | None
+    tasks: int = 0
+    tool_calls: int = 0
+
+    def charge(self, what: str, agent: str) -> None:
+        if what == "tasks":
+            limit, used = self.max_tasks, self.tasks
+        else:
+            limit, used = self.max_tool_calls, self.tool_calls
+        if limit is not None and used >= limit:
+            raise BudgetExceeded(
+                f"run budget max_{what}={limit} is spent",
+                budget=f"max_{what}",
+                limit=limit,
+                agent=agent,
+            )
+        if what == "tasks":
+            self.tasks += 1
+        else:
+            self.tool_calls += 1
 
 
 @dataclass(eq=False, slots=True)
@@ -195,6 +238,8 @@ class Supervisor:
         self._started = False
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._tools: dict[str, ToolSpec] = {}
+        self._tool_starts: dict[str, asyncio.Future[None]] = {}
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -395,6 +440,8 @@ class Supervisor:
             max_frame=int(self.spec.max_frame),
             concurrency=spec.concurrency,
             supervisor_pid=os.getpid(),
+            tools=self._tool_map(),
+            count_tools=self.spec.max_tool_calls is not None,
         )
 
     async def _run_slot(self, slot: _Slot) -> None:
@@ -582,6 +629,9 @@ class Supervisor:
         method: str,
         timeout: float | None,
         retries: int | None,
+        parent: _Call | None = None,
+        budget: _Budget | None = None,
+        run: Any = None,
     ) -> _Call:
         if self._closing:
             raise SupervisorClosed("supervisor is closing")
@@ -593,7 +643,16 @@ class Supervisor:
         spec = ag.spec
         loop = asyncio.get_running_loop()
         to = spec.timeout_s if timeout is _UNSET else timeout
-        deadline = None if to is None else time.monotonic() + to
+        now = time.monotonic()
+        deadline = None if to is None else now + to
+        # A child never outlives its parent's deadline.
+        if (
+            parent is not None
+            and parent.deadline is not None
+            and (deadline is None or parent.deadline < deadline)
+        ):
+            deadline = parent.deadline
+            to = max(0.0, deadline - now)
         call = _Call(
             next(self._ids),
             ag,
@@ -604,6 +663,15 @@ class Supervisor:
             spec.retries if retries is None else retries,
             loop.create_future(),
         )
+        if parent is not None:
+            call.parent = parent
+            call.depth = parent.depth + 1
+            call.budget = parent.budget
+            call.run = parent.run
+            parent.children.append(call)
+        else:
+            call.budget = budget or self._new_budget()
+            call.run = run
         if deadline is not None:
             call.timer = loop.call_at(deadline, self._on_deadline, call)
         ag.waiting.append(call)
@@ -665,12 +733,12 @@ class Supervisor:
         )
 
     def _cancel_future(self, fut: asyncio.Future[Any]) -> None:
+        """The caller stopped waiting: cancel the call (and what it started)."""
         for ag in self._agents.values():
             for slot in ag.slots:
                 for call in slot.inflight.values():
                     if call.future is fut:
-                        if slot.proc is not None:
-                            slot.proc.send(Cancel(call.id))
+                        self._abandon(call, CallCancelled("caller cancelled", agent=ag.name))
                         return
 
     def _dispatch(self, agent: _Agent) -> None:
@@ -734,6 +802,8 @@ class Supervisor:
                                     pid=proc.pid,
                                 )
                             )
+                case Spawn() | ToolCall() | Send() | Submit() | Count():
+                    self._on_request(slot, proc, msg)
                 case Log(level=level, event=event, fields=fields):
                     meth = getattr(proc.log, level, proc.log.info)
                     meth(event, source="agent", **{k: v for k, v in fields.items() if k != "pid"})
@@ -741,6 +811,153 @@ class Supervisor:
                     pass
 
         return handle
+
+    # --- requests from agents (ctx) ---------------------------------------------
+
+    def _new_budget(self) -> _Budget:
+        return _Budget(self.spec.max_tasks, self.spec.max_tool_calls)
+
+    def _on_request(self, slot: _Slot, proc: AgentProcess, msg: Any) -> None:
+        """An agent asked for a subagent, an isolated tool, a send or a submit.
+
+        Never raises: a refused request is a typed error replied to the agent.
+        """
+        parent = slot.inflight.get(msg.parent) if msg.parent else None
+        if parent is not None and parent.future.done():
+            parent = None  # answered already (timed out): nothing more may start
+        try:
+            if msg.parent and parent is None:
+                raise CallCancelled(
+                    f"call {msg.parent} is over: no new work may start for it",
+                    agent=slot.agent.name,
+                )
+            match msg:
+                case Spawn(agent=agent, args=args, method=method, timeout=timeout):
+                    self._check_depth(parent, agent)
+                    budget = parent.budget if parent else self._new_budget()
+                    assert budget is not None
+                    budget.charge("tasks", agent)
+                    child = self._submit(
+                        agent, args, method, timeout or _UNSET, None, parent, budget
+                    )
+                    child.future.add_done_callback(functools.partial(self._relay, proc, msg.req))
+                case ToolCall(tool=name, args=args, timeout=timeout):
+                    spec = self._tools.get(name)
+                    if spec is None or not spec.isolated:
+                        raise UnknownAgent(f"no isolated tool named {name!r}")
+                    budget = parent.budget if parent else self._new_budget()
+                    assert budget is not None
+                    budget.charge("tool_calls", slot.agent.name)
+                    self._spawn(self._run_tool(proc, msg.req, name, args, timeout, parent))
+                case Send(to=to, body=body):
+                    target = self._agent(to)
+                    live = [
+                        s
+                        for s in target.slots
+                        if s.proc is not None and s.state in ("ready", "busy")
+                    ]
+                    if not live:
+                        raise UnknownAgent(f"agent {to!r} has no live replica to receive")
+                    dest = min(live, key=lambda s: len(s.inflight))
+                    assert dest.proc is not None
+                    dest.proc.send(Message(slot.agent.name, body))
+                    proc.send(Reply(msg.req, None))
+                case Submit(task=task):
+                    run = parent.run if parent else None
+                    if run is None:
+                        raise CallError(
+                            "ctx.submit() needs a task of a graph run", agent=slot.agent.name
+                        )
+                    assert parent is not None and parent.budget is not None
+                    parent.budget.charge("tasks", slot.agent.name)
+                    proc.send(Reply(msg.req, run.submit_from(parent, task)))
+                case Count():
+                    budget = parent.budget if parent else None
+                    if budget is not None:
+                        budget.charge("tool_calls", slot.agent.name)
+                    proc.send(Reply(msg.req, None))
+        except AgentrtError as exc:
+            proc.send(ReplyError(msg.req, exc.to_dict()))
+        except (ValueError, TypeError, LookupError) as exc:
+            proc.send(ReplyError(msg.req, {"type": "CallError", "message": str(exc)}))
+
+    def _check_depth(self, parent: _Call | None, agent: str) -> None:
+        limit = self.spec.max_depth
+        depth = (parent.depth if parent else 0) + 1
+        if limit is not None and depth > limit:
+            raise BudgetExceeded(
+                f"subagent depth {depth} exceeds max_depth={limit}",
+                budget="max_depth",
+                limit=limit,
+                agent=agent,
+            )
+
+    def _relay(self, proc: AgentProcess, req: int, fut: asyncio.Future[Any]) -> None:
+        """Send a request's outcome back to the agent that made it."""
+        if fut.cancelled():
+            proc.send(ReplyError(req, {"type": "CallCancelled", "message": "cancelled"}))
+            return
+        exc = fut.exception()
+        if exc is None:
+            try:
+                proc.send(Reply(req, fut.result()))
+            except (TypeError, ValueError, OverflowError) as err:
+                proc.send(ReplyError(req, {"type": "CallError", "message": str(err)}))
+        elif isinstance(exc, AgentrtError):
+            proc.send(ReplyError(req, exc.to_dict()))
+        else:
+            proc.send(
+                ReplyError(req, {"type": "CallError", "message": f"{type(exc).__name__}: {exc}"})
+            )
+
+    async def add_tool(self, spec: ToolSpec) -> None:
+        """Declare a tool; agents started (or restarted) afterwards can call it.
+
+        An isolated tool's warm pool is started on its first call.
+        """
+        if not spec.name:
+            raise ConfigError("tools", "a tool needs a name")
+        self._tools[spec.name] = spec
+
+    def _tool_map(self) -> dict[str, str]:
+        return {n: ("" if t.isolated else t.entry) for n, t in self._tools.items()}
+
+    async def _run_tool(
+        self,
+        proc: AgentProcess,
+        req: int,
+        name: str,
+        args: dict[str, Any],
+        timeout: float,
+        parent: _Call | None,
+    ) -> None:
+        agent = f"tool:{name}"
+        try:
+            if agent not in self._agents:
+                starting = self._tool_starts.get(name)
+                if starting is None:
+                    spec = self._tools[name]
+                    starting = self._tool_starts[name] = asyncio.ensure_future(
+                        self.start(
+                            AgentSpec(
+                                name=agent,
+                                entry=spec.entry,
+                                replicas=spec.replicas,
+                                timeout=spec.timeout,
+                                limits=spec.limits,
+                            )
+                        )
+                    )
+                await asyncio.shield(starting)
+            if parent is not None and parent.future.done():
+                raise CallCancelled("the calling task ended before the tool started")
+            call = self._submit(
+                agent, args, "", timeout or _UNSET, None, parent, parent.budget if parent else None
+            )
+            await asyncio.wait({call.future})
+            self._relay(proc, req, call.future)
+        except AgentrtError as exc:
+            proc.send(ReplyError(req, exc.to_dict()))
 
     def _after_answer(self, slot: _Slot) -> None:
         if not slot.inflight and slot.state == "busy":
@@ -769,6 +986,13 @@ class Supervisor:
                 value=proc.boot.memory,
                 **kw,
             )
+        if msg.error is not None:
+            # A typed failure the agent did not handle (its subagent's or
+            # tool's): the caller sees the root cause, not a wrapper.
+            err = from_dict(msg.error)
+            if isinstance(err, CallError):
+                err.__notes__ = [f"raised through {slot.agent.name!r} (pid {proc.pid})"]
+                return err
         return RemoteError(msg.type, msg.message, msg.traceback, **kw)
 
     def _finish(self, call: _Call, value: Any) -> None:
@@ -778,6 +1002,8 @@ class Supervisor:
         call.finished_at = time.time()
         if not call.future.done():
             call.future.set_result(value)
+        if call.children:
+            self._cancel_children(call)
 
     def _fail(self, call: _Call, err: BaseException) -> None:
         if call.timer is not None:
@@ -788,6 +1014,44 @@ class Supervisor:
             if isinstance(err, CallError):
                 err.call_id = call.id
             call.future.set_exception(err)
+        if call.children:
+            self._cancel_children(call)
+
+    def _cancel_children(self, call: _Call) -> None:
+        """A call ended: the subagent calls it started and that still run end too."""
+        children, call.children = call.children, []
+        for child in children:
+            if not child.future.done():
+                self._abandon(
+                    child,
+                    CallCancelled(
+                        f"cancelled: its parent call {call.id} ({call.agent.name!r}) ended",
+                        agent=child.agent.name,
+                        pid=child.pid,
+                    ),
+                )
+
+    def _abandon(self, call: _Call, err: CallError) -> None:
+        """Answer a call with ``err`` now; a replica running it gets ``Cancel``
+        and ``cancel_grace`` to stop, after which its process group is killed."""
+        slot = call.slot
+        if slot is None or call.id not in slot.inflight:
+            self._fail(call, err)  # still queued: dropped when dispatch reaches it
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        call.finished_at = time.time()
+        err.call_id = call.id
+        if not call.future.done():
+            call.future.set_exception(err)
+        if call.children:
+            self._cancel_children(call)
+        proc = slot.proc
+        if proc is None:
+            return
+        proc.send(Cancel(call.id))
+        grace = float(call.agent.spec.cancel_grace)
+        call.timer = asyncio.get_running_loop().call_later(grace, self._on_cancel_grace, call, proc)
 
     def _fail_waiting(self, agent: _Agent, err: BaseException) -> None:
         while agent.waiting:
@@ -799,25 +1063,12 @@ class Supervisor:
             return
         name = call.agent.name
         err = CallTimeout(
-            f"call to {name!r} timed out after {call.timeout:g}s",
+            f"call to {name!r} timed out after {call.timeout or 0:g}s",
             timeout=call.timeout,
             agent=name,
             pid=call.pid,
         )
-        slot = call.slot
-        if slot is None or call.id not in slot.inflight:
-            self._fail(call, err)
-            return
-        # Answer the caller now; the replica gets a cancel and a grace period.
-        call.finished_at = time.time()
-        err.call_id = call.id
-        call.future.set_exception(err)
-        proc = slot.proc
-        if proc is None:
-            return
-        proc.send(Cancel(call.id))
-        grace = float(call.agent.spec.cancel_grace)
-        call.timer = asyncio.get_running_loop().call_later(grace, self._on_cancel_grace, call, proc)
+        self._abandon(call, err)
 
     def _on_cancel_grace(self, call: _Call, proc: AgentProcess) -> None:
         call.timer = None

@@ -22,6 +22,7 @@ import importlib
 import inspect
 import os
 import resource
+import select
 import signal
 import sys
 import time
@@ -31,6 +32,8 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, NoReturn
 
 from agentrt import _linux
+from agentrt.context import AgentIO, Context, SyncContext, takes_ctx
+from agentrt.errors import AgentrtError
 from agentrt.protocol import (
     Boot,
     Call,
@@ -41,7 +44,10 @@ from agentrt.protocol import (
     FrameError,
     Heartbeat,
     Log,
+    Message,
     Ready,
+    Reply,
+    ReplyError,
     Result,
     Shutdown,
     StartupFailed,
@@ -214,7 +220,12 @@ class _Channel:
 
 def _failure(call_id: int, exc: BaseException, kind: str = "error") -> Failure:
     tb = "".join(traceback.format_exception(exc))
-    return Failure(call_id, type(exc).__qualname__, str(exc), tb, kind)
+    typed = exc.to_dict() if isinstance(exc, AgentrtError) else None
+    return Failure(call_id, type(exc).__qualname__, str(exc), tb, kind, typed)
+
+
+class _Cancelled(BaseException):
+    """Raised inside a sync call (from the frame pump) when its Cancel arrives."""
 
 
 class _Worker:
@@ -222,8 +233,40 @@ class _Worker:
         self.boot = boot
         self.chan = chan
         self.targets = targets
+        self.with_ctx = {fn: takes_ctx(fn) for fn in set(targets.values())}
         self.memory_limited = boot.memory is not None
         self.stopping = False
+        self.backlog: deque[Any] = deque()
+        self.current = 0  # id of the sync call running now
+        self.io = AgentIO(boot.agent, boot.replica, chan.write, dict(boot.tools), boot.count_tools)
+        self.io.pump = self.pump
+
+    def route(self, msg: Any) -> bool:
+        """Replies and messages go to the context; True when ``msg`` was one."""
+        if isinstance(msg, Reply | ReplyError):
+            self.io.on_reply(msg)
+            return True
+        if isinstance(msg, Message):
+            self.io.on_message(msg)
+            return True
+        return False
+
+    def pump(self, timeout: float | None) -> None:
+        """Sync mode, inside a call: read frames; calls wait in the backlog."""
+        if timeout is not None:
+            readable, _, _ = select.select([self.chan.rfd], [], [], max(0.0, timeout))
+            if not readable:
+                return
+        try:
+            msgs = self.chan.read()
+        except EOFError:
+            raise _Cancelled from None
+        for msg in msgs:
+            if self.route(msg):
+                continue
+            if isinstance(msg, Cancel) and msg.id == self.current:
+                raise _Cancelled
+            self.backlog.append(msg)
 
     def resolve(self, call: Call) -> Callable[..., Any]:
         fn = self.targets.get(call.target)
@@ -240,7 +283,7 @@ class _Worker:
 
     def serve_sync(self) -> int:
         chan = self.chan
-        backlog: deque[Any] = deque()
+        backlog = self.backlog
 
         def on_alarm(signum: int, frame: Any) -> None:
             raise _Deadline
@@ -257,9 +300,14 @@ class _Worker:
             msg = backlog.popleft()
             match msg:
                 case Call():
-                    chan.write(self.run_sync(msg))
+                    self.current = msg.id
+                    result = self.run_sync(msg)
+                    self.current = 0
+                    chan.write(result)
                 case Shutdown():
                     return 0
+                case Reply() | ReplyError() | Message():
+                    self.route(msg)
                 case Cancel() | Heartbeat():
                     pass  # nothing runs between calls in sync mode
 
@@ -275,7 +323,11 @@ class _Worker:
                     )
                 signal.setitimer(signal.ITIMER_REAL, left)
                 timed = True
-            value = fn(**call.args)
+            if self.with_ctx.get(fn):
+                ctx = SyncContext(self.io, call.id, call.deadline or None)
+                value = fn(ctx, **call.args)
+            else:
+                value = fn(**call.args)
             if inspect.isawaitable(value):
                 value = asyncio.run(_awaitable(value))
             if timed:
@@ -285,6 +337,8 @@ class _Worker:
         except _Deadline:
             timed = False
             return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")
+        except _Cancelled:
+            return Failure(call.id, "CancelledError", "cancelled", "", "cancelled")
         except Exception as exc:
             return _failure(call.id, exc, self.error_kind(exc))
         finally:
@@ -340,6 +394,8 @@ class _Worker:
                 case Shutdown():
                     if not stop.done():
                         stop.set_result(None)
+                case Reply() | ReplyError() | Message():
+                    self.route(msg)
                 case Heartbeat():
                     pass
 
@@ -375,11 +431,14 @@ class _Worker:
     async def run_async(self, call: Call) -> Result | Failure:
         try:
             fn = self.resolve(call)
+            args = call.args
+            if self.with_ctx.get(fn):
+                args = {**args, "ctx": Context(self.io, call.id, call.deadline or None)}
             if call.deadline:
                 async with asyncio.timeout_at(call.deadline):
-                    value = await _call_maybe_async(fn, call.args)
+                    value = await _call_maybe_async(fn, args)
             else:
-                value = await _call_maybe_async(fn, call.args)
+                value = await _call_maybe_async(fn, args)
             return Result(call.id, value)
         except TimeoutError as exc:
             if call.deadline and time.monotonic() >= call.deadline:

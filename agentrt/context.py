@@ -1,0 +1,406 @@
+"""The agent's side of orchestration: ``ctx`` and the ``@tool`` registry.
+
+An agent function whose first parameter is named ``ctx`` receives a
+:class:`Context` (async agents) or :class:`SyncContext` (sync agents).  Through
+it the agent, from inside its own process, calls tools, spawns subagents,
+gathers many of those at once, exchanges messages with other agents and adds
+tasks to its run.  Everything that crosses the process boundary goes to the
+supervisor as a request frame and comes back as a reply; failures come back
+as the typed errors of :mod:`agentrt.errors`, never as a crash of the caller.
+
+Tools are plain functions registered with :func:`tool` (or declared in the
+config).  An in-process tool runs in the agent's process; an ``isolated``
+tool runs in a sandboxed process of its own, started by the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from agentrt.errors import AgentrtError, CallTimeout, from_dict
+from agentrt.protocol import (
+    Count,
+    Message,
+    Reply,
+    ReplyError,
+    Send,
+    Spawn,
+    Submit,
+    ToolCall,
+)
+
+__all__ = [
+    "AgentIO",
+    "Context",
+    "Op",
+    "SyncContext",
+    "spawn_call",
+    "takes_ctx",
+    "tool",
+    "tool_call",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: tools registered with @tool in this process: name -> function
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+def tool(fn: F | None = None, *, name: str | None = None) -> Any:
+    """Register a function as a tool callable with ``ctx.tool(name, ...)``.
+
+    ``@tool`` or ``@tool(name="search")``.  The function runs in the calling
+    agent's process; declare a tool ``isolated = true`` in the config to run
+    it in a sandboxed process of its own instead.
+    """
+
+    def register(f: F) -> F:
+        _REGISTRY[name or f.__name__] = f
+        return f
+
+    return register(fn) if fn is not None else register
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A deferred tool or subagent call, for :meth:`SyncContext.gather`."""
+
+    kind: str  # "tool" | "spawn"
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    method: str = ""
+
+
+def tool_call(name: str, /, **args: Any) -> Op:
+    """A tool call to pass to ``ctx.gather``."""
+    return Op("tool", name, args)
+
+
+def spawn_call(agent: str, /, **args: Any) -> Op:
+    """A subagent call to pass to ``ctx.gather``."""
+    return Op("spawn", agent, args)
+
+
+class AgentIO:
+    """What the contexts of one replica share: the channel and pending requests.
+
+    Set up by the worker; ``write`` sends one message to the supervisor.
+    """
+
+    def __init__(
+        self,
+        agent: str,
+        replica: int,
+        write: Callable[[Any], None],
+        tools: dict[str, str],
+        count_tools: bool,
+    ) -> None:
+        self.agent = agent
+        self.replica = replica
+        self.write = write
+        self.tools = tools
+        self.count_tools = count_tools
+        self.next_req = 0
+        self.futures: dict[int, asyncio.Future[Any]] = {}
+        self.replies: dict[int, Reply | ReplyError] = {}
+        self.inbox: deque[Message] = deque()
+        self.inbox_waiters: deque[asyncio.Future[Message]] = deque()
+        #: sync mode: reads and routes the next frames, waiting at most
+        #: ``timeout`` seconds (None: until some arrive); set by the worker
+        self.pump: Callable[[float | None], None] | None = None
+
+    def new_req(self) -> int:
+        self.next_req += 1
+        return self.next_req
+
+    def resolve_tool(self, name: str) -> Callable[..., Any] | None:
+        """The in-process function for ``name``; ``None`` for an isolated tool."""
+        entry = self.tools.get(name)
+        if entry == "":
+            return None
+        fn = _REGISTRY.get(name)
+        if fn is None and entry:
+            mod, _, attr = entry.partition(":")
+            obj: Any = importlib.import_module(mod)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            fn = _REGISTRY.setdefault(name, obj)
+        if fn is None:
+            known = ", ".join(sorted({*_REGISTRY, *self.tools})) or "none"
+            raise LookupError(f"no tool named {name!r} (tools: {known})")
+        return fn
+
+    # --- async side -------------------------------------------------------
+
+    def on_reply(self, msg: Reply | ReplyError) -> None:
+        fut = self.futures.pop(msg.req, None)
+        if fut is not None:
+            if not fut.done():
+                if isinstance(msg, Reply):
+                    fut.set_result(msg.value)
+                else:
+                    fut.set_exception(from_dict(msg.error))
+        else:
+            self.replies[msg.req] = msg
+
+    def on_message(self, msg: Message) -> None:
+        while self.inbox_waiters:
+            w = self.inbox_waiters.popleft()
+            if not w.done():
+                w.set_result(msg)
+                return
+        self.inbox.append(msg)
+
+
+def _takes_ctx(fn: Callable[..., Any]) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0].name == "ctx"
+
+
+def _reply_value(msg: Reply | ReplyError) -> Any:
+    if isinstance(msg, ReplyError):
+        raise from_dict(msg.error)
+    return msg.value
+
+
+class _Base:
+    def __init__(self, io: AgentIO, call_id: int, deadline: float | None) -> None:
+        self._io = io
+        self.call_id = call_id
+        #: ``time.monotonic()`` instant this task must finish by, or None
+        self.deadline = deadline
+
+    @property
+    def agent(self) -> str:
+        return self._io.agent
+
+    @property
+    def replica(self) -> int:
+        return self._io.replica
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (every call made inherits it)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def _timeout(self, timeout: float | None) -> float:
+        left = self.remaining()
+        if timeout is None:
+            return left or 0.0
+        return min(timeout, left) if left is not None else timeout
+
+    def _request(self, op: Op, timeout: float | None = None) -> tuple[int, Any]:
+        io = self._io
+        req = io.new_req()
+        if op.kind == "spawn":
+            msg: Any = Spawn(req, self.call_id, op.name, op.args, op.method, self._timeout(timeout))
+        else:
+            msg = ToolCall(req, self.call_id, op.name, op.args, self._timeout(timeout))
+        return req, msg
+
+
+class Context(_Base):
+    """``ctx`` of an async agent: every method is a coroutine."""
+
+    async def _ask(self, msg: Any, req: int) -> Any:
+        io = self._io
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        io.futures[req] = fut
+        io.write(msg)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            io.futures.pop(req, None)
+            raise
+
+    async def tool(self, name: str, /, **args: Any) -> Any:
+        """Call a tool; an isolated one runs in its own sandboxed process."""
+        fn = self._io.resolve_tool(name)
+        if fn is None:
+            req, msg = self._request(Op("tool", name, args))
+            return await self._ask(msg, req)
+        if self._io.count_tools:
+            req = self._io.new_req()
+            await self._ask(Count(req, self.call_id, name), req)
+        if inspect.iscoroutinefunction(fn):
+            return await fn(**args)
+        result = await asyncio.to_thread(fn, **args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def spawn(self, agent: str, /, **args: Any) -> Any:
+        """Run a task on a subagent (its own process) and return its result."""
+        req, msg = self._request(Op("spawn", agent, args))
+        return await self._ask(msg, req)
+
+    async def spawn_method(
+        self,
+        agent: str,
+        method: str,
+        args: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Like :meth:`spawn`, for a method of a class agent, with its own timeout."""
+        req, msg = self._request(Op("spawn", agent, dict(args or {}), method), timeout)
+        return await self._ask(msg, req)
+
+    async def gather(
+        self, *calls: Awaitable[Any] | Op, return_exceptions: bool = False
+    ) -> list[Any]:
+        """Run many tool/subagent calls concurrently; results in order.
+
+        A failure is a typed error: raised (the others are cancelled, and so
+        are their processes' work) or, with ``return_exceptions``, returned
+        in its place.
+        """
+        aws = [self._run_op(c) if isinstance(c, Op) else c for c in calls]
+        return await asyncio.gather(*aws, return_exceptions=return_exceptions)
+
+    async def _run_op(self, op: Op) -> Any:
+        if op.kind == "tool":
+            return await self.tool(op.name, **op.args)
+        if op.method:
+            return await self.spawn_method(op.name, op.method, op.args)
+        return await self.spawn(op.name, **op.args)
+
+    async def send(self, agent: str, message: Any) -> None:
+        """Send ``message`` to a replica of ``agent`` (routed by the supervisor)."""
+        req = self._io.new_req()
+        await self._ask(Send(req, self.call_id, agent, message), req)
+
+    async def receive(self, timeout: float | None = None) -> tuple[str, Any]:
+        """The next message sent to this replica: ``(sender, body)``."""
+        io = self._io
+        if io.inbox:
+            m = io.inbox.popleft()
+            return m.sender, m.body
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        io.inbox_waiters.append(fut)
+        limit = self._timeout(timeout) or None
+        try:
+            async with asyncio.timeout(limit):
+                m = await fut
+        except TimeoutError:
+            raise CallTimeout("no message received in time", timeout=limit) from None
+        return m.sender, m.body
+
+    async def submit(self, agent: str, /, args: dict[str, Any] | None = None, **task: Any) -> str:
+        """Add a task to this run's graph (planners that find work as they go).
+
+        ``task`` may hold ``id``, ``after``, ``retries``, ``timeout``,
+        ``method``; returns the task's id.
+        """
+        req = self._io.new_req()
+        spec = {"agent": agent, "args": dict(args or {}), **task}
+        return str(await self._ask(Submit(req, self.call_id, spec), req))
+
+
+class SyncContext(_Base):
+    """``ctx`` of a sync agent: the same API, blocking.
+
+    ``gather`` takes :class:`Op` values (:func:`tool_call`,
+    :func:`spawn_call`): their requests all go out before any reply is
+    awaited, so they run concurrently.
+    """
+
+    def _wait(self, req: int) -> Any:
+        io = self._io
+        while req not in io.replies:
+            assert io.pump is not None
+            io.pump(None)
+        return io.replies.pop(req)
+
+    def tool(self, name: str, /, **args: Any) -> Any:
+        return self.gather(tool_call(name, **args))[0]
+
+    def spawn(self, agent: str, /, **args: Any) -> Any:
+        return self.gather(spawn_call(agent, **args))[0]
+
+    def gather(self, *calls: Op, return_exceptions: bool = False) -> list[Any]:
+        io = self._io
+        sent: list[tuple[int, Op | None, Any]] = []
+        local: list[tuple[int, Op, Callable[..., Any]]] = []
+        for i, op in enumerate(calls):
+            if not isinstance(op, Op):
+                raise TypeError(
+                    "SyncContext.gather takes tool_call(...)/spawn_call(...) values, "
+                    f"got {type(op).__name__}"
+                )
+            fn = io.resolve_tool(op.name) if op.kind == "tool" else None
+            if fn is not None:
+                local.append((i, op, fn))
+                continue
+            req, msg = self._request(op)
+            io.write(msg)
+            sent.append((i, op, req))
+        out: list[Any] = [None] * len(calls)
+        errors: list[tuple[int, BaseException]] = []
+        for i, op, fn in local:
+            try:
+                if io.count_tools:
+                    req = io.new_req()
+                    io.write(Count(req, self.call_id, op.name))
+                    _reply_value(self._wait(req))
+                value = fn(**op.args)
+                if inspect.isawaitable(value):
+                    value = asyncio.run(_await(value))
+                out[i] = value
+            except Exception as exc:
+                errors.append((i, exc))
+        for i, _op, req in sent:
+            try:
+                out[i] = _reply_value(self._wait(req))
+            except AgentrtError as exc:
+                errors.append((i, exc))
+        if errors:
+            if not return_exceptions:
+                errors.sort(key=lambda e: e[0])
+                raise errors[0][1]
+            for i, err in errors:
+                out[i] = err
+        return out
+
+    def send(self, agent: str, message: Any) -> None:
+        io = self._io
+        req = io.new_req()
+        io.write(Send(req, self.call_id, agent, message))
+        _reply_value(self._wait(req))
+
+    def receive(self, timeout: float | None = None) -> tuple[str, Any]:
+        io = self._io
+        limit = self._timeout(timeout) or None
+        end = None if limit is None else time.monotonic() + limit
+        while not io.inbox:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise CallTimeout("no message received in time", timeout=limit)
+            assert io.pump is not None
+            io.pump(left)
+        m = io.inbox.popleft()
+        return m.sender, m.body
+
+    def submit(self, agent: str, /, args: dict[str, Any] | None = None, **task: Any) -> str:
+        io = self._io
+        req = io.new_req()
+        io.write(Submit(req, self.call_id, {"agent": agent, "args": dict(args or {}), **task}))
+        return str(_reply_value(self._wait(req)))
+
+
+async def _await(aw: Awaitable[Any]) -> Any:
+    return await aw
+
+
+def takes_ctx(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn``'s first parameter is the context (it is named ``ctx``)."""
+    return _takes_ctx(fn)
