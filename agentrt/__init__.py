@@ -7,16 +7,20 @@ from agentrt.config import (
     AgentSpec,
     Config,
     Limits,
+    RunSpec,
     SupervisorSpec,
     TaskSpec,
+    ToolSpec,
     load_config,
     parse_config,
 )
+from agentrt.context import Context, Op, SyncContext, spawn_call, tool, tool_call
 from agentrt.errors import (
     AgentCrashed,
     AgentDied,
     AgentFailed,
     AgentrtError,
+    BudgetExceeded,
     CallCancelled,
     CallError,
     CallTimeout,
@@ -28,7 +32,7 @@ from agentrt.errors import (
     SupervisorClosed,
     UnknownAgent,
 )
-from agentrt.supervisor import ReplicaStatus, Supervisor
+from agentrt.supervisor import CallReport, ReplicaStatus, Supervisor
 
 __version__ = "0.1.0"
 
@@ -38,23 +42,33 @@ __all__ = [
     "AgentFailed",
     "AgentSpec",
     "AgentrtError",
+    "BudgetExceeded",
     "CallCancelled",
     "CallError",
+    "CallReport",
     "CallTimeout",
     "Config",
     "ConfigError",
+    "Context",
     "LimitExceeded",
     "Limits",
+    "Op",
     "ProtocolViolation",
     "RemoteError",
     "ReplicaStatus",
+    "RunSpec",
     "StartupError",
     "Supervisor",
     "SupervisorClosed",
     "SupervisorSpec",
+    "SyncContext",
     "TaskSpec",
+    "ToolSpec",
     "UnknownAgent",
     "__version__",
     "load_config",
     "parse_config",
+    "spawn_call",
+    "tool",
+    "tool_call",
 ]

@@ -1,0 +1,123 @@
+"""Inside an agent: ctx.tool / spawn / gather / send / receive, budgets, cancellation.
+
+Parallelism is shown by recorded intervals (they overlap), never by wall-clock
+thresholds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import psutil
+import pytest
+
+from agentrt import BudgetExceeded, CallTimeout, ToolSpec
+
+
+async def test_gathered_subagents_run_concurrently_in_their_own_processes(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("worker", "agents:worker", replicas=4))
+        await sup.start(agent_spec("fan", "agents:fan_out"))
+        results = await sup.call("fan", {"n": 4, "delay": 0.2})
+        assert [r["i"] for r in results] == [0, 1, 2, 3]
+        assert len({r["pid"] for r in results}) == 4
+        # every pair of subagent intervals overlaps: no one waited for another
+        assert max(r["start"] for r in results) < min(r["end"] for r in results)
+        # in-process tools ran inside the subagent's own process
+        assert all(r["hits"][0]["pid"] == r["pid"] for r in results)
+        assert results[2]["hits"][1] == "W2"
+
+
+async def test_sync_agent_gets_the_blocking_context_and_inherits_the_deadline(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("worker", "agents:worker", replicas=2))
+        await sup.start(agent_spec("sfan", "agents:sync_fan_out"))
+        out = await sup.call("sfan", {"n": 3}, timeout=5)
+        assert out["n"] == 4
+        assert out["last"] == "S"
+        assert 0 < out["remaining"] <= 5
+
+
+async def test_subagent_nesting_past_max_depth_is_refused_with_a_typed_error(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor(max_depth=3) as sup:
+        await sup.start(agent_spec("deep", "agents:deep", replicas=4))
+        assert await sup.call("deep", {"limit": 3}) == 3
+        with pytest.raises(BudgetExceeded) as info:
+            await sup.call("deep", {"limit": 10})
+        assert info.value.budget == "max_depth"
+        assert info.value.limit == 3
+        assert await sup.call("deep", {"limit": 2}) == 2  # nothing broke
+
+
+async def test_tool_calls_past_max_tool_calls_are_refused_per_run(make_supervisor, agent_spec):
+    async with make_supervisor(max_tool_calls=3) as sup:
+        await sup.start(agent_spec("worker", "agents:worker"))
+        # each worker task makes 2 tool calls: within budget
+        assert (await sup.call("worker", {"i": 1, "delay": 0}))["i"] == 1
+        await sup.start(agent_spec("fan", "agents:fan_out"))
+        await sup.start(agent_spec("worker2", "agents:worker"))
+        # 3 subagents x 2 tool calls = 6 > 3 in one run
+        with pytest.raises(BudgetExceeded) as info:
+            await sup.call("fan", {"n": 3, "delay": 0})
+        assert info.value.budget == "max_tool_calls"
+
+
+async def test_isolated_tool_that_segfaults_fails_only_that_call(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.add_tool(ToolSpec(name="crashy", entry="tools:crashy", isolated=True))
+        await sup.start(agent_spec("iso", "agents:call_isolated"))
+        first = await sup.call("iso", {"mode": "ok"})
+        with pytest.raises(Exception) as info:
+            await sup.call("iso", {"mode": "segfault"})
+        assert info.value.to_dict()["exit_code"] == -11
+        second = await sup.call("iso", {"mode": "ok"})
+        assert second["pid"] != first["pid"]  # a fresh tool process replaced it
+
+
+async def test_cancelling_a_task_ends_its_subagents_and_hung_isolated_tools(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor() as sup:
+        await sup.add_tool(ToolSpec(name="crashy", entry="tools:crashy", isolated=True))
+        await sup.add_tool(ToolSpec(name="stubborn", entry="tools:stubborn", isolated=True))
+        await sup.start(agent_spec("sleeper", "agents:sleeper", replicas=2))
+        await sup.start(agent_spec("boss", "agents:spawn_stuck"))
+        with pytest.raises(CallTimeout):
+            await sup.call("boss", {"n": 2}, timeout=0.5)
+        # the subagents were cancelled: both sleeper replicas serve again at once
+        assert await asyncio.gather(
+            sup.call("sleeper", {"seconds": 0}, timeout=5),
+            sup.call("sleeper", {"seconds": 0}, timeout=5),
+        ) == [None, None]
+
+        await sup.start(agent_spec("iso", "agents:call_isolated"))
+        with pytest.raises(CallTimeout):
+            await sup.call("iso", {"mode": "hang"}, timeout=0.5)
+        # the hung tool call inherited the deadline and was stopped: the tool's
+        # single warm process serves the next call
+        assert (await sup.call("iso", {"mode": "ok"}, timeout=5))["mode"] == "ok"
+
+        with pytest.raises(CallTimeout):
+            await sup.call("iso", {"tool": "stubborn"}, timeout=0.5)
+        stubborn_pid = next(s.pid for s in await sup.status() if s.agent == "tool:stubborn")
+        assert stubborn_pid is not None
+        # a tool that swallows the cancellation is killed after cancel_grace
+        _gone, alive = await asyncio.to_thread(psutil.wait_procs, [psutil.Process(stubborn_pid)], 5)
+        assert not alive
+
+
+async def test_agents_exchange_messages_through_the_supervisor(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("echo_back", "agents:echo_back"))
+        await sup.start(agent_spec("pinger", "agents:ping_pong"))
+        responder = asyncio.ensure_future(sup.call("echo_back", {}))
+        sender, body = await sup.call("pinger", {"peer": "echo_back"})
+        assert sender == "echo_back"
+        assert "hello" in body["got"]
+        assert await responder == "echoed"
