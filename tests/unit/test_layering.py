@@ -15,6 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "protocol": set(),
     "_linux": set(),
     "config": {"errors"},
+    "graph": {"errors"},
     "observe": set(),
     "context": {"errors", "protocol"},
     "worker": {"_linux", "context", "errors", "protocol"},
