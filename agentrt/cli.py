@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,10 @@ import structlog
 from agentrt import __version__
 from agentrt.config import Config, load_config
 from agentrt.errors import AgentrtError, ConfigError
+from agentrt.graph import Graph
 from agentrt.observe import configure_logging
-from agentrt.supervisor import CallReport, Supervisor
+from agentrt.scheduler import Run, RunResult
+from agentrt.supervisor import Supervisor
 
 __all__ = ["main"]
 
@@ -51,18 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _supervise(cfg: Config, output: Path | None) -> int:
+async def _supervise(cfg: Config, graph: Graph, output: Path | None) -> int:
     log = structlog.get_logger("agentrt.cli")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    run_id = uuid.uuid4().hex
-    reports: dict[str, CallReport] = {}
-    code = EXIT_OK
+    result: RunResult | None = None
     try:
         async with Supervisor(cfg.supervisor, base_dir=cfg.base_dir) as sup:
             try:
+                for tool in cfg.tools.values():
+                    await sup.add_tool(tool)
                 for spec in cfg.agents.values():
                     await sup.start(spec)
             except AgentrtError as exc:
@@ -72,48 +73,48 @@ async def _supervise(cfg: Config, output: Path | None) -> int:
                 log.info("supervising", agents=list(cfg.agents), hint="stop with Ctrl-C")
                 await stop.wait()
                 return EXIT_OK
-
-            async def run(task: Any) -> None:
-                timeout: Any = {} if task.timeout is None else {"timeout": float(task.timeout)}
-                reports[task.id] = await sup.call_report(
-                    task.agent, task.args, method=task.method, retries=task.retries, **timeout
-                )
-                log.info(
-                    "task_finished",
-                    task=task.id,
-                    status=reports[task.id].status,
-                    attempts=reports[task.id].attempts,
-                )
-
-            runner = asyncio.ensure_future(asyncio.gather(*(run(t) for t in cfg.tasks)))
+            run = Run(sup, graph, cfg.run).start()
+            watcher = asyncio.ensure_future(_log_events(sup, log))
             stopper = asyncio.ensure_future(stop.wait())
-            both: list[asyncio.Future[Any]] = [runner, stopper]
+            waiter = asyncio.ensure_future(run.wait())
+            both: list[asyncio.Future[Any]] = [waiter, stopper]
             await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
-            if not runner.done():
+            if not waiter.done():
                 log.warning("run_interrupted")
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
-            for task in cfg.tasks:
-                reports.setdefault(
-                    task.id,
-                    CallReport(
-                        status="cancelled",
-                        error={"type": "CallCancelled", "message": "run was interrupted"},
-                        agent=task.agent,
-                    ),
-                )
-            code = EXIT_OK if all(r.status == "ok" for r in reports.values()) else EXIT_FAILED
+                run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+            result = run.result
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    ok = sum(r.status == "ok" for r in reports.values())
-    log.info("run_finished", run_id=run_id, tasks=len(reports), ok=ok, failed=len(reports) - ok)
+    if result is None:
+        return EXIT_FAILED
+    counts: dict[str, int] = {}
+    for r in result.tasks.values():
+        counts[r.status] = counts.get(r.status, 0) + 1
+    log.info(
+        "run_finished",
+        run_id=result.run_id,
+        status=result.status,
+        makespan=round(result.makespan, 4),
+        critical_path=" -> ".join(result.critical_path),
+        **counts,
+    )
     if output is not None:
-        doc = {"run_id": run_id, "tasks": {t.id: reports[t.id] for t in cfg.tasks}}
-        _write_results(output, msgspec.json.format(msgspec.json.encode(doc)) + b"\n")
-    return code
+        _write_results(output, msgspec.json.format(msgspec.json.encode(result)) + b"\n")
+    return EXIT_OK if result.status == "ok" else EXIT_FAILED
+
+
+async def _log_events(sup: Supervisor, log: Any) -> None:
+    async for ev in sup.events():
+        if ev.kind in ("task_finished", "task_skipped", "task_retry", "fanout"):
+            fields = {k: v for k, v in msgspec.to_builtins(ev).items() if k not in ("kind", "time")}
+            log.info(ev.kind, **fields)
 
 
 def _write_results(path: Path, data: bytes) -> None:
@@ -128,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(args.log_format, args.log_level)
         try:
             cfg = load_config(args.config)
+            graph = Graph.from_specs(cfg.tasks, on_error=cfg.run.on_error)
+            graph.validate()  # dangling references and cycles: refused before anything starts
         except ConfigError as exc:
             print(f"agentrt: config error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         try:
-            return asyncio.run(_supervise(cfg, args.output))
+            return asyncio.run(_supervise(cfg, graph, args.output))
         except KeyboardInterrupt:
             return 130
     return EXIT_CONFIG

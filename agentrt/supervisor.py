@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +79,7 @@ from agentrt.protocol import (
     describe_unencodable,
 )
 
-__all__ = ["CallReport", "ReplicaStatus", "Supervisor"]
+__all__ = ["CallReport", "ReplicaStatus", "RunEvent", "Supervisor"]
 
 _UNSET: Any = object()
 _WATCHDOG_INTERVAL = 0.2
@@ -97,6 +97,24 @@ class ReplicaStatus(msgspec.Struct, kw_only=True):
     rss: int | None = None
     cpu_percent: float | None = None
     uptime: float | None = None
+
+
+class RunEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One thing that happened: ``kind`` plus what it concerns."""
+
+    kind: str
+    time: float
+    run_id: str | None = None
+    task: str | None = None
+    agent: str | None = None
+    replica: int | None = None
+    pid: int | None = None
+    status: str | None = None
+    reason: str | None = None
+    attempt: int | None = None
+    tasks: int | None = None
+    items: int | None = None
+    makespan: float | None = None
 
 
 class CallReport(msgspec.Struct, kw_only=True):
@@ -239,6 +257,7 @@ class Supervisor:
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tools: dict[str, ToolSpec] = {}
+        self._subscribers: set[asyncio.Queue[RunEvent]] = set()
         self._tool_starts: dict[str, asyncio.Future[None]] = {}
 
     # --- lifecycle ---------------------------------------------------------
@@ -464,6 +483,7 @@ class Supervisor:
                 if not slot.stop_requested:
                     self._set_state(slot, "ready")
                 log.info("replica_ready", pid=proc.pid, generation=slot.generation)
+                self._emit("replica_ready", agent=spec.name, replica=slot.index, pid=proc.pid)
                 if slot.first_start is not None and not slot.first_start.done():
                     slot.first_start.set_result(None)
                 self._dispatch(agent)
@@ -489,6 +509,14 @@ class Supervisor:
             )
             self._set_state(slot, "crashed" if abnormal else "exited")
             if cause is not None:
+                self._emit(
+                    "replica_crashed",
+                    agent=spec.name,
+                    replica=slot.index,
+                    pid=slot_proc.pid,
+                    status=cause.status,
+                    reason=str(cause),
+                )
                 log.warning(
                     "replica_died",
                     pid=slot_proc.pid,
@@ -522,6 +550,7 @@ class Supervisor:
                 self._set_state(slot, "exited")
                 return
             log.info("replica_restarting", restarts=slot.restarts)
+            self._emit("replica_restarting", agent=spec.name, replica=slot.index)
 
     def _exceeds_intensity(self, agent: _Agent) -> bool:
         spec = agent.spec
@@ -705,8 +734,37 @@ class Supervisor:
         retries: int | None = None,
     ) -> CallReport:
         """Run one call and describe its outcome instead of raising."""
+        return await self._report(agent, args, method, timeout, retries, None)
+
+    async def _call_report_in_run(
+        self, agent: str, args: Mapping[str, Any], method: str, timeout: float | None, run: Any
+    ) -> CallReport:
+        """A task of a graph run: shares the run's budget; ``ctx.submit`` reaches the run."""
+        run.budget.charge("tasks", agent)
+        return await self._report(
+            agent, args, method, _UNSET if timeout is None else timeout, None, run
+        )
+
+    async def _report(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None,
+        method: str,
+        timeout: float | None,
+        retries: int | None,
+        run: Any,
+    ) -> CallReport:
         try:
-            call = self._submit(agent, args, method, timeout, retries)
+            call = self._submit(
+                agent,
+                args,
+                method,
+                timeout,
+                retries,
+                None,
+                run.budget if run is not None else None,
+                run,
+            )
         except AgentrtError as exc:
             return CallReport(status=exc.status, error=exc.to_dict(), agent=agent)
         error: dict[str, Any] | None
@@ -731,6 +789,27 @@ class Supervisor:
             started_at=call.started_at,
             finished_at=call.finished_at,
         )
+
+    # --- events -------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[RunEvent]:
+        """Every run and replica event from now on (task queued/started/finished,
+        replica ready/crashed/restarting), as an async stream."""
+        queue: asyncio.Queue[RunEvent] = asyncio.Queue(maxsize=10_000)
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if not self._subscribers:
+            return
+        ev = RunEvent(kind=kind, time=time.time(), **fields)
+        for q in self._subscribers:
+            with contextlib.suppress(asyncio.QueueFull):  # a stalled reader loses events
+                q.put_nowait(ev)
 
     def _cancel_future(self, fut: asyncio.Future[Any]) -> None:
         """The caller stopped waiting: cancel the call (and what it started)."""

@@ -23,7 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "process": {"_linux", "errors", "protocol", "worker"},
     "backends.local": {"process", "protocol", "worker", "zygote"},
     "supervisor": {"_linux", "backends.local", "config", "errors", "process", "protocol"},
-    "cli": {"__init__", "config", "errors", "observe", "supervisor"},
+    "scheduler": {"config", "errors", "graph", "supervisor"},
+    "cli": {"__init__", "config", "errors", "graph", "observe", "scheduler", "supervisor"},
 }
 
 

@@ -1,0 +1,376 @@
+"""Runs a task graph on a Supervisor: dispatch on readiness, retries, deadlines, results.
+
+A :class:`Run` drives a :class:`~agentrt.graph.GraphState`: a task starts the
+moment its inputs exist (no superstep barrier), bounded by ``max_concurrency``
+(global) and ``agent_concurrency`` (per agent).  Arguments are resolved from
+upstream results just before the call.  A failed task is retried with
+exponential backoff when it allows retries; then, by its ``on_error``, either
+the run stops (``fail_fast``: everything in flight is cancelled, typed) or
+only its dependents are skipped, naming it (``continue``).  A run deadline
+bounds the whole.  Agents may add tasks while the run goes on
+(``ctx.submit``).
+
+The result names, per task, its status, value or typed error, attempts, the
+replica's pid and its queued/started/finished times, plus the run's critical
+path and makespan.  Every transition is also an event on
+:meth:`Supervisor.events <agentrt.supervisor.Supervisor.events>`.
+
+Usage: ``result = await Run(sup, graph, RunSpec(on_error="continue")).wait()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from agentrt.config import RunSpec
+from agentrt.errors import CallCancelled
+from agentrt.graph import Graph, GraphError, GraphState, critical_path, resolve
+
+if TYPE_CHECKING:
+    from agentrt.supervisor import Supervisor
+
+__all__ = ["Run", "RunResult", "TaskResult"]
+
+
+class TaskResult(msgspec.Struct, kw_only=True):
+    """The outcome of one task.
+
+    ``status``: ok, failed, timeout, crashed, limit, cancelled or skipped
+    (``reason`` says why).  Times are wall-clock seconds since the epoch.
+    """
+
+    id: str
+    status: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    attempts: int = 0
+    agent: str = ""
+    pid: int | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class RunResult(msgspec.Struct, kw_only=True):
+    """A whole run: per-task results, critical path and makespan (seconds)."""
+
+    run_id: str
+    status: str
+    tasks: dict[str, TaskResult]
+    critical_path: list[str]
+    makespan: float
+    started_at: float
+    finished_at: float
+
+
+class Run:
+    """One execution of a graph on a supervisor: ``await Run(sup, graph).wait()``."""
+
+    def __init__(
+        self,
+        sup: Supervisor,
+        graph: Graph,
+        spec: RunSpec | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.sup = sup
+        self.graph = graph
+        self.spec = spec or RunSpec(on_error=graph.on_error)
+        graph.on_error = self.spec.on_error
+        self.run_id = run_id or uuid.uuid4().hex
+        graph.validate()
+        self.state = GraphState(graph)
+        self.budget = sup._new_budget()
+        self.values: dict[str, Any] = {}
+        self.results: dict[str, TaskResult] = {}
+        self._queued: dict[str, float] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._per_agent: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._main: asyncio.Task[RunResult] | None = None
+        self._status = "ok"
+        self.started_at = time.time()
+        #: the result, once the run has ended (also after a cancel)
+        self.result: RunResult | None = None
+
+    # --- public --------------------------------------------------------------
+
+    def start(self) -> Run:
+        if self._main is None:
+            self._main = asyncio.ensure_future(self._drive())
+        return self
+
+    async def wait(self) -> RunResult:
+        """Run to the end (or the deadline) and return the results."""
+        self.start()
+        assert self._main is not None
+        return await self._main
+
+    def cancel(self) -> None:
+        """Stop the run: running tasks are cancelled, the rest skipped."""
+        if self._main is not None:
+            self._main.cancel()
+
+    def add(self, id: str | None = None, agent: str = "", **fields: Any) -> str:
+        """Add a task while the run goes on; it starts once its inputs exist."""
+        tid = id or f"{agent}-{next(self._ids)}"
+        self.graph.add(tid, agent, **fields)
+        self._emit("task_added", tid, agent=agent)
+        self._wake.set()
+        return tid
+
+    def submit_from(self, parent: Any, task: dict[str, Any]) -> str:
+        """``ctx.submit`` of a task of this run (called by the supervisor)."""
+        task = dict(task)
+        agent = str(task.pop("agent", ""))
+        if "timeout" in task and task["timeout"] is not None:
+            task["timeout"] = float(task["timeout"])
+        try:
+            return self.add(task.pop("id", None), agent, **task)
+        except TypeError as exc:
+            raise GraphError("tasks", f"bad task from ctx.submit: {exc}") from None
+
+    # --- the driver ------------------------------------------------------------
+
+    def _emit(self, kind: str, task: str | None = None, **fields: Any) -> None:
+        self.sup._emit(kind, run_id=self.run_id, task=task, **fields)
+
+    async def _drive(self) -> RunResult:
+        deadline = self.spec.deadline
+        self._emit("run_started", tasks=len(self.graph))
+        try:
+            async with asyncio.timeout(None if deadline is None else float(deadline)):
+                await self._loop()
+        except TimeoutError:
+            self._status = "timeout"
+            await self._stop_all("timeout", "run deadline passed")
+        except asyncio.CancelledError:
+            self._status = "cancelled"
+            await self._stop_all("cancelled", "run was cancelled")
+            raise
+        finally:
+            result = self.result = self._result()
+            self._emit("run_finished", status=result.status, makespan=result.makespan)
+        return result
+
+    async def _loop(self) -> None:
+        state = self.state
+        while True:
+            self._wake.clear()
+            for tid in state.ready():
+                if tid in self._running or not self._room(tid):
+                    continue
+                self._queued.setdefault(tid, time.time())
+                node = state.node(tid)
+                if node.for_each is not None and state.parent(tid) is None:
+                    self._expand(tid)
+                    continue
+                self._launch(tid)
+            if state.done:
+                return
+            if not self._running and not state.ready():
+                return  # nothing can move (cannot happen with a valid graph)
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait(
+                    {waiter, *self._running.values()}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waiter.cancel()
+
+    def _room(self, tid: str) -> bool:
+        cap = self.spec.max_concurrency
+        if cap is not None and len(self._running) >= cap:
+            return False
+        agent = self.state.node(tid).agent
+        per = self.spec.agent_concurrency.get(agent)
+        return per is None or self._per_agent.get(agent, 0) < per
+
+    def _expand(self, tid: str) -> None:
+        node = self.state.node(tid)
+        assert node.for_each is not None
+        self._queued.setdefault(tid, time.time())
+        try:
+            items = resolve(node.for_each, self.values, where=f"tasks.{tid}.for_each")
+            if not isinstance(items, list):
+                raise GraphError(
+                    f"tasks.{tid}.for_each",
+                    f"{node.for_each} is a {type(items).__name__}, not a list",
+                )
+        except GraphError as exc:
+            self.state.start(tid)
+            self._record(tid, "failed", error=exc.to_dict(), agent=node.agent)
+            self._skipped(self.state.finish(tid, ok=False))
+            return
+        children = self.state.expand(tid, items)
+        self._emit("fanout", tid, items=len(items))
+        for c in children:
+            self._queued[c] = time.time()
+        if not children:
+            self._settle_parent(tid)
+
+    def _launch(self, tid: str) -> None:
+        self.state.start(tid)
+        agent = self.state.node(tid).agent
+        self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
+        self._emit("task_started", tid, agent=agent)
+        self._running[tid] = asyncio.ensure_future(self._exec(tid))
+
+    async def _exec(self, tid: str) -> None:
+        state = self.state
+        node = state.node(tid)
+        parent = state.parent(tid)
+        report: Any = None
+        attempts = 0
+        try:
+            item: dict[str, Any] = {"item": state.item(tid)} if parent is not None else {}
+            args = resolve(node.args, self.values, where=f"tasks.{tid}.args", **item)
+            retries = node.retries or 0
+            backoff = float(self.spec.retry_backoff)
+            for attempt in range(retries + 1):
+                report = await self.sup._call_report_in_run(
+                    node.agent, args, node.method, node.timeout, self
+                )
+                attempts += report.attempts
+                if report.status == "ok" or attempt == retries:
+                    break
+                delay = min(float(self.spec.retry_backoff_max), backoff * 2**attempt)
+                self._emit("task_retry", tid, attempt=attempt + 2, status=report.status)
+                await asyncio.sleep(delay * random.uniform(0.75, 1.25))
+        except GraphError as exc:
+            self._record(tid, "failed", error=exc.to_dict(), agent=node.agent)
+            self._done(tid, ok=False)
+            return
+        except asyncio.CancelledError:
+            if tid not in self.results:
+                err = CallCancelled("task cancelled: the run stopped")
+                self._record(
+                    tid, "cancelled", error=err.to_dict(), agent=node.agent, attempts=attempts
+                )
+            self._done(tid, ok=False)
+            raise
+        self._record(
+            tid,
+            report.status,
+            result=report.result,
+            error=report.error,
+            attempts=attempts,
+            agent=node.agent,
+            pid=report.pid,
+            started_at=report.started_at,
+            finished_at=report.finished_at,
+        )
+        if report.status == "ok":
+            self.values[tid] = report.result
+        self._done(tid, ok=report.status == "ok")
+
+    def _done(self, tid: str, ok: bool) -> None:
+        """Tell the state; apply what follows (skips, fan-out completion, fail_fast)."""
+        state = self.state
+        self._running.pop(tid, None)
+        agent = state.node(tid).agent
+        self._per_agent[agent] = self._per_agent.get(agent, 1) - 1
+        parent = state.parent(tid)
+        if parent is not None:
+            prog = state.finish_child(tid, ok)
+            if prog.completed:
+                self._settle_parent(parent)
+            for c in prog.cancel:
+                t = self._running.get(c)
+                if t is not None:
+                    t.cancel()
+            self._skipped(prog.skipped)
+        else:
+            self._skipped(state.finish(tid, ok))
+        if state.stopped is not None and self._status == "ok":
+            self._status = "failed"
+            for other, t in list(self._running.items()):
+                if other != tid:
+                    t.cancel()
+        self._wake.set()
+
+    def _settle_parent(self, parent: str) -> None:
+        state = self.state
+        kids = state.children(parent)
+        ok = state.status(parent) == "ok"
+        spans = [self.results[c] for c in kids if c in self.results]
+        value = state.fanout_result(parent, self.values) if ok else None
+        if ok:
+            self.values[parent] = value
+        self._record(
+            parent,
+            "ok" if ok else "failed",
+            result=value,
+            error=None if ok else {"type": "FanoutFailed", "message": state.reason(parent) or ""},
+            attempts=sum(r.attempts for r in spans),
+            agent=state.node(parent).agent,
+            started_at=min((r.started_at for r in spans if r.started_at), default=None),
+            finished_at=max((r.finished_at for r in spans if r.finished_at), default=time.time()),
+        )
+
+    def _skipped(self, ids: list[str]) -> None:
+        for x in ids:
+            if x not in self.results:
+                self._record(
+                    x, "skipped", reason=self.state.reason(x), agent=self.state.node(x).agent
+                )
+
+    def _record(self, tid: str, status: str, **fields: Any) -> None:
+        fields.setdefault("finished_at", time.time())
+        res = TaskResult(id=tid, status=status, queued_at=self._queued.get(tid), **fields)
+        self.results[tid] = res
+        if status != "skipped":
+            self._emit("task_finished", tid, status=status, agent=res.agent, pid=res.pid)
+        else:
+            self._emit("task_skipped", tid, reason=res.reason)
+
+    async def _stop_all(self, status: str, why: str) -> None:
+        running = list(self._running.items())
+        for _tid, t in running:
+            t.cancel()
+        for tid, t in running:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+            r = self.results.get(tid)
+            if r is not None and r.status == "cancelled":
+                self.results[tid] = msgspec.structs.replace(
+                    r, status=status, error={"type": "RunStopped", "message": why}
+                )
+        for tid in self.graph:
+            if tid not in self.results:
+                self._record(tid, "skipped", reason=why, agent=self.graph[tid].agent)
+
+    def _result(self) -> RunResult:
+        timings: dict[str, tuple[float, float]] = {}
+        for tid, r in self.results.items():
+            if self.state.parent(tid) is None and r.started_at and r.finished_at:
+                timings[tid] = (r.started_at, r.finished_at)
+        deps = {tid: self.graph.deps(tid) for tid in timings}
+        path, makespan = critical_path(timings, deps) if timings else ([], 0.0)
+        status = self._status
+        if status == "ok" and any(
+            r.status != "ok" for t, r in self.results.items() if self.state.parent(t) is None
+        ):
+            status = "failed"
+        ordered = {t: self.results[t] for t in self.graph if t in self.results}
+        for t, r in self.results.items():
+            ordered.setdefault(t, r)
+        return RunResult(
+            run_id=self.run_id,
+            status=status,
+            tasks=ordered,
+            critical_path=path,
+            makespan=makespan,
+            started_at=self.started_at,
+            finished_at=time.time(),
+        )
