@@ -167,6 +167,7 @@ class Run:
         state = self.state
         while True:
             self._wake.clear()
+            expanded = False
             for tid in state.ready():
                 if tid in self._running or not self._room(tid):
                     continue
@@ -174,10 +175,13 @@ class Run:
                 node = state.node(tid)
                 if node.for_each is not None and state.parent(tid) is None:
                     self._expand(tid)
+                    expanded = True  # its children are ready now: look again
                     continue
                 self._launch(tid)
             if state.done:
                 return
+            if expanded:
+                continue
             if not self._running and not state.ready():
                 return  # nothing can move (cannot happen with a valid graph)
             waiter = asyncio.ensure_future(self._wake.wait())
