@@ -345,6 +345,17 @@ class Supervisor:
             raise ConfigError("name", "an agent needs a name")
         if spec.name in self._agents:
             raise ConfigError(f"agents.{spec.name}", "an agent of that name is already running")
+        limit = self.spec.max_agents
+        if limit is not None:
+            live = sum(len(a.slots) for a in self._agents.values() if a.failed is None)
+            if live + spec.replicas > limit:
+                raise BudgetExceeded(
+                    f"starting {spec.replicas} replica(s) of {spec.name!r} would make "
+                    f"{live + spec.replicas} live agent processes (max_agents={limit})",
+                    budget="max_agents",
+                    limit=limit,
+                    agent=spec.name,
+                )
         await self.open()
         agent = _Agent(spec, len(self._agents))
         self._agents[spec.name] = agent

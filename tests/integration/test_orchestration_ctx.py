@@ -121,3 +121,35 @@ async def test_agents_exchange_messages_through_the_supervisor(make_supervisor, 
         assert sender == "echo_back"
         assert "hello" in body["got"]
         assert await responder == "echoed"
+
+
+async def test_starting_agents_past_max_agents_is_refused_and_nothing_starts(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor(max_agents=3) as sup:
+        await sup.start(agent_spec("echo", "agents:echo", replicas=2))
+        with pytest.raises(BudgetExceeded) as info:
+            await sup.start(agent_spec("more", "agents:echo", replicas=2))
+        assert info.value.budget == "max_agents"
+        assert "more" not in sup.agents
+        assert len(await sup.status()) == 2
+
+
+async def test_isolated_tool_pool_past_max_agents_fails_the_tool_call_typed(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor(max_agents=1) as sup:
+        await sup.add_tool(ToolSpec(name="crashy", entry="tools:crashy", isolated=True))
+        await sup.start(agent_spec("iso", "agents:call_isolated"))
+        with pytest.raises(BudgetExceeded):
+            await sup.call("iso", {"mode": "ok"})
+
+
+async def test_spawns_past_max_tasks_are_refused_per_run(make_supervisor, agent_spec):
+    async with make_supervisor(max_tasks=3) as sup:
+        await sup.start(agent_spec("worker", "agents:worker", replicas=4))
+        await sup.start(agent_spec("fan", "agents:fan_out"))
+        assert len(await sup.call("fan", {"n": 3, "delay": 0})) == 3
+        with pytest.raises(BudgetExceeded) as info:
+            await sup.call("fan", {"n": 4, "delay": 0})
+        assert info.value.budget == "max_tasks"
