@@ -27,7 +27,8 @@ demo: install
 	@echo "results: out/demo-results.json"
 
 bench: install
-	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_core.py --json out/bench_core.json
+	$(BIN)/python benchmarks/bench_swarm.py --json out/bench_swarm.json
 
 clean:
 	rm -rf $(VENV) out .mypy_cache .ruff_cache
