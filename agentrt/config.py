@@ -13,6 +13,7 @@ import difflib
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,10 +26,12 @@ __all__ = [
     "Config",
     "Limits",
     "RunSpec",
+    "SandboxProfile",
     "SupervisorSpec",
     "TaskSpec",
     "ToolSpec",
     "load_config",
+    "load_sandbox",
     "parse_config",
     "parse_duration",
     "parse_size",
@@ -153,6 +156,189 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return None if self.file_size is None else int(self.file_size)
 
 
+class SandboxLimits(Limits, kw_only=True, forbid_unknown_fields=True):
+    """A profile's limits: the core's (merged under the agent's own) plus ``cpu``.
+
+    ``cpu`` is a share of one core (``0.5``), enforced as a cgroup CPU quota.
+    """
+
+    cpu: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cpu is not None and not (self.cpu > 0):
+            raise _FieldError("cpu", f"must be a positive share of a core, got {self.cpu}")
+
+
+class FilesystemSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Paths the agent may read (and execute) and write; everything else is denied.
+
+    The interpreter, its stdlib and site-packages, the agent's import path
+    and its private working directory (writable) are always added.
+    """
+
+    read: list[str] = []
+    write: list[str] = []
+
+
+Enforce = Literal["strict", "warn"]
+Network = Literal["host", "none"]
+
+
+class SandboxProfile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How an agent's processes are confined (``sandboxes/<name>.toml``).
+
+    * ``extends``: the profile this one starts from (its settings, overridden
+      key by key; tables such as ``limits`` merge).
+    * ``enforce``: ``"strict"`` (a setting this machine cannot enforce stops
+      the agent from starting) or ``"warn"`` (a ``sandbox_unenforced`` warning).
+    * ``network``: ``"host"``, or ``"none"`` (a fresh network namespace: only
+      its own loopback).
+    * ``filesystem``: ``read``/``write`` path lists, enforced with Landlock;
+      absent = no filesystem confinement.
+    * ``env``: names (``fnmatch`` patterns) of the supervisor's environment
+      variables the agent sees; absent = all of them.  The agent's own
+      ``env`` is always added.
+    * ``run_as``: ``"user"`` or ``"uid[:gid]"`` to drop to (needs root).
+    * ``no_new_privs``: ``PR_SET_NO_NEW_PRIVS`` (always set under Landlock).
+    * ``cgroup``: enforce ``limits.memory`` (real usage, OOM kill),
+      ``limits.cpu`` and ``limits.processes`` with a cgroup per replica.
+    * ``limits``: the core limits, the agent's explicit values winning.
+    """
+
+    name: str = ""
+    extends: str | None = None
+    enforce: Enforce = "warn"
+    network: Network = "host"
+    filesystem: FilesystemSpec | None = None
+    env: list[str] | None = None
+    run_as: str | None = None
+    no_new_privs: bool = False
+    cgroup: bool = False
+    limits: SandboxLimits = msgspec.field(default_factory=SandboxLimits)
+
+    def __post_init__(self) -> None:
+        if self.run_as is not None and not self.run_as.strip():
+            raise _FieldError("run_as", 'expected a user name or "uid[:gid]"')
+
+
+#: the profiles shipped with agentrt (``default``, ``strict``, ``untrusted``)
+SHIPPED_SANDBOXES = Path(__file__).resolve().parent.parent / "sandboxes"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _sandbox_sources(inline: dict[str, Any] | None, dirs: list[Path]) -> list[tuple[str, Any]]:
+    """Where profiles are looked up, first match wins: inline tables, files, shipped."""
+    sources: list[tuple[str, Any]] = []
+    if inline:
+        sources.append(("", inline))
+    for d in [*dirs, SHIPPED_SANDBOXES]:
+        sources.append((str(d), Path(d)))
+    return sources
+
+
+def _find_raw(
+    name: str, sources: list[tuple[str, Any]], start: int, where: str
+) -> tuple[dict[str, Any], int, str]:
+    for i in range(start, len(sources)):
+        _label, src = sources[i]
+        if isinstance(src, dict):
+            if name in src:
+                raw = src[name]
+                if not isinstance(raw, dict):
+                    raise ConfigError(f"sandboxes.{name}", "expected a table")
+                return raw, i, ""
+            continue
+        path = src / f"{name}.toml"
+        if path.is_file():
+            try:
+                raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"sandboxes.{name}", f"cannot load {path}: {exc}") from None
+            return raw, i, str(path)
+    known = sorted(sandbox_names([s for _, s in sources if isinstance(s, dict)][:1], []))
+    raise ConfigError(
+        where, f"no sandbox profile named {name!r} (known: {', '.join(known) or 'none'})"
+    )
+
+
+def sandbox_names(inline: list[dict[str, Any]], dirs: list[Path]) -> set[str]:
+    """Names of the profiles found in ``inline`` tables, ``dirs`` and the shipped set."""
+    names: set[str] = set()
+    for t in inline:
+        names |= set(t)
+    for d in [*dirs, SHIPPED_SANDBOXES]:
+        if Path(d).is_dir():
+            names |= {p.stem for p in Path(d).glob("*.toml")}
+    return names
+
+
+def load_sandbox(
+    name: str,
+    *,
+    inline: dict[str, Any] | None = None,
+    dirs: Sequence[str | Path] = (),
+    where: str = "sandbox",
+) -> tuple[SandboxProfile, bool]:
+    """Resolve profile ``name`` (following ``extends``); ``(profile, shipped)``.
+
+    Looked up in ``inline`` (a config's ``[sandboxes]`` table), then
+    ``<dir>/<name>.toml`` for each of ``dirs``, then the shipped profiles.
+    A profile that extends its own name continues the search below itself
+    (a config's ``strict.toml`` may extend the shipped ``strict``).
+    ``shipped`` is true when the profile itself came from the shipped set.
+    Errors are :class:`ConfigError` with the key path (``sandboxes.mine.network``).
+    """
+    sources = _sandbox_sources(inline, [Path(d) for d in dirs])
+    chain: list[tuple[dict[str, Any], str, str]] = []
+    seen: set[tuple[str, int]] = set()
+    cur, start, first_index = name, 0, -1
+    while True:
+        raw, index, path = _find_raw(
+            cur, sources, start, where if not chain else f"sandboxes.{chain[-1][1]}.extends"
+        )
+        if first_index < 0:
+            first_index = index
+        if (cur, index) in seen:
+            raise ConfigError(f"sandboxes.{cur}.extends", f"extends cycle through {cur!r}")
+        seen.add((cur, index))
+        if "name" in raw:
+            raise ConfigError(
+                f"sandboxes.{cur}.name", "unknown key (the profile's name is its table's or file's)"
+            )
+        chain.append((raw, cur, path))
+        parent = raw.get("extends")
+        if parent is None:
+            break
+        if not isinstance(parent, str):
+            raise ConfigError(f"sandboxes.{cur}.extends", "expected a profile name")
+        start = index + 1 if parent == cur else 0
+        cur = parent
+    merged: dict[str, Any] = {}
+    for raw, pname, path in reversed(chain):
+        try:
+            # each link is validated on its own, so an error names its profile
+            _convert(dict(raw), SandboxProfile, f"sandboxes.{pname}")
+        except ConfigError as exc:
+            if path:
+                raise ConfigError(exc.path, f"{exc.message} (in {path})") from None
+            raise
+        merged = _merge(merged, raw)
+    merged["name"] = name
+    merged["extends"] = chain[0][0].get("extends")
+    profile = _convert(merged, SandboxProfile, f"sandboxes.{name}")
+    return profile, sources[first_index][1] == SHIPPED_SANDBOXES
+
+
 class AgentSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One agent: its entry point, pool size, restart type, limits and deadlines.
 
@@ -177,6 +363,9 @@ class AgentSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     env: dict[str, str] = {}
     intensity: int | None = None
     period: float | str | None = None
+    #: a sandbox profile's name (shipped, a ``name.toml`` next to the
+    #: config, or ``[sandboxes.name]``), or the profile itself
+    sandbox: str | SandboxProfile = "default"
 
     def __post_init__(self) -> None:
         if not self.entry or ":" not in self.entry:
@@ -212,6 +401,8 @@ class ToolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     replicas: int = 1
     timeout: float | str | None = None
     limits: Limits = msgspec.field(default_factory=Limits)
+    #: sandbox profile of an isolated tool's processes (see ``AgentSpec.sandbox``)
+    sandbox: str | SandboxProfile = "default"
 
     def __post_init__(self) -> None:
         if ":" not in self.entry or not all(self.entry.partition(":")[::2]):
@@ -304,6 +495,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     run: RunSpec = msgspec.field(default_factory=RunSpec)
     tasks: list[TaskSpec] = []
     base_dir: str = ""
+    #: the config's own sandbox profiles (``[sandboxes.X]``), resolved
+    sandboxes: dict[str, SandboxProfile] = {}
 
 
 def _fields(tp: Any) -> tuple[str, ...]:
@@ -370,13 +563,30 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
     """Validate a decoded TOML document; raise :class:`ConfigError` naming the key."""
     if not isinstance(data, dict):
         raise ConfigError("", "expected a table at the top level")
-    known = ("supervisor", "agents", "tools", "run", "tasks")
+    known = ("supervisor", "agents", "tools", "run", "tasks", "sandboxes")
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(key, f"unknown key{hint}")
     sup = _convert(data.get("supervisor", {}), SupervisorSpec, "supervisor")
+    raw_sandboxes = data.get("sandboxes", {})
+    if not isinstance(raw_sandboxes, dict):
+        raise ConfigError("sandboxes", "expected a table of sandbox profiles")
+    sb_dirs: list[str | Path] = [Path(base_dir).resolve()]
+    sandboxes = {
+        n: load_sandbox(n, inline=raw_sandboxes, dirs=sb_dirs, where=f"sandboxes.{n}")[0]
+        for n in raw_sandboxes
+    }
+
+    def resolve(spec: Any, label: str) -> Any:
+        if not isinstance(spec.sandbox, str):
+            return spec
+        prof, shipped = load_sandbox(
+            spec.sandbox, inline=raw_sandboxes, dirs=sb_dirs, where=f"{label}.sandbox"
+        )
+        return spec if shipped else msgspec.structs.replace(spec, sandbox=prof)
+
     raw_agents = data.get("agents", {})
     if not isinstance(raw_agents, dict):
         raise ConfigError("agents", "expected a table of agents")
@@ -389,7 +599,7 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
                 f"agents.{name}.name", "unknown key (the table's name is the agent's)"
             )
         spec = _convert({**raw, "name": name}, AgentSpec, f"agents.{name}")
-        agents[name] = spec
+        agents[name] = resolve(spec, f"agents.{name}")
     raw_tools = data.get("tools", {})
     if not isinstance(raw_tools, dict):
         raise ConfigError("tools", "expected a table of tools")
@@ -399,7 +609,8 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
             raise ConfigError(f"tools.{name}", "expected a table")
         if "name" in raw:
             raise ConfigError(f"tools.{name}.name", "unknown key (the table's name is the tool's)")
-        tools[name] = _convert({**raw, "name": name}, ToolSpec, f"tools.{name}")
+        tool = _convert({**raw, "name": name}, ToolSpec, f"tools.{name}")
+        tools[name] = resolve(tool, f"tools.{name}")
     run = _convert(data.get("run", {}), RunSpec, "run")
     raw_tasks = data.get("tasks", [])
     if not isinstance(raw_tasks, list):
@@ -424,6 +635,7 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
         run=run,
         tasks=tasks,
         base_dir=str(Path(base_dir).resolve()),
+        sandboxes=sandboxes,
     )
 
 

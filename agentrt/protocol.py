@@ -264,6 +264,22 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     tools: dict[str, str] = {}
     #: report in-process tool calls (a ``max_tool_calls`` budget is set)
     count_tools: bool = False
+    # --- sandbox (see agentrt.sandbox; applied in the child before user code)
+    #: apply ``memory`` as RLIMIT_AS (off when a cgroup limits real usage)
+    memory_rlimit: bool = True
+    #: cgroup directories to join (one per v1 controller, or one v2 group)
+    cgroups: list[str] = []
+    #: ``"none"``: a fresh network namespace before user code
+    network: str = "host"
+    #: Landlock: paths readable/executable and writable; None = unconfined
+    fs_read: list[str] | None = None
+    fs_write: list[str] = []
+    #: names (fnmatch patterns) of inherited environment variables kept; None = all
+    env_allow: list[str] | None = None
+    #: drop to this uid/gid (setgroups([]), setgid, setuid) after the above
+    run_uid: int | None = None
+    run_gid: int | None = None
+    no_new_privs: bool = False
 
 
 class ZygoteHello(_Msg, frozen=True, tag="hello"):

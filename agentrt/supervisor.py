@@ -29,6 +29,7 @@ import itertools
 import os
 import random
 import shutil
+import signal
 import tempfile
 import time
 from collections import deque
@@ -39,9 +40,9 @@ from typing import Any
 import msgspec
 import structlog
 
-from agentrt import _linux
+from agentrt import _linux, sandbox
 from agentrt.backends.local import make_launcher
-from agentrt.config import AgentSpec, SupervisorSpec, ToolSpec
+from agentrt.config import AgentSpec, SupervisorSpec, ToolSpec, load_sandbox
 from agentrt.errors import (
     AgentCrashed,
     AgentDied,
@@ -200,6 +201,7 @@ class _Slot:
     sibling_restart: bool = False
     gone: bool = False  # its task ended: this slot will not serve again
     psutil_proc: Any = None
+    reaping: asyncio.Task[None] | None = None  # sweep + cgroup removal of the last process
 
 
 @dataclass(eq=False, slots=True)
@@ -259,6 +261,10 @@ class Supervisor:
         self._tools: dict[str, ToolSpec] = {}
         self._subscribers: set[asyncio.Queue[RunEvent]] = set()
         self._tool_starts: dict[str, asyncio.Future[None]] = {}
+        #: each running agent's sandbox plan (profile resolved, limits merged)
+        self._plans: dict[str, sandbox.Plan] = {}
+        #: per-replica cgroups, created on the first agent whose profile asks
+        self._cgroups: sandbox.Cgroups | None = None
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -329,6 +335,9 @@ class Supervisor:
                 await self._launcher.close()
             if self._rundir:
                 await asyncio.to_thread(shutil.rmtree, self._rundir, True)
+            if self._cgroups is not None:
+                await asyncio.to_thread(self._cgroups.close)
+                self._cgroups = None
             self.log.info("supervisor_stopped")
 
     # --- agents ------------------------------------------------------------
@@ -357,7 +366,9 @@ class Supervisor:
                     agent=spec.name,
                 )
         await self.open()
+        spec, plan = self._sandbox_plan(spec)
         agent = _Agent(spec, len(self._agents))
+        self._plans[spec.name] = plan
         self._agents[spec.name] = agent
         loop = asyncio.get_running_loop()
         for i in range(spec.replicas):
@@ -373,6 +384,7 @@ class Supervisor:
         if errors:
             await self._stop_agent(agent, SupervisorClosed(f"agent {spec.name!r} failed to start"))
             del self._agents[spec.name]
+            self._plans.pop(spec.name, None)
             raise errors[0]
         if spec.limits.memory is not None and self._watchdog is None:
             self._watchdog = loop.create_task(self._memory_watchdog(), name="memory-watchdog")
@@ -385,7 +397,70 @@ class Supervisor:
         self._fail_waiting(agent, err)
         await self._stop_agent(agent, err)
         del self._agents[name]
+        self._plans.pop(name, None)
         self.log.info("agent_stopped", agent=name)
+
+    def _sandbox_plan(self, spec: AgentSpec) -> tuple[AgentSpec, sandbox.Plan]:
+        """Resolve the agent's sandbox profile; refuse or warn about what is unenforced.
+
+        Returns the spec with its limits merged (memory left to the cgroup
+        when one limits it) and the plan the replicas boot with.
+        """
+        prof = spec.sandbox
+        if isinstance(prof, str):
+            dirs = [self.base_dir] if self.base_dir is not None else []
+            prof, _shipped = load_sandbox(prof, dirs=dirs, where=f"agents.{spec.name}.sandbox")
+        plan = sandbox.plan(prof, spec.limits)
+        unenforced = plan.unenforced
+        if unenforced and prof.enforce == "strict":
+            setting, why = unenforced[0]
+            raise StartupError(
+                f"sandbox {prof.name or '(inline)'!r} of agent {spec.name!r}: "
+                f"{setting} cannot be enforced on this machine: {why}",
+                agent=spec.name,
+            )
+        for setting, why in unenforced:
+            self.log.warning(
+                "sandbox_unenforced",
+                agent=spec.name,
+                profile=prof.name,
+                setting=setting,
+                why=why.removeprefix("NOT enforced: "),
+            )
+        if plan.run_uid is not None and self._rundir:
+            # the replica enters its workdir after dropping to run_as
+            os.chmod(self._rundir, 0o711)
+        if plan.cgroup and self._cgroups is None:
+            self._cgroups = sandbox.Cgroups()
+        return msgspec.structs.replace(spec, limits=plan.core_limits()), plan
+
+    def _replica_cgroups(self, slot: _Slot, plan: sandbox.Plan) -> list[str]:
+        if not plan.cgroup or self._cgroups is None:
+            return []
+        spec = slot.agent.spec
+        leaf = f"{spec.name}.{slot.index}.{slot.generation}".replace("/", "_")
+        try:
+            return self._cgroups.create(
+                leaf, plan.cgroup, plan.cgroup_memory, plan.cpu, plan.limits.processes
+            )
+        except OSError as exc:
+            if plan.profile.enforce == "strict":
+                # the child fails to join it: the replica does not start
+                return [os.path.join("/nonexistent-cgroup", leaf)]
+            self.log.warning(
+                "sandbox_unenforced",
+                agent=spec.name,
+                profile=plan.profile.name,
+                setting="cgroup",
+                why=f"cannot create the replica's cgroup: {exc}",
+            )
+            return []
+
+    async def _reap(self, proc: AgentProcess, cgroups: list[str]) -> None:
+        """Wait until the replica and its leftovers are gone, then remove its cgroups."""
+        await proc.wait_closed()
+        if cgroups:
+            await asyncio.to_thread(sandbox.Cgroups.remove, cgroups)
 
     @property
     def agents(self) -> list[str]:
@@ -425,6 +500,9 @@ class Supervisor:
                 slot.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await slot.task
+            if slot.reaping is not None:
+                # stop() returns once the replica's leftovers and cgroups are gone
+                await asyncio.wait({slot.reaping})
             for call in list(slot.inflight.values()):
                 self._fail(call, err)
             slot.inflight.clear()
@@ -454,6 +532,22 @@ class Supervisor:
     def _boot(self, slot: _Slot) -> Boot:
         spec = slot.agent.spec
         lim = spec.limits
+        plan = self._plans.get(spec.name)
+        sb: dict[str, Any] = {}
+        if plan is not None:
+            prof = plan.profile
+            cgroups = self._replica_cgroups(slot, plan)
+            sb = {
+                "cgroups": cgroups,
+                "memory_rlimit": not (cgroups and plan.cgroup_memory is not None),
+                "network": prof.network,
+                "fs_read": list(prof.filesystem.read) if prof.filesystem is not None else None,
+                "fs_write": list(prof.filesystem.write) if prof.filesystem is not None else [],
+                "env_allow": list(prof.env) if prof.env is not None else None,
+                "run_uid": plan.run_uid,
+                "run_gid": plan.run_gid,
+                "no_new_privs": prof.no_new_privs,
+            }
         return Boot(
             agent=spec.name,
             replica=slot.index,
@@ -472,6 +566,7 @@ class Supervisor:
             supervisor_pid=os.getpid(),
             tools=self._tool_map(),
             count_tools=self.spec.max_tool_calls is not None,
+            **sb,
         )
 
     async def _run_slot(self, slot: _Slot) -> None:
@@ -499,8 +594,9 @@ class Supervisor:
                     slot.first_start.set_result(None)
                 self._dispatch(agent)
                 cause = await asyncio.shield(proc.dead)
+            cause = self._oom_cause(boot, proc, cause)
             self._spawn(self._remove_workdir(boot.workdir))
-            self._spawn(proc.wait_closed())
+            slot.reaping = self._spawn(self._reap(proc, list(boot.cgroups)))
             if slot.first_start is not None and not slot.first_start.done():
                 assert cause is not None
                 slot.first_start.set_exception(cause)
@@ -562,6 +658,31 @@ class Supervisor:
                 return
             log.info("replica_restarting", restarts=slot.restarts)
             self._emit("replica_restarting", agent=spec.name, replica=slot.index)
+
+    def _oom_cause(
+        self, boot: Boot, proc: AgentProcess, cause: AgentDied | None
+    ) -> AgentDied | None:
+        """A SIGKILL in a memory-limited cgroup whose OOM killer acted is the memory limit."""
+        plan = self._plans.get(boot.agent)
+        mem = plan.cgroup_memory if plan is not None else None
+        if (
+            mem is None
+            or not boot.cgroups
+            or boot.memory_rlimit
+            or not isinstance(cause, AgentCrashed)
+            or cause.signal != signal.SIGKILL
+            or not sandbox.Cgroups.oom_killed(list(boot.cgroups))
+        ):
+            return cause
+        return LimitExceeded(
+            f"cgroup memory limit of {mem} bytes exceeded (killed by the OOM killer)",
+            limit="memory",
+            value=mem,
+            agent=boot.agent,
+            pid=proc.pid,
+            exit_code=cause.exit_code,
+            signal=cause.signal,
+        )
 
     def _exceeds_intensity(self, agent: _Agent) -> bool:
         spec = agent.spec
@@ -1035,6 +1156,7 @@ class Supervisor:
                                 replicas=spec.replicas,
                                 timeout=spec.timeout,
                                 limits=spec.limits,
+                                sandbox=spec.sandbox,
                             )
                         )
                     )
@@ -1290,10 +1412,11 @@ class Supervisor:
 
     # --- helpers ---------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _remove_workdir(self, path: str) -> None:
         await asyncio.to_thread(shutil.rmtree, path, True)

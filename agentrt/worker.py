@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, MutableMapping
 from typing import Any, NoReturn
 
-from agentrt import _linux
+from agentrt import _linux, sandbox
 from agentrt.context import AgentIO, Context, SyncContext, takes_ctx
 from agentrt.errors import AgentrtError
 from agentrt.protocol import (
@@ -78,6 +78,7 @@ class _Deadline(BaseException):
 
 def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
     """Everything that must happen before user code runs."""
+    sandbox.enter_cgroups(boot)  # first: everything from here on is accounted
     with contextlib.suppress(OSError):
         os.setsid()
     _linux.set_pdeathsig(signal.SIGKILL)
@@ -111,8 +112,8 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
             with contextlib.suppress(Exception):
                 stream.reconfigure(line_buffering=True)
     _apply_rlimits(boot)
-    os.makedirs(boot.workdir, mode=0o700, exist_ok=True)
-    os.chdir(boot.workdir)
+    # network namespace, workdir, env allowlist, run_as, no_new_privs, Landlock
+    sandbox.confine(boot)
     for k, v in boot.env.items():
         os.environ[k] = v
     os.environ["AGENTRT_AGENT"] = boot.agent
@@ -132,7 +133,7 @@ def _apply_rlimits(boot: Boot) -> None:
         resource.setrlimit(res, (min(soft, h), h))
 
     setlim(resource.RLIMIT_CORE, 0)
-    if boot.memory is not None:
+    if boot.memory is not None and boot.memory_rlimit:
         setlim(resource.RLIMIT_AS, boot.memory)
     if boot.cpu_time is not None:
         secs = max(1, int(boot.cpu_time + 0.999))
@@ -507,7 +508,14 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
     """Entry point of every replica, whatever started it.  Never returns."""
     code = EXIT_STARTUP
     try:
-        _isolate(boot, rfd, wfd, ofd)
+        try:
+            _isolate(boot, rfd, wfd, ofd)
+        except Exception as exc:  # a confinement that could not be applied
+            with contextlib.suppress(Exception):
+                _Channel(rfd, wfd, boot.max_frame).write(
+                    StartupFailed(type(exc).__qualname__, f"sandbox: {exc}", "")
+                )
+            os._exit(EXIT_STARTUP)
         global _channel
         chan = _channel = _Channel(rfd, wfd, boot.max_frame)
         if not _prepared:
