@@ -1,7 +1,16 @@
 """The ``agentrt`` command (the only module that prints and exits).
 
-Exit codes: 0 every task succeeded (or a clean stop), 1 a task or agent
-failed, 2 the configuration or the command line is invalid.
+Commands::
+
+    agentrt supervise CONFIG [-o results.json] [--trace run.trace.json] [--live|--no-live]
+                             [--log-format console|json] [--log-level info]
+    agentrt validate CONFIG
+    agentrt doctor
+    agentrt trace TRACE [--png out.png] [--width PX] [--height PX]
+
+Exit codes: 0 every task succeeded (or a clean stop; a valid config; a
+report written), 1 a task or agent failed, 2 the configuration, the trace
+file or the command line is invalid, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,8 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
+import ctypes
+import importlib
+import os
+import resource
 import signal
+import subprocess
 import sys
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +35,38 @@ import msgspec
 import structlog
 
 from agentrt import __version__
-from agentrt.config import Config, load_config
+from agentrt.config import (
+    AgentSpec,
+    Config,
+    Limits,
+    RunSpec,
+    SupervisorSpec,
+    TaskSpec,
+    ToolSpec,
+    load_config,
+    parse_config,
+)
 from agentrt.errors import AgentrtError, ConfigError
 from agentrt.graph import Graph
-from agentrt.observe import configure_logging
+from agentrt.observe import LineStream, configure_logging
 from agentrt.scheduler import Run, RunResult
-from agentrt.supervisor import Supervisor
+from agentrt.supervisor import RunEvent, Supervisor
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_EXIT_HELP = (
+    "exit status: 0 all tasks ok (or a clean stop), 1 a task or agent failed, "
+    "2 invalid config or command line, 130 interrupted"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="agentrt", description="A process-isolated runtime for parallel AI agents."
+        prog="agentrt",
+        description="A process-isolated runtime for parallel AI agents.",
+        epilog=_EXIT_HELP,
     )
     p.add_argument("--version", action="version", version=f"agentrt {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,57 +75,124 @@ def _parser() -> argparse.ArgumentParser:
         help="start the agents of a config file and run its tasks",
         description=(
             "Start the agents of CONFIG, run its [[tasks]] concurrently and write the results. "
-            "With no tasks, supervise the agents until SIGINT or SIGTERM. "
-            "Exit status: 0 all tasks ok, 1 a task or agent failed, 2 invalid config."
+            "With no tasks, supervise the agents until SIGINT or SIGTERM."
         ),
+        epilog=_EXIT_HELP,
     )
     sp.add_argument("config", type=Path, help="path to config.toml")
     sp.add_argument("--output", "-o", type=Path, help="write the results file (JSON) here")
+    sp.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="write the run as a Chrome Trace Event file (open it in Perfetto / chrome://tracing)",
+    )
+    sp.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live view of agents, replicas and tasks (default: on when stderr is a terminal)",
+    )
     sp.add_argument("--log-format", choices=("console", "json"), default="console")
     sp.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+    vp = sub.add_parser(
+        "validate",
+        help="check a config file and report every error at once",
+        description=(
+            "Check CONFIG without starting anything: every error, each with its key path and a "
+            "hint, and the task graph (dangling references, cycles)."
+        ),
+        epilog="exit status: 0 valid, 2 invalid",
+    )
+    vp.add_argument("config", type=Path, help="path to config.toml")
+
+    sub.add_parser(
+        "doctor",
+        help="show which isolation features this machine offers",
+        description=(
+            "Probe pidfd, namespaces, Landlock, cgroups and rlimits, and say what each "
+            "sandbox profile would enforce on this machine."
+        ),
+        epilog="exit status: 0",
+    )
+
+    tp = sub.add_parser(
+        "trace",
+        help="summarise a trace file written by supervise --trace; render it as a Gantt PNG",
+        description="Summarise TRACE (from `supervise --trace`) and optionally draw it.",
+        epilog="exit status: 0 ok, 2 not a readable trace",
+    )
+    tp.add_argument("trace", type=Path, help="trace file (Chrome Trace Event JSON)")
+    tp.add_argument("--png", type=Path, metavar="OUT", help="write a Gantt chart here")
+    tp.add_argument("--width", type=int, default=1200, help="image width in pixels")
+    tp.add_argument("--height", type=int, help="image height in pixels (default: by rows)")
     return p
 
 
-async def _supervise(cfg: Config, graph: Graph, output: Path | None) -> int:
+# --- supervise --------------------------------------------------------------------------
+
+
+async def _pump(sup: Supervisor, sinks: list[Callable[[RunEvent], None]]) -> None:
+    """Hand every supervisor event to the sinks (none of which blocks)."""
+    async for ev in sup.events():
+        for sink in sinks:
+            sink(ev)
+
+
+def _log_sink(log: Any) -> Callable[[RunEvent], None]:
+    def sink(ev: RunEvent) -> None:
+        if ev.kind in ("task_finished", "task_skipped", "task_retry", "fanout"):
+            fields = {k: v for k, v in msgspec.to_builtins(ev).items() if k not in ("kind", "time")}
+            log.info(ev.kind, **fields)
+
+    return sink
+
+
+async def _supervise(
+    cfg: Config,
+    graph: Graph,
+    output: Path | None,
+    *,
+    trace: Path | None = None,
+    live: Any = None,
+) -> int:
+    from agentrt.trace import TraceRecorder
+
     log = structlog.get_logger("agentrt.cli")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     result: RunResult | None = None
+    recorder = TraceRecorder() if trace is not None else None
+    sinks: list[Callable[[RunEvent], None]] = [_log_sink(log)]
+    if recorder is not None:
+        sinks.append(recorder.on_event)
+    if live is not None:
+        live.total = len(graph)
+        sinks.append(live.on_event)
     try:
         async with Supervisor(cfg.supervisor, base_dir=cfg.base_dir) as sup:
+            pump = asyncio.ensure_future(_pump(sup, sinks))
+            await asyncio.sleep(0)  # the pump subscribes before anything is emitted
+            view = live.attached(sup) if live is not None else contextlib.nullcontext()
             try:
-                for tool in cfg.tools.values():
-                    await sup.add_tool(tool)
-                for spec in cfg.agents.values():
-                    await sup.start(spec)
-            except AgentrtError as exc:
-                log.error("agent_start_failed", error=str(exc), type=type(exc).__name__)
-                return EXIT_FAILED
-            if not cfg.tasks:
-                log.info("supervising", agents=list(cfg.agents), hint="stop with Ctrl-C")
-                await stop.wait()
-                return EXIT_OK
-            run = Run(sup, graph, cfg.run).start()
-            watcher = asyncio.ensure_future(_log_events(sup, log))
-            stopper = asyncio.ensure_future(stop.wait())
-            waiter = asyncio.ensure_future(run.wait())
-            both: list[asyncio.Future[Any]] = [waiter, stopper]
-            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not waiter.done():
-                log.warning("run_interrupted")
-                run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
-            result = run.result
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+                async with view:
+                    result, code = await _run_tasks(sup, cfg, graph, stop, log)
+                    await asyncio.sleep(0)  # the pump drains what the run emitted last
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+            if code is not None:
+                return code
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if recorder is not None and trace is not None:
+            recorder.write(trace, result)
+            log.info("trace_written", path=str(trace), events=len(recorder.events))
     if result is None:
         return EXIT_FAILED
     counts: dict[str, int] = {}
@@ -110,11 +211,34 @@ async def _supervise(cfg: Config, graph: Graph, output: Path | None) -> int:
     return EXIT_OK if result.status == "ok" else EXIT_FAILED
 
 
-async def _log_events(sup: Supervisor, log: Any) -> None:
-    async for ev in sup.events():
-        if ev.kind in ("task_finished", "task_skipped", "task_retry", "fanout"):
-            fields = {k: v for k, v in msgspec.to_builtins(ev).items() if k not in ("kind", "time")}
-            log.info(ev.kind, **fields)
+async def _run_tasks(
+    sup: Supervisor, cfg: Config, graph: Graph, stop: asyncio.Event, log: Any
+) -> tuple[RunResult | None, int | None]:
+    """Start the agents and run the graph: ``(result, None)``, or ``(None, exit code)``."""
+    try:
+        for tool in cfg.tools.values():
+            await sup.add_tool(tool)
+        for spec in cfg.agents.values():
+            await sup.start(spec)
+    except AgentrtError as exc:
+        log.error("agent_start_failed", error=str(exc), type=type(exc).__name__)
+        return None, EXIT_FAILED
+    if not cfg.tasks:
+        log.info("supervising", agents=list(cfg.agents), hint="stop with Ctrl-C")
+        await stop.wait()
+        return None, EXIT_OK
+    run = Run(sup, graph, cfg.run).start()
+    stopper = asyncio.ensure_future(stop.wait())
+    waiter = asyncio.ensure_future(run.wait())
+    both: list[asyncio.Future[Any]] = [waiter, stopper]
+    await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not waiter.done():
+        log.warning("run_interrupted")
+        run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+    return run.result, None
 
 
 def _write_results(path: Path, data: bytes) -> None:
@@ -122,23 +246,466 @@ def _write_results(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def _cmd_supervise(args: argparse.Namespace) -> int:
+    live_on = sys.stderr.isatty() if args.live is None else bool(args.live)
+    view: Any = None
+    stream: LineStream | None = None
+    if live_on:
+        from rich.console import Console
+
+        from agentrt.live import LiveView, console_stream
+
+        console = Console(file=sys.stderr, force_terminal=True if args.live else None)
+        view = LiveView(console)
+        stream = console_stream(console)
+    configure_logging(args.log_format, args.log_level, stream)
+    try:
+        cfg = load_config(args.config)
+        graph = Graph.from_specs(cfg.tasks, on_error=cfg.run.on_error)
+        graph.validate()  # dangling references and cycles: refused before anything starts
+    except ConfigError as exc:
+        if args.log_format == "json":
+            structlog.get_logger("agentrt.cli").error(
+                "config_error", error=str(exc), path=exc.path, message=exc.message
+            )
+        else:
+            print(f"agentrt: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(_supervise(cfg, graph, args.output, trace=args.trace, live=view))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+# --- validate ---------------------------------------------------------------------------
+
+_SECTIONS = ("supervisor", "agents", "tools", "run", "tasks")
+
+
+def _drop_key(doc: dict[str, Any], path: str) -> bool:
+    """Remove the key ``path`` names from ``doc`` (so the rest can be checked)."""
+    parts = path.split(".")
+    cur: Any = doc
+    for part in parts[:-1]:
+        if isinstance(cur, list):
+            if len(cur) == 1:
+                cur = cur[0]
+            elif part.isdigit() and int(part) < len(cur):
+                cur = cur[int(part)]
+            else:
+                return False
+        elif isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            return False
+    if isinstance(cur, dict) and parts[-1] in cur:
+        del cur[parts[-1]]
+        return True
+    return False
+
+
+def _collect(
+    doc: dict[str, Any], base: Path, limit: int = 50
+) -> tuple[list[ConfigError], Config | None]:
+    """Every error of one small document, by dropping each offending key and retrying."""
+    doc = copy.deepcopy(doc)
+    errors: list[ConfigError] = []
+    for _ in range(limit):
+        try:
+            cfg = parse_config(doc, base)
+        except ConfigError as exc:
+            if exc.message == "required key is missing" and any(e.path == exc.path for e in errors):
+                return errors, None  # the key's bad value was dropped and reported already
+            errors.append(exc)
+            if not _drop_key(doc, exc.path):
+                return errors, None
+        else:
+            return errors, (cfg if not errors else None)
+    return errors, None
+
+
+def validate_config(path: Path) -> tuple[list[ConfigError], Config | None]:
+    """All errors of a config file (each section, agent, tool and task on its own)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [ConfigError("", f"cannot read {path}: {exc.strerror}")], None
+    except tomllib.TOMLDecodeError as exc:
+        return [ConfigError("", f"{path}: invalid TOML: {exc}")], None
+    base = path.parent
+    errors: list[ConfigError] = []
+    context: dict[str, Any] = {}  # valid sections other docs may refer to (sandboxes, ...)
+    for key in data:
+        if key not in ("agents", "tools", "tasks"):
+            errs = _collect({key: data[key]}, base)[0]
+            errors += errs
+            if not errs:
+                context[key] = data[key]
+    agent_names: list[str] = []
+    for key in ("agents", "tools"):
+        raw = data.get(key, {})
+        if not isinstance(raw, dict):
+            errors += _collect({key: raw}, base)[0]
+            continue
+        if key == "agents":
+            agent_names = list(raw)
+        for name, item in raw.items():
+            errors += _collect({**context, key: {name: item}}, base)[0]
+    raw_tasks = data.get("tasks", [])
+    specs: list[TaskSpec] = []
+    tasks_ok = True
+    if not isinstance(raw_tasks, list):
+        errors += _collect({"tasks": raw_tasks}, base)[0]
+        tasks_ok = False
+        raw_tasks = []
+    stub = {n: {"entry": "stub:stub"} for n in agent_names}
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_tasks):
+        errs, cfg = _collect({**context, "agents": stub, "tasks": [raw]}, base)
+        if not (isinstance(raw, dict) and "id" in raw):
+            errs = [ConfigError(_reindex(e.path, i), e.message) for e in errs]
+        errors += errs
+        if cfg is not None:
+            spec = cfg.tasks[0]
+        elif isinstance(raw, dict) and isinstance(raw.get("id"), str):
+            # invalid, but other tasks may refer to it: keep its id in the graph check
+            spec = TaskSpec(id=raw["id"], agent=str(raw.get("agent", "")))
+        else:
+            tasks_ok = False
+            continue
+        if spec.id in seen:
+            if cfg is not None:
+                errors.append(ConfigError(f"tasks.{spec.id}.id", f"duplicate task id {spec.id!r}"))
+            continue
+        seen.add(spec.id)
+        specs.append(spec)
+    if tasks_ok and specs:
+        on_error = data.get("run", {}).get("on_error", "fail_fast")
+        try:
+            Graph.from_specs(specs, on_error=on_error).validate()
+        except ConfigError as exc:
+            errors.append(exc)
+        except (TypeError, ValueError) as exc:
+            errors.append(ConfigError("tasks", str(exc)))
+    if errors:
+        return errors, None
+    try:
+        return [], parse_config(data, path.parent)
+    except ConfigError as exc:  # a check above missed it: still report it
+        return [exc], None
+
+
+def _reindex(path: str, i: int) -> str:
+    parts = path.split(".")
+    if len(parts) >= 2 and parts[0] == "tasks" and parts[1] == "0":
+        parts[1] = str(i)
+    return ".".join(parts)
+
+
+def _struct_for(path: str) -> Any:
+    parts = path.split(".")[:-1]
+    if not parts:
+        return _SECTIONS
+    head = parts[0]
+    if head == "supervisor" and len(parts) == 1:
+        return SupervisorSpec
+    if head == "run" and len(parts) == 1:
+        return RunSpec
+    if head in ("agents", "tools") and len(parts) == 2:
+        return AgentSpec if head == "agents" else ToolSpec
+    if head in ("agents", "tools") and len(parts) == 3 and parts[2] == "limits":
+        return Limits
+    if head == "tasks" and len(parts) == 2:
+        return TaskSpec
+    return None
+
+
+def _hint(err: ConfigError, agents: list[str]) -> str | None:
+    msg, path = err.message, err.path
+    last = path.rsplit(".", 1)[-1]
+    if msg.startswith("unknown key"):
+        owner = _struct_for(path)
+        if owner is None:
+            return None
+        keys = (
+            list(owner)
+            if isinstance(owner, tuple)
+            else [f.name for f in msgspec.structs.fields(owner) if f.name != "name"]
+        )
+        return "allowed keys here: " + ", ".join(keys)
+    if "expected a size" in msg:
+        return 'write a size such as "512MiB", "2GiB" or a number of bytes'
+    if "expected a duration" in msg:
+        return 'write a duration such as "500ms", "30s", "2m" or a number of seconds'
+    if msg == "required key is missing":
+        parent = path.rsplit(".", 1)[0] if "." in path else "the top level"
+        return f"add `{last} = ...` under [{parent}]"
+    if msg.startswith("no agent named"):
+        return "declare it as [agents.<name>]" + (
+            f" or use one of: {', '.join(agents)}" if agents else ""
+        )
+    if msg.startswith("duplicate task id"):
+        return "give every [[tasks]] table its own id"
+    if "cycle" in msg:
+        return "remove one dependency of the cycle (an `after` entry or a ${...} reference)"
+    if "depends on unknown task" in msg:
+        return "refer only to task ids defined in this file"
+    if "module:attr" in msg:
+        return 'entry is "package.module:function" (or a class)'
+    if "invalid TOML" in msg:
+        return "fix the TOML syntax at the line and column shown"
+    if msg.startswith("expected `") or msg.startswith("Expected `"):
+        return "the value has the wrong type"
+    if msg.startswith("must be at least"):
+        return f"raise {last}"
+    return None
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    path: Path = args.config
+    errors, cfg = validate_config(path)
+    if cfg is not None:
+        print(
+            f"{path}: ok ({len(cfg.agents)} agents, {len(cfg.tools)} tools, {len(cfg.tasks)} tasks)"
+        )
+        return EXIT_OK
+    agents: list[str] = []
+    with contextlib.suppress(Exception):
+        raw = tomllib.loads(path.read_text(encoding="utf-8")).get("agents", {})
+        agents = list(raw) if isinstance(raw, dict) else []
+    n = len(errors)
+    print(f"{path}: {n} error{'s' if n != 1 else ''}")
+    for err in errors:
+        print(f"  {err}")
+        hint = _hint(err, agents)
+        if hint:
+            print(f"    hint: {hint}")
+    return EXIT_CONFIG
+
+
+# --- doctor -----------------------------------------------------------------------------
+
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+
+
+def _probe_pidfd() -> tuple[bool, str]:
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except (AttributeError, OSError) as exc:
+        return False, f"pidfd_open unavailable ({exc})"
+    os.close(fd)
+    return True, "pidfd_open works: exits are observed without races on pid reuse"
+
+
+def _probe_netns() -> tuple[bool, str]:
+    """unshare(2) a network namespace in a child process (alone, then with a user ns)."""
+    code = (
+        "import ctypes, os, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "r = libc.unshare(int(sys.argv[1]))\n"
+        "sys.exit(0 if r == 0 else ctypes.get_errno() or 1)\n"
+    )
+    tried: list[str] = []
+    for flags, label in (
+        (_CLONE_NEWNET, "net"),
+        (_CLONE_NEWUSER | _CLONE_NEWNET, "user+net"),
+    ):
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", code, str(flags)], capture_output=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            tried.append(f"{label}: {exc}")
+            continue
+        if proc.returncode == 0:
+            return True, f"unshare({label}) works in a child"
+        tried.append(f"{label}: {os.strerror(proc.returncode)}")
+    return False, "unshare refused (" + "; ".join(tried) + ")"
+
+
+def _probe_landlock() -> tuple[bool, str]:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        abi = libc.syscall(
+            _SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), _LANDLOCK_CREATE_RULESET_VERSION
+        )
+    except (OSError, AttributeError) as exc:
+        return False, f"cannot call syscall(2): {exc}"
+    if abi < 0:
+        err = ctypes.get_errno()
+        return False, f"not available ({os.strerror(err) if err else 'unknown error'})"
+    return True, f"ABI version {abi}"
+
+
+def _probe_cgroups() -> tuple[bool, str]:
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").exists():
+        try:
+            controllers = (root / "cgroup.controllers").read_text().split()
+        except OSError:
+            controllers = []
+        own = ""
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/cgroup").read_text().splitlines():
+                if line.startswith("0::"):
+                    own = line[3:]
+        mine = root / own.lstrip("/")
+        writable = os.access(mine, os.W_OK) and os.access(mine / "cgroup.subtree_control", os.W_OK)
+        state = "writable" if writable else "read-only"
+        return writable, (
+            f"v2, controllers: {' '.join(controllers) or 'none'}; own cgroup {own or '/'} {state}"
+        )
+    if root.is_dir():
+        ctrls = sorted(p.name for p in root.iterdir() if p.is_dir())
+        open_ = [c for c in ctrls if os.access(root / c, os.W_OK)]
+        return bool(open_), (
+            f"v1, controllers: {' '.join(ctrls) or 'none'}; writable: {' '.join(open_) or 'none'}"
+        )
+    return False, "no cgroup filesystem mounted"
+
+
+_RLIMITS = {
+    "memory (RLIMIT_AS)": "RLIMIT_AS",
+    "cpu_time (RLIMIT_CPU)": "RLIMIT_CPU",
+    "open_files (RLIMIT_NOFILE)": "RLIMIT_NOFILE",
+    "processes (RLIMIT_NPROC)": "RLIMIT_NPROC",
+    "file_size (RLIMIT_FSIZE)": "RLIMIT_FSIZE",
+    "core dumps (RLIMIT_CORE)": "RLIMIT_CORE",
+}
+
+
+def _fmt_limit(v: int) -> str:
+    return "unlimited" if v == resource.RLIM_INFINITY else str(v)
+
+
+def _show(value: Any, indent: str = "  ") -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            print(f"{indent}{k}: {v}")
+    elif isinstance(value, list | tuple):
+        for v in value:
+            if isinstance(v, tuple) and len(v) == 2:
+                print(f"{indent}{v[0]}: {v[1]}")
+            else:
+                print(f"{indent}{v}")
+    elif hasattr(value, "__struct_fields__"):
+        _show(msgspec.to_builtins(value), indent)
+    else:
+        for line in str(value).splitlines():
+            print(f"{indent}{line}")
+
+
+def _doctor_sandbox() -> bool:
+    """The sandbox module's own probe and, per shipped profile, what it would enforce here."""
+    import agentrt.config as config_mod
+
+    sandbox: Any = None
+    with contextlib.suppress(ImportError):
+        sandbox = importlib.import_module("agentrt.sandbox")
+    probe = getattr(sandbox, "probe", None)
+    explain = getattr(sandbox, "explain", None)
+    if not (callable(probe) and callable(explain)):
+        return False
+    print("sandbox probe:")
+    try:
+        _show(probe())
+    except Exception as exc:
+        print(f"  probe failed: {type(exc).__name__}: {exc}")
+    names_fn = getattr(config_mod, "sandbox_names", None)
+    load = getattr(config_mod, "load_sandbox", None)
+    names: list[str] = []
+    with contextlib.suppress(Exception):
+        names = sorted(names_fn([], [])) if callable(names_fn) else []
+    print("profiles (what each would enforce here):")
+    for name in names:
+        print(f"  {name}:")
+        try:
+            profile = load(name)[0] if callable(load) else name
+            _show(explain(profile), "    ")
+        except Exception as exc:
+            print(f"    explain failed: {type(exc).__name__}: {exc}")
+    return True
+
+
+def _cmd_doctor(_args: argparse.Namespace) -> int:
+    print(f"agentrt {__version__} on Linux {os.uname().release} ({os.uname().machine})")
+    checks = {
+        "pidfd": _probe_pidfd(),
+        "namespaces": _probe_netns(),
+        "landlock": _probe_landlock(),
+        "cgroup": _probe_cgroups(),
+    }
+    print("isolation features:")
+    for name, (ok, detail) in checks.items():
+        print(f"  {name:<11} {'yes' if ok else 'no ':<4} {detail}")
+    print("rlimits (soft / hard; a replica may always lower them):")
+    for label, attr in _RLIMITS.items():
+        which = getattr(resource, attr, None)
+        if which is None:
+            print(f"  {label:<28} not on this platform")
+            continue
+        soft, hard = resource.getrlimit(which)
+        print(f"  {label:<28} {_fmt_limit(soft)} / {_fmt_limit(hard)}")
+
+    if _doctor_sandbox():
+        return EXIT_OK
+    land, netns, cg = checks["landlock"][0], checks["namespaces"][0], checks["cgroup"][0]
+    print("what a replica gets here (agentrt.sandbox not installed):")
+    print("  limits     rlimits: memory, cpu_time, open_files, processes, file_size; no core dumps")
+    print("  watchdog   RSS sampled by the supervisor: yes")
+    print("  death      PR_SET_PDEATHSIG + process group kill: yes")
+    print(f"  filesystem Landlock confinement: {'possible' if land else 'not available'}")
+    print(f"  network    private net namespace: {'possible' if netns else 'not available'}")
+    print(f"  cgroup     per-replica cgroup limits: {'possible' if cg else 'not available'}")
+    return EXIT_OK
+
+
+# --- trace ------------------------------------------------------------------------------
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from agentrt.trace import load_trace, render_png
+
+    try:
+        doc = load_trace(args.trace)
+    except ValueError as exc:
+        print(f"agentrt: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    events = doc["traceEvents"]
+    other = doc.get("otherData") or {}
+    spans = [e for e in events if isinstance(e, dict) and e.get("ph") == "X"]
+    instants = [e for e in events if isinstance(e, dict) and e.get("ph") == "i"]
+    print(f"{args.trace}: {len(spans)} spans, {len(instants)} instant events")
+    if other.get("run_id"):
+        print(f"  run {other['run_id']}: {other.get('status')}")
+    if other.get("makespan") is not None:
+        print(f"  makespan {float(other['makespan']):.4f}s")
+    if other.get("critical_path"):
+        print(f"  critical path {' -> '.join(other['critical_path'])}")
+    if args.png is not None:
+        try:
+            out = render_png(doc, args.png, width=args.width, height=args.height)
+        except (KeyError, TypeError, ValueError) as exc:
+            print(f"agentrt: cannot draw {args.trace}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"  wrote {out}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``agentrt`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "supervise":
-        configure_logging(args.log_format, args.log_level)
-        try:
-            cfg = load_config(args.config)
-            graph = Graph.from_specs(cfg.tasks, on_error=cfg.run.on_error)
-            graph.validate()  # dangling references and cycles: refused before anything starts
-        except ConfigError as exc:
-            print(f"agentrt: config error: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        try:
-            return asyncio.run(_supervise(cfg, graph, args.output))
-        except KeyboardInterrupt:
-            return 130
-    return EXIT_CONFIG
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "supervise": _cmd_supervise,
+        "validate": _cmd_validate,
+        "doctor": _cmd_doctor,
+        "trace": _cmd_trace,
+    }
+    cmd = commands.get(args.command)
+    return cmd(args) if cmd is not None else EXIT_CONFIG
 
 
 if __name__ == "__main__":
