@@ -23,8 +23,9 @@ lint: install
 	$(BIN)/mypy
 
 demo: install
-	$(BIN)/agentrt supervise examples/demo/config.toml --output out/demo-results.json
-	@echo "results: out/demo-results.json"
+	$(BIN)/agentrt supervise examples/literature_review/config.toml --output out/results.json --trace out/trace.json
+	$(BIN)/agentrt trace out/trace.json --png out/trace.png
+	@echo "report: out/literature_review.md  results: out/results.json  timeline: out/trace.json, out/trace.png"
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py --json out/bench_core.json

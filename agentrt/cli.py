@@ -173,7 +173,11 @@ async def _supervise(
         live.total = len(graph)
         sinks.append(live.on_event)
     try:
-        async with Supervisor(cfg.supervisor, base_dir=cfg.base_dir) as sup:
+        spec = cfg.supervisor
+        if trace is not None and not spec.trace_tools:
+            # the timeline shows each in-process tool call too
+            spec = msgspec.structs.replace(spec, trace_tools=True)
+        async with Supervisor(spec, base_dir=cfg.base_dir) as sup:
             pump = asyncio.ensure_future(_pump(sup, sinks))
             await asyncio.sleep(0)  # the pump subscribes before anything is emitted
             view = live.attached(sup) if live is not None else contextlib.nullcontext()

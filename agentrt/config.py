@@ -432,6 +432,8 @@ class SupervisorSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_depth: int | None = None
     max_tasks: int | None = None
     max_tool_calls: int | None = None
+    #: agents report each in-process tool call, for timelines (--trace, live view)
+    trace_tools: bool = False
 
     def __post_init__(self) -> None:
         for f in ("period", "backoff", "backoff_max"):

@@ -34,6 +34,7 @@ from agentrt.protocol import (
     Spawn,
     Submit,
     ToolCall,
+    ToolSpan,
 )
 
 __all__ = [
@@ -101,12 +102,14 @@ class AgentIO:
         write: Callable[[Any], None],
         tools: dict[str, str],
         count_tools: bool,
+        trace_tools: bool = False,
     ) -> None:
         self.agent = agent
         self.replica = replica
         self.write = write
         self.tools = tools
         self.count_tools = count_tools
+        self.trace_tools = trace_tools
         self.next_req = 0
         self.futures: dict[int, asyncio.Future[Any]] = {}
         self.replies: dict[int, Reply | ReplyError] = {}
@@ -228,15 +231,27 @@ class Context(_Base):
         if fn is None:
             req, msg = self._request(Op("tool", name, args))
             return await self._ask(msg, req)
-        if self._io.count_tools:
-            req = self._io.new_req()
+        io = self._io
+        if io.count_tools:
+            req = io.new_req()
             await self._ask(Count(req, self.call_id, name), req)
-        if inspect.iscoroutinefunction(fn):
-            return await fn(**args)
-        result = await asyncio.to_thread(fn, **args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        start = time.time()
+        status = "failed"
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(**args)
+            else:
+                result = await asyncio.to_thread(fn, **args)
+                if inspect.isawaitable(result):
+                    result = await result
+            status = "ok"
+            return result
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            if io.trace_tools:
+                io.write(ToolSpan(self.call_id, name, start, time.time(), status))
 
     async def spawn(self, agent: str, /, **args: Any) -> Any:
         """Run a task on a subagent (its own process) and return its result."""
@@ -352,10 +367,13 @@ class SyncContext(_Base):
                     req = io.new_req()
                     io.write(Count(req, self.call_id, op.name))
                     _reply_value(self._wait(req))
+                start = time.time()
                 value = fn(**op.args)
                 if inspect.isawaitable(value):
                     value = asyncio.run(_await(value))
                 out[i] = value
+                if io.trace_tools:
+                    io.write(ToolSpan(self.call_id, op.name, start, time.time()))
             except Exception as exc:
                 errors.append((i, exc))
         for i, _op, req in sent:

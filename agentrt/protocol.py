@@ -46,6 +46,7 @@ __all__ = [
     "Submit",
     "SupervisorMessage",
     "ToolCall",
+    "ToolSpan",
     "ZygoteHello",
     "ZygoteReply",
     "ZygoteRequest",
@@ -201,6 +202,17 @@ class Count(_Msg, frozen=True, tag="count"):
     tool: str
 
 
+class ToolSpan(_Msg, frozen=True, tag="tool_span"):
+    """An in-process tool call ran from ``start`` to ``end`` (wall clock); sent
+    only when the supervisor asks for timelines (``Boot.trace_tools``)."""
+
+    parent: int
+    tool: str
+    start: float
+    end: float
+    status: str = "ok"
+
+
 # --- supervisor -> agent: answers to requests, and messages ---------------
 
 
@@ -236,6 +248,7 @@ AgentMessage = (
     | Send
     | Submit
     | Count
+    | ToolSpan
 )
 
 
@@ -260,10 +273,14 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     max_frame: int = DEFAULT_MAX_FRAME
     concurrency: int = 1
     supervisor_pid: int = 0
+    #: the supervisor's working directory (AGENTRT_LAUNCH_DIR in the agent)
+    launch_dir: str = ""
     #: tools this agent may call: name -> "module:attr" (in-process) or "" (isolated)
     tools: dict[str, str] = {}
     #: report in-process tool calls (a ``max_tool_calls`` budget is set)
     count_tools: bool = False
+    #: report each in-process tool call's span (for --trace / the live view)
+    trace_tools: bool = False
     # --- sandbox (see agentrt.sandbox; applied in the child before user code)
     #: apply ``memory`` as RLIMIT_AS (off when a cgroup limits real usage)
     memory_rlimit: bool = True

@@ -77,6 +77,7 @@ from agentrt.protocol import (
     Spawn,
     Submit,
     ToolCall,
+    ToolSpan,
     describe_unencodable,
 )
 
@@ -116,6 +117,9 @@ class RunEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     tasks: int | None = None
     items: int | None = None
     makespan: float | None = None
+    call_id: int | None = None  # call_started / call_finished: a subagent or tool call
+    parent: int | None = None  # ... and the call that made it
+    target: str | None = None
 
 
 class CallReport(msgspec.Struct, kw_only=True):
@@ -255,6 +259,7 @@ class Supervisor:
         self._closing = False
         self._closed = False
         self._closed_event = asyncio.Event()
+        self._launch_dir = os.getcwd()
         self._started = False
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -564,8 +569,10 @@ class Supervisor:
             max_frame=int(self.spec.max_frame),
             concurrency=spec.concurrency,
             supervisor_pid=os.getpid(),
+            launch_dir=self._launch_dir,
             tools=self._tool_map(),
             count_tools=self.spec.max_tool_calls is not None,
+            trace_tools=self.spec.trace_tools,
             **sb,
         )
 
@@ -935,10 +942,25 @@ class Supervisor:
         finally:
             self._subscribers.discard(queue)
 
+    def _emit_call(self, kind: str, call: _Call, status: str | None = None) -> None:
+        assert call.parent is not None
+        self._emit(
+            kind,
+            call_id=call.id,
+            parent=call.parent.id,
+            target=call.agent.name,
+            agent=call.agent.name,
+            pid=call.pid,
+            status=status,
+        )
+
     def _emit(self, kind: str, **fields: Any) -> None:
+        self._emit_at(time.time(), kind, **fields)
+
+    def _emit_at(self, when: float, kind: str, **fields: Any) -> None:
         if not self._subscribers:
             return
-        ev = RunEvent(kind=kind, time=time.time(), **fields)
+        ev = RunEvent(kind=kind, time=when, **fields)
         for q in self._subscribers:
             with contextlib.suppress(asyncio.QueueFull):  # a stalled reader loses events
                 q.put_nowait(ev)
@@ -985,6 +1007,8 @@ class Supervisor:
         call.slot = slot
         call.pid = proc.pid
         call.started_at = time.time()
+        if call.parent is not None and self._subscribers:
+            self._emit_call("call_started", call)
         slot.inflight[call.id] = call
         if slot.state == "ready":
             slot.state = "busy"
@@ -1015,6 +1039,18 @@ class Supervisor:
                             )
                 case Spawn() | ToolCall() | Send() | Submit() | Count():
                     self._on_request(slot, proc, msg)
+                case ToolSpan(parent=parent, tool=tool, start=start, end=end, status=status):
+                    if self._subscribers:
+                        cid = -next(self._ids)  # a span of its own, not a supervisor call
+                        fields = {
+                            "call_id": cid,
+                            "parent": parent,
+                            "target": f"tool:{tool}",
+                            "agent": slot.agent.name,
+                            "pid": proc.pid,
+                        }
+                        self._emit_at(start, "call_started", **fields)
+                        self._emit_at(end, "call_finished", status=status, **fields)
                 case Log(level=level, event=event, fields=fields):
                     meth = getattr(proc.log, level, proc.log.info)
                     meth(event, source="agent", **{k: v for k, v in fields.items() if k != "pid"})
@@ -1214,6 +1250,8 @@ class Supervisor:
         call.finished_at = time.time()
         if not call.future.done():
             call.future.set_result(value)
+            if call.parent is not None and self._subscribers:
+                self._emit_call("call_finished", call, "ok")
         if call.children:
             self._cancel_children(call)
 
@@ -1226,6 +1264,8 @@ class Supervisor:
             if isinstance(err, CallError):
                 err.call_id = call.id
             call.future.set_exception(err)
+            if call.parent is not None and self._subscribers:
+                self._emit_call("call_finished", call, getattr(err, "status", "failed"))
         if call.children:
             self._cancel_children(call)
 

@@ -119,6 +119,9 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
     os.environ["AGENTRT_AGENT"] = boot.agent
     os.environ["AGENTRT_REPLICA"] = str(boot.replica)
     os.environ["AGENTRT_GENERATION"] = str(boot.generation)
+    # Replicas run in private directories: where the supervisor was started
+    # is how an agent resolves a user's relative output path.
+    os.environ["AGENTRT_LAUNCH_DIR"] = boot.launch_dir
     for p in reversed(boot.sys_path):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -239,7 +242,14 @@ class _Worker:
         self.stopping = False
         self.backlog: deque[Any] = deque()
         self.current = 0  # id of the sync call running now
-        self.io = AgentIO(boot.agent, boot.replica, chan.write, dict(boot.tools), boot.count_tools)
+        self.io = AgentIO(
+            boot.agent,
+            boot.replica,
+            chan.write,
+            dict(boot.tools),
+            boot.count_tools,
+            boot.trace_tools,
+        )
         self.io.pump = self.pump
 
     def route(self, msg: Any) -> bool:

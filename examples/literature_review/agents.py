@@ -112,26 +112,11 @@ async def research(ctx: Any, subquestion: dict[str, Any], reads: int = 3) -> dic
 def launch_dir() -> Path:
     """The directory ``agentrt supervise`` was started in.
 
-    Each replica runs in a private working directory (``os.getcwd()`` is a
-    scratch dir under the supervisor's rundir), so a relative output path
-    cannot be resolved against it.  In order:
-
-    1. ``AGENTRT_LAUNCH_DIR`` (``env = {...}`` in the config, or exported by
-       whoever starts the supervisor): an explicit choice wins;
-    2. the working directory of our parent, the zygote (or the supervisor
-       itself with another start method): it was started by the supervisor,
-       never changes directory, and so is the launch directory.  Unlike
-       ``$PWD`` this is right for a supervisor started by
-       ``subprocess.run(..., cwd=...)`` too (Linux ``/proc``, like agentrt);
-    3. ``$PWD``, then our own working directory, as last resorts.
+    Each replica runs in a private working directory, so a relative output
+    path is resolved against ``AGENTRT_LAUNCH_DIR``, which agentrt sets in
+    every agent to the supervisor's working directory.
     """
-    explicit = os.environ.get("AGENTRT_LAUNCH_DIR")
-    if explicit:
-        return Path(explicit)
-    try:
-        return Path(os.readlink(f"/proc/{os.getppid()}/cwd"))
-    except OSError:
-        return Path(os.environ.get("PWD") or os.getcwd())
+    return Path(os.environ.get("AGENTRT_LAUNCH_DIR") or os.getcwd())
 
 
 def write(
