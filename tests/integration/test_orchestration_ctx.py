@@ -153,3 +153,32 @@ async def test_spawns_past_max_tasks_are_refused_per_run(make_supervisor, agent_
         with pytest.raises(BudgetExceeded) as info:
             await sup.call("fan", {"n": 4, "delay": 0})
         assert info.value.budget == "max_tasks"
+
+
+async def test_subagent_and_tool_calls_are_reported_as_spans_when_traced(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor(trace_tools=True) as sup:
+        await sup.start(agent_spec("worker", "agents:worker", replicas=2))
+        await sup.start(agent_spec("fan", "agents:fan_out"))
+        spans: dict[int, list] = {}
+
+        async def watch() -> None:
+            async for ev in sup.events():
+                if ev.kind == "end_of_test":
+                    return
+                if ev.call_id is not None:
+                    spans.setdefault(ev.call_id, []).append(ev)
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.sleep(0)  # subscribe before the calls start
+        await sup.call("fan", {"n": 2, "delay": 0})
+        sup._emit("end_of_test")  # events are delivered in order: this one comes last
+        await asyncio.wait_for(watcher, 5)
+        targets = sorted(evs[0].target for evs in spans.values())
+        assert targets.count("worker") == 2
+        assert targets.count("tool:lookup") == 2 and targets.count("tool:shout") == 2
+        for evs in spans.values():
+            assert [e.kind for e in evs] == ["call_started", "call_finished"]
+            assert evs[0].time <= evs[1].time
+            assert evs[1].status == "ok"
