@@ -189,6 +189,9 @@ class _Budget:
             self.tool_calls += 1
 
 
+_UNLIMITED = _Budget(None, None)
+
+
 @dataclass(eq=False, slots=True)
 class _Slot:
     agent: _Agent
@@ -1062,6 +1065,8 @@ class Supervisor:
     # --- requests from agents (ctx) ---------------------------------------------
 
     def _new_budget(self) -> _Budget:
+        if self.spec.max_tasks is None and self.spec.max_tool_calls is None:
+            return _UNLIMITED  # nothing to count against: one shared instance
         return _Budget(self.spec.max_tasks, self.spec.max_tool_calls)
 
     def _on_request(self, slot: _Slot, proc: AgentProcess, msg: Any) -> None:
