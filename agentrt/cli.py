@@ -127,7 +127,70 @@ def _parser() -> argparse.ArgumentParser:
     tp.add_argument("--png", type=Path, metavar="OUT", help="write a Gantt chart here")
     tp.add_argument("--width", type=int, default=1200, help="image width in pixels")
     tp.add_argument("--height", type=int, help="image height in pixels (default: by rows)")
+
+    bp = sub.add_parser(
+        "bench",
+        help="measure what isolation costs, against the runtimes you would pick instead",
+        description=(
+            "Run the benchmarks of a source checkout (benchmarks/: core, swarm, peers) in one "
+            "go; peers that are not installed (pip install 'agentrt[bench]') are skipped with "
+            "a note. Each figure is a median with min-max, peers as ratios to agentrt."
+        ),
+        epilog="exit status: 0 all benchmarks ran, 1 one failed, 2 no benchmarks/ here",
+    )
+    bp.add_argument("--quick", action="store_true", help="fewer repetitions, smaller N")
+    bp.add_argument("--only", metavar="NAME", help="comma-separated subset: core, swarm, peers")
+    bp.add_argument(
+        "--json",
+        type=Path,
+        metavar="DIR",
+        default=Path("out"),
+        help="directory for the JSON results (default: out)",
+    )
+    bp.add_argument("--png", type=Path, metavar="FILE", help="also draw the headline ratios here")
     return p
+
+
+_BENCHES = ("core", "swarm", "peers")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    if not bench_dir.is_dir():
+        print(
+            "agentrt: bench: no benchmarks/ next to this agentrt (run it from a source checkout)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    names = _BENCHES if not args.only else tuple(n.strip() for n in args.only.split(","))
+    unknown = [n for n in names if n not in _BENCHES]
+    if unknown:
+        print(
+            f"agentrt: bench: --only: unknown {', '.join(unknown)} "
+            f"(choose from {', '.join(_BENCHES)})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    args.json.mkdir(parents=True, exist_ok=True)
+    code = EXIT_OK
+    for name in names:
+        script = bench_dir / f"bench_{name}.py"
+        if not script.exists():
+            print(f"agentrt: bench: {script.name} is missing, skipped", file=sys.stderr)
+            continue
+        cmd = [sys.executable, str(script), "--json", str(args.json / f"bench_{name}.json")]
+        if args.quick:
+            cmd.append("--quick")
+        if subprocess.run(cmd, check=False).returncode != 0:
+            code = EXIT_FAILED
+    report = bench_dir / "report.py"
+    if args.png is not None and report.exists():
+        cmd = [sys.executable, str(report), "--dir", str(args.json), "--png", str(args.png)]
+        if subprocess.run(cmd, check=False).returncode != 0:
+            code = EXIT_FAILED
+    return code
 
 
 # --- supervise --------------------------------------------------------------------------
@@ -707,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate": _cmd_validate,
         "doctor": _cmd_doctor,
         "trace": _cmd_trace,
+        "bench": _cmd_bench,
     }
     cmd = commands.get(args.command)
     return cmd(args) if cmd is not None else EXIT_CONFIG

@@ -173,3 +173,9 @@ def test_demo_config_runs_and_its_flaky_agent_is_restarted(tmp_path: Path) -> No
     assert doc["tasks"]["flaky-job"]["attempts"] == 2
     assert "replica_died" in proc.stderr
     assert os.path.exists(out)
+
+
+def test_bench_refuses_an_unknown_benchmark_name() -> None:
+    proc = _run("bench", "--only", "core,nonsense")
+    assert proc.returncode == 2
+    assert "unknown nonsense" in proc.stderr
