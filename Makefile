@@ -28,8 +28,9 @@ demo: install
 	@echo "report: out/literature_review.md  results: out/results.json  timeline: out/trace.json, out/trace.png"
 
 bench: install
-	$(BIN)/python benchmarks/bench_core.py --json out/bench_core.json
-	$(BIN)/python benchmarks/bench_swarm.py --json out/bench_swarm.json
+	$(BIN)/python -m pip install -q -e '.[dev,bench]' || echo "peers (loky, pebble, ray) not installed: they are skipped"
+	$(BIN)/agentrt bench --json out --png out/bench.png
+	$(BIN)/python benchmarks/report.py --out out --readme README.md
 
 clean:
 	rm -rf $(VENV) out .mypy_cache .ruff_cache

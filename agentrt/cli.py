@@ -187,9 +187,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             code = EXIT_FAILED
     report = bench_dir / "report.py"
     if args.png is not None and report.exists():
-        cmd = [sys.executable, str(report), "--dir", str(args.json), "--png", str(args.png)]
+        # report.py draws <dir>/bench.png (and the Markdown table) from the JSON files
+        cmd = [sys.executable, str(report), "--out", str(args.json)]
         if subprocess.run(cmd, check=False).returncode != 0:
             code = EXIT_FAILED
+        else:
+            drawn = args.json / "bench.png"
+            if drawn.resolve() != args.png.resolve():
+                import shutil
+
+                shutil.copyfile(drawn, args.png)
     return code
 
 
