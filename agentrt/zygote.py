@@ -158,6 +158,10 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
             continue
         if pid == 0:
             return
+        cpu = ru.ru_utime + ru.ru_stime
+        # Report first: the supervisor is waiting on this to fail the calls.
+        with contextlib.suppress(OSError):
+            sock.sendall(encoder.encode(Reaped(pid, status, cpu)))
         if pid in _forked:
             _forked.discard(pid)
             # Whatever the replica left in its process group goes with it, and
@@ -165,9 +169,6 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
             # subreaper, the zygote adopted them.
             _linux.kill_group(pid)
             _kill_orphans()
-        cpu = ru.ru_utime + ru.ru_stime
-        with contextlib.suppress(OSError):
-            sock.sendall(encoder.encode(Reaped(pid, status, cpu)))
 
 
 #: replicas forked by this zygote and not yet reaped
