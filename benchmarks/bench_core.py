@@ -52,21 +52,20 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import msgspec
 import structlog
+from common import emit, machine
 
 from agentrt import AgentSpec, Supervisor
 from agentrt.protocol import (
@@ -736,25 +735,13 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "agentrt bench_core",
         "quick": args.quick,
         "method": args.method,
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "machine": platform.machine(),
-        },
+        "machine": machine(),
         "params": msgspec.to_builtins(params),
         "results": results,
         "elapsed_s": time.perf_counter() - t0,
     }
     report["aims"] = aims(results)
-    table_out: TextIO = sys.stderr if args.json == "-" else sys.stdout
-    print(render(report), file=table_out)
-    if args.json:
-        text = json.dumps(report, indent=2, sort_keys=False)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+    emit(report, render, args.json)
     failed = any(isinstance(v, dict) and "error" in v for v in results.values()) or any(
         e.get("errors") for e in results.get("startup", {}).values() if isinstance(e, dict)
     )

@@ -78,12 +78,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib.util
-import json
 import logging
 import multiprocessing
 import multiprocessing.pool
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -92,7 +90,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
@@ -113,6 +111,7 @@ from bench_core import (  # noqa: E402
     read_smaps_rollup,
     spread,
 )
+from common import emit, machine  # noqa: E402
 
 from agentrt import AgentSpec, Supervisor  # noqa: E402
 
@@ -1207,27 +1206,14 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "agentrt bench_peers",
         "quick": args.quick,
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "machine": platform.machine(),
-        },
+        "machine": machine(),
         "params": msgspec.to_builtins(p),
         "runtimes": runtimes,
         "results": results,
         "elapsed_s": time.perf_counter() - t0,
     }
     report["aims"] = aims(results)
-    out: TextIO = sys.stderr if args.json == "-" else sys.stdout
-    print(render(report), file=out)
-    if args.json:
-        text = json.dumps(report, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(text + "\n")
+    emit(report, render, args.json)
     return 0
 
 

@@ -52,10 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
-import platform
 import random
 import statistics
 import sys
@@ -63,10 +60,11 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import msgspec
 import structlog
+from common import emit, machine
 
 from agentrt import AgentSpec, RunSpec, Supervisor
 from agentrt.graph import Graph
@@ -646,25 +644,13 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "agentrt bench_swarm",
         "quick": args.quick,
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "machine": platform.machine(),
-        },
+        "machine": machine(),
         "params": msgspec.to_builtins(params),
         "results": results,
         "elapsed_s": time.perf_counter() - t0,
     }
     report["aims"] = aims(results)
-    table_out: TextIO = sys.stderr if args.json == "-" else sys.stdout
-    print(render(report), file=table_out)
-    if args.json:
-        text = json.dumps(report, indent=2, sort_keys=False)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+    emit(report, render, args.json)
     failed = any(
         isinstance(v, dict) and ("error" in v or v.get("errors")) for v in results.values()
     )
