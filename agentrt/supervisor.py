@@ -859,11 +859,11 @@ class Supervisor:
         retries: int | None = None,
     ) -> Any:
         """Run one call and return its result; raises a :class:`CallError` subclass."""
-        fut = self.submit(agent, args, method=method, timeout=timeout, retries=retries)
+        call = self._submit(agent, args, method, timeout, retries)
         try:
-            return await fut
+            return await call.future
         except asyncio.CancelledError:
-            self._cancel_future(fut)
+            self._caller_gone(call)
             raise
 
     async def call_report(
@@ -913,7 +913,7 @@ class Supervisor:
         try:
             value = await call.future
         except asyncio.CancelledError:
-            self._cancel_future(call.future)
+            self._caller_gone(call)
             raise
         except AgentrtError as exc:
             status, value, error = exc.status, None, exc.to_dict()
@@ -968,14 +968,9 @@ class Supervisor:
             with contextlib.suppress(asyncio.QueueFull):  # a stalled reader loses events
                 q.put_nowait(ev)
 
-    def _cancel_future(self, fut: asyncio.Future[Any]) -> None:
+    def _caller_gone(self, call: _Call) -> None:
         """The caller stopped waiting: cancel the call (and what it started)."""
-        for ag in self._agents.values():
-            for slot in ag.slots:
-                for call in slot.inflight.values():
-                    if call.future is fut:
-                        self._abandon(call, CallCancelled("caller cancelled", agent=ag.name))
-                        return
+        self._abandon(call, CallCancelled("caller cancelled", agent=call.agent.name))
 
     def _dispatch(self, agent: _Agent) -> None:
         waiting = agent.waiting
