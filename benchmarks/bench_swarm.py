@@ -64,7 +64,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from common import emit, machine
+from common import emit, machine, table
 
 from agentrt import AgentSpec, RunSpec, Supervisor
 from agentrt.graph import Graph
@@ -608,15 +608,7 @@ def render(report: dict[str, Any]) -> str:
         for err in dg["errors"]:
             row("dag problem", "ERROR", err)
 
-    w = [max(len(x[i]) for x in rows) for i in range(4)] if rows else [0, 0, 0, 0]
-    head = ("measure", "median", "min-max", "aim / note")
-    w = [max(wi, len(h)) for wi, h in zip(w, head, strict=True)]
-    fmt = f"{{:<{w[0]}}}  {{:>{w[1]}}}  {{:<{w[2]}}}  {{}}"
-    lines.append(fmt.format(*head).rstrip())
-    lines.append("-" * (sum(w) + 6 + 10))
-    lines.extend(fmt.format(*x).rstrip() for x in rows)
-    lines.append(f"(took {report['elapsed_s']:.1f} s)")
-    return "\n".join(lines)
+    return table(lines, rows, report["elapsed_s"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,3 +34,14 @@ def emit(
         else:
             Path(json_to).parent.mkdir(parents=True, exist_ok=True)
             Path(json_to).write_text(text + "\n")
+
+
+def table(lines: list[str], rows: list[tuple[str, str, str, str]], elapsed: float) -> str:
+    """``lines`` (the heading) then the aligned measure/median/min-max/aim rows."""
+    head = ("measure", "median", "min-max", "aim / note")
+    w = [max([len(h)] + [len(x[i]) for x in rows]) for i, h in enumerate(head)]
+    fmt = f"{{:<{w[0]}}}  {{:>{w[1]}}}  {{:<{w[2]}}}  {{}}"
+    lines = [*lines, fmt.format(*head).rstrip(), "-" * (sum(w) + 6 + 10)]
+    lines.extend(fmt.format(*x).rstrip() for x in rows)
+    lines.append(f"(took {elapsed:.1f} s)")
+    return "\n".join(lines)

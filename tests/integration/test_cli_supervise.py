@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from clitools import ROOT, run_cli, write_project
 
-ROOT = Path(__file__).resolve().parents[2]
 AGENTS = """
 import os, time
 
@@ -27,21 +27,11 @@ def slow(seconds=30):
 """
 
 
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agentrt.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+_run = run_cli
 
 
 def _project(tmp_path: Path, config: str) -> Path:
-    (tmp_path / "agents.py").write_text(AGENTS)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(config)
-    return cfg
+    return write_project(tmp_path, AGENTS, config)
 
 
 def test_supervise_writes_results_and_exits_0_when_all_tasks_succeed(tmp_path: Path) -> None:

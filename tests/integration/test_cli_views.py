@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from clitools import ROOT, run_cli, write_project
 from rich.console import Console
 
 from agentrt.live import LiveView, console_stream
 from agentrt.supervisor import ReplicaStatus, RunEvent
 
-ROOT = Path(__file__).resolve().parents[2]
 AGENTS = """
 import os
 
@@ -72,21 +72,11 @@ args = { x = "${nowhere}" }
 """
 
 
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agentrt.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+_run = run_cli
 
 
 def _project(tmp_path: Path, config: str) -> Path:
-    (tmp_path / "agents.py").write_text(AGENTS)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(config)
-    return cfg
+    return write_project(tmp_path, AGENTS, config)
 
 
 # --- validate / doctor ------------------------------------------------------------------

@@ -1,0 +1,28 @@
+"""Running the real `agentrt` command in the CLI tests (not a test module)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m agentrt.cli ARGS`` from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "agentrt.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def write_project(tmp_path: Path, agents: str, config: str) -> Path:
+    """An ``agents.py`` and a ``config.toml`` in ``tmp_path``; returns the config."""
+    (tmp_path / "agents.py").write_text(agents)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(config)
+    return cfg
