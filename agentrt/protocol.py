@@ -272,6 +272,8 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     file_size: int | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     concurrency: int = 1
+    #: seconds to poll for the next frame after answering (0: sleep at once)
+    spin: float = 0.0
     supervisor_pid: int = 0
     #: the supervisor's working directory (AGENTRT_LAUNCH_DIR in the agent)
     launch_dir: str = ""

@@ -571,6 +571,7 @@ class Supervisor:
             file_size=lim.file_size_bytes,
             max_frame=int(self.spec.max_frame),
             concurrency=spec.concurrency,
+            spin=float(spec.spin),
             supervisor_pid=os.getpid(),
             launch_dir=self._launch_dir,
             tools=self._tool_map(),

@@ -23,6 +23,7 @@ import inspect
 import os
 import resource
 import select
+import selectors
 import signal
 import sys
 import time
@@ -65,6 +66,8 @@ EXIT_MEMORY = 72
 EXIT_PROTOCOL = 73
 
 _READ_SIZE = 1 << 16
+#: a replica keeps spinning while frames arrive within this many spins of its last write
+_HOT_SPINS = 4
 _prepared = False
 
 
@@ -179,14 +182,29 @@ def _load_entry(entry: str) -> tuple[Any, dict[str, Callable[..., Any]]]:
 
 
 class _Channel:
-    """Blocking frame I/O on the protocol pipes (the child's side)."""
+    """Blocking frame I/O on the protocol pipes (the child's side).
 
-    def __init__(self, rfd: int, wfd: int, max_frame: int) -> None:
+    Before it sleeps for the next frame, the channel polls for up to
+    ``spin`` seconds from its last write: on many machines, waking a sleeping
+    process costs far more than a tiny call (an inter-processor interrupt,
+    and on a virtual machine an exit of the vCPU), while a replica fed a
+    stream of calls receives the next one a few microseconds after it
+    answered.  It polls only while the calls keep coming that fast (``hot``:
+    the last frame came within a few spins of the answer before it), and
+    yields the CPU on every turn, so a busy machine loses nothing to it.
+    """
+
+    def __init__(self, rfd: int, wfd: int, max_frame: int, spin: float = 0.0) -> None:
         self.rfd = rfd
         self.wfd = wfd
         self.encoder = FrameEncoder(max_frame)
         self.decoder = FrameDecoder(SupervisorMessage, max_frame)
         self.big = False
+        self.spin = spin
+        self.hot = spin > 0
+        self.sent_at = 0.0
+        self._poll = select.poll()
+        self._poll.register(rfd, select.POLLIN)
 
     def frame(self, msg: Any) -> bytearray:
         """Encode ``msg``; a result that cannot be encoded becomes a ``Failure``."""
@@ -210,10 +228,39 @@ class _Channel:
         while view:
             n = os.write(self.wfd, view)
             view = view[n:]
+        if self.spin:
+            self.sent_at = time.perf_counter()
+
+    def spin_until(self, ready: Callable[[], Any], limit: float | None = None) -> Any:
+        """Poll ``ready()`` while hot, until ``spin`` after the last write (or
+        ``limit`` seconds from now); its first true value, or None."""
+        if not self.hot:
+            return None
+        clock = time.perf_counter
+        end = self.sent_at + self.spin
+        if limit is not None:
+            end = min(end, clock() + limit)
+        while clock() < end:
+            got = ready()
+            if got:
+                return got
+            os.sched_yield()
+        return None
+
+    def woke(self) -> None:
+        """A frame arrived: spin next time if it came soon after our last write."""
+        self.hot = time.perf_counter() - self.sent_at < _HOT_SPINS * self.spin
+
+    def _ready(self) -> bool:
+        return bool(self._poll.poll(0))
 
     def read(self) -> list[Any]:
         """Block for the next chunk; ``[]`` never returned except at EOF (raises)."""
         while True:
+            if self.spin:
+                if not self.spin_until(self._ready):
+                    self._poll.poll()
+                self.woke()
             chunk = os.read(self.rfd, _READ_SIZE)
             if not chunk:
                 raise EOFError
@@ -359,7 +406,15 @@ class _Worker:
     # --- async mode --------------------------------------------------------
 
     def serve_async(self) -> int:
-        return asyncio.run(self._serve_async())
+        chan = self.chan
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+        if chan.spin:
+
+            def factory() -> asyncio.AbstractEventLoop:
+                return asyncio.SelectorEventLoop(_SpinSelector(chan))
+
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(self._serve_async())
 
     async def _serve_async(self) -> int:
         loop = asyncio.get_running_loop()
@@ -461,6 +516,26 @@ class _Worker:
             return _failure(call.id, exc, self.error_kind(exc))
 
 
+class _SpinSelector(selectors.DefaultSelector):
+    """The async replica's selector: polls (``timeout=0``) while the channel
+    is hot before sleeping, as :meth:`_Channel.read` does."""
+
+    def __init__(self, chan: _Channel) -> None:
+        super().__init__()
+        self._chan = chan
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        chan = self._chan
+        if timeout is None or timeout > 0:
+            got = chan.spin_until(lambda: super(_SpinSelector, self).select(0), timeout)
+            if got:
+                return got  # type: ignore[no-any-return]
+        events = super().select(timeout)
+        if events:
+            chan.woke()
+        return events
+
+
 async def _awaitable(aw: Any) -> Any:
     return await aw
 
@@ -491,6 +566,27 @@ def _forward_log(_logger: Any, method: str, event_dict: MutableMapping[str, Any]
     raise structlog.DropEvent
 
 
+def _import_structlog() -> Any:
+    """structlog, without the console renderers' optional imports.
+
+    ``structlog.dev`` imports ``rich`` when it is installed (several MiB
+    and ~0.1 s here); a replica forwards its events and never renders them.
+    The modules are hidden only during this import: agent code that imports
+    them later gets them as usual.
+    """
+    if "structlog" in sys.modules:
+        return sys.modules["structlog"]
+    hidden = [m for m in ("rich", "better_exceptions", "colorama") if m not in sys.modules]
+    for m in hidden:
+        sys.modules[m] = None  # type: ignore[assignment]
+    try:
+        import structlog
+    finally:
+        for m in hidden:
+            del sys.modules[m]
+    return structlog
+
+
 def prepare() -> None:
     """Work every replica would repeat, done once in the process that forks them.
 
@@ -502,7 +598,7 @@ def prepare() -> None:
     _prepared = True
     import gc
 
-    import structlog
+    structlog = _import_structlog()
 
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, _forward_log],
@@ -527,7 +623,7 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
                 )
             os._exit(EXIT_STARTUP)
         global _channel
-        chan = _channel = _Channel(rfd, wfd, boot.max_frame)
+        chan = _channel = _Channel(rfd, wfd, boot.max_frame, boot.spin)
         if not _prepared:
             prepare()
         try:

@@ -36,6 +36,25 @@ async def test_async_function_agent_is_awaited(make_supervisor, agent_spec):
         assert await sup.call("aecho", {"x": "y"}) == {"x": "y"}
 
 
+@pytest.mark.parametrize("spin", [0, "200us", "5ms"])
+async def test_replicas_serve_streams_of_calls_whether_they_spin_or_sleep(
+    make_supervisor, agent_spec, spin
+):
+    # A replica polls for its next call after answering (spin) or sleeps at
+    # once (0); sync and async replicas must see every frame either way,
+    # whether calls come back to back or after the replica went to sleep.
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("echo", "agents:echo", spin=spin))
+        await sup.start(agent_spec("aecho", "agents:aecho", spin=spin))
+        for name in ("echo", "aecho"):
+            for i in range(50):
+                assert await sup.call(name, {"i": i}) == {"i": i}
+            got = await asyncio.gather(*(sup.call(name, {"i": i}) for i in range(200)))
+            assert got == [{"i": i} for i in range(200)]
+            await asyncio.sleep(0.02)  # longer than any spin: the replica sleeps
+            assert await sup.call(name, {"after": "sleep"}) == {"after": "sleep"}
+
+
 async def test_class_agent_methods_are_targets_and_keep_state(make_supervisor, agent_spec):
     async with make_supervisor() as sup:
         await sup.start(agent_spec("counter", "agents:Counter"))

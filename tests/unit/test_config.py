@@ -28,10 +28,18 @@ def test_parse_size_accepts_units(text: str | int, expected: int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("500ms", 0.5), ("30s", 30.0), ("2m", 120.0), ("1h", 3600.0), (5, 5.0), ("0.25", 0.25)],
+    [
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        (5, 5.0),
+        ("0.25", 0.25),
+        ("200us", 0.0002),
+    ],
 )
 def test_parse_duration_accepts_units(text: str | int, expected: float) -> None:
-    assert parse_duration(text) == expected
+    assert parse_duration(text) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("bad", ["lots", "12 parsecs", "-1", True, "MiB"])
@@ -80,6 +88,11 @@ def _agent(**kw: object) -> dict[str, object]:
             {**_agent(), "tasks": [{"id": "t", "agent": "echo", "retries": -1}]},
             "tasks.t.retries",
             "at least 0",
+        ),
+        (
+            {"agents": {"echo": {"entry": "m:f", "spin": "1s"}}},
+            "agents.echo.spin",
+            "at most 10ms",
         ),
     ],
 )
