@@ -63,6 +63,8 @@ def _read(fd: int) -> memoryview:
 
 
 _BIG_PIPE = 1 << 20
+#: frames sent within this long of the previous write are coalesced with it
+_BURST = 20e-6
 _MAX_LINE = 8192
 
 
@@ -130,7 +132,8 @@ class AgentProcess:
         self._ofd = -1
         self._wbuf = bytearray()
         self._wbig = False
-        self._burst = False
+        self._wrote_at = 0.0  # perf_counter() of the last write
+        self._flush_soon = False  # an _end_burst is scheduled
         self._writer_armed = False
         self._encoder = FrameEncoder(boot.max_frame)
         self._decoder = FrameDecoder(AgentMessage, boot.max_frame)
@@ -332,19 +335,29 @@ class AgentProcess:
     def send_bytes(self, data: bytes | bytearray) -> None:
         """Write now if nothing is pending; otherwise coalesce.
 
-        The first frame of a loop iteration is written at once (lowest
-        latency); frames sent after it in the same iteration are gathered and
-        written together at the start of the next one: waking a blocked reader
-        costs far more than copying bytes, so a burst pays for one wake-up.
+        A frame is written at once (lowest latency) unless another went out
+        within the last ``_BURST`` seconds: then it is gathered with the rest
+        of the burst and written at the start of the next loop iteration.
+        Waking a blocked reader costs far more than copying bytes, so a burst
+        pays for one wake-up, while calls made one at a time never wait for
+        an iteration.
         """
         if self._wfd == -1:
             return
         if len(data) > 65536 and not self._wbig:
             self._wbig = True
             _linux.set_pipe_size(self._wfd, _BIG_PIPE)
-        if self._wbuf or self._burst:
+        if self._wbuf:
             self._wbuf += data
             return
+        now = time.perf_counter()
+        if now - self._wrote_at < _BURST:
+            self._wbuf += data
+            if not self._flush_soon:
+                self._flush_soon = True
+                self._loop.call_soon(self._end_burst)
+            return
+        self._wrote_at = now
         try:
             n = os.write(self._wfd, data)
         except BlockingIOError:
@@ -354,13 +367,11 @@ class AgentProcess:
         if n < len(data):
             self._wbuf += memoryview(data)[n:]
             self._arm_writer()
-        else:
-            self._burst = True
-            self._loop.call_soon(self._end_burst)
 
     def _end_burst(self) -> None:
-        self._burst = False
+        self._flush_soon = False
         if self._wbuf and not self._writer_armed:
+            self._wrote_at = time.perf_counter()
             self._on_writable()
 
     def _arm_writer(self) -> None:
