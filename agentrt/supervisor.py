@@ -156,7 +156,7 @@ class _Call:
     started_at: float | None = None
     finished_at: float | None = None
     parent: _Call | None = None
-    children: list[_Call] = field(default_factory=list)
+    children: list[_Call] | None = None  # subagent calls it started (made on the first)
     depth: int = 0
     budget: _Budget | None = None
     run: Any = None  # the graph run the call belongs to, if any
@@ -219,6 +219,11 @@ class _Agent:
     waiting: deque[_Call] = field(default_factory=deque)
     restart_times: deque[float] = field(default_factory=deque)
     failed: AgentFailed | None = None
+    all_gone: bool = False  # every slot has ended for good: nothing will serve
+
+    def slot_gone(self, slot: _Slot) -> None:
+        slot.gone = True
+        self.all_gone = all(s.gone for s in self.slots)
 
     @property
     def name(self) -> str:
@@ -649,7 +654,7 @@ class Supervisor:
             restart = spec.restart == "permanent" or (spec.restart == "transient" and abnormal)
             if not restart and not sibling:
                 log.info("replica_not_restarted", restart=spec.restart)
-                slot.gone = True
+                agent.slot_gone(slot)
                 self._check_agent_alive(agent)
                 return
             if not sibling:
@@ -764,7 +769,7 @@ class Supervisor:
         self._fail_waiting(agent, agent.failed)
 
     def _check_agent_alive(self, agent: _Agent) -> None:
-        if all(s.gone for s in agent.slots):
+        if agent.all_gone:
             self._fail_waiting(agent, self._no_replica(agent))
 
     @staticmethod
@@ -810,7 +815,7 @@ class Supervisor:
         ag = self._agent(agent)
         if ag.failed is not None:
             raise ag.failed
-        if all(s.gone for s in ag.slots):
+        if ag.all_gone:
             raise self._no_replica(ag)
         spec = ag.spec
         loop = asyncio.get_running_loop()
@@ -840,6 +845,8 @@ class Supervisor:
             call.depth = parent.depth + 1
             call.budget = parent.budget
             call.run = parent.run
+            if parent.children is None:
+                parent.children = []
             parent.children.append(call)
         else:
             call.budget = budget or self._new_budget()
@@ -1272,7 +1279,7 @@ class Supervisor:
 
     def _cancel_children(self, call: _Call) -> None:
         """A call ended: the subagent calls it started and that still run end too."""
-        children, call.children = call.children, []
+        children, call.children = call.children or [], None
         for child in children:
             if not child.future.done():
                 self._abandon(
