@@ -587,6 +587,47 @@ def _import_structlog() -> Any:
     return structlog
 
 
+def _rehearsal_target(**kwargs: Any) -> Any:
+    return kwargs
+
+
+#: rounds of the rehearsal; CPython 3.11 specialises a function's bytecode
+#: (writing into its code object) during its first eight calls or so
+_REHEARSALS = 12
+
+
+def _rehearse() -> None:
+    """Serve a few calls in this process, before any replica is forked.
+
+    Everything a replica runs to serve its first calls (the channel, the
+    worker, the frame codecs, the serve loop) then runs already specialised
+    by CPython in every replica: a forked replica that runs a function for
+    the first time writes to its code object (warm-up counters, inline
+    caches), copying that page from the zygote; rehearsed here, those pages
+    stay shared.  Output goes to a pipe that is read back and dropped.
+    """
+    boot = Boot(agent="rehearsal", replica=0, generation=0, entry="-:-", workdir="")
+    enc = FrameEncoder()
+    calls = bytearray()
+    for i in range(1, _REHEARSALS + 1):
+        calls += enc.encode(Call(i, "", {"i": i}, 0.0))
+    calls += enc.encode(Shutdown())
+    for _ in range(_REHEARSALS):
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            os.write(in_w, calls)
+            chan = _Channel(in_r, out_w, boot.max_frame, 0.0)
+            worker = _Worker(boot, chan, {"": _rehearsal_target})
+            chan.write(Ready(0))
+            worker.serve_sync()
+            os.read(out_r, 1 << 16)
+        finally:
+            for fd in (in_r, in_w, out_r, out_w):
+                os.close(fd)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 def prepare() -> None:
     """Work every replica would repeat, done once in the process that forks them.
 
@@ -606,6 +647,7 @@ def prepare() -> None:
     )
     FrameDecoder(SupervisorMessage)
     _linux.warm()
+    _rehearse()
     gc.collect()
     gc.freeze()
 
