@@ -33,7 +33,7 @@ import signal
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +160,22 @@ class _Call:
     depth: int = 0
     budget: _Budget | None = None
     run: Any = None  # the graph run the call belongs to, if any
+    batch: _Batch | None = None  # the Supervisor.map it belongs to, if any
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """The calls of one :meth:`Supervisor.map`: one waiter for all of them,
+    instead of a callback per call."""
+
+    left: int
+    done: asyncio.Future[None]
+    fail_fast: bool
+
+    def settled(self, failed: bool) -> None:
+        self.left -= 1
+        if (self.left == 0 or (failed and self.fail_fast)) and not self.done.done():
+            self.done.set_result(None)
 
 
 @dataclass(eq=False, slots=True)
@@ -809,6 +825,7 @@ class Supervisor:
         parent: _Call | None = None,
         budget: _Budget | None = None,
         run: Any = None,
+        batch: _Batch | None = None,
     ) -> _Call:
         if self._closing:
             raise SupervisorClosed("supervisor is closing")
@@ -851,6 +868,9 @@ class Supervisor:
         else:
             call.budget = budget or self._new_budget()
             call.run = run
+        if batch is not None:
+            call.batch = batch
+            batch.left += 1
         if deadline is not None:
             call.timer = loop.call_at(deadline, self._on_deadline, call)
         ag.waiting.append(call)
@@ -873,6 +893,62 @@ class Supervisor:
         except asyncio.CancelledError:
             self._caller_gone(call)
             raise
+
+    async def map(
+        self,
+        agent: str,
+        items: Iterable[Mapping[str, Any] | None],
+        *,
+        method: str = "",
+        timeout: float | None = _UNSET,
+        retries: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """One call per item (its keyword arguments); the results, in order.
+
+        The bulk form of :meth:`call`: every call is queued at once and
+        spread over the replicas as they have room, without a task or a
+        callback per call.  A failed call raises its error (the calls still
+        running are cancelled), unless ``return_exceptions`` puts the error
+        in its place in the list.
+        """
+        loop = asyncio.get_running_loop()
+        calls: list[_Call] = []
+        # left starts at 1 for the submission itself: calls that fail while
+        # the rest are still being queued cannot end the wait too early.
+        batch = _Batch(1, loop.create_future(), not return_exceptions)
+        try:
+            for args in items:
+                call = self._submit(agent, args, method, timeout, retries, batch=batch)
+                calls.append(call)
+                if batch.done.done():  # failed already (e.g. arguments msgpack cannot encode)
+                    break
+            batch.settled(False)
+            await batch.done
+        except BaseException:
+            for c in calls:
+                if not c.future.done():
+                    self._caller_gone(c)
+            for c in calls:
+                if c.future.done() and not c.future.cancelled():
+                    c.future.exception()  # retrieved: the caller gets the first error
+            raise
+        out: list[Any] = []
+        first: BaseException | None = None
+        for c in calls:
+            exc = c.future.exception() if c.future.done() else None
+            if exc is not None and first is None and not return_exceptions:
+                first = exc
+            out.append(exc if exc is not None else c.future.result() if c.future.done() else None)
+        if first is not None:
+            for c in calls:
+                if not c.future.done():
+                    self._abandon(
+                        c, CallCancelled("map ended: an earlier call failed", agent=agent)
+                    )
+                    c.future.exception()
+            raise first
+        return out
 
     async def call_report(
         self,
@@ -1258,6 +1334,8 @@ class Supervisor:
         call.finished_at = time.time()
         if not call.future.done():
             call.future.set_result(value)
+            if call.batch is not None:
+                call.batch.settled(False)
             if call.parent is not None and self._subscribers:
                 self._emit_call("call_finished", call, "ok")
         if call.children:
@@ -1272,6 +1350,8 @@ class Supervisor:
             if isinstance(err, CallError):
                 err.call_id = call.id
             call.future.set_exception(err)
+            if call.batch is not None:
+                call.batch.settled(True)
             if call.parent is not None and self._subscribers:
                 self._emit_call("call_finished", call, getattr(err, "status", "failed"))
         if call.children:
@@ -1304,6 +1384,8 @@ class Supervisor:
         err.call_id = call.id
         if not call.future.done():
             call.future.set_exception(err)
+            if call.batch is not None:
+                call.batch.settled(True)
         if call.children:
             self._cancel_children(call)
         proc = slot.proc

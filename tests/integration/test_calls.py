@@ -290,3 +290,50 @@ async def test_close_stops_every_replica(make_supervisor, agent_spec):
         assert len(procs) == 5
     _gone, alive = await asyncio.to_thread(psutil.wait_procs, procs, 2)
     assert not alive
+
+
+async def test_map_returns_every_result_in_order_across_replicas(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("echo", "agents:echo", replicas=2))
+        await sup.start(agent_spec("whoami", "agents:whoami", replicas=2))
+        got = await sup.map("echo", ({"i": i} for i in range(500)))
+        assert got == [{"i": i} for i in range(500)]
+        assert await sup.map("echo", []) == []
+        pids = await sup.map("whoami", [None] * 40)
+        assert len({p["pid"] for p in pids}) == 2  # both replicas served
+
+
+async def test_map_raises_the_first_failure_or_returns_it_in_place(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("f", "agents:fail_if", replicas=2))
+        items = [{"value": i, "bad": 3} for i in range(8)]
+        got = await sup.map("f", items, return_exceptions=True)
+        assert isinstance(got[3], RemoteError)
+        assert [g for i, g in enumerate(got) if i != 3] == [i for i in range(8) if i != 3]
+        with pytest.raises(RemoteError):
+            await sup.map("f", items)
+        # An argument msgpack cannot encode fails that call only.
+        got = await sup.map("f", [{"value": 1}, {"value": object()}], return_exceptions=True)
+        assert got[0] == 1 and isinstance(got[1], TypeError)
+        # The replicas are still there and serve the next map.
+        assert await sup.map("f", [{"value": 5}]) == [5]
+
+
+async def test_cancelling_a_map_cancels_its_calls_in_the_replicas(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        # Room for 8 calls in all (2 replicas x 4 at once, none queued), and a
+        # long cancel_grace: the next calls can only be served once the
+        # replicas themselves ended the cancelled ones, not by a kill.
+        await sup.start(
+            agent_spec("s", "agents:asleep", replicas=2, concurrency=4, queue=0, cancel_grace=30)
+        )
+        task = asyncio.create_task(sup.map("s", [{"seconds": 3600}] * 8))
+        await asyncio.sleep(0)  # the map queues its calls: they fill both replicas
+        assert sum(r.inflight for r in await sup.status() if r.agent == "s") == 8
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await sup.map("s", [{"seconds": 0}] * 8) == [0] * 8
+        after = [r for r in await sup.status() if r.agent == "s"]
+        assert [r.restarts for r in after] == [0, 0]
+        assert sum(r.inflight for r in after) == 0
