@@ -201,7 +201,7 @@ class _Channel:
         self.decoder = FrameDecoder(SupervisorMessage, max_frame)
         self.big = False
         self.spin = spin
-        self.hot = spin > 0
+        self.hot = False  # until a frame arrives soon after an answer
         self.sent_at = 0.0
         self._poll = select.poll()
         self._poll.register(rfd, select.POLLIN)
