@@ -10,8 +10,12 @@ An :class:`AgentProcess` owns one child process for its whole life:
   loop;
 * stdout/stderr: read line by line into the structlog log, tagged with the
   agent's name and pid;
-* death: noticed by the pidfd or by pipe EOF, confirmed by the exit status
-  the launcher reaped, and classified into one :class:`AgentDied` subclass.
+* death: noticed by the pidfd or by pipe EOF and classified into one
+  :class:`AgentDied` subclass.  The exit status is read from ``/proc`` as
+  soon as the pidfd turns readable (the replica is a zombie until its parent
+  reaps it, see :func:`agentrt._linux.zombie_status`); where that read cannot
+  be trusted, from the status the launcher reaped.  The launcher's status is
+  awaited either way: the replica's leftovers are swept once it is reaped.
 """
 
 from __future__ import annotations
@@ -396,9 +400,17 @@ class AgentProcess:
     # --- death -------------------------------------------------------------
 
     def _on_pidfd(self) -> None:
-        assert self._pidfd is not None
-        self._loop.remove_reader(self._pidfd)
+        pidfd = self._pidfd
+        assert pidfd is not None
+        self._loop.remove_reader(pidfd)
         self._gone.set()
+        # It has exited: a zombie until its parent reaps it, and its status is
+        # in /proc already.  Settle now rather than after the launcher's
+        # report (a hop through the zygote); _watch_exit still waits for that
+        # report before it sweeps the leftovers, and its _settle is a no-op.
+        found = _linux.zombie_status(self.pid, pidfd)
+        if found is not None:
+            self._settle(ExitInfo.from_status(*found))
 
     @property
     def alive(self) -> bool:
@@ -456,7 +468,8 @@ class AgentProcess:
             self._settle(ExitInfo(None))
             raise
         except Exception as exc:  # the launcher lost track: assume killed
-            self.log.warning("exit_status_lost", error=str(exc))
+            if not self.dead.done():  # else the status came from /proc already
+                self.log.warning("exit_status_lost", error=str(exc))
             info = ExitInfo(None)
         self._settle(info)
         # Nothing the replica started may outlive it: its session and group
@@ -466,7 +479,11 @@ class AgentProcess:
             await asyncio.to_thread(_linux.kill_tree, [self.pid], descendants)
 
     def _settle(self, info: ExitInfo) -> None:
-        """The process is gone: read its last frames, close, classify, resolve ``dead``."""
+        """The process is gone: read its last frames, close, classify, resolve ``dead``.
+
+        Once only: the first status known (from /proc or the launcher) wins."""
+        if self.dead.done():
+            return
         self._gone.set()
         self.exit = info
         self._drain()

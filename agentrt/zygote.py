@@ -10,9 +10,9 @@ ends as SCM_RIGHTS; the reply carries a pidfd of the new child, opened
 before the zygote could possibly reap it (no pid-reuse race).
 
 The zygote is the replicas' parent (and a child subreaper, so orphaned
-grandchildren come back to it): it reaps every exit with ``wait4`` and
-reports the raw status and CPU time.  It dies with the supervisor
-(``PR_SET_PDEATHSIG``), and its replicas die with it.
+grandchildren come back to it): it reports every exit, the raw status and
+CPU time, while the child is still a zombie, and then reaps it.  It dies
+with the supervisor (``PR_SET_PDEATHSIG``), and its replicas die with it.
 
 :class:`ZygoteClient` is the supervisor's side of that socket.
 """
@@ -149,26 +149,51 @@ def _fork_one(
 
 
 def _reap(sock: socket.socket, encoder: Any) -> None:
+    """Report each exited child, then reap it.
+
+    The report goes out while the child is still a zombie (peeked at with
+    WNOWAIT, collected with wait4 after): the supervisor, woken by the same
+    exit through its pidfd, reads the status from /proc in the meantime,
+    which it can trust only while the child is unreaped.
+    """
     while True:
         try:
-            pid, status, ru = os.wait4(-1, os.WNOHANG)
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
         except InterruptedError:
             continue
-        if pid == 0:
+        if info is None or info.si_pid == 0:
             return
-        cpu = ru.ru_utime + ru.ru_stime
-        # Report first: the supervisor is waiting on this to fail the calls.
-        with contextlib.suppress(OSError):
-            sock.sendall(encoder.encode(Reaped(pid, status, cpu)))
+        pid = info.si_pid
+        cpu = _linux.child_cpu(pid)
+        if cpu is not None:
+            # Report first: the supervisor may be waiting on this to fail the calls.
+            _report(sock, encoder, pid, _wait_status(info.si_code, info.si_status), cpu)
+        if pid in _forked:
+            # Whatever the replica left in its process group goes with it
+            # (before the reap: until then no other process can get its pgid).
+            _linux.kill_group(pid)
+        _pid, status, ru = os.wait4(pid, 0)  # a zombie: returns at once
+        if cpu is None:
+            _report(sock, encoder, pid, status, ru.ru_utime + ru.ru_stime)
         if pid in _forked:
             _forked.discard(pid)
-            # Whatever the replica left in its process group goes with it, and
-            # so do orphans that escaped into sessions of their own: as the
+            # Orphans that escaped into sessions of their own go too: as the
             # subreaper, the zygote adopted them.
-            _linux.kill_group(pid)
             _kill_orphans()
+
+
+def _wait_status(code: int, value: int) -> int:
+    """The raw wait status that a waitid ``si_code``/``si_status`` pair stands for."""
+    if code == os.CLD_EXITED:
+        return (value & 0xFF) << 8
+    return value | (0x80 if code == os.CLD_DUMPED else 0)  # CLD_KILLED
+
+
+def _report(sock: socket.socket, encoder: Any, pid: int, status: int, cpu: float) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(encoder.encode(Reaped(pid, status, cpu)))
 
 
 #: replicas forked by this zygote and not yet reaped

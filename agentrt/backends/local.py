@@ -74,6 +74,11 @@ class MultiprocessLauncher:
     async def launch(self, boot: Boot, fds: list[int]) -> Launched:
         from multiprocess.connection import Connection
 
+        # proc.start() below blocks the loop for milliseconds (a fork of this
+        # process, or a spawn): let what is ready run first.  A replacement is
+        # launched right after its predecessor's calls failed, and their
+        # callers then get their errors before the fork, not after it.
+        await asyncio.sleep(0)
         conns = [Connection(os.dup(fd)) for fd in fds]
         if self.sys_path:
             boot = _with_sys_path(boot, self.sys_path)
