@@ -323,6 +323,9 @@ class Supervisor:
         )
         try:
             await launcher.start()
+            # The loop's default executor starts its first thread now, not on
+            # a replica's first death (sweeps and clean-ups run there).
+            await asyncio.to_thread(int)
         except BaseException:
             shutil.rmtree(self._rundir, ignore_errors=True)
             raise
@@ -627,19 +630,26 @@ class Supervisor:
                 self._dispatch(agent)
                 cause = await asyncio.shield(proc.dead)
             cause = self._oom_cause(boot, proc, cause)
-            self._spawn(self._remove_workdir(boot.workdir))
-            slot.reaping = self._spawn(self._reap(proc, list(boot.cgroups)))
+
+            def clean_up(boot: Boot = boot, proc: AgentProcess = proc) -> None:
+                # After the callers have their answers: the threads these
+                # start would otherwise delay the wake-up of the first.
+                self._spawn(self._remove_workdir(boot.workdir))
+                slot.reaping = self._spawn(self._reap(proc, list(boot.cgroups)))
+
             if slot.first_start is not None and not slot.first_start.done():
                 assert cause is not None
                 slot.first_start.set_exception(cause)
                 self._set_state(slot, "crashed")
                 self._requeue_or_fail(slot, cause or AgentCrashed("stopped", agent=spec.name))
+                clean_up()
                 return
             if slot.stop_requested or self._closing:
                 self._set_state(slot, "exited")
                 self._requeue_or_fail(
                     slot, cause or CallCancelled("replica stopped", agent=spec.name)
                 )
+                clean_up()
                 return
             sibling = slot.sibling_restart
             slot.sibling_restart = False
@@ -647,6 +657,10 @@ class Supervisor:
                 isinstance(cause, AgentCrashed) and cause.exit_code == 0
             )
             self._set_state(slot, "crashed" if abnormal else "exited")
+            self._requeue_or_fail(
+                slot, cause or AgentCrashed("replica exited", agent=spec.name, exit_code=0)
+            )
+            clean_up()
             if cause is not None:
                 self._emit(
                     "replica_crashed",
@@ -664,9 +678,6 @@ class Supervisor:
                     exit_code=cause.exit_code,
                     limit=getattr(cause, "limit", None),
                 )
-            self._requeue_or_fail(
-                slot, cause or AgentCrashed("replica exited", agent=spec.name, exit_code=0)
-            )
             restart = spec.restart == "permanent" or (spec.restart == "transient" and abnormal)
             if not restart and not sibling:
                 log.info("replica_not_restarted", restart=spec.restart)
