@@ -252,7 +252,7 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
 
 AIM_TEXT = {
     "rtt_x_floor": "round trip ≤ {b}x the raw pipe floor",
-    "ray_actor_x": "round trip ≥ {b}x faster than a Ray actor call (each vs the floor)",
+    "ray_actor_x": "round trip ≥ {b}x faster than a Ray actor call (p50s)",
     "ready_300_s": "300 isolated agents ready in < {b} s",
     "pss_mib": "PSS per idle agent < {b} MiB",
     "crash_error_ms": "crash to typed error < {b} ms (worst death)",
