@@ -208,6 +208,11 @@ class _Budget:
 _UNLIMITED = _Budget(None, None)
 
 
+def _abnormal(cause: AgentDied | None) -> bool:
+    """A death worth a transient restart: anything but a clean exit or a stop."""
+    return cause is not None and not (isinstance(cause, AgentCrashed) and cause.exit_code == 0)
+
+
 @dataclass(eq=False, slots=True)
 class _Slot:
     agent: _Agent
@@ -225,6 +230,8 @@ class _Slot:
     gone: bool = False  # its task ended: this slot will not serve again
     psutil_proc: Any = None
     reaping: asyncio.Task[None] | None = None  # sweep + cgroup removal of the last process
+    dead_proc: AgentProcess | None = None  # the last process whose death was answered
+    dead_cause: AgentDied | None = None  # and why it died (None: asked to stop)
 
 
 @dataclass(eq=False, slots=True)
@@ -615,7 +622,8 @@ class Supervisor:
             slot.proc = slot_proc = proc
             slot.psutil_proc = None
             self._set_state(slot, "starting")
-            cause: AgentDied | None
+            cause: AgentDied | None = None
+            answered = False  # _replica_dead did the settling work
             try:
                 await proc.start(self._launcher, float(spec.startup_timeout))
             except StartupError as exc:
@@ -628,8 +636,16 @@ class Supervisor:
                 if slot.first_start is not None and not slot.first_start.done():
                     slot.first_start.set_result(None)
                 self._dispatch(agent)
-                cause = await asyncio.shield(proc.dead)
-            cause = self._oom_cause(boot, proc, cause)
+                # Its callers are answered from a callback on ``dead``, not
+                # after this task wakes up: two loop turns and the restart's
+                # first steps sooner.
+                proc.dead.add_done_callback(functools.partial(self._replica_dead, slot, boot, proc))
+                await asyncio.shield(proc.dead)
+                answered = True
+            if answered:
+                cause = self._replica_dead(slot, boot, proc)
+            else:
+                cause = self._oom_cause(boot, proc, cause)
 
             def clean_up(boot: Boot = boot, proc: AgentProcess = proc) -> None:
                 # After the callers have their answers: the threads these
@@ -645,39 +661,26 @@ class Supervisor:
                 clean_up()
                 return
             if slot.stop_requested or self._closing:
-                self._set_state(slot, "exited")
-                self._requeue_or_fail(
-                    slot, cause or CallCancelled("replica stopped", agent=spec.name)
-                )
+                if not answered:
+                    self._set_state(slot, "exited")
+                    self._requeue_or_fail(
+                        slot, cause or CallCancelled("replica stopped", agent=spec.name)
+                    )
                 clean_up()
+                if cause is not None:  # it died of something, not of the stop
+                    self._log_death(slot, slot_proc, cause, log)
                 return
             sibling = slot.sibling_restart
             slot.sibling_restart = False
-            abnormal = cause is not None and not (
-                isinstance(cause, AgentCrashed) and cause.exit_code == 0
-            )
-            self._set_state(slot, "crashed" if abnormal else "exited")
-            self._requeue_or_fail(
-                slot, cause or AgentCrashed("replica exited", agent=spec.name, exit_code=0)
-            )
+            abnormal = _abnormal(cause)
+            if not answered:
+                self._set_state(slot, "crashed" if abnormal else "exited")
+                self._requeue_or_fail(
+                    slot, cause or AgentCrashed("replica exited", agent=spec.name, exit_code=0)
+                )
             clean_up()
             if cause is not None:
-                self._emit(
-                    "replica_crashed",
-                    agent=spec.name,
-                    replica=slot.index,
-                    pid=slot_proc.pid,
-                    status=cause.status,
-                    reason=str(cause),
-                )
-                log.warning(
-                    "replica_died",
-                    pid=slot_proc.pid,
-                    cause=type(cause).__name__,
-                    reason=str(cause),
-                    exit_code=cause.exit_code,
-                    limit=getattr(cause, "limit", None),
-                )
+                self._log_death(slot, slot_proc, cause, log)
             restart = spec.restart == "permanent" or (spec.restart == "transient" and abnormal)
             if not restart and not sibling:
                 log.info("replica_not_restarted", restart=spec.restart)
@@ -701,6 +704,48 @@ class Supervisor:
                 return
             log.info("replica_restarting", restarts=slot.restarts)
             self._emit("replica_restarting", agent=spec.name, replica=slot.index)
+
+    def _log_death(self, slot: _Slot, proc: AgentProcess, cause: AgentDied, log: Any) -> None:
+        self._emit(
+            "replica_crashed",
+            agent=slot.agent.name,
+            replica=slot.index,
+            pid=proc.pid,
+            status=cause.status,
+            reason=str(cause),
+        )
+        log.warning(
+            "replica_died",
+            pid=proc.pid,
+            cause=type(cause).__name__,
+            reason=str(cause),
+            exit_code=cause.exit_code,
+            limit=getattr(cause, "limit", None),
+        )
+
+    def _replica_dead(
+        self, slot: _Slot, boot: Boot, proc: AgentProcess, _fut: object = None
+    ) -> AgentDied | None:
+        """A replica that was ready is gone: answer or re-queue its calls now.
+
+        Runs once per process (a callback on ``proc.dead``, then again from
+        :meth:`_run_slot`, which gets the cause back); logging and the
+        restart stay in ``_run_slot``.
+        """
+        if slot.dead_proc is proc:
+            return slot.dead_cause
+        cause = self._oom_cause(boot, proc, proc.dead.result())
+        slot.dead_proc, slot.dead_cause = proc, cause
+        name = slot.agent.name
+        if slot.stop_requested or self._closing:
+            self._set_state(slot, "exited")
+            self._requeue_or_fail(slot, cause or CallCancelled("replica stopped", agent=name))
+        else:
+            self._set_state(slot, "crashed" if _abnormal(cause) else "exited")
+            self._requeue_or_fail(
+                slot, cause or AgentCrashed("replica exited", agent=name, exit_code=0)
+            )
+        return cause
 
     def _oom_cause(
         self, boot: Boot, proc: AgentProcess, cause: AgentDied | None

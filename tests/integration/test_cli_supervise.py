@@ -78,6 +78,11 @@ entry = "agents:crash"
 [agents.echo]
 entry = "agents:echo"
 
+# Independent tasks: with the default fail_fast, whether "fine" ends before
+# "boom" crashes would be a race.
+[run]
+on_error = "continue"
+
 [[tasks]]
 id = "boom"
 agent = "crasher"
