@@ -68,6 +68,8 @@ EXIT_PROTOCOL = 73
 _READ_SIZE = 1 << 16
 #: a replica keeps spinning while frames arrive within this many spins of its last write
 _HOT_SPINS = 4
+#: a yield that took longer than this gave the CPU to another process: stop spinning
+_CONTENDED = 20e-6
 _prepared = False
 
 
@@ -240,12 +242,16 @@ class _Channel:
         end = self.sent_at + self.spin
         if limit is not None:
             end = min(end, clock() + limit)
-        while clock() < end:
+        while True:
             got = ready()
             if got:
                 return got
+            now = clock()
+            if now >= end:
+                return None
             os.sched_yield()
-        return None
+            if clock() - now > _CONTENDED:
+                return None  # something else ran on this CPU meanwhile: leave it the CPU
 
     def woke(self) -> None:
         """A frame arrived: spin next time if it came soon after our last write."""
