@@ -16,7 +16,9 @@ against a floor measured under the same conditions:
    percentiles are over all round trips, the min-max is that of the blocks'
    p50.  The ratio judged against the aim is the median over the pairs of
    blocks of (call block p50 / floor block p50): pooled p50s of a bimodal
-   machine can fall in different modes and swing the plain ratio.
+   machine can fall in different modes and swing the plain ratio.  A third
+   block each time: the same agent with ``spin = 0`` (its replica sleeps at
+   once after answering), what polling for the next call buys.
 3. **bulk**: 10,000 tiny calls submitted at once (``asyncio.gather``) to an
    agent of two replicas: wall time per call in µs.
 4. **startup**: for N = 1, 50, 300 replicas, each in a fresh Supervisor (its
@@ -485,6 +487,8 @@ async def run(
     results: dict[str, Any] = {}
     async with Supervisor(base_dir=BENCH_DIR, start_method=method) as sup:
         await sup.start(AgentSpec(name="ping", entry="bench_agents:ping", replicas=1))
+        # The same agent with spin = 0 (replicas sleep at once): what polling buys.
+        await sup.start(AgentSpec(name="ping0", entry="bench_agents:ping", replicas=1, spin=0))
         await sup.start(AgentSpec(name="bulk", entry="bench_agents:ping", replicas=2))
         await sup.start(AgentSpec(name="echo", entry="bench_agents:echo", replicas=1))
 
@@ -492,11 +496,14 @@ async def run(
         try:
             floor.round_trips(p.warmup)
             await call_round_trips(sup, "ping", p.warmup)
-            fl_reps, rt_reps = [], []
+            await call_round_trips(sup, "ping0", p.warmup)
+            fl_reps, rt_reps, rt0_reps = [], [], []
             for _ in range(p.rtt_blocks):
                 fl_reps.append(floor.round_trips(p.rtt_iters))
                 rt_reps.append(await call_round_trips(sup, "ping", p.rtt_iters))
+                rt0_reps.append(await call_round_trips(sup, "ping0", p.rtt_iters))
             fl, rt = latency_summary(fl_reps), latency_summary(rt_reps)
+            results["call_spin0"] = latency_summary(rt0_reps)
             rt["ratio_p50"] = rt["p50_us"] / fl["p50_us"]
             rt["ratio_p99"] = rt["p99_us"] / fl["p99_us"]
             # Each call block ran right after its floor block: their ratio is
@@ -611,6 +618,14 @@ def render(report: dict[str, Any]) -> str:
             "min-max: p50 of the blocks",
         )
         row("call round trip p99", f"{rt['p99_us']:.1f} us")
+        rt0 = r.get("call_spin0")
+        if rt0:
+            row(
+                "call round trip p50, spin = 0",
+                f"{rt0['p50_us']:.1f} us",
+                _mm(rt0["block_p50_us"], ".1f"),
+                "replicas sleep at once (blocks interleaved with the above)",
+            )
         br = rt["block_ratio_p50"]
         row(
             "call / floor, p50 of paired blocks",
