@@ -64,7 +64,7 @@ and to a served replacement under 5 ms; per-task overhead in bulk under
 
 Usage::
 
-    python benchmarks/bench_peers.py [--quick] [--json FILE|-] [--only NAME[,NAME]]
+    python benchmarks/bench_peers.py [--quick] [--json FILE|-] [--only NAME[,NAME]] [--crash-reps N]
 
 Names: agentrt-zygote, agentrt-spawn, asyncio, threads, process-pool,
 mp-pool, loky, pebble, ray-tasks, ray-actors, floor-pipe, floor-fork.
@@ -1184,6 +1184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout)")
     ap.add_argument("--quick", action="store_true", help="fewer iterations, N up to 50 only")
     ap.add_argument("--only", metavar="NAME[,NAME]", help="these runtimes (and the references)")
+    ap.add_argument(
+        "--crash-reps", type=int, metavar="N", help="deaths per mode (quick: 2, full: 5)"
+    )
     args = ap.parse_args(argv)
     # Logging must not distort the figures (and crashes are expected here).
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
@@ -1197,6 +1200,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown runtime(s): {', '.join(sorted(unknown))}; known: {', '.join(ALL)}")
         names = [n for n in ALL if n in wanted | {REF, FLOOR}]
     p = QUICK if args.quick else FULL
+    if args.crash_reps:
+        p = msgspec.structs.replace(p, crash_reps=max(1, args.crash_reps))
     t0 = time.perf_counter()
     runtimes: dict[str, dict[str, Any]] = {}
     run_names = []
