@@ -532,10 +532,13 @@ class _SpinSelector(selectors.DefaultSelector):
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         chan = self._chan
-        if timeout is None or timeout > 0:
+        if chan.hot and (timeout is None or timeout > 0):
+            start = time.perf_counter()
             got = chan.spin_until(lambda: super(_SpinSelector, self).select(0), timeout)
             if got:
                 return got  # type: ignore[no-any-return]
+            if timeout is not None:  # a timer is due: the spin used part of the wait
+                timeout = max(0.0, timeout - (time.perf_counter() - start))
         events = super().select(timeout)
         if events:
             chan.woke()
