@@ -600,6 +600,10 @@ def _rehearsal_target(**kwargs: Any) -> Any:
     return kwargs
 
 
+async def _rehearsal_async(**kwargs: Any) -> Any:
+    return kwargs
+
+
 #: rounds of the rehearsal; CPython 3.11 specialises a function's bytecode
 #: (writing into its code object) during its first eight calls or so
 _REHEARSALS = 12
@@ -621,15 +625,22 @@ def _rehearse() -> None:
     for i in range(1, _REHEARSALS + 1):
         calls += enc.encode(Call(i, "", {"i": i}, 0.0))
     calls += enc.encode(Shutdown())
-    for _ in range(_REHEARSALS):
+    for i in range(2 * _REHEARSALS):
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         try:
             os.write(in_w, calls)
-            chan = _Channel(in_r, out_w, boot.max_frame, 0.0)
-            worker = _Worker(boot, chan, {"": _rehearsal_target})
+            # Sync and async entries both (the async loop with the spinning
+            # selector, on a spin too short to matter).
+            is_async = i % 2 == 1
+            chan = _Channel(in_r, out_w, boot.max_frame, 1e-6 if is_async else 0.0)
+            target = _rehearsal_async if is_async else _rehearsal_target
+            worker = _Worker(boot, chan, {"": target})
             chan.write(Ready(0))
-            worker.serve_sync()
+            if is_async:
+                worker.serve_async()
+            else:
+                worker.serve_sync()
             os.read(out_r, 1 << 16)
         finally:
             for fd in (in_r, in_w, out_r, out_w):
