@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -192,3 +194,40 @@ async def test_overlong_output_line_is_cut(make_supervisor, agent_spec):
     assert lines[-1] == "short"
     assert all(len(line) < 9000 for line in lines)
     assert any("bytes cut" in line for line in lines)
+
+
+def test_the_zygotes_rehearsal_serves_sync_and_async_calls_and_leaves_nothing_open() -> None:
+    # prepare() rehearses serving calls before replicas are forked: it must
+    # answer every call, close its pipes, leave SIGALRM and the event loop as
+    # they were, whatever the entry kind.
+    code = """
+import asyncio, os, signal, sys
+from agentrt import worker
+before = sorted(os.listdir("/proc/self/fd"))
+answered = []
+real_write = worker._Channel.write_bytes
+def spy(self, data):
+    answered.append(len(data))
+    real_write(self, data)
+worker._Channel.write_bytes = spy
+worker._rehearse()
+after = sorted(os.listdir("/proc/self/fd"))
+assert before == after, (before, after)
+assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+try:
+    asyncio.get_running_loop()
+except RuntimeError:
+    pass
+else:
+    raise AssertionError("a loop is still running")
+# sync rounds: Ready, then one Result per call; async rounds: Ready and at
+# least one Result (calls still queued when Shutdown is read are dropped)
+n = worker._REHEARSALS
+assert len(answered) >= n * (1 + n) + n * 2, len(answered)
+print("ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
