@@ -67,7 +67,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from common import emit, machine, table
+from common import emit, machine, met, min_max, spread, table
 
 from agentrt import AgentSpec, Supervisor
 from agentrt.protocol import (
@@ -102,11 +102,6 @@ def pct(sorted_xs: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted sequence."""
     n = len(sorted_xs)
     return sorted_xs[min(n - 1, max(0, math.ceil(q * n) - 1))]
-
-
-def spread(values: Sequence[float]) -> dict[str, float]:
-    """Median and min-max of per-repetition figures."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def latency_summary(blocks: list[list[int]]) -> dict[str, Any]:
@@ -576,16 +571,6 @@ def aims(results: dict[str, Any]) -> dict[str, Any]:
 # --- output -----------------------------------------------------------------------
 
 
-def _mm(d: dict[str, float], fmt: str) -> str:
-    if d["min"] == d["max"]:
-        return ""
-    return f"{format(d['min'], fmt)}-{format(d['max'], fmt)}"
-
-
-def _met(flag: bool | None) -> str:
-    return {True: "yes", False: "NO", None: "n/a"}[flag]
-
-
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     r = report["results"]
@@ -607,14 +592,14 @@ def render(report: dict[str, Any]) -> str:
         row(
             f"floor round trip p50 ({it})",
             f"{fl['p50_us']:.1f} us",
-            _mm(fl["block_p50_us"], ".1f"),
+            min_max(fl["block_p50_us"], ".1f"),
             "min-max: p50 of the blocks",
         )
         row("floor round trip p99", f"{fl['p99_us']:.1f} us")
         row(
             f"call round trip p50 ({it})",
             f"{rt['p50_us']:.1f} us",
-            _mm(rt["block_p50_us"], ".1f"),
+            min_max(rt["block_p50_us"], ".1f"),
             "min-max: p50 of the blocks",
         )
         row("call round trip p99", f"{rt['p99_us']:.1f} us")
@@ -623,15 +608,15 @@ def render(report: dict[str, Any]) -> str:
             row(
                 "call round trip p50, spin = 0",
                 f"{rt0['p50_us']:.1f} us",
-                _mm(rt0["block_p50_us"], ".1f"),
+                min_max(rt0["block_p50_us"], ".1f"),
                 "replicas sleep at once (blocks interleaved with the above)",
             )
         br = rt["block_ratio_p50"]
         row(
             "call / floor, p50 of paired blocks",
             f"{br['median']:.2f}x",
-            _mm(br, ".2f"),
-            f"<= {AIM_RTT_RATIO}x: {_met(a['rtt_within_1.5x_floor'])}",
+            min_max(br, ".2f"),
+            f"<= {AIM_RTT_RATIO}x: {met(a['rtt_within_1.5x_floor'])}",
         )
         row("call / floor, p50 / p99 of all", f"{rt['ratio_p50']:.2f}x / {rt['ratio_p99']:.2f}x")
     elif rt:
@@ -641,7 +626,7 @@ def render(report: dict[str, Any]) -> str:
         row(
             f"bulk {b['calls']} calls, {b['replicas']} replicas",
             f"{b['us_per_call']['median']:.1f} us/call",
-            _mm(b["us_per_call"], ".1f"),
+            min_max(b["us_per_call"], ".1f"),
             f"({b['calls_per_s']:,.0f} calls/s)",
         )
     elif b:
@@ -656,11 +641,11 @@ def render(report: dict[str, Any]) -> str:
         if "ready_s" in e:
             aim = ""
             if n == 300:
-                aim = f"< {AIM_READY_300_S} s: {_met(a['300_ready_under_0.5s'])}"
+                aim = f"< {AIM_READY_300_S} s: {met(a['300_ready_under_0.5s'])}"
             row(
                 f"startup N={n}: all answered ({e['repetitions']} reps)",
                 f"{e['ready_s']['median']:.3f} s",
-                _mm(e["ready_s"], ".3f"),
+                min_max(e["ready_s"], ".3f"),
                 aim,
             )
             if "fork_floor_s" in e:
@@ -668,13 +653,13 @@ def render(report: dict[str, Any]) -> str:
                 row(
                     f"  floor: fork {n} bare children",
                     f"{ff['median']:.3f} s",
-                    _mm(ff, ".3f"),
+                    min_max(ff, ".3f"),
                     f"agentrt = {e['ratio_to_fork_floor']:.2f}x",
                 )
             row(
                 f"  of which start() (all Ready), N={n}",
                 f"{e['start_s']['median']:.3f} s",
-                _mm(e["start_s"], ".3f"),
+                min_max(e["start_s"], ".3f"),
                 f"then close: {e['close_s']['median']:.3f} s",
             )
         for err in e["errors"]:
@@ -686,9 +671,9 @@ def render(report: dict[str, Any]) -> str:
             f"PSS per idle replica (N={pss['replicas']}), mean",
             f"{p['mean']:.2f} MiB",
             "",
-            f"< {AIM_PSS_MIB} MiB: {_met(a['pss_under_3MiB'])}",
+            f"< {AIM_PSS_MIB} MiB: {met(a['pss_under_3MiB'])}",
         )
-        row("PSS per idle replica, median", f"{p['median']:.2f} MiB", _mm(p, ".2f"))
+        row("PSS per idle replica, median", f"{p['median']:.2f} MiB", min_max(p, ".2f"))
         row(
             "USS / RSS per idle replica, median",
             f"{pss['uss_mib']['median']:.2f} / {pss['rss_mib']['median']:.2f} MiB",
@@ -708,7 +693,7 @@ def render(report: dict[str, Any]) -> str:
         row(
             f"echo {label} ({e['calls_per_rep']}x{e['repetitions']})",
             f"{e['agentrt_MBps']['median']:.1f} MB/s",
-            _mm(e["agentrt_MBps"], ".1f"),
+            min_max(e["agentrt_MBps"], ".1f"),
             f"floor {e['floor_MBps']['median']:.1f} MB/s = {e['ratio_to_floor']:.2f}x",
         )
 

@@ -109,9 +109,8 @@ from bench_core import (  # noqa: E402
     latency_summary,
     pct,
     read_smaps_rollup,
-    spread,
 )
-from common import emit, machine  # noqa: E402
+from common import emit, get, machine, min_max, spread  # noqa: E402
 
 from agentrt import AgentSpec, Supervisor  # noqa: E402
 
@@ -937,14 +936,6 @@ def fork_series(p: Params, quick: bool) -> dict[str, Any]:
 # --- aims -----------------------------------------------------------------------------
 
 
-def _get(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
 def aims(res: dict[str, Any]) -> dict[str, Any]:
     """Each aim: the figure, the bound, and whether it is met (None: not measured)."""
     out: dict[str, Any] = {}
@@ -953,18 +944,18 @@ def aims(res: dict[str, Any]) -> dict[str, Any]:
         met = None if value is None else (value <= bound if le else value >= bound)
         out[key] = {"value": value, "bound": bound, "met": met}
 
-    aim("rtt_x_floor", _get(res, "rtt", REF, "floor_block_ratio_p50", "median"), AIM_RTT_FLOOR)
+    aim("rtt_x_floor", get(res, "rtt", REF, "floor_block_ratio_p50", "median"), AIM_RTT_FLOOR)
     # The raw p50s of the same run: the pipe floor swings several-fold with
     # the vCPUs' wake-up state on a VM, more than the machine drifts between
     # the two runtimes' turns, so a ratio of floor ratios is not steadier.
-    ray = _get(res, "rtt", "ray-actors", "p50_us")
-    ours = _get(res, "rtt", REF, "p50_us")
+    ray = get(res, "rtt", "ray-actors", "p50_us")
+    ours = get(res, "rtt", REF, "p50_us")
     aim("ray_actor_x", None if ray is None or not ours else ray / ours, AIM_RAY_ACTOR_X, le=False)
-    aim("ready_300_s", _get(res, "startup", REF, "300", "ready_s", "median"), AIM_READY_300_S)
-    aim("pss_mib", _get(res, "pss", REF, "pss_mib", "mean"), AIM_PSS_MIB)
-    crash = _get(res, "crash", REF) or {}
-    errs = [_get(crash, m, "error_ms", "median") for m in MODES]
-    reps = [_get(crash, m, "replaced_ms", "median") for m in MODES]
+    aim("ready_300_s", get(res, "startup", REF, "300", "ready_s", "median"), AIM_READY_300_S)
+    aim("pss_mib", get(res, "pss", REF, "pss_mib", "mean"), AIM_PSS_MIB)
+    crash = get(res, "crash", REF) or {}
+    errs = [get(crash, m, "error_ms", "median") for m in MODES]
+    reps = [get(crash, m, "replaced_ms", "median") for m in MODES]
     aim(
         "crash_error_ms",
         None if None in errs or not errs else max(errs),
@@ -975,9 +966,9 @@ def aims(res: dict[str, Any]) -> dict[str, Any]:
         None if None in reps or not reps else max(reps),
         AIM_CRASH_REPLACED_MS,
     )
-    aim("bulk_us", _get(res, "tasks", REF, "bulk_us", "median"), AIM_BULK_US)
-    one = _get(res, "tasks", REF, "one_by_one_us", "median")
-    ppe = _get(res, "tasks", "process-pool", "one_by_one_us", "median")
+    aim("bulk_us", get(res, "tasks", REF, "bulk_us", "median"), AIM_BULK_US)
+    one = get(res, "tasks", REF, "one_by_one_us", "median")
+    ppe = get(res, "tasks", "process-pool", "one_by_one_us", "median")
     aim(
         "one_by_one_x_process_pool",
         None if one is None or not ppe else one / ppe,
@@ -999,12 +990,6 @@ AIM_TEXT = {
 
 
 # --- output ---------------------------------------------------------------------------
-
-
-def _mm(d: dict[str, float] | None, fmt: str) -> str:
-    if not d or d["min"] == d["max"]:
-        return ""
-    return f"{format(d['min'], fmt)}-{format(d['max'], fmt)}"
 
 
 def _ratio(v: float | None, ref: float | None) -> str:
@@ -1037,7 +1022,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
 
     rows: list[Sequence[str]] = []
-    ref = _get(r, "rtt", REF, "p50_us")
+    ref = get(r, "rtt", REF, "p50_us")
     for n in order:
         e = r["rtt"].get(n)
         if not e:
@@ -1050,7 +1035,7 @@ def render(report: dict[str, Any]) -> str:
             (
                 n,
                 f"{e['p50_us']:.1f}",
-                _mm(e["block_p50_us"], ".1f"),
+                min_max(e["block_p50_us"], ".1f"),
                 f"{e['p99_us']:.1f}",
                 f"{fr['median']:.2f}x" if fr else "",
                 _ratio(e["p50_us"], ref),
@@ -1063,8 +1048,8 @@ def render(report: dict[str, Any]) -> str:
     )
 
     rows = []
-    ref1 = _get(r, "tasks", REF, "one_by_one_us", "median")
-    refb = _get(r, "tasks", REF, "bulk_us", "median")
+    ref1 = get(r, "tasks", REF, "one_by_one_us", "median")
+    refb = get(r, "tasks", REF, "bulk_us", "median")
     for n in order:
         e = r["tasks"].get(n)
         if not e:
@@ -1077,10 +1062,10 @@ def render(report: dict[str, Any]) -> str:
             (
                 f"{n} ({e['tasks']})",
                 f"{o['median']:.1f}",
-                _mm(o, ".1f"),
+                min_max(o, ".1f"),
                 _ratio(o["median"], ref1),
                 f"{b['median']:.1f}",
-                _mm(b, ".1f"),
+                min_max(b, ".1f"),
                 _ratio(b["median"], refb),
             )
         )
@@ -1101,7 +1086,7 @@ def render(report: dict[str, Any]) -> str:
         cells = [n]
         for label, _ in SIZES:
             v = e[label]["MBps"]["median"]
-            refv = _get(r, "payload", REF, label, "MBps", "median")
+            refv = get(r, "payload", REF, label, "MBps", "median")
             cells.append(f"{v:,.0f} ({_ratio(v, refv)})")
         rows.append(cells)
     section(
@@ -1124,13 +1109,13 @@ def render(report: dict[str, Any]) -> str:
             if not x or "ready_s" not in x:
                 cells.append("ERROR" if x and x["errors"] else "-")
                 continue
-            refv = _get(r, "startup", REF, k, "ready_s", "median")
+            refv = get(r, "startup", REF, k, "ready_s", "median")
             got = x.get("distinct_min", x["n"])
             short = "" if got == x["n"] else f" {got}/{x['n']} pids"
             cells.append(f"{x['ready_s']['median']:.3f} ({_ratio(x['ready_s']['median'], refv)})")
             cells[-1] += short
         pss = r["pss"].get(n, {}).get("pss_mib")
-        refp = _get(r, "pss", REF, "pss_mib", "mean")
+        refp = get(r, "pss", REF, "pss_mib", "mean")
         cells.append(f"{pss['mean']:.2f} ({_ratio(pss['mean'], refp)})" if pss else "-")
         rows.append(cells)
     section(
@@ -1155,8 +1140,8 @@ def render(report: dict[str, Any]) -> str:
                 (
                     f"{n} {mode}",
                     x.get("error_type", "") or ("ERROR: " + "; ".join(x.get("errors", []))[:50]),
-                    f"{err['median']:.2f} {_mm(err, '.2f')}".rstrip() if err else "-",
-                    f"{rep['median']:.2f} {_mm(rep, '.2f')}".rstrip() if rep else "-",
+                    f"{err['median']:.2f} {min_max(err, '.2f')}".rstrip() if err else "-",
+                    f"{rep['median']:.2f} {min_max(rep, '.2f')}".rstrip() if rep else "-",
                     x.get("replacement", ""),
                 )
             )

@@ -58,13 +58,12 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
-from common import emit, machine, table
+from common import emit, machine, met, min_max, spread, table
 
 from agentrt import AgentSpec, RunSpec, Supervisor
 from agentrt.graph import Graph
@@ -78,11 +77,6 @@ AIM_DAG_SLACK = 0.10
 
 def _progress(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def spread(values: Sequence[float]) -> dict[str, float]:
-    """Median and min-max of per-repetition figures."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 class Params(msgspec.Struct, kw_only=True):
@@ -428,16 +422,6 @@ def aims(results: dict[str, Any]) -> dict[str, bool | None]:
 # --- output ---------------------------------------------------------------------------
 
 
-def _mm(d: dict[str, float], fmt: str) -> str:
-    if d["min"] == d["max"]:
-        return ""
-    return f"{format(d['min'], fmt)}-{format(d['max'], fmt)}"
-
-
-def _met(flag: bool | None) -> str:
-    return {True: "yes", False: "NO", None: "n/a"}[flag]
-
-
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     r = report["results"]
@@ -467,7 +451,7 @@ def render(report: dict[str, Any]) -> str:
         row(
             f"swarm makespan, {n} x {p['tool_calls']} tool calls ({reps} reps)",
             f"{sw['makespan_s']['median']:.3f} s",
-            _mm(sw["makespan_s"], ".3f"),
+            min_max(sw["makespan_s"], ".3f"),
             f"cold (1st): {sw['makespan_cold_s']:.3f} s",
         )
         row(
@@ -480,14 +464,14 @@ def render(report: dict[str, Any]) -> str:
             "  parallel efficiency ideal / makespan",
             f"{sw['efficiency']:.3f}",
             "",
-            f">= {AIM_EFFICIENCY}: {_met(a['swarm_efficiency_ge_0.8'])} "
+            f">= {AIM_EFFICIENCY}: {met(a['swarm_efficiency_ge_0.8'])} "
             f"(cold: {sw['efficiency_cold']:.3f})",
         )
         row(
             "  with start-up: (ideal+start)/(start+cold)",
             f"{sw['efficiency_with_startup']:.3f}",
             "",
-            f">= {AIM_EFFICIENCY}: {_met(a['swarm_efficiency_with_startup_ge_0.8'])} "
+            f">= {AIM_EFFICIENCY}: {met(a['swarm_efficiency_with_startup_ge_0.8'])} "
             f"(ideal/(start+cold): {sw['useful_fraction_with_startup']:.3f})",
         )
         if "ideal_measured_sleep_s" in sw:
@@ -502,7 +486,7 @@ def render(report: dict[str, Any]) -> str:
         row(
             "  fan-out: last worker started after",
             f"{last_start['median']:.1f} ms",
-            _mm(last_start, ".1f"),
+            min_max(last_start, ".1f"),
             f"first: {statistics.median(x['first_worker_start_s'] * 1e3 for x in reps_):.1f} ms",
         )
         wmax = spread([x["worker_s"]["max"] * 1e3 for x in reps_])
@@ -510,11 +494,11 @@ def render(report: dict[str, Any]) -> str:
         row(
             "  a worker's own 13 calls: slowest",
             f"{wmax['median']:.1f} ms",
-            _mm(wmax, ".1f"),
+            min_max(wmax, ".1f"),
             f"median worker {wmed:.1f} ms",
         )
         tail = spread([x["tail_s"] * 1e3 for x in reps_])
-        row("  tail: last worker done -> result", f"{tail['median']:.1f} ms", _mm(tail, ".1f"))
+        row("  tail: last worker done -> result", f"{tail['median']:.1f} ms", min_max(tail, ".1f"))
         for err in sw["errors"]:
             row("swarm problem", "ERROR", err)
     sq = r.get("sequential")
@@ -553,14 +537,14 @@ def render(report: dict[str, Any]) -> str:
         row(
             f"  makespan (RunResult, {reps} reps)",
             f"{dg['makespan_s']['median']:.3f} s",
-            _mm(dg["makespan_s"], ".3f"),
+            min_max(dg["makespan_s"], ".3f"),
             f"{dg['ratio_makespan']:.3f}x path; <= {1 + AIM_DAG_SLACK:.2f}x: "
-            f"{_met(a['dag_within_10pct_of_critical_path'])}",
+            f"{met(a['dag_within_10pct_of_critical_path'])}",
         )
         row(
             "  wall time of Run.wait()",
             f"{dg['wall_s']['median']:.3f} s",
-            _mm(dg["wall_s"], ".3f"),
+            min_max(dg["wall_s"], ".3f"),
             f"{dg['ratio_wall']:.3f}x path",
         )
         row(
@@ -573,20 +557,20 @@ def render(report: dict[str, Any]) -> str:
             "  (start-up + wall) / (start-up + path)",
             f"{dg['ratio_with_startup']:.3f}x",
             "",
-            f"<= {1 + AIM_DAG_SLACK:.2f}x: {_met(a['dag_within_10pct_with_startup'])}",
+            f"<= {1 + AIM_DAG_SLACK:.2f}x: {met(a['dag_within_10pct_with_startup'])}",
         )
         svc = dg["repetitions"][0]["service_overhead_ms"]
         gap = dg["repetitions"][0]["dispatch_gap_ms"]
         row(
             "  per task: service time beyond its sleep",
             f"{svc['median']:.2f} ms",
-            _mm(svc, ".2f"),
+            min_max(svc, ".2f"),
             "rep 1, min-max over tasks",
         )
         row(
             "  per task: last dep done -> start",
             f"{gap['median']:.2f} ms",
-            _mm(gap, ".2f"),
+            min_max(gap, ".2f"),
             "rep 1, min-max over tasks",
         )
         row(

@@ -1,12 +1,13 @@
-"""What every benchmark script shares: the machine description and the output."""
+"""What every benchmark script shares: the machine description, summaries and the output."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,3 +46,29 @@ def table(lines: list[str], rows: list[tuple[str, str, str, str]], elapsed: floa
     lines.extend(fmt.format(*x).rstrip() for x in rows)
     lines.append(f"(took {elapsed:.1f} s)")
     return "\n".join(lines)
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median and min-max of per-repetition figures."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def get(d: Any, *keys: str) -> Any:
+    """``d[k1][k2]...``, or None where a key is missing (a section that did not run)."""
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def min_max(d: dict[str, float] | None, fmt: str) -> str:
+    """A spread's "min-max" for a table cell; empty when there is only one value."""
+    if not d or d["min"] == d["max"]:
+        return ""
+    return f"{format(d['min'], fmt)}-{format(d['max'], fmt)}"
+
+
+def met(flag: bool | None) -> str:
+    """An aim's verdict for a table cell."""
+    return {True: "yes", False: "NO", None: "n/a"}[flag]

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common import get
+
 REF = "agentrt-zygote"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 PEERS = [
@@ -39,14 +41,6 @@ PEERS = [
     "ray-actors",
 ]
 ORDER = ["floor-pipe", "floor-fork", REF, *PEERS]
-
-
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -73,7 +67,7 @@ HEADLINES: list[Metric] = [
 
 
 def figure(res: dict[str, Any], keys: list[str], n: str) -> float | None:
-    v = _get(res, *[n if k == "{n}" else k for k in keys])
+    v = get(res, *[n if k == "{n}" else k for k in keys])
     return float(v) if isinstance(v, int | float) else None
 
 
@@ -174,17 +168,17 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
         cells = [f"**{n}**" if n == REF else n]
         for metric, spec in zip(HEADLINES, (".0f", ".1f", ".1f", ".0f"), strict=False):
             cells.append(_fmt(figure(res, metric[1], n), spec) + _x(res, metric, n))
-        st = _get(res, "startup", n) or {}
+        st = get(res, "startup", n) or {}
         for k in ("50", "300"):
-            v = _get(st, k, "ready_s", "median")
+            v = get(st, k, "ready_s", "median")
             metric = ("", ["startup", "{n}", k, "ready_s", "median"], True)
             cells.append(_fmt(v, ".3f") + _x(res, metric, n))
         cells.append(_fmt(figure(res, HEADLINES[5][1], n), ".2f") + _x(res, HEADLINES[5], n))
         for what in ("error_ms", "replaced_ms"):
-            v = _get(res, "crash", n, "kill", what, "median")
+            v = get(res, "crash", n, "kill", what, "median")
             metric = ("", ["crash", "{n}", "kill", what, "median"], True)
             cells.append(_fmt(v, ".1f") + _x(res, metric, n))
-        cells.append(str(_get(res, "crash", n, "kill", "error_type") or "-"))
+        cells.append(str(get(res, "crash", n, "kill", "error_type") or "-"))
         rows.append(cells)
     head = [
         "runtime",
@@ -205,7 +199,7 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
     rows = []
     for n in present:
         for mode in ("kill", "exit", "segv"):
-            e = _get(res, "crash", n, mode)
+            e = get(res, "crash", n, mode)
             if not isinstance(e, dict):
                 continue
             rows.append(
@@ -213,8 +207,8 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
                     n,
                     mode,
                     str(e.get("error_type", "-")),
-                    _fmt(_get(e, "error_ms", "median"), ".2f"),
-                    _fmt(_get(e, "replaced_ms", "median"), ".2f"),
+                    _fmt(get(e, "error_ms", "median"), ".2f"),
+                    _fmt(get(e, "replaced_ms", "median"), ".2f"),
                     str(e.get("replacement", "")),
                 ]
             )
@@ -226,13 +220,13 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
     # Payloads.
     rows = []
     for n in present:
-        e = _get(res, "payload", n)
+        e = get(res, "payload", n)
         if not isinstance(e, dict) or "error" in e:
             continue
         cells = [n]
         for label in ("1 KiB", "64 KiB", "1 MiB", "16 MiB"):
             metric = ("", ["payload", "{n}", label, "MBps", "median"], False)
-            cells.append(_fmt(_get(e, label, "MBps", "median"), ",.0f") + _x(res, metric, n))
+            cells.append(_fmt(get(e, label, "MBps", "median"), ",.0f") + _x(res, metric, n))
         rows.append(cells)
     if rows:
         lines.append("Echo of a `bytes` payload, MB/s (in-process runtimes pass a reference):")
@@ -278,9 +272,9 @@ def aims_markdown(
         )
     if core:
         r = core.get("results", {})
-        s300 = _get(r, "startup", "300", "ready_s", "median")
-        ratio = _get(r, "call", "block_ratio_p50", "median")
-        pss = _get(r, "pss", "pss_mib", "mean")
+        s300 = get(r, "startup", "300", "ready_s", "median")
+        ratio = get(r, "call", "block_ratio_p50", "median")
+        pss = get(r, "pss", "pss_mib", "mean")
         ca = core.get("aims", {})
         rows.append(
             [
@@ -302,21 +296,21 @@ def aims_markdown(
         rows.append(
             [
                 "bench_swarm: 300-agent swarm efficiency ≥ 0.8",
-                _fmt(_get(r, "swarm", "efficiency"), ".3g"),
+                _fmt(get(r, "swarm", "efficiency"), ".3g"),
                 met[sa.get("swarm_efficiency_ge_0.8")],
             ]
         )
         rows.append(
             [
                 "bench_swarm: … with start-up ≥ 0.8",
-                _fmt(_get(r, "swarm", "efficiency_with_startup"), ".3g"),
+                _fmt(get(r, "swarm", "efficiency_with_startup"), ".3g"),
                 met[sa.get("swarm_efficiency_with_startup_ge_0.8")],
             ]
         )
         rows.append(
             [
                 "bench_swarm: 200-task DAG makespan ≤ 1.1x critical path",
-                _fmt(_get(r, "dag", "ratio_makespan"), ".3g"),
+                _fmt(get(r, "dag", "ratio_makespan"), ".3g"),
                 met[sa.get("dag_within_10pct_of_critical_path")],
             ]
         )
@@ -333,7 +327,7 @@ def swarm_markdown(swarm: dict[str, Any]) -> list[str]:
         rows.append(
             [
                 f"swarm: {sw.get('workers')} subagents x 13 sequential 50 ms tool calls",
-                f"makespan {_fmt(_get(sw, 'makespan_s', 'median'), '.3f')} s "
+                f"makespan {_fmt(get(sw, 'makespan_s', 'median'), '.3f')} s "
                 f"(ideal {sw.get('ideal_s')} s), start-up {_fmt(sw.get('startup_s'), '.3f')} s",
             ]
         )
@@ -346,7 +340,7 @@ def swarm_markdown(swarm: dict[str, Any]) -> list[str]:
         rows.append(
             [
                 f"DAG: {dg.get('tasks')} tasks, depth {dg.get('depth')}",
-                f"makespan {_fmt(_get(dg, 'makespan_s', 'median'), '.3f')} s vs critical path "
+                f"makespan {_fmt(get(dg, 'makespan_s', 'median'), '.3f')} s vs critical path "
                 f"{_fmt(dg.get('critical_path_s'), '.3f')} s (plain asyncio: "
                 f"{_fmt(dg.get('floor_makespan_s'), '.3f')} s)",
             ]
