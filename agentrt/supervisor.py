@@ -622,12 +622,11 @@ class Supervisor:
             slot.proc = slot_proc = proc
             slot.psutil_proc = None
             self._set_state(slot, "starting")
-            cause: AgentDied | None = None
-            answered = False  # _replica_dead did the settling work
+            cause: AgentDied | None
             try:
                 await proc.start(self._launcher, float(spec.startup_timeout))
             except StartupError as exc:
-                cause = exc
+                cause = self._replica_dead(slot, boot, proc, exc)
             else:
                 if not slot.stop_requested:
                     self._set_state(slot, "ready")
@@ -639,13 +638,8 @@ class Supervisor:
                 # Its callers are answered from a callback on ``dead``, not
                 # after this task wakes up: two loop turns and the restart's
                 # first steps sooner.
-                proc.dead.add_done_callback(functools.partial(self._replica_dead, slot, boot, proc))
-                await asyncio.shield(proc.dead)
-                answered = True
-            if answered:
-                cause = self._replica_dead(slot, boot, proc)
-            else:
-                cause = self._oom_cause(boot, proc, cause)
+                proc.dead.add_done_callback(functools.partial(self._on_exit, slot, boot, proc))
+                cause = self._replica_dead(slot, boot, proc, await asyncio.shield(proc.dead))
 
             def clean_up(boot: Boot = boot, proc: AgentProcess = proc) -> None:
                 # After the callers have their answers: the threads these
@@ -657,15 +651,9 @@ class Supervisor:
                 assert cause is not None
                 slot.first_start.set_exception(cause)
                 self._set_state(slot, "crashed")
-                self._requeue_or_fail(slot, cause or AgentCrashed("stopped", agent=spec.name))
                 clean_up()
                 return
             if slot.stop_requested or self._closing:
-                if not answered:
-                    self._set_state(slot, "exited")
-                    self._requeue_or_fail(
-                        slot, cause or CallCancelled("replica stopped", agent=spec.name)
-                    )
                 clean_up()
                 if cause is not None:  # it died of something, not of the stop
                     self._log_death(slot, slot_proc, cause, log)
@@ -673,11 +661,6 @@ class Supervisor:
             sibling = slot.sibling_restart
             slot.sibling_restart = False
             abnormal = _abnormal(cause)
-            if not answered:
-                self._set_state(slot, "crashed" if abnormal else "exited")
-                self._requeue_or_fail(
-                    slot, cause or AgentCrashed("replica exited", agent=spec.name, exit_code=0)
-                )
             clean_up()
             if cause is not None:
                 self._log_death(slot, slot_proc, cause, log)
@@ -723,18 +706,23 @@ class Supervisor:
             limit=getattr(cause, "limit", None),
         )
 
-    def _replica_dead(
-        self, slot: _Slot, boot: Boot, proc: AgentProcess, _fut: object = None
-    ) -> AgentDied | None:
-        """A replica that was ready is gone: answer or re-queue its calls now.
+    def _on_exit(
+        self, slot: _Slot, boot: Boot, proc: AgentProcess, dead: asyncio.Future[AgentDied | None]
+    ) -> None:
+        self._replica_dead(slot, boot, proc, dead.result())
 
-        Runs once per process (a callback on ``proc.dead``, then again from
-        :meth:`_run_slot`, which gets the cause back); logging and the
-        restart stay in ``_run_slot``.
+    def _replica_dead(
+        self, slot: _Slot, boot: Boot, proc: AgentProcess, died: AgentDied | None
+    ) -> AgentDied | None:
+        """A replica is gone (or never became ready): answer or re-queue its calls.
+
+        Once per process: for a ready replica, a callback on ``proc.dead``
+        answers its callers before :meth:`_run_slot` wakes up and gets the
+        cause back from here; logging and the restart stay there.
         """
         if slot.dead_proc is proc:
             return slot.dead_cause
-        cause = self._oom_cause(boot, proc, proc.dead.result())
+        cause = self._oom_cause(boot, proc, died)
         slot.dead_proc, slot.dead_cause = proc, cause
         name = slot.agent.name
         if slot.stop_requested or self._closing:
@@ -989,22 +977,18 @@ class Supervisor:
                 if c.future.done() and not c.future.cancelled():
                     c.future.exception()  # retrieved: the caller gets the first error
             raise
-        out: list[Any] = []
-        first: BaseException | None = None
-        for c in calls:
-            exc = c.future.exception() if c.future.done() else None
-            if exc is not None and first is None and not return_exceptions:
-                first = exc
-            out.append(exc if exc is not None else c.future.result() if c.future.done() else None)
-        if first is not None:
-            for c in calls:
-                if not c.future.done():
-                    self._abandon(
-                        c, CallCancelled("map ended: an earlier call failed", agent=agent)
-                    )
-                    c.future.exception()
-            raise first
-        return out
+        if not return_exceptions:
+            errors = [c.future.exception() for c in calls if c.future.done()]
+            first = next((e for e in errors if e is not None), None)
+            if first is not None:
+                for c in calls:
+                    if not c.future.done():
+                        self._abandon(
+                            c, CallCancelled("map ended: an earlier call failed", agent=agent)
+                        )
+                        c.future.exception()  # retrieved: the caller gets the first error
+                raise first
+        return [c.future.exception() or c.future.result() for c in calls]
 
     async def call_report(
         self,

@@ -648,12 +648,13 @@ def _rehearse() -> None:
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
-def prepare() -> None:
+def prepare(rehearse: bool = True) -> None:
     """Work every replica would repeat, done once in the process that forks them.
 
     Configures structlog to forward events over the (future) channel, builds
-    the typed decoder, and freezes the GC so the pages of everything imported
-    so far stay shared with the children.
+    the typed decoder, rehearses serving calls (``rehearse``: only worth it
+    where replicas are forked afterwards) and freezes the GC so the pages of
+    everything imported so far stay shared with the children.
     """
     global _prepared
     _prepared = True
@@ -667,7 +668,8 @@ def prepare() -> None:
     )
     FrameDecoder(SupervisorMessage)
     _linux.warm()
-    _rehearse()
+    if rehearse:
+        _rehearse()
     gc.collect()
     gc.freeze()
 
@@ -686,8 +688,8 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
             os._exit(EXIT_STARTUP)
         global _channel
         chan = _channel = _Channel(rfd, wfd, boot.max_frame, boot.spin)
-        if not _prepared:
-            prepare()
+        if not _prepared:  # not forked from the zygote: nothing to share, no rehearsal
+            prepare(rehearse=False)
         try:
             _instance, targets = _load_entry(boot.entry)
         except BaseException as exc:
