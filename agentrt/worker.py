@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import inspect
 import os
@@ -432,13 +433,17 @@ class _Worker:
         free = self.boot.concurrency
 
         async def run_one(call: Call) -> None:
+            chan.write(await self.run_async(call))
+
+        def finished(call: Call, task: asyncio.Task[None]) -> None:
             nonlocal free
-            try:
-                chan.write(await self.run_async(call))
-            finally:
-                running.pop(call.id, None)
-                free += 1
-                start_waiting()
+            running.pop(call.id, None)
+            free += 1
+            if task.cancelled():
+                # Its Cancel came before it started (in the same read as the
+                # call): run_async never ran to answer it, so answer here.
+                chan.write(Failure(call.id, "CancelledError", "cancelled", "", "cancelled"))
+            start_waiting()
 
         def start_waiting() -> None:
             # Calls start in arrival order, at most ``concurrency`` at once.
@@ -446,7 +451,8 @@ class _Worker:
             while waiting and free > 0:
                 call = waiting.popleft()
                 free -= 1
-                running[call.id] = loop.create_task(run_one(call))
+                task = running[call.id] = loop.create_task(run_one(call))
+                task.add_done_callback(functools.partial(finished, call))
 
         def handle(msg: Any) -> None:
             match msg:
