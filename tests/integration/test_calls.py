@@ -42,7 +42,8 @@ async def test_replicas_serve_streams_of_calls_whether_they_spin_or_sleep(
 ):
     # A replica polls for its next call after answering (spin) or sleeps at
     # once (0); sync and async replicas must see every frame either way,
-    # whether calls come back to back or after the replica went to sleep.
+    # whether calls come back to back or after the replica went to sleep (a
+    # new replica sleeps until its first call; so does one after a pause).
     async with make_supervisor() as sup:
         await sup.start(agent_spec("echo", "agents:echo", spin=spin))
         await sup.start(agent_spec("aecho", "agents:aecho", spin=spin))
@@ -51,8 +52,6 @@ async def test_replicas_serve_streams_of_calls_whether_they_spin_or_sleep(
                 assert await sup.call(name, {"i": i}) == {"i": i}
             got = await asyncio.gather(*(sup.call(name, {"i": i}) for i in range(200)))
             assert got == [{"i": i} for i in range(200)]
-            await asyncio.sleep(0.02)  # longer than any spin: the replica sleeps
-            assert await sup.call(name, {"after": "sleep"}) == {"after": "sleep"}
 
 
 async def test_class_agent_methods_are_targets_and_keep_state(make_supervisor, agent_spec):
@@ -321,19 +320,17 @@ async def test_map_raises_the_first_failure_or_returns_it_in_place(make_supervis
 
 async def test_cancelling_a_map_cancels_its_calls_in_the_replicas(make_supervisor, agent_spec):
     async with make_supervisor() as sup:
-        # Room for 8 calls in all (2 replicas x 4 at once, none queued), and a
-        # long cancel_grace: the next calls can only be served once the
-        # replicas themselves ended the cancelled ones, not by a kill.
-        await sup.start(
-            agent_spec("s", "agents:asleep", replicas=2, concurrency=4, queue=0, cancel_grace=30)
-        )
-        task = asyncio.create_task(sup.map("s", [{"seconds": 3600}] * 8))
-        await asyncio.sleep(0)  # the map queues its calls: they fill both replicas
-        assert sum(r.inflight for r in await sup.status() if r.agent == "s") == 8
+        # One replica with room for 4 calls at once, and a long cancel_grace.
+        # The barrier needs all 4 places at the same time, which it only has
+        # once the replica itself ended the cancelled calls (a kill would come
+        # after 30 s, past the calls' 20 s timeout).
+        await sup.start(agent_spec("m", "agents:Meeting", concurrency=4, queue=0, cancel_grace=30))
+        task = asyncio.create_task(sup.map("m", [{"seconds": 3600}] * 4, method="sleep"))
+        await asyncio.sleep(0)  # the map queues its calls: they fill the replica
+        assert [r.inflight for r in await sup.status() if r.agent == "m"] == [4]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert await sup.map("s", [{"seconds": 0}] * 8) == [0] * 8
-        after = [r for r in await sup.status() if r.agent == "s"]
-        assert [r.restarts for r in after] == [0, 0]
-        assert sum(r.inflight for r in after) == 0
+        assert await sup.map("m", [{"n": 4}] * 4, method="barrier") == [4] * 4
+        after = [r for r in await sup.status() if r.agent == "m"]
+        assert [(r.restarts, r.inflight) for r in after] == [(0, 0)]

@@ -326,7 +326,9 @@ async def test_a_replica_reaped_before_the_read_is_classified_from_the_launcher(
     monkeypatch.setattr(_linux, "zombie_status", lambda _pid, _pidfd: None)
     async with _one_replica(fixtures_dir) as (proc, launcher, errors):
         os.kill(proc.pid, signal.SIGSEGV)
-        await _turns(50)
+        async with asyncio.timeout(10):
+            await proc._gone.wait()  # its pidfd turned readable: it is a zombie now
+        await _turns()
         assert not proc.dead.done()  # nothing but the held report can settle it now
         launcher.gate.set()
         async with asyncio.timeout(10):
