@@ -2,34 +2,42 @@
 
 Every struct forbids unknown fields, so a typo fails at load time with the
 key's dotted path (``agents.echo.limits.memry: unknown key; did you mean
-'memory'?``).  Sizes (``"256MiB"``) and durations (``"500ms"``, ``"30s"``,
-``"2m"``) are normalised to bytes and seconds when a spec is built, from TOML
-or from Python.
+'memory'?``).  Durations are ``float`` seconds and sizes ``int`` bytes once a
+spec is built: a config may write ``"500ms"``, ``"30s"``, ``"2m"`` or
+``"256MiB"``, which the decoder turns into numbers once (see
+:class:`Seconds`, :class:`Bytes`); nothing downstream parses or casts them.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 import tomllib
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
 from agentrt.errors import ConfigError
 
 __all__ = [
+    "BRUTAL_KILL",
+    "INFINITY",
     "AgentSpec",
+    "Bytes",
     "Config",
     "Limits",
     "RunSpec",
     "SandboxProfile",
+    "Seconds",
     "SupervisorSpec",
     "TaskSpec",
     "ToolSpec",
+    "convert_spec",
     "load_config",
     "load_sandbox",
     "parse_config",
@@ -40,6 +48,8 @@ __all__ = [
 RestartType = Literal["permanent", "transient", "temporary"]
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 StartMethod = Literal["zygote", "forkserver", "spawn", "fork"]
+OnAgentFailure = Literal["stop", "continue"]
+_T = typing.TypeVar("_T")
 
 _SIZE_UNITS = {
     "": 1,
@@ -63,13 +73,6 @@ _MAX_SPIN = 0.01
 _NUM_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
-class _FieldError(ValueError):
-    """Raised from ``__post_init__``: names the field within the struct."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"@{field}@{message}")
-
-
 def parse_size(value: int | str) -> int:
     """``"256MiB"`` -> ``268435456``; an int is bytes already."""
     if isinstance(value, bool):
@@ -77,7 +80,9 @@ def parse_size(value: int | str) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size cannot be negative")
-        return value
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f'expected a size like "256MiB", got a {type(value).__name__}')
     m = _NUM_UNIT.match(value)
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _SIZE_UNITS:
@@ -90,9 +95,13 @@ def parse_duration(value: float | int | str) -> float:
     if isinstance(value, bool):
         raise ValueError('expected a duration like "30s"')
     if isinstance(value, int | float):
-        if value < 0 or math.isnan(value):
+        if math.isnan(value) or value < 0:
             raise ValueError("a duration cannot be negative")
+        if math.isinf(value):
+            raise ValueError("a duration must be finite")
         return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f'expected a duration like "30s", got a {type(value).__name__}')
     m = _NUM_UNIT.match(value)
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _DURATION_UNITS:
@@ -100,62 +109,131 @@ def parse_duration(value: float | int | str) -> float:
     return float(m.group(1)) * _DURATION_UNITS[unit]
 
 
-def _size(obj: Any, field: str) -> None:
-    v = getattr(obj, field)
-    if v is not None:
-        try:
-            setattr(obj, field, parse_size(v))
-        except ValueError as exc:
-            raise _FieldError(field, str(exc)) from None
+#: ``shutdown_timeout = "brutal_kill"`` (or 0): SIGKILL at once, as OTP's ``brutal_kill``
+BRUTAL_KILL: Final = 0.0
+#: ``shutdown_timeout = "infinity"``: wait for the replica however long it takes
+INFINITY: Final = math.inf
 
 
-def _duration(obj: Any, field: str) -> None:
-    v = getattr(obj, field)
-    if v is not None:
-        try:
-            setattr(obj, field, parse_duration(v))
-        except ValueError as exc:
-            raise _FieldError(field, str(exc)) from None
+def parse_grace(value: float | int | str) -> float:
+    """A ``shutdown_timeout``: a duration, ``"brutal_kill"`` (0.0) or ``"infinity"``."""
+    if value == "brutal_kill":
+        return BRUTAL_KILL
+    if value == "infinity" or (isinstance(value, float) and value == INFINITY):
+        return INFINITY
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f'expected a duration like "2s", "brutal_kill" or "infinity", got {value!r}'
+        ) from None
 
 
-def _positive(obj: Any, field: str, minimum: int = 1) -> None:
-    v = getattr(obj, field)
-    if v is not None and v < minimum:
-        raise _FieldError(field, f"must be at least {minimum}, got {v}")
+# Static checkers see plain float / int.  At run time each name is a marker
+# class that tells the decoder (_dec_hook) which parser a config value needs;
+# _Spec turns the decoded marker back into a plain number.
+if TYPE_CHECKING:
+    Seconds = float
+    Bytes = int
+    Grace = float
+else:
+
+    class Seconds(float):
+        """A duration: seconds, or ``"200us"``, ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"``."""
+
+    class Bytes(int):
+        """A size: bytes, or ``"512KiB"``, ``"256MiB"``, ``"1GB"``."""
+
+    class Grace(float):
+        """A ``shutdown_timeout``: a duration, ``"brutal_kill"`` or ``"infinity"``."""
 
 
-class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Resource limits of one agent replica (applied in the child before user code).
+_Parser = Callable[[Any], float | int]
+_PARSERS: dict[type, _Parser] = {Seconds: parse_duration, Bytes: parse_size, Grace: parse_grace}
 
-    ``memory`` is bytes (``"256MiB"`` accepted): RLIMIT_AS in the child plus
-    an RSS watchdog in the supervisor.  ``cpu_time`` is seconds of CPU over
-    the replica's life (RLIMIT_CPU).  Core dumps are always off.
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    """msgspec's decoding hook: a config's duration or size becomes its number."""
+    parse = _PARSERS.get(tp)
+    if parse is None:
+        raise NotImplementedError(f"no decoder for {tp!r}")
+    return tp(parse(obj))
+
+
+@functools.cache
+def _unit_fields(cls: type) -> tuple[tuple[str, _Parser], ...]:
+    """``(field, parser)`` for each duration or size field of a spec class."""
+    out: list[tuple[str, _Parser]] = []
+    for f in msgspec.structs.fields(cls):
+        for t in (f.type, *typing.get_args(f.type)):
+            parse = _PARSERS.get(t) if isinstance(t, type) else None
+            if parse is not None:
+                out.append((f.name, parse))
+                break
+    return tuple(out)
+
+
+class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of every spec: durations and sizes hold plain numbers once built.
+
+    Decoded from a config they arrive as marker instances and are made plain
+    here; given as strings from Python (``Limits(memory="256MiB")``) they are
+    parsed here, once.  Then :meth:`_check` validates the values.  A
+    :class:`ConfigError` raised here names the field; the config loader
+    prefixes the path of the table it was found in.
     """
 
-    memory: int | str | None = None
-    cpu_time: float | str | None = None
+    def __post_init__(self) -> None:
+        for name, parse in _unit_fields(type(self)):
+            v = getattr(self, name)
+            if v is None or type(v) is float or type(v) is int:
+                continue
+            try:
+                n = parse(v)
+            except ValueError as exc:
+                raise ConfigError(name, str(exc)) from None
+            setattr(self, name, float(n) if isinstance(n, float) else int(n))
+        self._check()
+
+    def _check(self) -> None:
+        """Validate the spec's values (durations and sizes are numbers by now)."""
+
+
+def _at_least(spec: Any, field: str, minimum: int) -> None:
+    v = getattr(spec, field)
+    if v is not None and v < minimum:
+        raise ConfigError(field, f"must be at least {minimum}, got {v}")
+
+
+def _above_zero(spec: Any, field: str) -> None:
+    v = getattr(spec, field)
+    if v is not None and not v > 0:
+        raise ConfigError(field, f"must be greater than 0, got {v:g}")
+
+
+def _entry(spec: Any) -> None:
+    mod, colon, attr = spec.entry.partition(":")
+    if not (mod and colon and attr):
+        raise ConfigError("entry", f'expected "module:attr", got {spec.entry!r}')
+
+
+class Limits(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """Resource limits of one agent replica (applied in the child before user code).
+
+    ``memory`` is bytes: RLIMIT_AS in the child plus an RSS watchdog in the
+    supervisor.  ``cpu_time`` is seconds of CPU over the replica's life
+    (RLIMIT_CPU).  Core dumps are always off.
+    """
+
+    memory: Bytes | None = None
+    cpu_time: Seconds | None = None
     open_files: int | None = None
     processes: int | None = None
-    file_size: int | str | None = None
+    file_size: Bytes | None = None
 
-    def __post_init__(self) -> None:
-        _size(self, "memory")
-        _duration(self, "cpu_time")
-        _size(self, "file_size")
-        _positive(self, "open_files", 3)
-        _positive(self, "processes")
-
-    @property
-    def memory_bytes(self) -> int | None:
-        return None if self.memory is None else int(self.memory)
-
-    @property
-    def cpu_seconds(self) -> float | None:
-        return None if self.cpu_time is None else float(self.cpu_time)
-
-    @property
-    def file_size_bytes(self) -> int | None:
-        return None if self.file_size is None else int(self.file_size)
+    def _check(self) -> None:
+        _at_least(self, "open_files", 3)
+        _at_least(self, "processes", 1)
 
 
 class SandboxLimits(Limits, kw_only=True, forbid_unknown_fields=True):
@@ -166,13 +244,13 @@ class SandboxLimits(Limits, kw_only=True, forbid_unknown_fields=True):
 
     cpu: float | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.cpu is not None and not (self.cpu > 0):
-            raise _FieldError("cpu", f"must be a positive share of a core, got {self.cpu}")
+    def _check(self) -> None:
+        super()._check()
+        if self.cpu is not None and not (self.cpu > 0 and math.isfinite(self.cpu)):
+            raise ConfigError("cpu", f"must be a positive share of a core, got {self.cpu}")
 
 
-class FilesystemSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class FilesystemSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     """Paths the agent may read (and execute) and write; everything else is denied.
 
     The interpreter, its stdlib and site-packages, the agent's import path
@@ -187,7 +265,7 @@ Enforce = Literal["strict", "warn"]
 Network = Literal["host", "none"]
 
 
-class SandboxProfile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class SandboxProfile(_Spec, kw_only=True, forbid_unknown_fields=True):
     """How an agent's processes are confined (``sandboxes/<name>.toml``).
 
     * ``extends``: the profile this one starts from (its settings, overridden
@@ -219,9 +297,9 @@ class SandboxProfile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cgroup: bool = False
     limits: SandboxLimits = msgspec.field(default_factory=SandboxLimits)
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         if self.run_as is not None and not self.run_as.strip():
-            raise _FieldError("run_as", 'expected a user name or "uid[:gid]"')
+            raise ConfigError("run_as", 'expected a user name or "uid[:gid]"')
 
 
 #: the profiles shipped with agentrt (``default``, ``strict``, ``untrusted``)
@@ -341,7 +419,7 @@ def load_sandbox(
     return profile, sources[first_index][1] == SHIPPED_SANDBOXES
 
 
-class AgentSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     """One agent: its entry point, pool size, restart type, limits and deadlines.
 
     ``entry`` is ``"module:attr"``: a function (sync or async) or a class
@@ -351,58 +429,46 @@ class AgentSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     long a replica that has just answered polls for its next call before it
     sleeps (waking a sleeping process costs tens of microseconds on many
     machines); it spins only while calls keep arriving that fast, yielding
-    the CPU to anything runnable; ``0`` turns it off.
+    the CPU to anything runnable; ``0`` turns it off.  ``shutdown_timeout``
+    is the grace after ``Shutdown`` before SIGTERM and SIGKILL, or
+    :data:`BRUTAL_KILL` / :data:`INFINITY` (``"brutal_kill"`` /
+    ``"infinity"`` in a config).  All durations are seconds.
     """
 
     name: str = ""
     entry: str
     replicas: int = 1
     restart: RestartType = "permanent"
-    timeout: float | str | None = None
-    startup_timeout: float | str = 10.0
-    shutdown_timeout: float | str = 2.0
-    cancel_grace: float | str = 1.0
+    timeout: Seconds | None = None
+    startup_timeout: Seconds = 10.0
+    shutdown_timeout: Grace = 2.0
+    cancel_grace: Seconds = 1.0
     concurrency: int = 1
     queue: int = 4
-    spin: float | str = 0.0002
+    spin: Seconds = 0.0002
     retries: int = 0
     limits: Limits = msgspec.field(default_factory=Limits)
     env: dict[str, str] = {}
     intensity: int | None = None
-    period: float | str | None = None
+    period: Seconds | None = None
     #: a sandbox profile's name (shipped, a ``name.toml`` next to the
     #: config, or ``[sandboxes.name]``), or the profile itself
     sandbox: str | SandboxProfile = "default"
 
-    def __post_init__(self) -> None:
-        if not self.entry or ":" not in self.entry:
-            raise _FieldError("entry", f'expected "module:attr", got {self.entry!r}')
-        mod, _, attr = self.entry.partition(":")
-        if not mod or not attr:
-            raise _FieldError("entry", f'expected "module:attr", got {self.entry!r}')
-        for f in (
-            "timeout",
-            "startup_timeout",
-            "shutdown_timeout",
-            "cancel_grace",
-            "period",
-            "spin",
-        ):
-            _duration(self, f)
-        if float(self.spin) > _MAX_SPIN:
-            raise _FieldError("spin", f"must be at most {_MAX_SPIN * 1e3:g}ms, got {self.spin}s")
-        _positive(self, "replicas")
-        _positive(self, "concurrency")
-        _positive(self, "queue", 0)
-        _positive(self, "retries", 0)
-        _positive(self, "intensity", 0)
-
-    @property
-    def timeout_s(self) -> float | None:
-        return None if self.timeout is None else float(self.timeout)
+    def _check(self) -> None:
+        _entry(self)
+        if self.spin > _MAX_SPIN:
+            raise ConfigError("spin", f"must be at most {_MAX_SPIN * 1e3:g}ms, got {self.spin}s")
+        _above_zero(self, "startup_timeout")
+        _above_zero(self, "period")
+        _at_least(self, "replicas", 1)
+        _at_least(self, "concurrency", 1)
+        _at_least(self, "queue", 0)
+        _at_least(self, "retries", 0)
+        _at_least(self, "intensity", 0)
 
 
-class ToolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class ToolSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     """A tool agents may call with ``ctx.tool(name, ...)``.
 
     In-process by default (the function runs in the calling agent); with
@@ -415,34 +481,38 @@ class ToolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     entry: str
     isolated: bool = False
     replicas: int = 1
-    timeout: float | str | None = None
+    timeout: Seconds | None = None
     limits: Limits = msgspec.field(default_factory=Limits)
     #: sandbox profile of an isolated tool's processes (see ``AgentSpec.sandbox``)
     sandbox: str | SandboxProfile = "default"
 
-    def __post_init__(self) -> None:
-        if ":" not in self.entry or not all(self.entry.partition(":")[::2]):
-            raise _FieldError("entry", f'expected "module:attr", got {self.entry!r}')
-        _duration(self, "timeout")
-        _positive(self, "replicas")
+    def _check(self) -> None:
+        _entry(self)
+        _at_least(self, "replicas", 1)
 
 
-class SupervisorSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     """Supervisor-wide settings: start method, preloads, restart policy, budgets.
 
-    Budgets are enforced by the supervisor: ``max_agents`` live replica
-    processes, ``max_depth`` of subagent nesting, and per run ``max_tasks``
-    (tasks, spawns and submissions) and ``max_tool_calls``.
+    Restart policy (Erlang/OTP): ``strategy``; at most ``intensity``
+    restarts of an agent within ``period`` seconds, beyond which the agent
+    has failed and ``on_agent_failure`` decides: ``"stop"`` (OTP: every
+    agent is terminated and the supervisor stops) or ``"continue"`` (the
+    others keep running).  Budgets are enforced by the supervisor:
+    ``max_agents`` live replica processes, ``max_depth`` of subagent
+    nesting, and per run ``max_tasks`` (tasks, spawns and submissions) and
+    ``max_tool_calls``.
     """
 
     start_method: StartMethod = "zygote"
     preload: list[str] = []
     strategy: Strategy = "one_for_one"
     intensity: int = 5
-    period: float | str = 10.0
-    backoff: float | str = 0.05
-    backoff_max: float | str = 5.0
-    max_frame: int | str = 64 * 1024 * 1024
+    period: Seconds = 10.0
+    backoff: Seconds = 0.05
+    backoff_max: Seconds = 5.0
+    on_agent_failure: OnAgentFailure = "stop"
+    max_frame: Bytes = 64 * 1024 * 1024
     sys_path: list[str] = []
     max_agents: int | None = None
     max_depth: int | None = None
@@ -451,19 +521,22 @@ class SupervisorSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: agents report each in-process tool call, for timelines (--trace, live view)
     trace_tools: bool = False
 
-    def __post_init__(self) -> None:
-        for f in ("period", "backoff", "backoff_max"):
-            _duration(self, f)
-        _size(self, "max_frame")
-        _positive(self, "intensity", 0)
+    def _check(self) -> None:
+        _above_zero(self, "period")
+        _at_least(self, "intensity", 0)
+        if self.backoff_max < self.backoff:
+            raise ConfigError(
+                "backoff_max",
+                f"must be at least backoff ({self.backoff:g}s), got {self.backoff_max:g}s",
+            )
         for f in ("max_agents", "max_depth", "max_tasks", "max_tool_calls"):
-            _positive(self, f, 0)
+            _at_least(self, f, 0)
 
 
 OnError = Literal["fail_fast", "continue"]
 
 
-class TaskSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class TaskSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     """One task of a graph: ``agent`` with keyword ``args``.
 
     Dependencies are ``after`` plus every ``${id...}`` reference in ``args``;
@@ -476,32 +549,28 @@ class TaskSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     method: str = ""
     after: list[str] = []
     retries: int | None = None
-    timeout: float | str | None = None
+    timeout: Seconds | None = None
     for_each: str | None = None
     min_success: int | None = None
     on_error: OnError | None = None
 
-    def __post_init__(self) -> None:
-        _duration(self, "timeout")
-        _positive(self, "retries", 0)
-        _positive(self, "min_success", 0)
+    def _check(self) -> None:
+        _at_least(self, "retries", 0)
+        _at_least(self, "min_success", 0)
 
 
-class RunSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class RunSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     """How a graph runs: failure policy, deadline, concurrency, retry backoff."""
 
     on_error: OnError = "fail_fast"
-    deadline: float | str | None = None
+    deadline: Seconds | None = None
     max_concurrency: int | None = None
     agent_concurrency: dict[str, int] = {}
-    retry_backoff: float | str = 0.1
-    retry_backoff_max: float | str = 5.0
+    retry_backoff: Seconds = 0.1
+    retry_backoff_max: Seconds = 5.0
 
-    def __post_init__(self) -> None:
-        _duration(self, "deadline")
-        _duration(self, "retry_backoff")
-        _duration(self, "retry_backoff_max")
-        _positive(self, "max_concurrency")
+    def _check(self) -> None:
+        _at_least(self, "max_concurrency", 1)
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -522,6 +591,12 @@ def _fields(tp: Any) -> tuple[str, ...]:
 
 
 def _convert_error(exc: msgspec.ValidationError, prefix: str, tp: Any) -> ConfigError:
+    """A decoding error as a :class:`ConfigError` with the key's full dotted path.
+
+    msgspec says where (`` - at `$.limits.memory` ``) in its message; what
+    went wrong comes structured from a spec's own check (the ConfigError
+    that is the error's cause) or from msgspec's message.
+    """
     text = str(exc)
     path = ""
     m = re.search(r" - at `\$(.*)`$", text)
@@ -529,10 +604,10 @@ def _convert_error(exc: msgspec.ValidationError, prefix: str, tp: Any) -> Config
         text = text[: m.start()]
         path = m.group(1)
     path = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
-    m2 = re.match(r"^@(\w+)@(.*)$", text, re.S)
-    if m2:
-        path = f"{path}.{m2.group(1)}" if path else m2.group(1)
-        text = m2.group(2)
+    cause = exc.__cause__
+    if isinstance(cause, ConfigError):
+        path = ".".join(p for p in (path, cause.path) if p)
+        text = cause.message
     m3 = re.match(r"^Object contains unknown field `(.*)`$", text)
     if m3:
         key = m3.group(1)
@@ -572,9 +647,19 @@ def _struct_at(tp: Any, path: str) -> Any:
 
 def _convert(obj: Any, tp: Any, prefix: str) -> Any:
     try:
-        return msgspec.convert(obj, tp)
+        return msgspec.convert(obj, tp, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         raise _convert_error(exc, prefix, tp) from None
+
+
+def convert_spec(obj: Any, tp: type[_T], where: str = "") -> _T:
+    """``obj`` (a mapping of config values, as TOML has them) as the spec ``tp``.
+
+    Durations and sizes may be strings (``"30s"``, ``"256MiB"``); errors are
+    :class:`ConfigError` naming the key under ``where``.
+    """
+    result: _T = _convert(obj, tp, where)
+    return result
 
 
 def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:

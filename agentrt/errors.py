@@ -100,12 +100,21 @@ class UnknownAgent(AgentrtError, LookupError):
 
 
 class AgentFailed(AgentrtError):
-    """The agent exceeded its restart intensity and was marked failed."""
+    """The agent exceeded its restart intensity (or has no replica left) and is
+    marked failed; ``last`` is the death that made it give up, if any."""
 
-    def __init__(self, agent: str, reason: str) -> None:
+    def __init__(self, agent: str, reason: str, *, last: AgentrtError | None = None) -> None:
         self.agent = agent
         self.reason = reason
+        self.last = last
         super().__init__(f"agent {agent!r} failed: {reason}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(agent=self.agent, reason=self.reason)
+        if self.last is not None:
+            d["last_cause"] = self.last.to_dict()
+        return d
 
 
 class CallError(AgentrtError):
@@ -280,4 +289,9 @@ def from_dict(d: dict[str, Any]) -> AgentrtError:
         err.__dict__.setdefault("traceback", "")
     if isinstance(err, CallTimeout):
         err.__dict__.setdefault("timeout", None)
+    if isinstance(err, AgentFailed):
+        err.__dict__.setdefault("agent", "")
+        err.__dict__.setdefault("reason", "")
+        last = d.get("last_cause")
+        err.last = from_dict(last) if isinstance(last, dict) else None
     return err

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import threading
@@ -40,6 +41,8 @@ from agentrt.errors import (
     signal_name,
 )
 from agentrt.protocol import (
+    EXIT_MEMORY,
+    EXIT_STARTUP,
     AgentMessage,
     Boot,
     FrameDecoder,
@@ -48,7 +51,6 @@ from agentrt.protocol import (
     Ready,
     StartupFailed,
 )
-from agentrt.worker import EXIT_MEMORY, EXIT_STARTUP
 
 __all__ = ["AgentProcess", "ExitInfo", "Launched", "Launcher"]
 
@@ -143,6 +145,7 @@ class AgentProcess:
         self._decoder = FrameDecoder(AgentMessage, boot.max_frame)
         self._obuf = b""
         self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._launched = asyncio.Event()  # launched, or failed to
         self._gone = asyncio.Event()  # pidfd readable or exit status known
         self.dead: asyncio.Future[AgentDied | None] = self._loop.create_future()
         self._eof = False
@@ -174,6 +177,7 @@ class AgentProcess:
             self.dead.set_result(self.cause)
             raise self.cause from exc
         finally:
+            self._launched.set()
             if self._rfd != -1:
                 for fd in child_fds:
                     os.close(fd)
@@ -434,27 +438,37 @@ class AgentProcess:
         self.signal(signal.SIGKILL)
 
     async def stop(self, grace: float) -> AgentDied | None:
-        """Graceful stop: ``Shutdown``, grace period, SIGTERM, then SIGKILL."""
+        """Graceful stop: ``Shutdown``, ``grace`` seconds, SIGTERM, then SIGKILL.
+
+        ``grace`` 0 is OTP's ``brutal_kill`` (SIGKILL at once, no Shutdown);
+        ``math.inf`` is ``infinity`` (wait for the replica to exit).
+        """
         from agentrt.protocol import Shutdown
 
         self.stopping = True
+        if self.pid == 0 and not self.dead.done():
+            await self._launched.wait()  # it is being launched: stop it once it exists
         if self.dead.done():
             return self.dead.result()
-        self.send(Shutdown())
         if self.sweep:
             self._descendants = await asyncio.to_thread(_linux.descendants, [self.pid])
-        for sig, wait in ((signal.SIGTERM, 0.5), (signal.SIGKILL, 5.0)):
+        if grace <= 0:
+            steps: tuple[tuple[int, float], ...] = ((signal.SIGKILL, 5.0),)
+        else:
+            self.send(Shutdown())
+            if grace == math.inf:
+                return await asyncio.shield(self.dead)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     return await asyncio.shield(self.dead)
+            steps = ((signal.SIGTERM, 0.5), (signal.SIGKILL, 5.0))
+        for sig, wait in steps:
             self.signal(sig)
-            grace = wait
-        try:
-            async with asyncio.timeout(10.0):
-                return await asyncio.shield(self.dead)
-        except TimeoutError:  # SIGKILL not acted upon: nothing more we can do
-            self.log.error("replica_unkillable", pid=self.pid)
-            return self.reason
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    return await asyncio.shield(self.dead)
+        self.log.error("replica_unkillable", pid=self.pid)
+        return self.reason
 
     async def _watch_exit(self) -> None:
         assert self._exited is not None

@@ -18,6 +18,10 @@ import msgspec
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "EXIT_INTERNAL",
+    "EXIT_MEMORY",
+    "EXIT_PROTOCOL",
+    "EXIT_STARTUP",
     "HEADER",
     "AgentMessage",
     "Boot",
@@ -52,6 +56,15 @@ __all__ = [
     "ZygoteRequest",
     "describe_unencodable",
 ]
+
+#: exit status of a replica whose entry could not be imported (or confined)
+EXIT_STARTUP: Final = 71
+#: exit status of a replica that ran out of memory outside any call
+EXIT_MEMORY: Final = 72
+#: exit status of a replica that received a frame it could not decode
+EXIT_PROTOCOL: Final = 73
+#: exit status of a replica whose serve loop raised (a bug, not the agent's call)
+EXIT_INTERNAL: Final = 70
 
 #: bytes in the length prefix
 HEADER: Final = 4

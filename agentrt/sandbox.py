@@ -275,7 +275,7 @@ class Plan:
 
     @property
     def cgroup_memory(self) -> int | None:
-        return self.limits.memory_bytes if "memory" in self.cgroup else None
+        return self.limits.memory if "memory" in self.cgroup else None
 
     def core_limits(self) -> Limits:
         """The limits the core applies (memory left to the cgroup when it has it)."""

@@ -26,6 +26,7 @@ import itertools
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -35,7 +36,7 @@ from agentrt.errors import CallCancelled
 from agentrt.graph import Graph, GraphError, GraphState, critical_path, resolve
 
 if TYPE_CHECKING:
-    from agentrt.supervisor import Supervisor
+    from agentrt.supervisor import CallReport, Supervisor
 
 __all__ = ["Run", "RunResult", "TaskResult"]
 
@@ -89,7 +90,8 @@ class Run:
         self.run_id = run_id or uuid.uuid4().hex
         graph.validate()
         self.state = GraphState(graph)
-        self.budget = sup._new_budget()
+        #: this run's calls, budget and events on the supervisor
+        self.link = sup.link_run(self)
         self.values: dict[str, Any] = {}
         self.results: dict[str, TaskResult] = {}
         self._queued: dict[str, float] = {}
@@ -129,7 +131,7 @@ class Run:
         self._wake.set()
         return tid
 
-    def submit_from(self, parent: Any, task: dict[str, Any]) -> str:
+    def add_submitted(self, task: Mapping[str, Any]) -> str:
         """``ctx.submit`` of a task of this run (called by the supervisor)."""
         task = dict(task)
         agent = str(task.pop("agent", ""))
@@ -143,13 +145,13 @@ class Run:
     # --- the driver ------------------------------------------------------------
 
     def _emit(self, kind: str, task: str | None = None, **fields: Any) -> None:
-        self.sup._emit(kind, run_id=self.run_id, task=task, **fields)
+        self.link.emit(kind, task, **fields)
 
     async def _drive(self) -> RunResult:
         deadline = self.spec.deadline
         self._emit("run_started", tasks=len(self.graph))
         try:
-            async with asyncio.timeout(None if deadline is None else float(deadline)):
+            async with asyncio.timeout(deadline):
                 await self._loop()
         except TimeoutError:
             self._status = "timeout"
@@ -234,21 +236,19 @@ class Run:
         state = self.state
         node = state.node(tid)
         parent = state.parent(tid)
-        report: Any = None
+        report: CallReport | None = None
         attempts = 0
         try:
             item: dict[str, Any] = {"item": state.item(tid)} if parent is not None else {}
             args = resolve(node.args, self.values, where=f"tasks.{tid}.args", **item)
             retries = node.retries or 0
-            backoff = float(self.spec.retry_backoff)
+            backoff = self.spec.retry_backoff
             for attempt in range(retries + 1):
-                report = await self.sup._call_report_in_run(
-                    node.agent, args, node.method, node.timeout, self
-                )
+                report = await self.link.call(node.agent, args, node.method, node.timeout)
                 attempts += report.attempts
                 if report.status == "ok" or attempt == retries:
                     break
-                delay = min(float(self.spec.retry_backoff_max), backoff * 2**attempt)
+                delay = min(self.spec.retry_backoff_max, backoff * 2**attempt)
                 self._emit("task_retry", tid, attempt=attempt + 2, status=report.status)
                 await asyncio.sleep(delay * random.uniform(0.75, 1.25))
         except GraphError as exc:
@@ -263,6 +263,7 @@ class Run:
                 )
             self._done(tid, ok=False)
             raise
+        assert report is not None  # retries >= 0: at least one attempt ran
         self._record(
             tid,
             report.status,

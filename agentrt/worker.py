@@ -37,6 +37,10 @@ from agentrt import _linux, sandbox
 from agentrt.context import AgentIO, Context, SyncContext, takes_ctx
 from agentrt.errors import AgentrtError
 from agentrt.protocol import (
+    EXIT_INTERNAL,
+    EXIT_MEMORY,
+    EXIT_PROTOCOL,
+    EXIT_STARTUP,
     Boot,
     Call,
     Cancel,
@@ -57,14 +61,7 @@ from agentrt.protocol import (
     describe_unencodable,
 )
 
-__all__ = ["EXIT_MEMORY", "EXIT_PROTOCOL", "EXIT_STARTUP", "child_main"]
-
-#: exit status of a replica whose entry could not be imported
-EXIT_STARTUP = 71
-#: exit status of a replica that ran out of memory outside any call
-EXIT_MEMORY = 72
-#: exit status of a replica that received a frame it could not decode
-EXIT_PROTOCOL = 73
+__all__ = ["child_main", "exit_code_of"]
 
 _READ_SIZE = 1 << 16
 #: a replica keeps spinning while frames arrive within this many spins of its last write
@@ -680,8 +677,30 @@ def prepare(rehearse: bool = True) -> None:
     gc.freeze()
 
 
+def exit_code_of(exc: SystemExit) -> int:
+    """The status ``sys.exit(arg)`` exits with, as the interpreter computes it.
+
+    ``None`` and ``0`` are a normal exit (0); an int is that status (masked
+    to 8 bits by the kernel); anything else is printed and exits 1.
+    """
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code & 0xFF
+    with contextlib.suppress(Exception):
+        print(code, file=sys.stderr)
+    return 1
+
+
 def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
-    """Entry point of every replica, whatever started it.  Never returns."""
+    """Entry point of every replica, whatever started it.  Never returns.
+
+    The replica's exit status says how it ended: 0 for a normal end (the
+    supervisor closed the pipe or sent Shutdown, or the agent called
+    ``sys.exit(0)`` / ``sys.exit()``), ``sys.exit(n)``'s status, or one of
+    the protocol's ``EXIT_*`` codes.
+    """
     code = EXIT_STARTUP
     try:
         try:
@@ -710,6 +729,8 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
             for fn in targets.values()
         )
         code = worker.serve_async() if is_async else worker.serve_sync()
+    except SystemExit as exc:  # sys.exit() in the agent: its status, 0 being a normal exit
+        code = exit_code_of(exc)
     except FrameError:
         code = EXIT_PROTOCOL
     except MemoryError:
@@ -719,7 +740,7 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
     except BaseException:
         with contextlib.suppress(Exception):
             traceback.print_exc()
-        code = 70
+        code = EXIT_INTERNAL
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()

@@ -13,7 +13,7 @@ import contextlib
 import os
 from typing import Any
 
-from agentrt.process import ExitInfo, Launched
+from agentrt.process import ExitInfo, Launched, Launcher
 from agentrt.protocol import Boot
 from agentrt.zygote import ZygoteClient
 
@@ -138,7 +138,7 @@ def _with_sys_path(boot: Boot, extra: list[str]) -> Boot:
     return msgspec.structs.replace(boot, sys_path=[*extra, *boot.sys_path])
 
 
-def make_launcher(method: str, preload: list[str], sys_path: list[str]) -> Any:
+def make_launcher(method: str, preload: list[str], sys_path: list[str]) -> Launcher:
     """The launcher for ``start_method``."""
     if method == "zygote":
         return ZygoteLauncher(preload, sys_path)

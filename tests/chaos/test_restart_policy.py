@@ -237,7 +237,7 @@ async def test_rest_for_one_restarts_the_replicas_declared_after_the_crashed_one
 async def test_more_crashes_than_intensity_within_period_fail_the_agent(
     make_supervisor, agent_spec, healthy, logs
 ):
-    async with make_supervisor() as sup:
+    async with make_supervisor(on_agent_failure="continue") as sup:
         await sup.start(agent_spec("echo", "agents:echo"))
         await sup.start(agent_spec("crashy", "agents:whoami_or_exit", intensity=2, period=30))
         for _ in range(3):  # the 3rd crash is one more than intensity allows
@@ -274,7 +274,7 @@ async def test_intensity_counts_crashes_within_period_only_up_to_the_limit(
 async def test_calls_pending_when_the_agent_fails_fail_with_agent_failed(
     make_supervisor, agent_spec, healthy, logs
 ):
-    async with make_supervisor() as sup:
+    async with make_supervisor(on_agent_failure="continue") as sup:
         await sup.start(agent_spec("echo", "agents:echo"))
         await sup.start(
             agent_spec(

@@ -7,6 +7,7 @@ thresholds.
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -173,7 +174,8 @@ async def test_subagent_and_tool_calls_are_reported_as_spans_when_traced(
         watcher = asyncio.ensure_future(watch())
         await asyncio.sleep(0)  # subscribe before the calls start
         await sup.call("fan", {"n": 2, "delay": 0})
-        sup._emit("end_of_test")  # events are delivered in order: this one comes last
+        # events are delivered in order: this one comes last
+        sup.link_run(SimpleNamespace(run_id="marker")).emit("end_of_test")
         await asyncio.wait_for(watcher, 5)
         targets = sorted(evs[0].target for evs in spans.values())
         assert targets.count("worker") == 2

@@ -50,7 +50,8 @@ def test_parse_size_rejects_garbage(bad: object) -> None:
 
 def test_limits_normalise_strings_from_python() -> None:
     lim = Limits(memory="256MiB", cpu_time="10s", file_size="1MiB")
-    assert (lim.memory_bytes, lim.cpu_seconds, lim.file_size_bytes) == (256 * 2**20, 10.0, 2**20)
+    assert (lim.memory, lim.cpu_time, lim.file_size) == (256 * 2**20, 10.0, 2**20)
+    assert (type(lim.memory), type(lim.cpu_time), type(lim.file_size)) == (int, float, int)
 
 
 def _agent(**kw: object) -> dict[str, object]:
@@ -129,8 +130,12 @@ args = { text = "hello" }
     )
     cfg = load_config(cfg_file)
     assert list(cfg.agents) == ["zeta", "alpha"]
-    assert cfg.agents["zeta"].timeout_s == 0.5
-    assert cfg.agents["alpha"].limits.memory_bytes == 64 * 2**20
+    assert cfg.agents["zeta"].timeout == 0.5
+    assert cfg.agents["alpha"].limits.memory == 64 * 2**20
+    # decoded once into the types the names promise: float seconds, int bytes
+    assert type(cfg.agents["zeta"].timeout) is float
+    assert type(cfg.agents["alpha"].limits.memory) is int
+    assert type(cfg.supervisor.period) is float
     assert cfg.agents["alpha"].name == "alpha"
     assert cfg.supervisor.strategy == "rest_for_one"
     assert cfg.tasks[0].args == {"text": "hello"}

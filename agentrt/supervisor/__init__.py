@@ -1,0 +1,20 @@
+"""The supervisor: agent pools, dispatch, restart policy, deadlines, teardown.
+
+The package's rooms, each owning one thing (data flows down this list):
+
+* ``policy``: Erlang/OTP's restart rules as pure functions (no I/O);
+* ``events``: :class:`RunEvent` and the stream subscribers read;
+* ``ledger``: every call from submission to its one outcome (``settle``);
+* ``boot``: what a replica starts with (sandbox plan, cgroups, ``Boot``);
+* ``pool``: each agent's replicas: run loop, dispatch, requeue, stop;
+* ``tree``: the policy applied: restarts, group restarts, failure, shutdown;
+* ``requests``: the agents' ``ctx`` requests and isolated tools;
+* ``facade``: the :class:`Supervisor` class, the public API.
+"""
+
+from agentrt.supervisor.events import RunEvent
+from agentrt.supervisor.facade import CallReport, RunLink, Supervisor
+from agentrt.supervisor.ledger import RunHost
+from agentrt.supervisor.pool import ReplicaStatus
+
+__all__ = ["CallReport", "ReplicaStatus", "RunEvent", "RunHost", "RunLink", "Supervisor"]

@@ -1,0 +1,189 @@
+"""What a replica starts with: its sandbox plan, cgroups, working directory, ``Boot``.
+
+:class:`BootPlanner` resolves an agent's sandbox profile once (refusing or
+warning about what this machine cannot enforce), creates the per-replica
+cgroups the profile asks for, builds each replica's :class:`Boot`, says
+when a SIGKILL was the cgroup's OOM killer, and removes a replica's
+working directory and cgroups once it is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+from typing import Any
+
+import msgspec
+
+from agentrt import sandbox
+from agentrt.config import AgentSpec, SupervisorSpec, load_sandbox
+from agentrt.errors import AgentCrashed, AgentDied, LimitExceeded, StartupError
+from agentrt.protocol import Boot
+
+__all__ = ["BootPlanner"]
+
+
+class BootPlanner:
+    """Sandbox plans, cgroups and ``Boot`` messages of one supervisor's replicas."""
+
+    def __init__(
+        self, spec: SupervisorSpec, base_dir: str | None, sys_path: list[str], log: Any
+    ) -> None:
+        self.spec = spec
+        self.base_dir = base_dir
+        self.sys_path = sys_path
+        self.log = log
+        self.rundir = ""
+        self.launch_dir = os.getcwd()
+        #: each running agent's sandbox plan (profile resolved, limits merged)
+        self._plans: dict[str, sandbox.Plan] = {}
+        #: per-replica cgroups, created on the first agent whose profile asks
+        self._cgroups: sandbox.Cgroups | None = None
+
+    def open(self) -> None:
+        self.rundir = tempfile.mkdtemp(prefix="agentrt-")
+
+    async def close(self) -> None:
+        if self.rundir:
+            await asyncio.to_thread(shutil.rmtree, self.rundir, True)
+        if self._cgroups is not None:
+            await asyncio.to_thread(self._cgroups.close)
+            self._cgroups = None
+
+    def plan(self, spec: AgentSpec) -> AgentSpec:
+        """Resolve the agent's sandbox profile; refuse or warn about what is unenforced.
+
+        Returns the spec with its limits merged (memory left to the cgroup
+        when one limits it); the plan is kept for its replicas' boots.
+        """
+        prof = spec.sandbox
+        if isinstance(prof, str):
+            dirs = [self.base_dir] if self.base_dir is not None else []
+            prof, _shipped = load_sandbox(prof, dirs=dirs, where=f"agents.{spec.name}.sandbox")
+        plan = sandbox.plan(prof, spec.limits)
+        unenforced = plan.unenforced
+        if unenforced and prof.enforce == "strict":
+            setting, why = unenforced[0]
+            raise StartupError(
+                f"sandbox {prof.name or '(inline)'!r} of agent {spec.name!r}: "
+                f"{setting} cannot be enforced on this machine: {why}",
+                agent=spec.name,
+            )
+        for setting, why in unenforced:
+            self.log.warning(
+                "sandbox_unenforced",
+                agent=spec.name,
+                profile=prof.name,
+                setting=setting,
+                why=why.removeprefix("NOT enforced: "),
+            )
+        if plan.run_uid is not None and self.rundir:
+            # the replica enters its workdir after dropping to run_as
+            os.chmod(self.rundir, 0o711)
+        if plan.cgroup and self._cgroups is None:
+            self._cgroups = sandbox.Cgroups()
+        self._plans[spec.name] = plan
+        return msgspec.structs.replace(spec, limits=plan.core_limits())
+
+    def forget(self, agent: str) -> None:
+        self._plans.pop(agent, None)
+
+    def _cgroups_for(self, spec: AgentSpec, leaf: str, plan: sandbox.Plan) -> list[str]:
+        if not plan.cgroup or self._cgroups is None:
+            return []
+        try:
+            return self._cgroups.create(
+                leaf, plan.cgroup, plan.cgroup_memory, plan.cpu, plan.limits.processes
+            )
+        except OSError as exc:
+            if plan.profile.enforce == "strict":
+                # the child fails to join it: the replica does not start
+                return [os.path.join("/nonexistent-cgroup", leaf)]
+            self.log.warning(
+                "sandbox_unenforced",
+                agent=spec.name,
+                profile=plan.profile.name,
+                setting="cgroup",
+                why=f"cannot create the replica's cgroup: {exc}",
+            )
+            return []
+
+    def boot(self, spec: AgentSpec, replica: int, generation: int, tools: dict[str, str]) -> Boot:
+        """The Boot of replica ``replica`` of ``spec`` in its ``generation``."""
+        lim = spec.limits
+        leaf = f"{spec.name}.{replica}.{generation}".replace("/", "_")
+        plan = self._plans.get(spec.name)
+        sb: dict[str, Any] = {}
+        if plan is not None:
+            prof = plan.profile
+            cgroups = self._cgroups_for(spec, leaf, plan)
+            sb = {
+                "cgroups": cgroups,
+                "memory_rlimit": not (cgroups and plan.cgroup_memory is not None),
+                "network": prof.network,
+                "fs_read": list(prof.filesystem.read) if prof.filesystem is not None else None,
+                "fs_write": list(prof.filesystem.write) if prof.filesystem is not None else [],
+                "env_allow": list(prof.env) if prof.env is not None else None,
+                "run_uid": plan.run_uid,
+                "run_gid": plan.run_gid,
+                "no_new_privs": prof.no_new_privs,
+            }
+        sup = self.spec
+        return Boot(
+            agent=spec.name,
+            replica=replica,
+            generation=generation,
+            entry=spec.entry,
+            workdir=os.path.join(self.rundir, leaf),
+            sys_path=self.sys_path,
+            env=dict(spec.env),
+            memory=lim.memory,
+            cpu_time=lim.cpu_time,
+            open_files=lim.open_files,
+            processes=lim.processes,
+            file_size=lim.file_size,
+            max_frame=sup.max_frame,
+            concurrency=spec.concurrency,
+            spin=spec.spin,
+            supervisor_pid=os.getpid(),
+            launch_dir=self.launch_dir,
+            tools=tools,
+            count_tools=sup.max_tool_calls is not None,
+            trace_tools=sup.trace_tools,
+            **sb,
+        )
+
+    def death_cause(self, boot: Boot, pid: int, cause: AgentDied | None) -> AgentDied | None:
+        """A SIGKILL in a memory-limited cgroup whose OOM killer acted is the memory limit."""
+        plan = self._plans.get(boot.agent)
+        mem = plan.cgroup_memory if plan is not None else None
+        if (
+            mem is None
+            or not boot.cgroups
+            or boot.memory_rlimit
+            or not isinstance(cause, AgentCrashed)
+            or cause.signal != signal.SIGKILL
+            or not sandbox.Cgroups.oom_killed(list(boot.cgroups))
+        ):
+            return cause
+        return LimitExceeded(
+            f"cgroup memory limit of {mem} bytes exceeded (killed by the OOM killer)",
+            limit="memory",
+            value=mem,
+            agent=boot.agent,
+            pid=pid,
+            exit_code=cause.exit_code,
+            signal=cause.signal,
+        )
+
+    @staticmethod
+    async def remove_workdir(boot: Boot) -> None:
+        await asyncio.to_thread(shutil.rmtree, boot.workdir, True)
+
+    @staticmethod
+    async def remove_cgroups(boot: Boot) -> None:
+        if boot.cgroups:
+            await asyncio.to_thread(sandbox.Cgroups.remove, list(boot.cgroups))

@@ -1,0 +1,80 @@
+"""Events: what happened in a supervisor, as a stream subscribers read.
+
+:class:`RunEvent` is one thing that happened (a task queued, started or
+finished; a replica ready, crashed or restarting; a subagent or tool call
+started or finished).  :class:`EventHub` hands each to every subscriber's
+bounded queue; a subscriber that stops reading loses events, never slows
+the supervisor.  Nothing is built when nobody listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+__all__ = ["EventHub", "RunEvent"]
+
+#: events a subscriber may have unread before newer ones are dropped
+QUEUE_SIZE = 10_000
+
+
+class RunEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One thing that happened: ``kind`` plus what it concerns."""
+
+    kind: str
+    time: float
+    run_id: str | None = None
+    task: str | None = None
+    agent: str | None = None
+    replica: int | None = None
+    pid: int | None = None
+    status: str | None = None
+    reason: str | None = None
+    attempt: int | None = None
+    tasks: int | None = None
+    items: int | None = None
+    makespan: float | None = None
+    call_id: int | None = None  # call_started / call_finished: a subagent or tool call
+    parent: int | None = None  # ... and the call that made it
+    target: str | None = None
+
+
+class EventHub:
+    """Fan-out of events to subscribers (:meth:`stream`)."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[RunEvent]] = set()
+
+    @property
+    def active(self) -> bool:
+        """Someone listens: worth building an event."""
+        return bool(self._subscribers)
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """An event that happens now."""
+        if self._subscribers:
+            self.emit_at(time.time(), kind, **fields)
+
+    def emit_at(self, when: float, kind: str, **fields: Any) -> None:
+        """An event that happened at ``when`` (epoch seconds)."""
+        if not self._subscribers:
+            return
+        ev = RunEvent(kind=kind, time=when, **fields)
+        for q in self._subscribers:
+            with contextlib.suppress(asyncio.QueueFull):  # a stalled reader loses events
+                q.put_nowait(ev)
+
+    async def stream(self) -> AsyncIterator[RunEvent]:
+        """Every event from now on, in order."""
+        queue: asyncio.Queue[RunEvent] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)

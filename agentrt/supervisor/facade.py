@@ -1,0 +1,516 @@
+"""The :class:`Supervisor`: the public API over the pool, the tree and the ledger.
+
+It holds no mechanism of its own: starting and stopping agents goes to the
+:class:`~agentrt.supervisor.pool.Pool` and the
+:class:`~agentrt.supervisor.tree.Tree`, calls are made and settled by the
+:class:`~agentrt.supervisor.ledger.Ledger`, ``ctx`` requests are routed by
+:class:`~agentrt.supervisor.requests.Requests`, and events are the
+:class:`~agentrt.supervisor.events.EventHub`'s.  A graph run reaches the
+supervisor through :meth:`Supervisor.link_run` (a :class:`RunLink`), never
+through private attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import msgspec
+import structlog
+
+from agentrt import _linux
+from agentrt.backends.local import make_launcher
+from agentrt.config import AgentSpec, SupervisorSpec, ToolSpec, convert_spec
+from agentrt.errors import (
+    AgentFailed,
+    AgentrtError,
+    BudgetExceeded,
+    CallCancelled,
+    ConfigError,
+    SupervisorClosed,
+    UnknownAgent,
+)
+from agentrt.process import Launcher
+from agentrt.supervisor.boot import BootPlanner
+from agentrt.supervisor.events import EventHub, RunEvent
+from agentrt.supervisor.ledger import Batch, Budget, Ledger, RunHost
+from agentrt.supervisor.ledger import Call as LedgerCall
+from agentrt.supervisor.pool import Agent, Pool, ReplicaStatus, Slot
+from agentrt.supervisor.requests import Requests, new_budget
+from agentrt.supervisor.tree import Tree
+
+__all__ = ["CallReport", "RunLink", "Supervisor"]
+
+_UNSET: Any = object()
+Call = LedgerCall[Slot]
+
+
+class CallReport(msgspec.Struct, kw_only=True):
+    """The outcome of one call, as a results file records it.
+
+    ``status`` is ``ok``, ``failed``, ``timeout``, ``crashed``, ``limit`` or
+    ``cancelled``; ``error`` is the typed error's :meth:`to_dict`.
+    """
+
+    status: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    agent: str = ""
+    pid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Supervisor:
+    """Runs agents in isolated processes and routes calls to them.
+
+    Use it as ``async with Supervisor() as sup:``; leaving the block stops
+    every agent (in reverse start order) and leaves no process behind.
+    Settings are those of ``[supervisor]`` in config.toml, given as a
+    :class:`SupervisorSpec` or as keyword arguments
+    (``Supervisor(strategy="one_for_all", period="30s")``).
+    """
+
+    def __init__(
+        self,
+        spec: SupervisorSpec | None = None,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        **settings: Any,
+    ) -> None:
+        if spec is None:
+            spec = convert_spec(settings, SupervisorSpec, "supervisor")
+        elif settings:
+            spec = convert_spec(
+                {**msgspec.structs.asdict(spec), **settings}, SupervisorSpec, "supervisor"
+            )
+        self.spec = spec
+        self.base_dir = os.fspath(base_dir) if base_dir is not None else None
+        self.log = structlog.get_logger("agentrt")
+        self._events = EventHub()
+        self._boots = BootPlanner(spec, self.base_dir, self.sys_path, self.log)
+        self._ledger: Ledger[Slot] = Ledger(self._events, self._withdraw)
+        self._pool = Pool(self._ledger, self._events, self._boots, self.log)
+        self._tree = Tree(self._pool, spec, self._events, self._agent_failed)
+        self._requests = Requests(spec, self._pool, self._submit_child, self.start)
+        self._launcher: Launcher | None = None
+        self._started = False
+        self._closing = False
+        self._closer: asyncio.Task[None] | None = None
+        self._closed_event = asyncio.Event()
+        #: the agent whose failure stopped the supervisor (on_agent_failure = "stop")
+        self.failure: AgentFailed | None = None
+        self._failed: dict[str, AgentFailed] = {}
+
+    # --- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def sys_path(self) -> list[str]:
+        paths = list(self.spec.sys_path)
+        if self.base_dir is not None:
+            paths.insert(0, os.path.abspath(self.base_dir))
+        return paths
+
+    async def open(self) -> None:
+        """Start the launcher (the zygote, by default)."""
+        if self._started:
+            return
+        self._started = True
+        _linux.raise_nofile_limit()
+        self._boots.open()
+        launcher = make_launcher(self.spec.start_method, list(self.spec.preload), self.sys_path)
+        try:
+            await launcher.start()
+            # The loop's default executor starts its first thread now, not on
+            # a replica's first death (sweeps and clean-ups run there).
+            await asyncio.to_thread(int)
+        except BaseException:
+            await self._boots.close()
+            raise
+        self._launcher = self._pool.launcher = launcher
+        self.log.info(
+            "supervisor_started",
+            start_method=launcher.name,
+            pid=os.getpid(),
+            rundir=self._boots.rundir,
+        )
+
+    async def close(self) -> None:
+        """Stop every agent (in reverse start order; graceful, then forced) and the launcher."""
+        if not self._closing:
+            self._begin_close(SupervisorClosed("supervisor is closing"))
+        assert self._closer is not None
+        await asyncio.shield(self._closer)
+
+    async def wait_closed(self) -> None:
+        """Wait until the supervisor has stopped: :meth:`close`, or an agent's
+        failure under ``on_agent_failure = "stop"`` (then :attr:`failure` says which)."""
+        await self._closed_event.wait()
+
+    @property
+    def failed_agents(self) -> dict[str, AgentFailed]:
+        """Agents that exceeded their restart intensity, with why (``last``: the last death)."""
+        return dict(self._failed)
+
+    def _begin_close(self, err: SupervisorClosed) -> None:
+        self._closing = self._pool.closing = True
+        self._closer = asyncio.get_running_loop().create_task(self._close(err))
+
+    async def _close(self, err: SupervisorClosed) -> None:
+        pool = self._pool
+        try:
+            agents = list(pool.agents.values())
+            for agent in agents:
+                pool.fail_waiting(agent, err)
+            await self._tree.shutdown(agents, err)
+        finally:
+            # Whatever happened above, the launcher and the run directory go.
+            await pool.close()
+            if self._launcher is not None:
+                await self._launcher.close()
+            await self._boots.close()
+            self.log.info("supervisor_stopped")
+            self._closed_event.set()
+
+    def _agent_failed(self, agent: Agent) -> None:
+        """An agent exceeded its restart intensity; under ``on_agent_failure =
+        "stop"`` (OTP's behaviour) every agent stops and so does the supervisor."""
+        assert agent.failed is not None
+        self._failed[agent.name] = agent.failed
+        if self.spec.on_agent_failure != "stop" or self._closing:
+            return
+        self.failure = agent.failed
+        self.log.error("supervisor_stopping", agent=agent.name, reason=agent.failed.reason)
+        self._events.emit("supervisor_stopping", agent=agent.name, reason=str(agent.failed))
+        self._begin_close(SupervisorClosed(f"supervisor stopped: {agent.failed}"))
+
+    def _closed_error(self) -> SupervisorClosed:
+        if self.failure is not None:
+            return SupervisorClosed(f"supervisor stopped: {self.failure}")
+        return SupervisorClosed("supervisor is closing")
+
+    # --- agents ------------------------------------------------------------
+
+    async def start(self, spec: AgentSpec) -> None:
+        """Start an agent's replicas and wait until each has sent ``Ready``.
+
+        Raises :class:`StartupError` (and stops the agent) when a replica
+        cannot start.
+        """
+        if self._closing:
+            raise self._closed_error()
+        if not spec.name:
+            raise ConfigError("name", "an agent needs a name")
+        pool = self._pool
+        if spec.name in pool.agents:
+            raise ConfigError(f"agents.{spec.name}", "an agent of that name is already running")
+        limit = self.spec.max_agents
+        if limit is not None:
+            live = sum(len(a.slots) for a in pool.agents.values() if a.failed is None)
+            if live + spec.replicas > limit:
+                raise BudgetExceeded(
+                    f"starting {spec.replicas} replica(s) of {spec.name!r} would make "
+                    f"{live + spec.replicas} live agent processes (max_agents={limit})",
+                    budget="max_agents",
+                    limit=limit,
+                    agent=spec.name,
+                )
+        await self.open()
+        spec = self._boots.plan(spec)
+        agent = pool.add(spec, self._tree.period(spec))
+        results = await asyncio.gather(
+            *(asyncio.shield(s.first_start) for s in agent.slots if s.first_start),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await pool.stop_slots(
+                agent.slots, SupervisorClosed(f"agent {spec.name!r} failed to start")
+            )
+            del pool.agents[spec.name]
+            self._boots.forget(spec.name)
+            raise errors[0]
+        self.log.info("agent_started", agent=spec.name, replicas=spec.replicas)
+
+    async def stop(self, name: str) -> None:
+        """Stop one agent's replicas; its waiting calls fail with :class:`CallCancelled`."""
+        agent = self._agent(name)
+        err = CallCancelled(f"agent {name!r} was stopped", agent=name)
+        self._pool.fail_waiting(agent, err)
+        await self._pool.stop_slots(agent.slots, err)
+        del self._pool.agents[name]
+        self._boots.forget(name)
+        self.log.info("agent_stopped", agent=name)
+
+    @property
+    def agents(self) -> list[str]:
+        """Running agents, in start order."""
+        return list(self._pool.agents)
+
+    def _agent(self, name: str) -> Agent:
+        try:
+            return self._pool.agents[name]
+        except KeyError:
+            raise UnknownAgent(
+                f"no agent named {name!r} (running: {', '.join(self._pool.agents) or 'none'})"
+            ) from None
+
+    async def add_tool(self, spec: ToolSpec) -> None:
+        """Declare a tool; agents started (or restarted) afterwards can call it.
+
+        An isolated tool's warm pool is started on its first call.
+        """
+        self._requests.add_tool(spec)
+
+    # --- calls ---------------------------------------------------------------
+
+    def submit(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        method: str = "",
+        timeout: float | None = _UNSET,
+        retries: int | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue a call and return a future of its result (or typed failure).
+
+        ``args`` are the keyword arguments of the agent's entry (or of
+        ``method`` for a class agent).  ``timeout`` defaults to the agent's;
+        ``retries`` (default: the agent's) re-runs the call on a fresh
+        replica when the one serving it dies.
+        """
+        return self._submit(agent, args, method, timeout, retries).future
+
+    def _submit(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None,
+        method: str,
+        timeout: float | None,
+        retries: int | None,
+        parent: Call | None = None,
+        budget: Budget | None = None,
+        run: RunHost | None = None,
+        batch: Batch | None = None,
+    ) -> Call:
+        if self._closing:
+            raise self._closed_error()
+        ag = self._agent(agent)
+        if ag.failed is not None:
+            raise ag.failed
+        if ag.all_gone:
+            raise ag.no_replica()
+        spec = ag.spec
+        call = self._ledger.new(
+            agent,
+            method,
+            args,
+            spec.timeout if timeout is _UNSET else timeout,
+            spec.retries if retries is None else retries,
+            parent=parent,
+            budget=budget if budget is not None else new_budget(self.spec),
+            run=run,
+            batch=batch,
+        )
+        self._pool.queue(ag, call)
+        return call
+
+    def _submit_child(
+        self,
+        agent: str,
+        args: dict[str, Any],
+        method: str,
+        timeout: float | None,
+        parent: Call | None,
+        budget: Budget,
+    ) -> Call:
+        """A subagent or tool call an agent asked for (``timeout=None``: the agent's)."""
+        return self._submit(
+            agent, args, method, _UNSET if timeout is None else timeout, None, parent, budget
+        )
+
+    def _withdraw(self, call: Call) -> None:
+        self._pool.withdraw(call)
+
+    async def call(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        method: str = "",
+        timeout: float | None = _UNSET,
+        retries: int | None = None,
+    ) -> Any:
+        """Run one call and return its result; raises a :class:`CallError` subclass."""
+        call = self._submit(agent, args, method, timeout, retries)
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            self._ledger.caller_gone(call)
+            raise
+
+    async def map(
+        self,
+        agent: str,
+        items: Iterable[Mapping[str, Any] | None],
+        *,
+        method: str = "",
+        timeout: float | None = _UNSET,
+        retries: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """One call per item (its keyword arguments); the results, in order.
+
+        The bulk form of :meth:`call`: every call is queued at once and
+        spread over the replicas as they have room, without a task or a
+        callback per call.  A failed call raises its error (the calls still
+        running are cancelled), unless ``return_exceptions`` puts the error
+        in its place in the list.
+        """
+        loop = asyncio.get_running_loop()
+        calls: list[Call] = []
+        ledger = self._ledger
+        # left starts at 1 for the submission itself: calls that fail while
+        # the rest are still being queued cannot end the wait too early.
+        batch = Batch(1, loop.create_future(), not return_exceptions)
+        try:
+            for args in items:
+                call = self._submit(agent, args, method, timeout, retries, batch=batch)
+                calls.append(call)
+                if batch.done.done():  # failed already (e.g. arguments msgpack cannot encode)
+                    break
+            batch.settled(False)
+            await batch.done
+        except BaseException:
+            for c in calls:
+                if not c.future.done():
+                    ledger.caller_gone(c)
+            for c in calls:
+                if c.future.done() and not c.future.cancelled():
+                    c.future.exception()  # retrieved: the caller gets the first error
+            raise
+        if not return_exceptions:
+            errors = [c.future.exception() for c in calls if c.future.done()]
+            first = next((e for e in errors if e is not None), None)
+            if first is not None:
+                for c in calls:
+                    if not c.future.done():
+                        ledger.settle(
+                            c,
+                            error=CallCancelled("map ended: an earlier call failed", agent=agent),
+                        )
+                        c.future.exception()  # retrieved: the caller gets the first error
+                raise first
+        return [c.future.exception() or c.future.result() for c in calls]
+
+    async def call_report(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        method: str = "",
+        timeout: float | None = _UNSET,
+        retries: int | None = None,
+    ) -> CallReport:
+        """Run one call and describe its outcome instead of raising."""
+        return await self._report(agent, args, method, timeout, retries)
+
+    async def _report(
+        self,
+        agent: str,
+        args: Mapping[str, Any] | None,
+        method: str,
+        timeout: float | None,
+        retries: int | None,
+        run: RunHost | None = None,
+        budget: Budget | None = None,
+    ) -> CallReport:
+        try:
+            call = self._submit(agent, args, method, timeout, retries, None, budget, run)
+        except AgentrtError as exc:
+            return CallReport(status=exc.status, error=exc.to_dict(), agent=agent)
+        error: dict[str, Any] | None
+        try:
+            value = await call.future
+        except asyncio.CancelledError:
+            self._ledger.caller_gone(call)
+            raise
+        except AgentrtError as exc:
+            status, value, error = exc.status, None, exc.to_dict()
+        except Exception as exc:  # e.g. arguments msgpack cannot encode
+            status, value, error = "failed", None, {"type": type(exc).__name__, "message": str(exc)}
+        else:
+            status, error = "ok", None
+        return CallReport(
+            status=status,
+            result=value,
+            error=error,
+            attempts=call.attempts,
+            agent=agent,
+            pid=call.pid,
+            started_at=call.started_at,
+            finished_at=call.finished_at,
+        )
+
+    def link_run(self, host: RunHost) -> RunLink:
+        """The handle a graph run (``host``) uses: its calls, budget and events."""
+        return RunLink(self, host)
+
+    # --- observation -----------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[RunEvent]:
+        """Every run and replica event from now on (task queued/started/finished,
+        replica ready/crashed/restarting, agent failed), as an async stream."""
+        async for ev in self._events.stream():
+            yield ev
+
+    async def status(self) -> list[ReplicaStatus]:
+        """A snapshot per replica: state, pid, restarts, in-flight, RSS and CPU %."""
+        return await self._pool.status()
+
+
+class RunLink:
+    """A graph run's handle on its supervisor (:meth:`Supervisor.link_run`).
+
+    Its calls share one budget (``max_tasks``, ``max_tool_calls``) and carry
+    the run, so that an agent's ``ctx.submit`` reaches it; its events go to
+    the supervisor's stream with the run's id.
+    """
+
+    def __init__(self, sup: Supervisor, host: RunHost) -> None:
+        self._sup = sup
+        self.host = host
+        self.budget = new_budget(sup.spec)
+
+    async def call(
+        self, agent: str, args: Mapping[str, Any], method: str = "", timeout: float | None = None
+    ) -> CallReport:
+        """One task's call (``timeout=None``: the agent's), described, never raised."""
+        try:
+            self.budget.charge("tasks", agent)
+        except BudgetExceeded as exc:
+            return CallReport(status=exc.status, error=exc.to_dict(), agent=agent)
+        return await self._sup._report(
+            agent,
+            args,
+            method,
+            _UNSET if timeout is None else timeout,
+            None,
+            self.host,
+            self.budget,
+        )
+
+    def emit(self, kind: str, task: str | None = None, **fields: Any) -> None:
+        """An event of the run (``run_id`` and ``task`` added)."""
+        self._sup._events.emit(kind, run_id=self.host.run_id, task=task, **fields)

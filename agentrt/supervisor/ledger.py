@@ -1,0 +1,274 @@
+"""The call ledger: every call, from submission to its one outcome.
+
+A :class:`Call` is one request to an agent: arguments, deadline, retries,
+the call that made it (a subagent's or tool's parent), the budget it is
+charged to and the graph run it belongs to.  :meth:`Ledger.settle` is the
+only way a call ends, whatever ends it (an answer, a failure, its deadline,
+a cancellation, its caller leaving, its replica dying), and it does every
+part of ending in one place:
+
+* the first outcome wins; later answers or failures change nothing;
+* the deadline timer is cleared and ``finished_at`` stamped;
+* the future gets the value or the typed error (``call_id`` set);
+* the :meth:`Supervisor.map <agentrt.supervisor.Supervisor.map>` batch it
+  belongs to is told;
+* a subagent or tool call emits ``call_finished`` (with its status), so its
+  span ends in traces and the live view however it ended;
+* the calls it started that still run are settled as cancelled, and so on
+  down the tree;
+* a call still running in a replica is withdrawn from it (the pool sends
+  ``Cancel`` and, after ``cancel_grace``, kills the replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from agentrt.errors import BudgetExceeded, CallCancelled, CallError, CallTimeout
+from agentrt.supervisor.events import EventHub
+
+__all__ = ["UNLIMITED", "Batch", "Budget", "Call", "Ledger", "RunHost"]
+
+#: where a call runs (the pool's replica slot); the ledger only asks whether it runs
+S = TypeVar("S")
+
+
+class RunHost(Protocol):
+    """A graph run, as the supervisor sees it (:class:`agentrt.scheduler.Run`).
+
+    Calls made for one of its tasks carry it, so that an agent's
+    ``ctx.submit`` reaches the run.
+    """
+
+    @property
+    def run_id(self) -> str: ...
+
+    def add_submitted(self, task: Mapping[str, Any]) -> str:
+        """Add a task an agent submitted (``ctx.submit``); its id."""
+        ...
+
+
+@dataclass(eq=False, slots=True)
+class Budget:
+    """What one run has spent: counted by the supervisor, not by trust."""
+
+    max_tasks: int | None
+    max_tool_calls: int | None
+    tasks: int = 0
+    tool_calls: int = 0
+
+    def charge(self, what: str, agent: str) -> None:
+        """Spend one task or tool call; :class:`BudgetExceeded` when none is left."""
+        if what == "tasks":
+            limit, used = self.max_tasks, self.tasks
+        else:
+            limit, used = self.max_tool_calls, self.tool_calls
+        if limit is not None and used >= limit:
+            raise BudgetExceeded(
+                f"run budget max_{what}={limit} is spent",
+                budget=f"max_{what}",
+                limit=limit,
+                agent=agent,
+            )
+        if what == "tasks":
+            self.tasks += 1
+        else:
+            self.tool_calls += 1
+
+
+#: the budget of calls with nothing to count against (one shared instance)
+UNLIMITED = Budget(None, None)
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    """The calls of one ``Supervisor.map``: one waiter for all of them,
+    instead of a callback per call."""
+
+    left: int
+    done: asyncio.Future[None]
+    fail_fast: bool
+
+    def settled(self, failed: bool) -> None:
+        self.left -= 1
+        if (self.left == 0 or (failed and self.fail_fast)) and not self.done.done():
+            self.done.set_result(None)
+
+
+@dataclass(eq=False, slots=True)
+class Call(Generic[S]):
+    """One call to an agent, from submission to its outcome."""
+
+    id: int
+    agent: str
+    target: str
+    args: dict[str, Any]
+    timeout: float | None
+    deadline: float | None  # time.monotonic()
+    retries: int
+    future: asyncio.Future[Any]
+    budget: Budget
+    attempts: int = 0
+    #: the replica running it (None while queued, and once answered)
+    slot: S | None = None
+    #: the deadline timer; once withdrawn from a replica, its cancel_grace timer
+    timer: asyncio.TimerHandle | None = None
+    pid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    parent: Call[S] | None = None
+    children: list[Call[S]] | None = None  # subagent and tool calls it made
+    depth: int = 0
+    run: RunHost | None = None
+    batch: Batch | None = None
+
+    def clear_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class Ledger(Generic[S]):
+    """Makes calls and settles them, each exactly once (see the module doc).
+
+    ``withdraw(call)`` is the pool's: called when a call is settled while a
+    replica still runs it.
+    """
+
+    def __init__(self, events: EventHub, withdraw: Callable[[Call[S]], None]) -> None:
+        self.events = events
+        self._withdraw = withdraw
+        self._ids = itertools.count(1)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def new(
+        self,
+        agent: str,
+        target: str,
+        args: Mapping[str, Any] | None,
+        timeout: float | None,
+        retries: int,
+        *,
+        parent: Call[S] | None = None,
+        budget: Budget = UNLIMITED,
+        run: RunHost | None = None,
+        batch: Batch | None = None,
+    ) -> Call[S]:
+        """A new call; a child never outlives its parent's deadline."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        if (
+            parent is not None
+            and parent.deadline is not None
+            and (deadline is None or parent.deadline < deadline)
+        ):
+            deadline = parent.deadline
+            timeout = max(0.0, deadline - now)
+        call: Call[S] = Call(
+            next(self._ids),
+            agent,
+            target,
+            dict(args) if args else {},
+            timeout,
+            deadline,
+            retries,
+            loop.create_future(),
+            budget,
+        )
+        if parent is not None:
+            call.parent = parent
+            call.depth = parent.depth + 1
+            call.budget = parent.budget
+            call.run = parent.run
+            if parent.children is None:
+                parent.children = []
+            parent.children.append(call)
+        else:
+            call.run = run
+        if batch is not None:
+            call.batch = batch
+            batch.left += 1
+        if deadline is not None:
+            call.timer = loop.call_at(deadline, self._on_deadline, call)
+        return call
+
+    def settle(self, call: Call[S], value: Any = None, error: BaseException | None = None) -> None:
+        """End ``call`` with ``value``, or with ``error`` when one is given.
+
+        The first outcome wins; see the module docstring for what ending does.
+        """
+        fut = call.future
+        if fut.done():
+            return
+        call.clear_timer()
+        call.finished_at = time.time()
+        failed = error is not None
+        if error is not None:
+            if isinstance(error, CallError):
+                error.call_id = call.id
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+        if call.batch is not None:
+            call.batch.settled(failed)
+        if call.parent is not None and call.started_at is not None and self.events.active:
+            status = getattr(error, "status", "failed") if error is not None else "ok"
+            self.emit_call("call_finished", call, status)
+        if call.children:
+            self._cancel_children(call)
+        if call.slot is not None:
+            self._withdraw(call)
+
+    def emit_call(self, kind: str, call: Call[S], status: str | None = None) -> None:
+        """``call_started`` / ``call_finished`` of a subagent or tool call."""
+        assert call.parent is not None
+        self.events.emit(
+            kind,
+            call_id=call.id,
+            parent=call.parent.id,
+            target=call.agent,
+            agent=call.agent,
+            pid=call.pid,
+            status=status,
+        )
+
+    def _cancel_children(self, call: Call[S]) -> None:
+        """A call ended: the subagent and tool calls it started that still run end too."""
+        children, call.children = call.children or [], None
+        for child in children:
+            if not child.future.done():
+                self.settle(
+                    child,
+                    error=CallCancelled(
+                        f"cancelled: its parent call {call.id} ({call.agent!r}) ended",
+                        agent=child.agent,
+                        pid=child.pid,
+                    ),
+                )
+
+    def _on_deadline(self, call: Call[S]) -> None:
+        call.timer = None
+        if call.future.done():
+            return
+        name = call.agent
+        self.settle(
+            call,
+            error=CallTimeout(
+                f"call to {name!r} timed out after {call.timeout or 0:g}s",
+                timeout=call.timeout,
+                agent=name,
+                pid=call.pid,
+            ),
+        )
+
+    def caller_gone(self, call: Call[S]) -> None:
+        """The caller stopped waiting: cancel the call (and what it started)."""
+        self.settle(call, error=CallCancelled("caller cancelled", agent=call.agent))

@@ -1,0 +1,706 @@
+"""The replica pool: each agent's slots, their run loop, dispatch and requeue.
+
+An :class:`Agent` is a pool of :class:`Slot`\\ s, one per replica position.
+Each slot is driven by one task (:meth:`Pool.run_slot`) that starts a
+process, serves until it dies, and asks the restart policy
+(:class:`Restarts`, the supervision tree) whether to start it again.
+States and their transitions (each one logged as ``replica_state``)::
+
+    starting ──Ready──▶ ready ◀──idle── busy
+       │                  │ ──call──▶    │
+       │ startup error    └──────┬───────┘
+       ▼                         ▼ died                 close/stop/strategy
+    crashed ◀───────────────── crashed / exited ◀────── stopping
+       │ restart (policy), intensity not exceeded
+       ▼
+    backoff ──delay──▶ starting            intensity exceeded ─▶ failed
+
+Calls wait in the agent's queue until a replica has room (``concurrency``
+running plus ``queue`` waiting in the replica); the least-loaded replica gets
+the next call.  Answers settle calls through the :class:`Ledger`; a dead
+replica's calls are retried, requeued or failed by :meth:`Pool.requeue_or_fail`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import functools
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from agentrt import _linux
+from agentrt.config import AgentSpec
+from agentrt.errors import (
+    AgentCrashed,
+    AgentDied,
+    AgentFailed,
+    CallCancelled,
+    CallError,
+    CallTimeout,
+    LimitExceeded,
+    RemoteError,
+    StartupError,
+    SupervisorClosed,
+    from_dict,
+)
+from agentrt.process import AgentProcess, Launcher
+from agentrt.protocol import (
+    Boot,
+    Call,
+    Cancel,
+    Count,
+    Failure,
+    Heartbeat,
+    Log,
+    Result,
+    Send,
+    Spawn,
+    Submit,
+    ToolCall,
+    ToolSpan,
+    describe_unencodable,
+)
+from agentrt.supervisor import policy
+from agentrt.supervisor.boot import BootPlanner
+from agentrt.supervisor.events import EventHub
+from agentrt.supervisor.ledger import Call as LedgerCall
+from agentrt.supervisor.ledger import Ledger
+
+__all__ = ["Agent", "Pool", "ReplicaStatus", "Request", "Restarts", "Slot"]
+
+_WATCHDOG_INTERVAL = 0.2
+
+#: an agent's ``ctx`` request (routed by the supervisor's request handler)
+Request = Spawn | ToolCall | Send | Submit | Count
+
+
+class ReplicaStatus(msgspec.Struct, kw_only=True):
+    """A snapshot of one replica."""
+
+    agent: str
+    replica: int
+    state: str
+    pid: int | None
+    restarts: int
+    inflight: int
+    rss: int | None = None
+    cpu_percent: float | None = None
+    uptime: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """One replica position of an agent: the process in it changes, the slot stays."""
+
+    agent: Agent
+    index: int
+    state: str = "starting"
+    proc: AgentProcess | None = None
+    inflight: dict[int, LedgerCall[Slot]] = field(default_factory=dict)
+    restarts: int = 0
+    generation: int = 0
+    #: its own recent restarts, for the backoff (the agent's period)
+    window: policy.Window = field(default_factory=lambda: policy.Window(10.0))
+    task: asyncio.Task[None] | None = None
+    first_start: asyncio.Future[None] | None = None
+    #: resolved when the start in progress ends (ready or failed); set by a group restart
+    started: asyncio.Future[None] | None = None
+    stop_requested: bool = False
+    #: claimed by a group restart: resolves to whether it starts again
+    hold: asyncio.Future[bool] | None = None
+    gone: bool = False  # its task ended: this slot will not serve again
+    psutil_proc: Any = None
+    reaping: asyncio.Task[None] | None = None  # sweep + cgroup removal of the last process
+    dead_proc: AgentProcess | None = None  # the last process whose death was answered
+    dead_cause: AgentDied | None = None  # and why it died (None: asked to stop)
+
+    @property
+    def name(self) -> str:
+        return f"{self.agent.name}#{self.index}"
+
+
+@dataclass(eq=False, slots=True)
+class Agent:
+    """An agent's pool: its spec, slots (replicas), queue and restart window."""
+
+    spec: AgentSpec
+    slots: list[Slot] = field(default_factory=list)
+    waiting: deque[LedgerCall[Slot]] = field(default_factory=deque)
+    #: restarts within its period (restart intensity)
+    window: policy.Window = field(default_factory=lambda: policy.Window(10.0))
+    failed: AgentFailed | None = None
+    all_gone: bool = False  # every slot has ended for good: nothing will serve
+    #: the last death of one of its replicas, for reports
+    last_cause: AgentDied | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def capacity(self) -> int:
+        return self.spec.concurrency + self.spec.queue
+
+    def slot_gone(self, slot: Slot) -> None:
+        slot.gone = True
+        self.all_gone = all(s.gone for s in self.slots)
+
+    def no_replica(self) -> AgentFailed:
+        return AgentFailed(
+            self.name,
+            f"no replica left ({self.spec.restart} replicas that ended are not restarted)",
+        )
+
+
+class Restarts(Protocol):
+    """The supervision tree's decision after a replica died (see ``tree.py``)."""
+
+    async def after_death(self, slot: Slot, cause: AgentDied | None) -> bool:
+        """Whether ``slot`` starts again (after any delay or group restart)."""
+        ...
+
+
+RequestHandler = Callable[[Slot, AgentProcess, Request], None]
+
+
+class Pool:
+    """Every agent's replicas: start, serve, die, dispatch, requeue, stop."""
+
+    def __init__(
+        self,
+        ledger: Ledger[Slot],
+        events: EventHub,
+        boots: BootPlanner,
+        log: Any,
+    ) -> None:
+        self.ledger = ledger
+        self.events = events
+        self.boots = boots
+        self.log = log
+        #: agents in start order (OTP's start order: declaration order)
+        self.agents: dict[str, Agent] = {}
+        self.launcher: Launcher | None = None
+        self.restarts: Restarts | None = None
+        self.on_request: RequestHandler | None = None
+        self.tools: Callable[[], dict[str, str]] = dict
+        self.closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    # --- slots in start order ------------------------------------------------------
+
+    def order(self) -> list[Slot]:
+        """Every slot that may still serve, in start order."""
+        return [
+            s
+            for a in self.agents.values()
+            if a.failed is None
+            for s in a.slots
+            if not s.gone and not s.stop_requested
+        ]
+
+    # --- states --------------------------------------------------------------------
+
+    def set_state(self, slot: Slot, state: str) -> None:
+        if slot.state != state:
+            pid = slot.proc.pid if slot.proc is not None else None
+            self.log.debug(
+                "replica_state",
+                agent=slot.agent.name,
+                replica=slot.index,
+                from_state=slot.state,
+                to_state=state,
+                pid=pid,
+            )
+            slot.state = state
+
+    # --- the replica loop ----------------------------------------------------------
+
+    def add(self, spec: AgentSpec, period: float) -> Agent:
+        """A new agent's pool with one task per slot; they start at once."""
+        agent = Agent(spec, window=policy.Window(period))
+        self.agents[spec.name] = agent
+        loop = asyncio.get_running_loop()
+        for i in range(spec.replicas):
+            slot = Slot(agent, i, window=policy.Window(period))
+            slot.first_start = loop.create_future()
+            agent.slots.append(slot)
+            slot.task = loop.create_task(self.run_slot(slot), name=f"slot-{spec.name}#{i}")
+        if spec.limits.memory is not None and self._watchdog is None:
+            self._watchdog = loop.create_task(self._memory_watchdog(), name="memory-watchdog")
+        return agent
+
+    async def run_slot(self, slot: Slot) -> None:
+        """Start, serve, die, ask the tree whether to start again; until told to stop."""
+        agent = slot.agent
+        spec = agent.spec
+        log = self.log.bind(agent=spec.name, replica=slot.index)
+        assert self.launcher is not None and self.restarts is not None
+        while True:
+            boot = self.boots.boot(spec, slot.index, slot.generation, self.tools())
+            proc = AgentProcess(boot, self._handler(slot), log)
+            slot.proc = proc
+            slot.psutil_proc = None
+            self.set_state(slot, "starting")
+            cause: AgentDied | None
+            try:
+                await proc.start(self.launcher, spec.startup_timeout)
+            except StartupError as exc:
+                cause = self._replica_dead(slot, boot, proc, exc)
+            else:
+                if not slot.stop_requested:
+                    self.set_state(slot, "ready")
+                log.info("replica_ready", pid=proc.pid, generation=slot.generation)
+                self.events.emit("replica_ready", agent=spec.name, replica=slot.index, pid=proc.pid)
+                _resolve(slot.first_start)
+                _resolve(slot.started)
+                self.dispatch(agent)
+                # Its callers are answered from a callback on ``dead``, not
+                # after this task wakes up: two loop turns and the restart's
+                # first steps sooner.
+                proc.dead.add_done_callback(functools.partial(self._on_exit, slot, boot, proc))
+                cause = self._replica_dead(slot, boot, proc, await asyncio.shield(proc.dead))
+            # After the callers have their answers: the threads these start
+            # would otherwise delay the wake-up of the first.
+            self.spawn(self.boots.remove_workdir(boot))
+            slot.reaping = self.spawn(self._reap(proc, boot))
+            if cause is not None:
+                agent.last_cause = cause
+            if slot.first_start is not None and not slot.first_start.done():
+                assert cause is not None
+                slot.first_start.set_exception(cause)
+                self.set_state(slot, "crashed")
+                return
+            _resolve(slot.started)
+            if cause is not None:
+                self.log_death(slot, proc, cause)
+            if slot.stop_requested or self.closing:
+                return
+            if not await self.restarts.after_death(slot, cause):
+                return
+            if slot.stop_requested or self.closing:
+                self.set_state(slot, "exited")
+                return
+            log.info("replica_restarting", restarts=slot.restarts)
+            self.events.emit("replica_restarting", agent=spec.name, replica=slot.index)
+
+    async def _reap(self, proc: AgentProcess, boot: Boot) -> None:
+        """Wait until the replica and its leftovers are gone, then remove its cgroups."""
+        await proc.wait_closed()
+        await self.boots.remove_cgroups(boot)
+
+    def log_death(self, slot: Slot, proc: AgentProcess, cause: AgentDied) -> None:
+        self.events.emit(
+            "replica_crashed",
+            agent=slot.agent.name,
+            replica=slot.index,
+            pid=proc.pid,
+            status=cause.status,
+            reason=str(cause),
+        )
+        self.log.warning(
+            "replica_died",
+            agent=slot.agent.name,
+            replica=slot.index,
+            pid=proc.pid,
+            cause=type(cause).__name__,
+            reason=str(cause),
+            exit_code=cause.exit_code,
+            limit=getattr(cause, "limit", None),
+        )
+
+    def _on_exit(
+        self, slot: Slot, boot: Boot, proc: AgentProcess, dead: asyncio.Future[AgentDied | None]
+    ) -> None:
+        self._replica_dead(slot, boot, proc, dead.result())
+
+    def _replica_dead(
+        self, slot: Slot, boot: Boot, proc: AgentProcess, died: AgentDied | None
+    ) -> AgentDied | None:
+        """A replica is gone (or never became ready): answer or requeue its calls.
+
+        Once per process: for a ready replica, a callback on ``proc.dead``
+        answers its callers before :meth:`run_slot` wakes up and gets the
+        cause back from here; logging and the restart stay there.
+        """
+        if slot.dead_proc is proc:
+            return slot.dead_cause
+        cause = self.boots.death_cause(boot, proc.pid, died)
+        slot.dead_proc, slot.dead_cause = proc, cause
+        name = slot.agent.name
+        if slot.stop_requested or self.closing or slot.hold is not None:
+            self.set_state(slot, "exited")
+            self.requeue_or_fail(slot, cause or CallCancelled("replica stopped", agent=name))
+        else:
+            self.set_state(slot, "exited" if normal_end(cause) else "crashed")
+            self.requeue_or_fail(
+                slot, cause or AgentCrashed("replica exited", agent=name, exit_code=0)
+            )
+        return cause
+
+    # --- calls ---------------------------------------------------------------------
+
+    def queue(self, agent: Agent, call: LedgerCall[Slot]) -> None:
+        agent.waiting.append(call)
+        self.dispatch(agent)
+
+    def dispatch(self, agent: Agent) -> None:
+        waiting = agent.waiting
+        cap = agent.capacity
+        slots = agent.slots
+        while waiting:
+            best: Slot | None = None
+            load = cap
+            for s in slots:
+                n = len(s.inflight)
+                if n < load and (s.state == "ready" or s.state == "busy"):
+                    best, load = s, n
+                    if n == 0:
+                        break
+            if best is None:
+                return
+            call = waiting.popleft()
+            if call.future.done():
+                continue
+            self._send(best, call)
+
+    def _send(self, slot: Slot, call: LedgerCall[Slot]) -> None:
+        proc = slot.proc
+        assert proc is not None
+        try:
+            data = proc.encode(Call(call.id, call.target, call.args, call.deadline or 0.0))
+        except (TypeError, ValueError, OverflowError) as exc:
+            where = describe_unencodable(call.args, "args") or str(exc)
+            self.ledger.settle(call, error=TypeError(f"call to {slot.agent.name!r}: {where}"))
+            return
+        call.attempts += 1
+        call.slot = slot
+        call.pid = proc.pid
+        call.started_at = time.time()
+        if call.parent is not None and self.events.active:
+            self.ledger.emit_call("call_started", call)
+        slot.inflight[call.id] = call
+        if slot.state == "ready":
+            slot.state = "busy"
+        proc.send_bytes(data)
+
+    def _handler(self, slot: Slot) -> Callable[[AgentProcess, Any], None]:
+        settle = self.ledger.settle
+
+        def handle(proc: AgentProcess, msg: Any) -> None:
+            match msg:
+                case Result(id=cid, value=value):
+                    call = slot.inflight.pop(cid, None)
+                    if call is not None:
+                        call.slot = None
+                        call.clear_timer()  # a withdrawn call's cancel_grace
+                        settle(call, value)
+                        self._after_answer(slot)
+                case Failure():
+                    call = slot.inflight.pop(msg.id, None)
+                    if call is not None:
+                        call.slot = None
+                        call.clear_timer()
+                        settle(call, error=self._failure_error(slot, proc, call, msg))
+                        self._after_answer(slot)
+                        if msg.kind == "memory":
+                            proc.kill(
+                                LimitExceeded(
+                                    "MemoryError under the memory limit: replica recycled",
+                                    limit="memory",
+                                    value=proc.boot.memory,
+                                    agent=proc.boot.agent,
+                                    pid=proc.pid,
+                                )
+                            )
+                case Spawn() | ToolCall() | Send() | Submit() | Count():
+                    assert self.on_request is not None
+                    self.on_request(slot, proc, msg)
+                case ToolSpan(parent=parent, tool=tool, start=start, end=end, status=status):
+                    if self.events.active:
+                        cid = -self.ledger.next_id()  # a span of its own, not a supervisor call
+                        fields = {
+                            "call_id": cid,
+                            "parent": parent,
+                            "target": f"tool:{tool}",
+                            "agent": slot.agent.name,
+                            "pid": proc.pid,
+                        }
+                        self.events.emit_at(start, "call_started", **fields)
+                        self.events.emit_at(end, "call_finished", status=status, **fields)
+                case Log(level=level, event=event, fields=fields):
+                    meth = getattr(proc.log, level, proc.log.info)
+                    meth(event, source="agent", **{k: v for k, v in fields.items() if k != "pid"})
+                case Heartbeat():
+                    pass
+
+        return handle
+
+    def _after_answer(self, slot: Slot) -> None:
+        if not slot.inflight and slot.state == "busy":
+            slot.state = "ready"
+        if slot.agent.waiting:
+            self.dispatch(slot.agent)
+
+    @staticmethod
+    def _failure_error(
+        slot: Slot, proc: AgentProcess, call: LedgerCall[Slot], msg: Failure
+    ) -> CallError:
+        kw: dict[str, Any] = {"agent": slot.agent.name, "call_id": call.id, "pid": proc.pid}
+        if msg.kind == "timeout":
+            return CallTimeout(
+                f"call to {slot.agent.name!r} timed out after {call.timeout:g}s"
+                if call.timeout
+                else "call deadline passed",
+                timeout=call.timeout,
+                **kw,
+            )
+        if msg.kind == "cancelled":
+            return CallCancelled(f"call to {slot.agent.name!r} was cancelled", **kw)
+        if msg.kind == "memory":
+            return LimitExceeded(
+                f"memory limit of {proc.boot.memory} bytes exceeded: {msg.type}: {msg.message}",
+                limit="memory",
+                value=proc.boot.memory,
+                **kw,
+            )
+        if msg.error is not None:
+            # A typed failure the agent did not handle (its subagent's or
+            # tool's): the caller sees the root cause, not a wrapper.
+            err = from_dict(msg.error)
+            if isinstance(err, CallError):
+                err.__notes__ = [f"raised through {slot.agent.name!r} (pid {proc.pid})"]
+                return err
+        return RemoteError(msg.type, msg.message, msg.traceback, **kw)
+
+    def withdraw(self, call: LedgerCall[Slot]) -> None:
+        """The ledger settled a call a replica still runs: ``Cancel`` it there, and
+        kill the replica's group if it has not answered within ``cancel_grace``."""
+        slot = call.slot
+        if slot is None or slot.proc is None or call.id not in slot.inflight:
+            return
+        proc = slot.proc
+        proc.send(Cancel(call.id))
+        grace = slot.agent.spec.cancel_grace
+        call.timer = asyncio.get_running_loop().call_later(grace, self._on_cancel_grace, call, proc)
+
+    def _on_cancel_grace(self, call: LedgerCall[Slot], proc: AgentProcess) -> None:
+        call.timer = None
+        slot = call.slot
+        if slot is None or slot.proc is not proc or call.id not in slot.inflight:
+            return
+        self.log.warning(
+            "replica_killed_for_deadline",
+            agent=slot.agent.name,
+            replica=slot.index,
+            pid=proc.pid,
+            call_id=call.id,
+        )
+        proc.kill(
+            LimitExceeded(
+                f"call {call.id} ran past its deadline and ignored cancellation",
+                limit="wall",
+                value=call.timeout,
+                agent=slot.agent.name,
+                pid=proc.pid,
+            )
+        )
+
+    def requeue_or_fail(self, slot: Slot, cause: AgentDied | CallError) -> None:
+        """A replica is gone: each call it held is retried, requeued or failed.
+
+        Calls past the first ``concurrency`` in arrival order had not started
+        (the replica starts them in order), so they go back to the queue
+        without using an attempt.
+        """
+        agent = slot.agent
+        calls = list(slot.inflight.values())
+        slot.inflight.clear()
+        if not calls:
+            return
+        conc = agent.spec.concurrency
+        requeue: list[LedgerCall[Slot]] = []
+        for i, call in enumerate(calls):
+            call.slot = None
+            if call.future.done():
+                call.clear_timer()  # settled already: its cancel_grace is moot
+                continue
+            if i >= conc:
+                call.attempts -= 1
+                requeue.append(call)
+            elif call.attempts <= call.retries and not self.closing and not slot.stop_requested:
+                self.log.info(
+                    "call_retry", agent=agent.name, call_id=call.id, attempt=call.attempts + 1
+                )
+                requeue.append(call)
+            else:
+                self.ledger.settle(call, error=copy.copy(cause))
+        for call in reversed(requeue):
+            agent.waiting.appendleft(call)
+        if agent.failed is not None:
+            self.fail_waiting(agent, agent.failed)
+        else:
+            self.dispatch(agent)
+
+    def fail_waiting(self, agent: Agent, err: BaseException) -> None:
+        while agent.waiting:
+            self.ledger.settle(agent.waiting.popleft(), error=copy.copy(err))
+
+    # --- stopping --------------------------------------------------------------------
+
+    async def stop_slots(
+        self, slots: Sequence[Slot], err: CallError | SupervisorClosed, *, sweep: bool = True
+    ) -> None:
+        """Stop replicas together, each with its own shutdown sequence.
+
+        Returns once each is dead, reaped and its cgroups removed.  With
+        ``sweep``, what they left behind is swept in one pass at the end;
+        without, the caller sweeps (:func:`sweep_leftovers`).
+        """
+        procs: list[AgentProcess] = []
+        for slot in slots:
+            slot.stop_requested = True
+            if slot.proc is not None and not slot.proc.dead.done():
+                slot.proc.sweep = False
+                procs.append(slot.proc)
+        leaders = [p.pid for p in procs if p.pid] if sweep else []
+        left = await asyncio.to_thread(_linux.descendants, leaders) if leaders else []
+
+        async def stop_slot(slot: Slot) -> None:
+            proc = slot.proc
+            if proc is not None and not proc.dead.done():
+                self.set_state(slot, "stopping")
+                await proc.stop(slot.agent.spec.shutdown_timeout)
+            if proc is not None:
+                await proc.wait_closed()
+            if slot.task is not None:
+                slot.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await slot.task
+            if slot.reaping is not None:
+                # stop() returns once the replica's leftovers and cgroups are gone
+                await asyncio.wait({slot.reaping})
+            for call in list(slot.inflight.values()):
+                call.slot = None
+                call.clear_timer()
+                self.ledger.settle(call, error=copy.copy(err))
+            slot.inflight.clear()
+            if slot.hold is not None and not slot.hold.done():
+                slot.hold.set_result(False)
+
+        results = await asyncio.gather(*(stop_slot(s) for s in slots), return_exceptions=True)
+        for r in results:
+            if isinstance(r, Exception):
+                self.log.error("replica_stop_failed", error=repr(r))
+        if leaders:
+            await asyncio.to_thread(_linux.kill_tree, leaders, left)
+
+    async def close(self) -> None:
+        """Cancel the pool's own tasks (watchdog, clean-ups) once every agent stopped."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.wait({self._watchdog})
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # --- observation -----------------------------------------------------------------
+
+    async def status(self) -> list[ReplicaStatus]:
+        slots = [s for a in self.agents.values() for s in a.slots]
+        return await asyncio.to_thread(_status_sync, slots)
+
+    async def _memory_watchdog(self) -> None:
+        """Kill replicas whose RSS passes their memory limit (RLIMIT_AS is not RSS)."""
+        while True:
+            await asyncio.sleep(_WATCHDOG_INTERVAL)
+            watched = [
+                (s.proc, limit)
+                for a in self.agents.values()
+                if (limit := a.spec.limits.memory) is not None
+                for s in a.slots
+                if s.proc is not None and s.proc.alive
+            ]
+            if not watched:
+                continue
+            sizes = await asyncio.to_thread(_rss_all, [p for p, _ in watched])
+            for (proc, limit), rss in zip(watched, sizes, strict=True):
+                if rss is not None and rss > limit and proc.alive:
+                    proc.kill(
+                        LimitExceeded(
+                            f"RSS of {rss} bytes exceeds the memory limit of {limit} bytes",
+                            limit="memory",
+                            value=limit,
+                            agent=proc.boot.agent,
+                            pid=proc.pid,
+                        )
+                    )
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """A background task of the pool's (cancelled by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def normal_end(cause: AgentDied | None) -> bool:
+    """OTP's *normal*: a stop asked for (no cause), or a plain exit with status 0."""
+    return policy.is_normal_exit(
+        cause is None,
+        cause.exit_code if cause is not None else None,
+        type(cause) is AgentCrashed,
+    )
+
+
+def _resolve(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+def _rss_all(procs: list[AgentProcess]) -> list[int | None]:
+    return [p.rss() for p in procs]
+
+
+def _status_sync(slots: list[Slot]) -> list[ReplicaStatus]:
+    import psutil
+
+    out: list[ReplicaStatus] = []
+    now = time.monotonic()
+    for s in slots:
+        proc = s.proc
+        pid = proc.pid if proc is not None and proc.alive else None
+        rss = cpu = None
+        if pid is not None:
+            try:
+                if s.psutil_proc is None or s.psutil_proc.pid != pid:
+                    s.psutil_proc = psutil.Process(pid)
+                    s.psutil_proc.cpu_percent(None)
+                rss = s.psutil_proc.memory_info().rss
+                cpu = s.psutil_proc.cpu_percent(None)
+            except psutil.Error:
+                pass
+        out.append(
+            ReplicaStatus(
+                agent=s.agent.name,
+                replica=s.index,
+                state=s.state,
+                pid=pid,
+                restarts=s.restarts,
+                inflight=len(s.inflight),
+                rss=rss,
+                cpu_percent=cpu,
+                uptime=(now - proc.ready_at) if pid and proc and proc.ready_at else None,
+            )
+        )
+    return out
