@@ -19,15 +19,11 @@ import argparse
 import asyncio
 import contextlib
 import copy
-import ctypes
-import importlib
 import os
-import resource
 import signal
-import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +42,7 @@ from agentrt.config import (
     load_config,
     parse_config,
 )
-from agentrt.errors import AgentrtError, ConfigError
+from agentrt.errors import AgentFailed, AgentrtError, ConfigError
 from agentrt.graph import Graph
 from agentrt.observe import LineStream, configure_logging
 from agentrt.scheduler import Run, RunResult
@@ -235,6 +231,8 @@ async def _supervise(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     result: RunResult | None = None
+    code: int | None = None
+    failed: dict[str, AgentFailed] = {}
     recorder = TraceRecorder() if trace is not None else None
     sinks: list[Callable[[RunEvent], None]] = [_log_sink(log)]
     if recorder is not None:
@@ -259,16 +257,32 @@ async def _supervise(
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
-            if code is not None:
-                return code
+            failed = sup.failed_agents
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if recorder is not None and trace is not None:
             recorder.write(trace, result)
             log.info("trace_written", path=str(trace), events=len(recorder.events))
+    for name, err in failed.items():
+        log.error("agent_failed", agent=name, reason=err.reason)
     if result is None:
-        return EXIT_FAILED
+        if output is not None and code == EXIT_OK:
+            # supervised with no tasks: the file still says which agents failed
+            result = RunResult(
+                run_id="",
+                status="failed" if failed else "ok",
+                tasks={},
+                critical_path=[],
+                makespan=0.0,
+                started_at=0.0,
+                finished_at=0.0,
+                failed_agents={n: e.to_dict() for n, e in failed.items()},
+            )
+            _write_results(output, msgspec.json.format(msgspec.json.encode(result)) + b"\n")
+        if code == EXIT_OK and failed:
+            return EXIT_FAILED
+        return EXIT_FAILED if code is None else code
     counts: dict[str, int] = {}
     for r in result.tasks.values():
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -282,13 +296,18 @@ async def _supervise(
     )
     if output is not None:
         _write_results(output, msgspec.json.format(msgspec.json.encode(result)) + b"\n")
-    return EXIT_OK if result.status == "ok" else EXIT_FAILED
+    return EXIT_OK if result.status == "ok" and not failed else EXIT_FAILED
 
 
 async def _run_tasks(
     sup: Supervisor, cfg: Config, graph: Graph, stop: asyncio.Event, log: Any
 ) -> tuple[RunResult | None, int | None]:
-    """Start the agents and run the graph: ``(result, None)``, or ``(None, exit code)``."""
+    """Start the agents and run the graph: ``(result, None)``, or ``(None, exit code)``.
+
+    The run, or with no tasks the supervision, ends early on SIGINT/SIGTERM
+    and when the supervisor stops because an agent failed
+    (``on_agent_failure = "stop"``).
+    """
     try:
         for tool in cfg.tools.values():
             await sup.add_tool(tool)
@@ -297,22 +316,25 @@ async def _run_tasks(
     except AgentrtError as exc:
         log.error("agent_start_failed", error=str(exc), type=type(exc).__name__)
         return None, EXIT_FAILED
-    if not cfg.tasks:
-        log.info("supervising", agents=list(cfg.agents), hint="stop with Ctrl-C")
-        await stop.wait()
-        return None, EXIT_OK
-    run = Run(sup, graph, cfg.run).start()
+    closed = asyncio.ensure_future(sup.wait_closed())
     stopper = asyncio.ensure_future(stop.wait())
-    waiter = asyncio.ensure_future(run.wait())
-    both: list[asyncio.Future[Any]] = [waiter, stopper]
-    await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if not waiter.done():
-        log.warning("run_interrupted")
-        run.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await waiter
-    return run.result, None
+    try:
+        if not cfg.tasks:
+            log.info("supervising", agents=list(cfg.agents), hint="stop with Ctrl-C")
+            await asyncio.wait([stopper, closed], return_when=asyncio.FIRST_COMPLETED)
+            return None, EXIT_OK
+        run = Run(sup, graph, cfg.run).start()
+        waiter = asyncio.ensure_future(run.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            log.warning("run_interrupted")
+            run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        return run.result, None
+    finally:
+        stopper.cancel()
+        closed.cancel()
 
 
 def _write_results(path: Path, data: bytes) -> None:
@@ -557,183 +579,94 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_CONFIG
 
 
-# --- doctor -----------------------------------------------------------------------------
-
-_SYS_LANDLOCK_CREATE_RULESET = 444
-_LANDLOCK_CREATE_RULESET_VERSION = 1
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
-
-
-def _probe_pidfd() -> tuple[bool, str]:
-    try:
-        fd = os.pidfd_open(os.getpid())
-    except (AttributeError, OSError) as exc:
-        return False, f"pidfd_open unavailable ({exc})"
-    os.close(fd)
-    return True, "pidfd_open works: exits are observed without races on pid reuse"
-
-
-def _probe_netns() -> tuple[bool, str]:
-    """unshare(2) a network namespace in a child process (alone, then with a user ns)."""
-    code = (
-        "import ctypes, os, sys\n"
-        "libc = ctypes.CDLL(None, use_errno=True)\n"
-        "r = libc.unshare(int(sys.argv[1]))\n"
-        "sys.exit(0 if r == 0 else ctypes.get_errno() or 1)\n"
-    )
-    tried: list[str] = []
-    for flags, label in (
-        (_CLONE_NEWNET, "net"),
-        (_CLONE_NEWUSER | _CLONE_NEWNET, "user+net"),
-    ):
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", code, str(flags)], capture_output=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            tried.append(f"{label}: {exc}")
-            continue
-        if proc.returncode == 0:
-            return True, f"unshare({label}) works in a child"
-        tried.append(f"{label}: {os.strerror(proc.returncode)}")
-    return False, "unshare refused (" + "; ".join(tried) + ")"
-
-
-def _probe_landlock() -> tuple[bool, str]:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        abi = libc.syscall(
-            _SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), _LANDLOCK_CREATE_RULESET_VERSION
-        )
-    except (OSError, AttributeError) as exc:
-        return False, f"cannot call syscall(2): {exc}"
-    if abi < 0:
-        err = ctypes.get_errno()
-        return False, f"not available ({os.strerror(err) if err else 'unknown error'})"
-    return True, f"ABI version {abi}"
-
-
-def _probe_cgroups() -> tuple[bool, str]:
-    root = Path("/sys/fs/cgroup")
-    if (root / "cgroup.controllers").exists():
-        try:
-            controllers = (root / "cgroup.controllers").read_text().split()
-        except OSError:
-            controllers = []
-        own = ""
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/self/cgroup").read_text().splitlines():
-                if line.startswith("0::"):
-                    own = line[3:]
-        mine = root / own.lstrip("/")
-        writable = os.access(mine, os.W_OK) and os.access(mine / "cgroup.subtree_control", os.W_OK)
-        state = "writable" if writable else "read-only"
-        return writable, (
-            f"v2, controllers: {' '.join(controllers) or 'none'}; own cgroup {own or '/'} {state}"
-        )
-    if root.is_dir():
-        ctrls = sorted(p.name for p in root.iterdir() if p.is_dir())
-        open_ = [c for c in ctrls if os.access(root / c, os.W_OK)]
-        return bool(open_), (
-            f"v1, controllers: {' '.join(ctrls) or 'none'}; writable: {' '.join(open_) or 'none'}"
-        )
-    return False, "no cgroup filesystem mounted"
-
+# --- doctor ---------------------------------------------------------------------------
 
 _RLIMITS = {
-    "memory (RLIMIT_AS)": "RLIMIT_AS",
-    "cpu_time (RLIMIT_CPU)": "RLIMIT_CPU",
-    "open_files (RLIMIT_NOFILE)": "RLIMIT_NOFILE",
-    "processes (RLIMIT_NPROC)": "RLIMIT_NPROC",
-    "file_size (RLIMIT_FSIZE)": "RLIMIT_FSIZE",
-    "core dumps (RLIMIT_CORE)": "RLIMIT_CORE",
+    "memory (RLIMIT_AS)": "AS",
+    "cpu_time (RLIMIT_CPU)": "CPU",
+    "open_files (RLIMIT_NOFILE)": "NOFILE",
+    "processes (RLIMIT_NPROC)": "NPROC",
+    "file_size (RLIMIT_FSIZE)": "FSIZE",
+    "core dumps (RLIMIT_CORE)": "CORE",
 }
 
 
 def _fmt_limit(v: int) -> str:
-    return "unlimited" if v == resource.RLIM_INFINITY else str(v)
+    return "unlimited" if v < 0 else str(v)
 
 
-def _show(value: Any, indent: str = "  ") -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            print(f"{indent}{k}: {v}")
-    elif isinstance(value, list | tuple):
-        for v in value:
-            if isinstance(v, tuple) and len(v) == 2:
-                print(f"{indent}{v[0]}: {v[1]}")
-            else:
-                print(f"{indent}{v}")
-    elif hasattr(value, "__struct_fields__"):
-        _show(msgspec.to_builtins(value), indent)
-    else:
-        for line in str(value).splitlines():
-            print(f"{indent}{line}")
+def _table(rows: Sequence[tuple[str, ...]], indent: str = "  ") -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)]
+        print((indent + "  ".join([*cells, r[-1]])).rstrip())
 
 
-def _doctor_sandbox() -> bool:
-    """The sandbox module's own probe and, per shipped profile, what it would enforce here."""
-    import agentrt.config as config_mod
+def _features(caps: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``sandbox.probe()`` as rows: feature, yes/no, what it gives or why not."""
+    cg = caps["cgroup"]
+    ctrls = ", ".join(sorted(cg["controllers"]))
+    cg_detail = f"v{cg['version']}: {ctrls} writable" if cg["controllers"] else "none usable"
+    if cg["why"]:
+        cg_detail += f" ({cg['why']})"
+    abi = caps["landlock_abi"]
 
-    sandbox: Any = None
-    with contextlib.suppress(ImportError):
-        sandbox = importlib.import_module("agentrt.sandbox")
-    probe = getattr(sandbox, "probe", None)
-    explain = getattr(sandbox, "explain", None)
-    if not (callable(probe) and callable(explain)):
-        return False
-    print("sandbox probe:")
-    try:
-        _show(probe())
-    except Exception as exc:
-        print(f"  probe failed: {type(exc).__name__}: {exc}")
-    names_fn = getattr(config_mod, "sandbox_names", None)
-    load = getattr(config_mod, "load_sandbox", None)
-    names: list[str] = []
-    with contextlib.suppress(Exception):
-        names = sorted(names_fn([], [])) if callable(names_fn) else []
-    print("profiles (what each would enforce here):")
-    for name in names:
-        print(f"  {name}:")
-        try:
-            profile = load(name)[0] if callable(load) else name
-            _show(explain(profile), "    ")
-        except Exception as exc:
-            print(f"    explain failed: {type(exc).__name__}: {exc}")
-    return True
+    def yn(ok: object) -> str:
+        return "yes" if ok else "no"
+
+    return [
+        ("feature", "here", "what it gives"),
+        ("pidfd", yn(caps["pidfd"]), "exits observed without pid-reuse races"),
+        (
+            "user namespace",
+            yn(caps["user_ns"]),
+            "unprivileged confinement" if caps["user_ns"] else caps["user_ns_error"],
+        ),
+        (
+            "network namespace",
+            yn(caps["net_ns"]),
+            f'network = "none" ({caps["net_ns"]})' if caps["net_ns"] else caps["net_ns_error"],
+        ),
+        (
+            "landlock",
+            yn(abi),
+            f"filesystem allowlists (ABI {abi})" if abi else "not in this kernel",
+        ),
+        ("no_new_privs", yn(caps["no_new_privs"]), "no privilege gain through exec"),
+        ("cgroups", yn(cg["controllers"]), cg_detail),
+        (
+            "root",
+            yn(caps["root"]),
+            "run_as and cgroups may be used"
+            if caps["root"]
+            else "run_as needs root; RLIMIT_NPROC applies",
+        ),
+    ]
 
 
 def _cmd_doctor(_args: argparse.Namespace) -> int:
-    print(f"agentrt {__version__} on Linux {os.uname().release} ({os.uname().machine})")
-    checks = {
-        "pidfd": _probe_pidfd(),
-        "namespaces": _probe_netns(),
-        "landlock": _probe_landlock(),
-        "cgroup": _probe_cgroups(),
-    }
-    print("isolation features:")
-    for name, (ok, detail) in checks.items():
-        print(f"  {name:<11} {'yes' if ok else 'no ':<4} {detail}")
-    print("rlimits (soft / hard; a replica may always lower them):")
-    for label, attr in _RLIMITS.items():
-        which = getattr(resource, attr, None)
-        if which is None:
-            print(f"  {label:<28} not on this platform")
-            continue
-        soft, hard = resource.getrlimit(which)
-        print(f"  {label:<28} {_fmt_limit(soft)} / {_fmt_limit(hard)}")
+    from agentrt import sandbox
+    from agentrt.config import load_sandbox, sandbox_names
 
-    if _doctor_sandbox():
-        return EXIT_OK
-    land, netns, cg = checks["landlock"][0], checks["namespaces"][0], checks["cgroup"][0]
-    print("what a replica gets here (agentrt.sandbox not installed):")
-    print("  limits     rlimits: memory, cpu_time, open_files, processes, file_size; no core dumps")
-    print("  watchdog   RSS sampled by the supervisor: yes")
-    print("  death      PR_SET_PDEATHSIG + process group kill: yes")
-    print(f"  filesystem Landlock confinement: {'possible' if land else 'not available'}")
-    print(f"  network    private net namespace: {'possible' if netns else 'not available'}")
-    print(f"  cgroup     per-replica cgroup limits: {'possible' if cg else 'not available'}")
+    print(f"agentrt {__version__} on Linux {os.uname().release} ({os.uname().machine})")
+    caps = sandbox.probe()
+    print("isolation features (sandbox probe):")
+    _table(_features(caps))
+    print("rlimits (soft / hard; a replica may always lower them):")
+    rl = caps["rlimits"]
+    _table(
+        [
+            (label, f"{_fmt_limit(rl[k][0])} / {_fmt_limit(rl[k][1])}")
+            for label, k in _RLIMITS.items()
+        ]
+    )
+    print("profiles (what each would enforce here):")
+    for name in sorted(sandbox_names([], [])):
+        print(f"  {name}:")
+        try:
+            _table(list(sandbox.explain(load_sandbox(name)[0])), "    ")
+        except AgentrtError as exc:
+            print(f"    cannot load: {exc}")
     return EXIT_OK
 
 

@@ -62,7 +62,12 @@ class TaskResult(msgspec.Struct, kw_only=True):
 
 
 class RunResult(msgspec.Struct, kw_only=True):
-    """A whole run: per-task results, critical path and makespan (seconds)."""
+    """A whole run: per-task results, critical path and makespan (seconds).
+
+    ``failed_agents``: each agent that exceeded its restart intensity during
+    the run, as :class:`~agentrt.errors.AgentFailed`'s ``to_dict()``
+    (``reason``, and the ``last_cause`` of death); any makes the run ``failed``.
+    """
 
     run_id: str
     status: str
@@ -71,6 +76,7 @@ class RunResult(msgspec.Struct, kw_only=True):
     makespan: float
     started_at: float
     finished_at: float
+    failed_agents: dict[str, dict[str, Any]] = {}
 
 
 class Run:
@@ -92,6 +98,7 @@ class Run:
         self.state = GraphState(graph)
         #: this run's calls, budget and events on the supervisor
         self.link = sup.link_run(self)
+        self._failed_before = set(sup.failed_agents)  # agents that fail during the run count
         self.values: dict[str, Any] = {}
         self.results: dict[str, TaskResult] = {}
         self._queued: dict[str, float] = {}
@@ -367,6 +374,13 @@ class Run:
             r.status != "ok" for t, r in self.results.items() if self.state.parent(t) is None
         ):
             status = "failed"
+        failed_agents = {
+            n: e.to_dict()
+            for n, e in self.sup.failed_agents.items()
+            if n not in self._failed_before
+        }
+        if failed_agents:
+            status = "failed"
         ordered = {t: self.results[t] for t in self.graph if t in self.results}
         for t, r in self.results.items():
             ordered.setdefault(t, r)
@@ -378,4 +392,5 @@ class Run:
             makespan=makespan,
             started_at=self.started_at,
             finished_at=time.time(),
+            failed_agents=failed_agents,
         )

@@ -13,6 +13,7 @@ through private attributes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -290,7 +291,14 @@ class Supervisor:
         ``retries`` (default: the agent's) re-runs the call on a fresh
         replica when the one serving it dies.
         """
-        return self._submit(agent, args, method, timeout, retries).future
+        call = self._submit(agent, args, method, timeout, retries)
+        # cancelling the future is leaving: the call is cancelled in its replica too
+        call.future.add_done_callback(functools.partial(self._future_done, call))
+        return call.future
+
+    def _future_done(self, call: Call, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self._ledger.caller_gone(call)
 
     def _submit(
         self,

@@ -7,7 +7,8 @@ only way a call ends, whatever ends it (an answer, a failure, its deadline,
 a cancellation, its caller leaving, its replica dying), and it does every
 part of ending in one place:
 
-* the first outcome wins; later answers or failures change nothing;
+* the first outcome wins (``finished_at`` marks a settled call); later
+  answers or failures change nothing;
 * the deadline timer is cleared and ``finished_at`` stamped;
 * the future gets the value or the typed error (``call_id`` set);
 * the :meth:`Supervisor.map <agentrt.supervisor.Supervisor.map>` batch it
@@ -205,13 +206,15 @@ class Ledger(Generic[S]):
 
         The first outcome wins; see the module docstring for what ending does.
         """
-        fut = call.future
-        if fut.done():
-            return
+        if call.finished_at is not None:
+            return  # settled already
         call.clear_timer()
         call.finished_at = time.time()
         failed = error is not None
-        if error is not None:
+        fut = call.future
+        if fut.done():
+            pass  # its waiter was cancelled, which cancels the future: the rest still applies
+        elif error is not None:
             if isinstance(error, CallError):
                 error.call_id = call.id
             fut.set_exception(error)

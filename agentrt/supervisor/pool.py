@@ -336,6 +336,13 @@ class Pool:
         slot.dead_proc, slot.dead_cause = proc, cause
         name = slot.agent.name
         if slot.stop_requested or self.closing or slot.hold is not None:
+            self.log.debug(
+                "replica_stopped",
+                agent=name,
+                replica=slot.index,
+                pid=proc.pid,
+                exit_code=proc.exit.exit_code if proc.exit is not None else None,
+            )
             self.set_state(slot, "exited")
             self.requeue_or_fail(slot, cause or CallCancelled("replica stopped", agent=name))
         else:
@@ -531,6 +538,7 @@ class Pool:
             call.slot = None
             if call.future.done():
                 call.clear_timer()  # settled already: its cancel_grace is moot
+                self.ledger.settle(call, error=copy.copy(cause))  # no-op once settled
                 continue
             if i >= conc:
                 call.attempts -= 1

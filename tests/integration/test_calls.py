@@ -334,3 +334,19 @@ async def test_cancelling_a_map_cancels_its_calls_in_the_replicas(make_superviso
         assert await sup.map("m", [{"n": 4}] * 4, method="barrier") == [4] * 4
         after = [r for r in await sup.status() if r.agent == "m"]
         assert [(r.restarts, r.inflight) for r in after] == [(0, 0)]
+
+
+async def test_cancelling_a_submitted_future_cancels_the_call_in_its_replica(
+    make_supervisor, agent_spec, make_gate, logs
+):
+    gate = make_gate()
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("blocked", "agents:gate", cancel_grace=0.1))
+        [st] = await sup.status()
+        fut = sup.submit("blocked", {"path": gate.path})
+        fut.cancel()
+        # the replica was told (Cancel); a sync call blocked in a read cannot
+        # stop, so after cancel_grace its process group is killed
+        killed = await logs.wait_for("replica_killed_for_deadline", agent="blocked")
+        assert killed["pid"] == st.pid
+        await logs.wait_for("replica_ready", agent="blocked", generation=1)

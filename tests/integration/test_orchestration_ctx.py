@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from agentrt import BudgetExceeded, CallTimeout, ToolSpec
+from agentrt import BudgetExceeded, CallCancelled, CallTimeout, ToolSpec
 
 
 async def test_gathered_subagents_run_concurrently_in_their_own_processes(
@@ -184,3 +184,55 @@ async def test_subagent_and_tool_calls_are_reported_as_spans_when_traced(
             assert [e.kind for e in evs] == ["call_started", "call_finished"]
             assert evs[0].time <= evs[1].time
             assert evs[1].status == "ok"
+
+
+@pytest.mark.parametrize("ending", ["parent_deadline", "caller_leaves", "child_deadline"])
+async def test_subagent_calls_that_end_without_an_answer_still_end_their_spans(
+    ending, make_supervisor, agent_spec
+):
+    async with make_supervisor() as sup:
+        sleeper_timeout = 0.3 if ending == "child_deadline" else 20.0
+        await sup.start(
+            agent_spec("sleeper", "agents:sleeper", replicas=2, timeout=sleeper_timeout)
+        )
+        await sup.start(agent_spec("boss", "agents:spawn_stuck"))
+        events: list = []
+        started = asyncio.Event()
+
+        async def watch() -> None:
+            async for ev in sup.events():
+                if ev.kind == "end_of_test":
+                    return
+                if ev.call_id is not None:
+                    events.append(ev)
+                    if sum(e.kind == "call_started" for e in events) == 2:
+                        started.set()
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.sleep(0)  # subscribe before the calls start
+        args = {"n": 2, "child_timeout": 0.3 if ending == "child_deadline" else None}
+        timeout = 0.3 if ending == "parent_deadline" else 20.0
+        call = asyncio.ensure_future(sup.call("boss", args, timeout=timeout))
+        await asyncio.wait_for(started.wait(), 10)  # both subagents run
+        if ending == "caller_leaves":
+            call.cancel()
+        if ending == "child_deadline":  # the boss carries on, with two timeouts as results
+            assert [r["type"] for r in await call] == ["CallTimeout", "CallTimeout"]
+        else:
+            with pytest.raises((CallTimeout, CallCancelled, asyncio.CancelledError)):
+                await call
+        sup.link_run(SimpleNamespace(run_id="marker")).emit("end_of_test")
+        await asyncio.wait_for(watcher, 5)
+        spans: dict[int, list] = {}
+        for ev in events:
+            spans.setdefault(ev.call_id, []).append(ev)
+        assert len(spans) == 2
+        # a child shares its parent's deadline: whichever timer fires first ends it
+        want = {
+            "parent_deadline": {"timeout", "cancelled"},
+            "caller_leaves": {"cancelled"},
+            "child_deadline": {"timeout"},
+        }[ending]
+        for evs in spans.values():
+            assert [e.kind for e in evs] == ["call_started", "call_finished"]
+            assert evs[1].status in want

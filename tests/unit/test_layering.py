@@ -78,7 +78,6 @@ ALLOWED: dict[str, set[str]] = {
     "scheduler": {"config", "errors", "graph", "supervisor"},
     "live": {"supervisor"},
     "trace": {"scheduler", "supervisor"},
-    # cli also loads agentrt.sandbox (doctor) via importlib when it exists
     "cli": {
         "__init__",
         "config",
