@@ -36,7 +36,7 @@ from agentrt.errors import (
 from agentrt.process import Launcher
 from agentrt.supervisor.boot import BootPlanner
 from agentrt.supervisor.events import EventHub, RunEvent
-from agentrt.supervisor.ledger import Batch, Budget, Ledger, RunHost
+from agentrt.supervisor.ledger import UNLIMITED, Batch, Budget, Ledger, RunHost
 from agentrt.supervisor.ledger import Call as LedgerCall
 from agentrt.supervisor.pool import Agent, Pool, ReplicaStatus, Slot
 from agentrt.supervisor.requests import Requests, new_budget
@@ -104,6 +104,8 @@ class Supervisor:
         self._closed_event = asyncio.Event()
         #: the agent whose failure stopped the supervisor (on_agent_failure = "stop")
         self.failure: AgentFailed | None = None
+        #: no budget to count calls against (the common case: one shared instance)
+        self._unlimited = spec.max_tasks is None and spec.max_tool_calls is None
         self._failed: dict[str, AgentFailed] = {}
 
     # --- lifecycle ---------------------------------------------------------
@@ -320,6 +322,8 @@ class Supervisor:
         if ag.all_gone:
             raise ag.no_replica()
         spec = ag.spec
+        if budget is None:
+            budget = UNLIMITED if self._unlimited else new_budget(self.spec)
         call = self._ledger.new(
             agent,
             method,
@@ -327,11 +331,12 @@ class Supervisor:
             spec.timeout if timeout is _UNSET else timeout,
             spec.retries if retries is None else retries,
             parent=parent,
-            budget=budget if budget is not None else new_budget(self.spec),
+            budget=budget,
             run=run,
             batch=batch,
         )
-        self._pool.queue(ag, call)
+        ag.waiting.append(call)
+        self._pool.dispatch(ag)
         return call
 
     def _submit_child(

@@ -208,7 +208,9 @@ class Ledger(Generic[S]):
         """
         if call.finished_at is not None:
             return  # settled already
-        call.clear_timer()
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
         call.finished_at = time.time()
         failed = error is not None
         fut = call.future

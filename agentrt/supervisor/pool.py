@@ -197,13 +197,16 @@ class Pool:
     # --- slots in start order ------------------------------------------------------
 
     def order(self) -> list[Slot]:
-        """Every slot that may still serve, in start order."""
+        """Every slot that may still serve, in start order (an agent still being
+        started for the first time is not one yet)."""
         return [
             s
             for a in self.agents.values()
             if a.failed is None
             for s in a.slots
-            if not s.gone and not s.stop_requested
+            if not s.gone
+            and not s.stop_requested
+            and (s.first_start is None or s.first_start.done())
         ]
 
     # --- states --------------------------------------------------------------------
@@ -239,6 +242,12 @@ class Pool:
 
     async def run_slot(self, slot: Slot) -> None:
         """Start, serve, die, ask the tree whether to start again; until told to stop."""
+        try:
+            await self._serve(slot)
+        finally:
+            _resolve(slot.started)  # a group restart waiting for this start goes on
+
+    async def _serve(self, slot: Slot) -> None:
         agent = slot.agent
         spec = agent.spec
         log = self.log.bind(agent=spec.name, replica=slot.index)
@@ -354,10 +363,6 @@ class Pool:
 
     # --- calls ---------------------------------------------------------------------
 
-    def queue(self, agent: Agent, call: LedgerCall[Slot]) -> None:
-        agent.waiting.append(call)
-        self.dispatch(agent)
-
     def dispatch(self, agent: Agent) -> None:
         waiting = agent.waiting
         cap = agent.capacity
@@ -407,7 +412,9 @@ class Pool:
                     call = slot.inflight.pop(cid, None)
                     if call is not None:
                         call.slot = None
-                        call.clear_timer()  # a withdrawn call's cancel_grace
+                        if call.timer is not None:  # its deadline, or a withdrawn call's grace
+                            call.timer.cancel()
+                            call.timer = None
                         settle(call, value)
                         self._after_answer(slot)
                 case Failure():

@@ -14,7 +14,7 @@ import pytest
 from clitools import ROOT, run_cli, write_project
 
 AGENTS = """
-import os, time
+import os, threading, time
 
 def echo(**kw):
     return kw
@@ -24,6 +24,14 @@ def crash():
 
 def slow(seconds=30):
     time.sleep(seconds)
+
+class CrashSoon:
+    # Ready, then exit 3 a moment later: a crash loop with no call at all
+    def __init__(self):
+        threading.Timer(0.05, os._exit, (3,)).start()
+
+    def __call__(self):
+        return os.getpid()
 """
 
 
@@ -174,3 +182,127 @@ def test_bench_refuses_an_unknown_benchmark_name() -> None:
     proc = _run("bench", "--only", "core,nonsense")
     assert proc.returncode == 2
     assert "unknown nonsense" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "path", "fragment"),
+    [
+        ("[supervisor]\nperiod = 0", "supervisor.period", "greater than 0"),
+        ("[supervisor]\nintensity = -1", "supervisor.intensity", "at least 0"),
+        ('[supervisor]\nbackoff = "2s"\nbackoff_max = "1s"', "supervisor.backoff_max", "backoff"),
+        ('[agents.echo]\nentry = "agents:echo"\nperiod = 0', "agents.echo.period", "greater"),
+        ('[agents.echo]\nentry = "agents:echo"\nintensity = -2', "agents.echo.intensity", "least"),
+        (
+            '[agents.echo]\nentry = "agents:echo"\nshutdown_timeout = "never"',
+            "agents.echo.shutdown_timeout",
+            "brutal_kill",
+        ),
+        ('[supervisor]\non_agent_failure = "shrug"', "supervisor.on_agent_failure", "enum"),
+    ],
+)
+def test_supervise_refuses_restart_settings_that_would_storm_with_exit_2(
+    toml: str, path: str, fragment: str, tmp_path: Path
+) -> None:
+    cfg = _project(tmp_path, toml + "\n")
+    for command in ("supervise", "validate"):
+        proc = _run(command, str(cfg))
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert f"{path}: " in proc.stdout + proc.stderr and fragment in proc.stdout + proc.stderr
+
+
+def test_supervise_accepts_brutal_kill_and_infinity(tmp_path: Path) -> None:
+    cfg = _project(
+        tmp_path,
+        """
+[agents.quick]
+entry = "agents:echo"
+shutdown_timeout = "brutal_kill"
+[agents.patient]
+entry = "agents:echo"
+shutdown_timeout = "infinity"
+
+[[tasks]]
+id = "a"
+agent = "quick"
+[[tasks]]
+id = "b"
+agent = "patient"
+""",
+    )
+    proc = _run("supervise", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("tasks", [False, True])
+def test_an_agent_past_its_intensity_stops_the_run_exits_1_and_is_recorded(
+    tasks: bool, tmp_path: Path
+) -> None:
+    config = """
+[supervisor]
+backoff = "1ms"
+backoff_max = "2ms"
+[agents.echo]
+entry = "agents:echo"
+[agents.crashy]
+entry = "agents:CrashSoon"
+intensity = 2
+period = "30s"
+"""
+    if tasks:
+        config += '\n[[tasks]]\nid = "hang"\nagent = "slow"\n[agents.slow]\nentry = "agents:slow"\n'
+    cfg = _project(tmp_path, config)
+    out = tmp_path / "results.json"
+    proc = _run("supervise", str(cfg), "--output", str(out), "--log-format", "json", timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "failed"
+    failed = doc["failed_agents"]["crashy"]
+    assert failed["type"] == "AgentFailed"
+    assert "more than 2 restarts" in failed["reason"]
+    assert failed["last_cause"]["type"] == "AgentCrashed"
+    assert failed["last_cause"]["exit_code"] == 3
+    if tasks:  # the slow task was running when everything stopped
+        assert doc["tasks"]["hang"]["status"] == "cancelled"
+    assert '"supervisor_stopping"' in proc.stderr
+
+
+def test_with_on_agent_failure_continue_the_run_goes_on_and_still_exits_1(tmp_path: Path) -> None:
+    cfg = _project(
+        tmp_path,
+        """
+[supervisor]
+on_agent_failure = "continue"
+backoff = "1ms"
+backoff_max = "2ms"
+[agents.echo]
+entry = "agents:echo"
+[agents.crasher]
+entry = "agents:crash"
+intensity = 1
+period = "30s"
+
+[run]
+on_error = "continue"
+
+[[tasks]]
+id = "boom"
+agent = "crasher"
+retries = 3
+[[tasks]]
+id = "after"
+agent = "echo"
+after = ["boom"]
+[[tasks]]
+id = "fine"
+agent = "echo"
+args = { n = 1 }
+""",
+    )
+    out = tmp_path / "results.json"
+    proc = _run("supervise", str(cfg), "--output", str(out))
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["tasks"]["fine"]["status"] == "ok"
+    assert doc["tasks"]["boom"]["status"] in ("crashed", "failed")
+    assert doc["tasks"]["after"]["status"] == "skipped"
+    assert doc["failed_agents"]["crasher"]["last_cause"]["exit_code"] == 5
