@@ -22,7 +22,6 @@ import copy
 import os
 import signal
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,15 @@ from agentrt.config import (
     SupervisorSpec,
     TaskSpec,
     ToolSpec,
+    check_entries,
     load_config,
     parse_config,
+    read_toml,
 )
 from agentrt.errors import AgentFailed, AgentrtError, ConfigError
 from agentrt.graph import Graph
 from agentrt.observe import LineStream, configure_logging
-from agentrt.scheduler import Run, RunResult
+from agentrt.scheduler import Run, RunResult, TaskResult
 from agentrt.supervisor import RunEvent, Supervisor
 
 __all__ = ["main"]
@@ -228,10 +229,15 @@ async def _supervise(
     log = structlog.get_logger("agentrt.cli")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    result: RunResult | None = None
-    code: int | None = None
+        loop.add_signal_handler(sig, on_signal, sig)
+    outcome = _Outcome()
     failed: dict[str, AgentFailed] = {}
     recorder = TraceRecorder() if trace is not None else None
     sinks: list[Callable[[RunEvent], None]] = [_log_sink(log)]
@@ -251,7 +257,7 @@ async def _supervise(
             view = live.attached(sup) if live is not None else contextlib.nullcontext()
             try:
                 async with view:
-                    result, code = await _run_tasks(sup, cfg, graph, stop, log)
+                    outcome = await _run_tasks(sup, cfg, graph, stop, log)
                     await asyncio.sleep(0)  # the pump drains what the run emitted last
             finally:
                 pump.cancel()
@@ -261,77 +267,134 @@ async def _supervise(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        result = outcome.result = _json_safe(outcome.result, log)
         if recorder is not None and trace is not None:
             recorder.write(trace, result)
             log.info("trace_written", path=str(trace), events=len(recorder.events))
     for name, err in failed.items():
         log.error("agent_failed", agent=name, reason=err.reason)
     if result is None:
-        if output is not None and code == EXIT_OK:
-            # supervised with no tasks: the file still says which agents failed
-            result = RunResult(
-                run_id="",
-                status="failed" if failed else "ok",
-                tasks={},
-                critical_path=[],
-                makespan=0.0,
-                started_at=0.0,
-                finished_at=0.0,
-                failed_agents={n: e.to_dict() for n, e in failed.items()},
-            )
-            _write_results(output, msgspec.json.format(msgspec.json.encode(result)) + b"\n")
-        if code == EXIT_OK and failed:
-            return EXIT_FAILED
-        return EXIT_FAILED if code is None else code
-    counts: dict[str, int] = {}
-    for r in result.tasks.values():
-        counts[r.status] = counts.get(r.status, 0) + 1
-    log.info(
-        "run_finished",
-        run_id=result.run_id,
-        status=result.status,
-        makespan=round(result.makespan, 4),
-        critical_path=" -> ".join(result.critical_path),
-        **counts,
-    )
+        # no run: supervised with no tasks, or an agent could not start
+        result = RunResult(
+            run_id="",
+            status="failed" if failed or outcome.start_error else "ok",
+            tasks=_skipped_all(cfg, outcome),
+            critical_path=[],
+            makespan=0.0,
+            started_at=0.0,
+            finished_at=0.0,
+            failed_agents={n: e.to_dict() for n, e in failed.items()},
+        )
+        if outcome.start_error is not None:
+            result.failed_agents[outcome.start_agent] = outcome.start_error.to_dict()
+    else:
+        counts: dict[str, int] = {}
+        for r in result.tasks.values():
+            counts[r.status] = counts.get(r.status, 0) + 1
+        log.info(
+            "run_finished",
+            run_id=result.run_id,
+            status=result.status,
+            makespan=round(result.makespan, 4),
+            critical_path=" -> ".join(result.critical_path),
+            **counts,
+        )
     if output is not None:
         _write_results(output, msgspec.json.format(msgspec.json.encode(result)) + b"\n")
+    if signals and cfg.tasks and outcome.interrupted:
+        return 128 + signals[0]  # 130 for SIGINT: the run was cut short
     return EXIT_OK if result.status == "ok" and not failed else EXIT_FAILED
+
+
+class _Outcome:
+    """What ``_run_tasks`` ended with."""
+
+    def __init__(self) -> None:
+        self.result: RunResult | None = None
+        self.start_error: AgentrtError | None = None
+        self.start_agent = ""
+        self.interrupted = False
+
+
+def _skipped_all(cfg: Config, outcome: _Outcome) -> dict[str, TaskResult]:
+    """Every task, skipped because an agent could not start (none ran)."""
+    if outcome.start_error is None:
+        return {}
+    why = f"agent {outcome.start_agent!r} failed to start: {outcome.start_error}"
+    return {
+        t.id: TaskResult(id=t.id, status="skipped", reason=why, agent=t.agent) for t in cfg.tasks
+    }
+
+
+def _json_safe(result: RunResult | None, log: Any) -> RunResult | None:
+    """``result`` with each task result JSON cannot hold (say, a dict with tuple
+    keys) replaced by that task's recorded error: the rest is still written."""
+    if result is None:
+        return None
+    try:
+        msgspec.json.encode(result)
+        return result
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        pass
+    tasks: dict[str, TaskResult] = {}
+    for tid, r in result.tasks.items():
+        try:
+            msgspec.json.encode(r)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            log.error("result_not_json", task=tid, error=str(exc))
+            r = msgspec.structs.replace(
+                r,
+                status="failed",
+                result=None,
+                error={
+                    "type": "ResultNotJSON",
+                    "message": f"the task's result cannot be written as JSON: {exc}",
+                },
+            )
+        tasks[tid] = r
+    status = "failed" if any(r.status != "ok" for r in tasks.values()) else result.status
+    return msgspec.structs.replace(result, tasks=tasks, status=status)
 
 
 async def _run_tasks(
     sup: Supervisor, cfg: Config, graph: Graph, stop: asyncio.Event, log: Any
-) -> tuple[RunResult | None, int | None]:
-    """Start the agents and run the graph: ``(result, None)``, or ``(None, exit code)``.
+) -> _Outcome:
+    """Start the agents and run the graph (or, with no tasks, supervise until a signal).
 
-    The run, or with no tasks the supervision, ends early on SIGINT/SIGTERM
-    and when the supervisor stops because an agent failed
-    (``on_agent_failure = "stop"``).
+    The run ends early on SIGINT/SIGTERM and when the supervisor stops
+    because an agent failed (``on_agent_failure = "stop"``).
     """
+    outcome = _Outcome()
     try:
         for tool in cfg.tools.values():
             await sup.add_tool(tool)
         for spec in cfg.agents.values():
+            outcome.start_agent = spec.name
             await sup.start(spec)
     except AgentrtError as exc:
-        log.error("agent_start_failed", error=str(exc), type=type(exc).__name__)
-        return None, EXIT_FAILED
+        log.error(
+            "agent_start_failed", agent=outcome.start_agent, error=str(exc), type=type(exc).__name__
+        )
+        outcome.start_error = exc
+        return outcome
     closed = asyncio.ensure_future(sup.wait_closed())
     stopper = asyncio.ensure_future(stop.wait())
     try:
         if not cfg.tasks:
             log.info("supervising", agents=list(cfg.agents), hint="stop with Ctrl-C")
             await asyncio.wait([stopper, closed], return_when=asyncio.FIRST_COMPLETED)
-            return None, EXIT_OK
+            return outcome
         run = Run(sup, graph, cfg.run).start()
         waiter = asyncio.ensure_future(run.wait())
         await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
         if not waiter.done():
             log.warning("run_interrupted")
+            outcome.interrupted = True
             run.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiter
-        return run.result, None
+        outcome.result = run.result
+        return outcome
     finally:
         stopper.cancel()
         closed.cancel()
@@ -340,6 +403,19 @@ async def _run_tasks(
 def _write_results(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def _writable(path: Path) -> str | None:
+    """Why ``path`` cannot be written as a file, or None (checked before anything runs)."""
+    if path.is_dir():
+        return "is a directory"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _cmd_supervise(args: argparse.Namespace) -> int:
@@ -356,9 +432,16 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
         stream = console_stream(console)
     configure_logging(args.log_format, args.log_level, stream)
     try:
+        for flag, path in (("--output", args.output), ("--trace", args.trace)):
+            why = _writable(path) if path is not None else None
+            if why is not None:
+                raise ConfigError(flag, f"cannot write {path}: {why}")
         cfg = load_config(args.config)
         graph = Graph.from_specs(cfg.tasks, on_error=cfg.run.on_error)
         graph.validate()  # dangling references and cycles: refused before anything starts
+        entry_errors = check_entries(cfg)
+        if entry_errors:
+            raise entry_errors[0]
     except ConfigError as exc:
         if args.log_format == "json":
             structlog.get_logger("agentrt.cli").error(
@@ -423,11 +506,9 @@ def _collect(
 def validate_config(path: Path) -> tuple[list[ConfigError], Config | None]:
     """All errors of a config file (each section, agent, tool and task on its own)."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        return [ConfigError("", f"cannot read {path}: {exc.strerror}")], None
-    except tomllib.TOMLDecodeError as exc:
-        return [ConfigError("", f"{path}: invalid TOML: {exc}")], None
+        data = read_toml(path)
+    except ConfigError as exc:
+        return [exc], None
     base = path.parent
     errors: list[ConfigError] = []
     context: dict[str, Any] = {}  # valid sections other docs may refer to (sandboxes, ...)
@@ -486,9 +567,11 @@ def validate_config(path: Path) -> tuple[list[ConfigError], Config | None]:
     if errors:
         return errors, None
     try:
-        return [], parse_config(data, path.parent)
+        cfg = parse_config(data, path.parent)
     except ConfigError as exc:  # a check above missed it: still report it
         return [exc], None
+    errors = check_entries(cfg)
+    return errors, (None if errors else cfg)
 
 
 def _reindex(path: str, i: int) -> str:
@@ -566,8 +649,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     agents: list[str] = []
-    with contextlib.suppress(Exception):
-        raw = tomllib.loads(path.read_text(encoding="utf-8")).get("agents", {})
+    with contextlib.suppress(ConfigError):
+        raw = read_toml(path).get("agents", {})
         agents = list(raw) if isinstance(raw, dict) else []
     n = len(errors)
     print(f"{path}: {n} error{'s' if n != 1 else ''}")

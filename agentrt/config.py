@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import difflib
 import functools
+import grp
 import math
+import pwd
 import re
 import tomllib
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import msgspec
 
@@ -37,12 +39,14 @@ __all__ = [
     "SupervisorSpec",
     "TaskSpec",
     "ToolSpec",
+    "check_entries",
     "convert_spec",
     "load_config",
     "load_sandbox",
     "parse_config",
     "parse_duration",
     "parse_size",
+    "read_toml",
 ]
 
 RestartType = Literal["permanent", "transient", "temporary"]
@@ -71,6 +75,17 @@ _DURATION_UNITS = {"us": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, ""
 #: the longest ``spin`` accepted (beyond it, polling costs more CPU than a wake-up)
 _MAX_SPIN = 0.01
 _NUM_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+#: the longest duration accepted (about 31 years): a larger one is a mistake
+MAX_SECONDS: Final = 1e9
+#: the largest size accepted (1 PiB)
+MAX_BYTES: Final = 2**50
+#: frames: at least this (a Call with its arguments must fit), at most 1 GiB
+MIN_FRAME: Final = 64 * 1024
+MAX_FRAME: Final = 2**30
+#: how deeply task arguments may nest
+MAX_ARGS_DEPTH: Final = 64
+#: agent and tool names become file and cgroup names: letters, digits, _ - .
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 
 
 def parse_size(value: int | str) -> int:
@@ -78,16 +93,20 @@ def parse_size(value: int | str) -> int:
     if isinstance(value, bool):
         raise ValueError('expected a size like "256MiB"')
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return int(value)
-    if not isinstance(value, str):
+        n = int(value)
+    elif isinstance(value, str):
+        m = _NUM_UNIT.match(value)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _SIZE_UNITS:
+            raise ValueError(f'expected a size like "256MiB", got {value!r}')
+        n = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    else:
         raise ValueError(f'expected a size like "256MiB", got a {type(value).__name__}')
-    m = _NUM_UNIT.match(value)
-    unit = m.group(2).lower() if m else None
-    if m is None or unit not in _SIZE_UNITS:
-        raise ValueError(f'expected a size like "256MiB", got {value!r}')
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if n < 0:
+        raise ValueError("a size cannot be negative")
+    if n > MAX_BYTES:
+        raise ValueError(f"a size must be at most 1PiB ({MAX_BYTES} bytes), got {n}")
+    return n
 
 
 def parse_duration(value: float | int | str) -> float:
@@ -95,18 +114,25 @@ def parse_duration(value: float | int | str) -> float:
     if isinstance(value, bool):
         raise ValueError('expected a duration like "30s"')
     if isinstance(value, int | float):
-        if math.isnan(value) or value < 0:
-            raise ValueError("a duration cannot be negative")
-        if math.isinf(value):
-            raise ValueError("a duration must be finite")
-        return float(value)
-    if not isinstance(value, str):
+        try:
+            t = float(value)
+        except OverflowError:  # an int too large for a float
+            t = math.inf
+    elif isinstance(value, str):
+        m = _NUM_UNIT.match(value)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _DURATION_UNITS:
+            raise ValueError(f'expected a duration like "500ms", "30s" or "2m", got {value!r}')
+        t = float(m.group(1)) * _DURATION_UNITS[unit]
+    else:
         raise ValueError(f'expected a duration like "30s", got a {type(value).__name__}')
-    m = _NUM_UNIT.match(value)
-    unit = m.group(2).lower() if m else None
-    if m is None or unit not in _DURATION_UNITS:
-        raise ValueError(f'expected a duration like "500ms", "30s" or "2m", got {value!r}')
-    return float(m.group(1)) * _DURATION_UNITS[unit]
+    if math.isnan(t) or t < 0:
+        raise ValueError("a duration cannot be negative")
+    if t > MAX_SECONDS:
+        raise ValueError(
+            f"a duration must be at most {MAX_SECONDS:g}s (about 31 years), got {value}"
+        )
+    return t
 
 
 #: ``shutdown_timeout = "brutal_kill"`` (or 0): SIGKILL at once, as OTP's ``brutal_kill``
@@ -183,6 +209,9 @@ class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefixes the path of the table it was found in.
     """
 
+    #: integer fields and their (least, greatest) values: a number past them is a mistake
+    _BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {}
+
     def __post_init__(self) -> None:
         for name, parse in _unit_fields(type(self)):
             v = getattr(self, name)
@@ -193,22 +222,77 @@ class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             except ValueError as exc:
                 raise ConfigError(name, str(exc)) from None
             setattr(self, name, float(n) if isinstance(n, float) else int(n))
+        for name, (lo, hi) in self._BOUNDS.items():
+            _within(name, getattr(self, name), lo, hi)
         self._check()
 
     def _check(self) -> None:
         """Validate the spec's values (durations and sizes are numbers by now)."""
 
 
-def _at_least(spec: Any, field: str, minimum: int) -> None:
-    v = getattr(spec, field)
-    if v is not None and v < minimum:
-        raise ConfigError(field, f"must be at least {minimum}, got {v}")
+def _within(field: str, v: Any, lo: int, hi: int) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(field, f"expected an integer, got {v!r}")
+    if v < lo:
+        raise ConfigError(field, f"must be at least {lo}, got {v}")
+    if v > hi:
+        raise ConfigError(field, f"must be at most {hi:,}, got {v:,}")
 
 
 def _above_zero(spec: Any, field: str) -> None:
     v = getattr(spec, field)
     if v is not None and not v > 0:
         raise ConfigError(field, f"must be greater than 0, got {v:g}")
+
+
+def _name(spec: Any) -> None:
+    """Names become file, directory and cgroup names: no path tricks.
+
+    ``tool:<name>`` is the pool of isolated tool ``<name>``.
+    """
+    if spec.name and not NAME_RE.match(spec.name.removeprefix("tool:")):
+        raise ConfigError(
+            "name",
+            f"{spec.name!r} is not a valid name: use letters, digits, '_', '-' and '.', "
+            "not starting with '.' (at most 128 characters)",
+        )
+
+
+def _depth(value: Any, limit: int = MAX_ARGS_DEPTH) -> int:
+    """How deeply ``value`` nests (lists and tables), counting no further than ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list | tuple):
+            deepest = max(deepest, d)
+            if d <= limit:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _check_user(spec: str) -> None:
+    """``run_as``: ``"user[:group]"`` or ``"uid[:gid]"``, naming ones that exist here."""
+    name, _, group = spec.strip().partition(":")
+    if not name:
+        raise ConfigError("run_as", 'expected a user name or "uid[:gid]"')
+    if name.isdigit():
+        if not int(name) < 2**32 - 1:
+            raise ConfigError("run_as", f"uid {name} is out of range")
+    else:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError("run_as", f"no user named {name!r} on this machine") from None
+    if group and not group.isdigit():
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError("run_as", f"no group named {group!r} on this machine") from None
+    elif group and not int(group) < 2**32 - 1:
+        raise ConfigError("run_as", f"gid {group} is out of range")
 
 
 def _entry(spec: Any) -> None:
@@ -231,9 +315,7 @@ class Limits(_Spec, kw_only=True, forbid_unknown_fields=True):
     processes: int | None = None
     file_size: Bytes | None = None
 
-    def _check(self) -> None:
-        _at_least(self, "open_files", 3)
-        _at_least(self, "processes", 1)
+    _BOUNDS = {"open_files": (3, 1 << 20), "processes": (1, 1 << 22)}
 
 
 class SandboxLimits(Limits, kw_only=True, forbid_unknown_fields=True):
@@ -246,8 +328,10 @@ class SandboxLimits(Limits, kw_only=True, forbid_unknown_fields=True):
 
     def _check(self) -> None:
         super()._check()
-        if self.cpu is not None and not (self.cpu > 0 and math.isfinite(self.cpu)):
-            raise ConfigError("cpu", f"must be a positive share of a core, got {self.cpu}")
+        if self.cpu is not None and not (0 < self.cpu <= 1024):
+            raise ConfigError(
+                "cpu", f"must be a positive share of cores (at most 1024), got {self.cpu}"
+            )
 
 
 class FilesystemSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
@@ -298,8 +382,8 @@ class SandboxProfile(_Spec, kw_only=True, forbid_unknown_fields=True):
     limits: SandboxLimits = msgspec.field(default_factory=SandboxLimits)
 
     def _check(self) -> None:
-        if self.run_as is not None and not self.run_as.strip():
-            raise ConfigError("run_as", 'expected a user name or "uid[:gid]"')
+        if self.run_as is not None:
+            _check_user(self.run_as)
 
 
 #: the profiles shipped with agentrt (``default``, ``strict``, ``untrusted``)
@@ -378,6 +462,8 @@ def load_sandbox(
     ``shipped`` is true when the profile itself came from the shipped set.
     Errors are :class:`ConfigError` with the key path (``sandboxes.mine.network``).
     """
+    if not NAME_RE.match(name):
+        raise ConfigError(where, f"{name!r} is not a valid sandbox profile name")
     sources = _sandbox_sources(inline, [Path(d) for d in dirs])
     chain: list[tuple[dict[str, Any], str, str]] = []
     seen: set[tuple[str, int]] = set()
@@ -399,7 +485,7 @@ def load_sandbox(
         parent = raw.get("extends")
         if parent is None:
             break
-        if not isinstance(parent, str):
+        if not isinstance(parent, str) or not NAME_RE.match(parent):
             raise ConfigError(f"sandboxes.{cur}.extends", "expected a profile name")
         start = index + 1 if parent == cur else 0
         cur = parent
@@ -455,17 +541,21 @@ class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: config, or ``[sandboxes.name]``), or the profile itself
     sandbox: str | SandboxProfile = "default"
 
+    _BOUNDS = {
+        "replicas": (1, 10_000),
+        "concurrency": (1, 10_000),
+        "queue": (0, 1_000_000),
+        "retries": (0, 1_000),
+        "intensity": (0, 1_000_000),
+    }
+
     def _check(self) -> None:
+        _name(self)
         _entry(self)
         if self.spin > _MAX_SPIN:
             raise ConfigError("spin", f"must be at most {_MAX_SPIN * 1e3:g}ms, got {self.spin}s")
         _above_zero(self, "startup_timeout")
         _above_zero(self, "period")
-        _at_least(self, "replicas", 1)
-        _at_least(self, "concurrency", 1)
-        _at_least(self, "queue", 0)
-        _at_least(self, "retries", 0)
-        _at_least(self, "intensity", 0)
 
 
 class ToolSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
@@ -486,9 +576,11 @@ class ToolSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: sandbox profile of an isolated tool's processes (see ``AgentSpec.sandbox``)
     sandbox: str | SandboxProfile = "default"
 
+    _BOUNDS = {"replicas": (1, 10_000)}
+
     def _check(self) -> None:
+        _name(self)
         _entry(self)
-        _at_least(self, "replicas", 1)
 
 
 class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
@@ -499,7 +591,8 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     has failed and ``on_agent_failure`` decides: ``"stop"`` (OTP: every
     agent is terminated and the supervisor stops) or ``"continue"`` (the
     others keep running).  Budgets are enforced by the supervisor:
-    ``max_agents`` live replica processes, ``max_depth`` of subagent
+    ``max_agents`` live replica processes (by default one per 8 MiB of the
+    machine's memory, between 64 and 4,096), ``max_depth`` of subagent
     nesting, and per run ``max_tasks`` (tasks, spawns and submissions) and
     ``max_tool_calls``.
     """
@@ -513,6 +606,9 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     backoff_max: Seconds = 5.0
     on_agent_failure: OnAgentFailure = "stop"
     max_frame: Bytes = 64 * 1024 * 1024
+    #: messages (and their bytes) an agent's mailbox holds before ctx.send fails
+    mailbox: int = 1000
+    mailbox_bytes: Bytes = 64 * 1024 * 1024
     sys_path: list[str] = []
     max_agents: int | None = None
     max_depth: int | None = None
@@ -521,16 +617,28 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: agents report each in-process tool call, for timelines (--trace, live view)
     trace_tools: bool = False
 
+    _BOUNDS = {
+        "intensity": (0, 1_000_000),
+        "mailbox": (1, 1_000_000),
+        "max_agents": (0, 100_000),
+        "max_depth": (0, 1_000),
+        "max_tasks": (0, 10**9),
+        "max_tool_calls": (0, 10**9),
+    }
+
     def _check(self) -> None:
         _above_zero(self, "period")
-        _at_least(self, "intensity", 0)
         if self.backoff_max < self.backoff:
             raise ConfigError(
                 "backoff_max",
                 f"must be at least backoff ({self.backoff:g}s), got {self.backoff_max:g}s",
             )
-        for f in ("max_agents", "max_depth", "max_tasks", "max_tool_calls"):
-            _at_least(self, f, 0)
+        if not MIN_FRAME <= self.max_frame <= MAX_FRAME:
+            raise ConfigError(
+                "max_frame",
+                f"must be between 64KiB and 1GiB ({MIN_FRAME} and {MAX_FRAME} bytes), "
+                f"got {self.max_frame}",
+            )
 
 
 OnError = Literal["fail_fast", "continue"]
@@ -554,9 +662,12 @@ class TaskSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     min_success: int | None = None
     on_error: OnError | None = None
 
+    _BOUNDS = {"retries": (0, 1_000), "min_success": (0, 10**9)}
+
     def _check(self) -> None:
-        _at_least(self, "retries", 0)
-        _at_least(self, "min_success", 0)
+        depth = _depth(self.args)
+        if depth > MAX_ARGS_DEPTH:
+            raise ConfigError("args", f"nested {depth} deep: at most {MAX_ARGS_DEPTH} levels")
 
 
 class RunSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
@@ -569,8 +680,11 @@ class RunSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     retry_backoff: Seconds = 0.1
     retry_backoff_max: Seconds = 5.0
 
+    _BOUNDS = {"max_concurrency": (1, 1_000_000)}
+
     def _check(self) -> None:
-        _at_least(self, "max_concurrency", 1)
+        for agent, n in self.agent_concurrency.items():
+            _within(f"agent_concurrency.{agent}", n, 1, 1_000_000)
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -662,6 +776,15 @@ def convert_spec(obj: Any, tp: type[_T], where: str = "") -> _T:
     return result
 
 
+def _table_name(section: str, name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ConfigError(
+            f"{section}.{name}",
+            "not a valid name: use letters, digits, '_', '-' and '.', not starting with '.' "
+            "(at most 128 characters)",
+        )
+
+
 def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
     """Validate a decoded TOML document; raise :class:`ConfigError` naming the key."""
     if not isinstance(data, dict):
@@ -701,6 +824,7 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
             raise ConfigError(
                 f"agents.{name}.name", "unknown key (the table's name is the agent's)"
             )
+        _table_name("agents", name)
         spec = _convert({**raw, "name": name}, AgentSpec, f"agents.{name}")
         agents[name] = resolve(spec, f"agents.{name}")
     raw_tools = data.get("tools", {})
@@ -712,6 +836,7 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
             raise ConfigError(f"tools.{name}", "expected a table")
         if "name" in raw:
             raise ConfigError(f"tools.{name}.name", "unknown key (the table's name is the tool's)")
+        _table_name("tools", name)
         tool = _convert({**raw, "name": name}, ToolSpec, f"tools.{name}")
         tools[name] = resolve(tool, f"tools.{name}")
     run = _convert(data.get("run", {}), RunSpec, "run")
@@ -745,12 +870,100 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML file; its directory goes on the agents' import path."""
     p = Path(path)
+    return parse_config(read_toml(p), p.parent)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's document; :class:`ConfigError` for anything but a readable,
+    UTF-8, valid and reasonably nested TOML document."""
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError("", f"cannot read {p}: {exc.strerror}") from exc
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from exc
     try:
-        data = tomllib.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError("", f"{path}: not UTF-8 (byte {exc.start}, line {line})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"{p}: invalid TOML: {exc}") from exc
-    return parse_config(data, p.parent)
+        raise ConfigError("", f"{path}: invalid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError("", f"{path}: values nested too deeply") from None
+
+
+_ENTRY_CHECK = r"""
+import importlib, inspect, json, sys
+out = []
+for path, entry, methods in json.loads(sys.stdin.read()):
+    mod_name, _, attr = entry.partition(":")
+    try:
+        obj = importlib.import_module(mod_name)
+    except BaseException as exc:
+        out.append([path, f"cannot import {mod_name!r}: {type(exc).__name__}: {exc}"])
+        continue
+    try:
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        out.append([path, f"module {mod_name!r} has no attribute {attr!r}"])
+        continue
+    if inspect.isclass(obj):
+        own = lambda name: any(name in vars(k) for k in obj.__mro__ if k is not object)
+        for where, method in methods:
+            if method == "":
+                if not (own("__call__") or callable(getattr(obj, "run", None))):
+                    out.append([where, f"{entry!r} is a class with no __call__ or run method to "
+                                       "call by default: name a method"])
+            elif method.startswith("_") or not callable(getattr(obj, method, None)):
+                names = sorted(n for n in dir(obj) if not n.startswith("_")
+                               and callable(getattr(obj, n, None)))
+                out.append([where, f"{entry!r} has no method {method!r} "
+                                   f"(methods: {', '.join(names) or 'none'})"])
+    elif not callable(obj):
+        out.append([path, f"{entry!r} is a {type(obj).__name__}, not a function or class"])
+print(json.dumps(out))
+"""
+
+
+def check_entries(cfg: Config, timeout: float = 60.0) -> list[ConfigError]:
+    """Every agent and tool entry imports, exists and can be called as the tasks call it.
+
+    The modules are imported in a throwaway interpreter (with the config's
+    directory and ``sys_path`` first on its import path), so nothing they do
+    at import time touches this process.  Errors name the key: ``agents.X.entry``,
+    ``tools.X.entry``, or ``tasks.T.method`` for a method the agent lacks.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    methods: dict[str, list[tuple[str, str]]] = {name: [] for name in cfg.agents}
+    for t in cfg.tasks:
+        where = f"tasks.{t.id}.method" if t.method else f"agents.{t.agent}.entry"
+        methods.setdefault(t.agent, []).append((where, t.method))
+    todo = [
+        (f"agents.{n}.entry", a.entry, sorted(set(methods.get(n, []))))
+        for n, a in cfg.agents.items()
+    ] + [(f"tools.{n}.entry", t.entry, []) for n, t in cfg.tools.items()]
+    if not todo:
+        return []
+    paths = [p for p in (cfg.base_dir, *cfg.supervisor.sys_path) if p]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _ENTRY_CHECK],
+            input=json.dumps(todo),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cfg.base_dir or None,
+            env=env,
+        )
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        return [ConfigError("agents", f"could not check the entries: {exc}")]
+    return [ConfigError(path, message) for path, message in found]

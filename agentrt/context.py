@@ -19,15 +19,14 @@ import asyncio
 import importlib
 import inspect
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agentrt.errors import AgentrtError, CallTimeout, from_dict
+from agentrt.errors import AgentrtError, from_dict
 from agentrt.protocol import (
     Count,
-    Message,
+    Receive,
     Reply,
     ReplyError,
     Send,
@@ -113,8 +112,6 @@ class AgentIO:
         self.next_req = 0
         self.futures: dict[int, asyncio.Future[Any]] = {}
         self.replies: dict[int, Reply | ReplyError] = {}
-        self.inbox: deque[Message] = deque()
-        self.inbox_waiters: deque[asyncio.Future[Message]] = deque()
         #: sync mode: reads and routes the next frames, waiting at most
         #: ``timeout`` seconds (None: until some arrive); set by the worker
         self.pump: Callable[[float | None], None] | None = None
@@ -152,14 +149,6 @@ class AgentIO:
                     fut.set_exception(from_dict(msg.error))
         else:
             self.replies[msg.req] = msg
-
-    def on_message(self, msg: Message) -> None:
-        while self.inbox_waiters:
-            w = self.inbox_waiters.popleft()
-            if not w.done():
-                w.set_result(msg)
-                return
-        self.inbox.append(msg)
 
 
 def _takes_ctx(fn: Callable[..., Any]) -> bool:
@@ -290,25 +279,22 @@ class Context(_Base):
         return await self.spawn(op.name, **op.args)
 
     async def send(self, agent: str, message: Any) -> None:
-        """Send ``message`` to a replica of ``agent`` (routed by the supervisor)."""
+        """Put ``message`` in ``agent``'s mailbox (any of its replicas takes it).
+
+        Returns once it is there; a full mailbox is :class:`MailboxFull`.
+        """
         req = self._io.new_req()
         await self._ask(Send(req, self.call_id, agent, message), req)
 
     async def receive(self, timeout: float | None = None) -> tuple[str, Any]:
-        """The next message sent to this replica: ``(sender, body)``."""
-        io = self._io
-        if io.inbox:
-            m = io.inbox.popleft()
-            return m.sender, m.body
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        io.inbox_waiters.append(fut)
-        limit = self._timeout(timeout) or None
-        try:
-            async with asyncio.timeout(limit):
-                m = await fut
-        except TimeoutError:
-            raise CallTimeout("no message received in time", timeout=limit) from None
-        return m.sender, m.body
+        """The next message sent to this agent: ``(sender, body)``.
+
+        Waits up to ``timeout`` seconds (and never past this call's
+        deadline); then :class:`CallTimeout`.
+        """
+        req = self._io.new_req()
+        sender, body = await self._ask(Receive(req, self.call_id, self._timeout(timeout)), req)
+        return str(sender), body
 
     async def submit(self, agent: str, /, args: dict[str, Any] | None = None, **task: Any) -> str:
         """Add a task to this run's graph (planners that find work as they go).
@@ -397,16 +383,10 @@ class SyncContext(_Base):
 
     def receive(self, timeout: float | None = None) -> tuple[str, Any]:
         io = self._io
-        limit = self._timeout(timeout) or None
-        end = None if limit is None else time.monotonic() + limit
-        while not io.inbox:
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                raise CallTimeout("no message received in time", timeout=limit)
-            assert io.pump is not None
-            io.pump(left)
-        m = io.inbox.popleft()
-        return m.sender, m.body
+        req = io.new_req()
+        io.write(Receive(req, self.call_id, self._timeout(timeout)))
+        sender, body = _reply_value(self._wait(req))
+        return str(sender), body
 
     def submit(self, agent: str, /, args: dict[str, Any] | None = None, **task: Any) -> str:
         io = self._io

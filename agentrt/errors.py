@@ -12,6 +12,7 @@
         ├── CallTimeout (TimeoutError)      the call's deadline passed
         ├── CallCancelled                   the call was cancelled
         ├── BudgetExceeded                  a run's budget is spent: ``budget``, ``limit``
+        ├── MailboxFull                     the receiving agent's mailbox is full: ``limit``
         └── AgentDied                       the replica serving the call died
             ├── AgentCrashed                exit code, or signal as -signum and name
             ├── LimitExceeded               which limit: memory, cpu_time, wall, ...
@@ -39,6 +40,7 @@ __all__ = [
     "CallTimeout",
     "ConfigError",
     "LimitExceeded",
+    "MailboxFull",
     "ProtocolViolation",
     "RemoteError",
     "StartupError",
@@ -185,6 +187,23 @@ class BudgetExceeded(CallError):
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         d.update(budget=self.budget, limit=self.limit)
+        return d
+
+
+class MailboxFull(CallError):
+    """``ctx.send`` to an agent whose mailbox holds as many messages (or bytes)
+    as it may: ``limit`` names which bound (``mailbox`` or ``mailbox_bytes``)."""
+
+    status = "limit"
+
+    def __init__(self, message: str, *, limit: str, value: int, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
+        self.value = value
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(limit=self.limit, limit_value=self.value)
         return d
 
 

@@ -235,6 +235,9 @@ class AgentProcess:
         except FrameError as exc:
             self._violation(str(exc))
             return
+        except Exception as exc:  # e.g. MemoryError: what it sent cannot be held
+            self._violation(f"its frames cannot be read: {type(exc).__name__}: {exc}")
+            return
         ready = self._ready
         for msg in msgs:
             if self._broken:
@@ -243,7 +246,14 @@ class AgentProcess:
                 if isinstance(msg, Ready | StartupFailed):
                     self._violation(f"unexpected {type(msg).__name__} frame after Ready")
                     return
-                self.handler(self, msg)
+                try:
+                    self.handler(self, msg)
+                except Exception as exc:
+                    # Never into the loop: the replica whose message could not
+                    # be handled is stopped (its stream is no longer trusted).
+                    self.log.exception("message_not_handled", message=type(msg).__name__)
+                    self._violation(f"{type(msg).__name__} could not be handled: {exc}")
+                    return
             elif isinstance(msg, Ready):
                 ready.set_result(None)
             elif isinstance(msg, StartupFailed):

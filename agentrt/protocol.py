@@ -37,9 +37,9 @@ __all__ = [
     "FrameError",
     "Heartbeat",
     "Log",
-    "Message",
     "Ready",
     "Reaped",
+    "Receive",
     "Reply",
     "ReplyError",
     "Result",
@@ -134,8 +134,10 @@ class Result(_Msg, frozen=True, tag="result"):
 class Failure(_Msg, frozen=True, tag="failure"):
     """Call ``id`` failed.
 
-    ``kind`` is ``"error"`` (the code raised), ``"memory"`` (``MemoryError``
-    under a memory limit), ``"cancelled"`` or ``"timeout"``.
+    ``kind`` is ``"error"`` (the code raised), ``"cancelled"``, ``"timeout"``,
+    or the limit the call hit: ``"memory"`` (``MemoryError`` or a refused
+    mmap under a memory limit), ``"open_files"`` (EMFILE), ``"file_size"``
+    (EFBIG).
     """
 
     id: int
@@ -191,12 +193,25 @@ class ToolCall(_Msg, frozen=True, tag="tool"):
 
 
 class Send(_Msg, frozen=True, tag="send"):
-    """Deliver ``body`` to agent ``to`` (any replica); replies once routed."""
+    """Put ``body`` in agent ``to``'s mailbox; replies once it is there.
+
+    The supervisor never decodes ``body`` (it stays ``Raw`` bytes): it only
+    counts them against the mailbox's bounds and passes them on.
+    """
 
     req: int
     parent: int
     to: str
-    body: Any
+    body: msgspec.Raw
+
+
+class Receive(_Msg, frozen=True, tag="receive"):
+    """Take the next message from this agent's mailbox; replies ``[sender, body]``,
+    waiting up to ``timeout`` seconds (0: the parent call's deadline)."""
+
+    req: int
+    parent: int
+    timeout: float = 0.0
 
 
 class Submit(_Msg, frozen=True, tag="submit"):
@@ -241,14 +256,9 @@ class ReplyError(_Msg, frozen=True, tag="reply_error"):
     error: dict[str, Any]
 
 
-class Message(_Msg, frozen=True, tag="message"):
-    """A message another agent sent with ``ctx.send``."""
-
-    sender: str
-    body: Any
-
-
-SupervisorMessage = Call | Cancel | Shutdown | Heartbeat | Reply | ReplyError | Message
+SupervisorMessage = Call | Cancel | Shutdown | Heartbeat | Reply | ReplyError
+#: messages with a ``msgspec.Raw`` field (decoded from a buffer of their own)
+_KEEPS_RAW: frozenset[type] = frozenset({Send})
 AgentMessage = (
     Ready
     | StartupFailed
@@ -259,6 +269,7 @@ AgentMessage = (
     | Spawn
     | ToolCall
     | Send
+    | Receive
     | Submit
     | Count
     | ToolSpan
@@ -461,7 +472,12 @@ class FrameDecoder:
             if stop > end:
                 break
             try:
-                out.append(decode(view[pos + HEADER : stop]))
+                msg = decode(view[pos + HEADER : stop])
+                if type(msg) in _KEEPS_RAW:
+                    # Its Raw part would point into a buffer that is reused or
+                    # resized: decode it again from a copy of its own.
+                    msg = decode(bytes(view[pos + HEADER : stop]))
+                out.append(msg)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
                 self._broken = f"undecodable frame: {exc}"
                 raise FrameError(self._broken) from exc

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import importlib
 import inspect
@@ -50,7 +51,6 @@ from agentrt.protocol import (
     FrameError,
     Heartbeat,
     Log,
-    Message,
     Ready,
     Reply,
     ReplyError,
@@ -289,7 +289,6 @@ class _Worker:
         self.chan = chan
         self.targets = targets
         self.with_ctx = {fn: takes_ctx(fn) for fn in set(targets.values())}
-        self.memory_limited = boot.memory is not None
         self.stopping = False
         self.backlog: deque[Any] = deque()
         self.current = 0  # id of the sync call running now
@@ -304,12 +303,9 @@ class _Worker:
         self.io.pump = self.pump
 
     def route(self, msg: Any) -> bool:
-        """Replies and messages go to the context; True when ``msg`` was one."""
+        """Replies go to the context; True when ``msg`` was one."""
         if isinstance(msg, Reply | ReplyError):
             self.io.on_reply(msg)
-            return True
-        if isinstance(msg, Message):
-            self.io.on_message(msg)
             return True
         return False
 
@@ -339,7 +335,25 @@ class _Worker:
         return fn
 
     def error_kind(self, exc: BaseException) -> str:
-        return "memory" if isinstance(exc, MemoryError) and self.memory_limited else "error"
+        """``"error"``, or the limit of this replica that ``exc`` (or its cause) hit:
+        ``"memory"`` (MemoryError, or an mmap refused), ``"open_files"`` (EMFILE),
+        ``"file_size"`` (EFBIG)."""
+        boot = self.boot
+        seen = 0
+        e: BaseException | None = exc
+        while e is not None and seen < 8:
+            if isinstance(e, MemoryError) and boot.memory is not None:
+                return "memory"
+            if isinstance(e, OSError):
+                if e.errno == errno.ENOMEM and boot.memory is not None:
+                    return "memory"
+                if e.errno == errno.EMFILE and boot.open_files is not None:
+                    return "open_files"
+                if e.errno == errno.EFBIG and boot.file_size is not None:
+                    return "file_size"
+            e = e.__cause__ or e.__context__
+            seen += 1
+        return "error"
 
     # --- sync mode ---------------------------------------------------------
 
@@ -368,7 +382,7 @@ class _Worker:
                     chan.write(result)
                 case Shutdown():
                     return 0
-                case Reply() | ReplyError() | Message():
+                case Reply() | ReplyError():
                     self.route(msg)
                 case Cancel() | Heartbeat():
                     pass  # nothing runs between calls in sync mode
@@ -469,7 +483,7 @@ class _Worker:
                 case Shutdown():
                     if not stop.done():
                         stop.set_result(None)
-                case Reply() | ReplyError() | Message():
+                case Reply() | ReplyError():
                     self.route(msg)
                 case Heartbeat():
                     pass
@@ -479,20 +493,21 @@ class _Worker:
                 chunk = os.read(chan.rfd, _READ_SIZE)
             except BlockingIOError:
                 return
-            if not chunk:
-                loop.remove_reader(chan.rfd)
-                if not stop.done():
-                    stop.set_result(None)
-                return
             try:
-                msgs = chan.decoder.feed(chunk)
-            except FrameError as exc:
+                if not chunk:
+                    loop.remove_reader(chan.rfd)
+                    if not stop.done():
+                        stop.set_result(None)
+                    return
+                for m in chan.decoder.feed(chunk):
+                    handle(m)
+            except Exception as exc:
+                # Garbage, or no memory to hold a frame: the replica ends
+                # (EXIT_PROTOCOL, EXIT_MEMORY...) rather than lose a message
+                # and carry on; nothing escapes into the loop.
                 loop.remove_reader(chan.rfd)
                 if not stop.done():
                     stop.set_exception(exc)
-                return
-            for m in msgs:
-                handle(m)
 
         loop.add_reader(chan.rfd, on_readable)
         try:

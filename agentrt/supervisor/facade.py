@@ -48,6 +48,21 @@ _UNSET: Any = object()
 Call = LedgerCall[Slot]
 
 
+#: memory counted per live replica for the default ``max_agents`` (PSS, page
+#: tables, pipe buffers, with room to spare)
+_BYTES_PER_AGENT = 8 * 2**20
+
+
+def default_max_agents() -> int:
+    """``max_agents`` when the config sets none: one replica per 8 MiB of this
+    machine's memory, between 64 and 4,096 (3,072 with 24 GiB)."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1024
+    return max(64, min(4096, memory // _BYTES_PER_AGENT))
+
+
 class CallReport(msgspec.Struct, kw_only=True):
     """The outcome of one call, as a results file records it.
 
@@ -217,17 +232,16 @@ class Supervisor:
         pool = self._pool
         if spec.name in pool.agents:
             raise ConfigError(f"agents.{spec.name}", "an agent of that name is already running")
-        limit = self.spec.max_agents
-        if limit is not None:
-            live = sum(len(a.slots) for a in pool.agents.values() if a.failed is None)
-            if live + spec.replicas > limit:
-                raise BudgetExceeded(
-                    f"starting {spec.replicas} replica(s) of {spec.name!r} would make "
-                    f"{live + spec.replicas} live agent processes (max_agents={limit})",
-                    budget="max_agents",
-                    limit=limit,
-                    agent=spec.name,
-                )
+        limit = self.spec.max_agents if self.spec.max_agents is not None else default_max_agents()
+        live = sum(len(a.slots) for a in pool.agents.values() if a.failed is None)
+        if live + spec.replicas > limit:
+            raise BudgetExceeded(
+                f"starting {spec.replicas} replica(s) of {spec.name!r} would make "
+                f"{live + spec.replicas} live agent processes (max_agents={limit})",
+                budget="max_agents",
+                limit=limit,
+                agent=spec.name,
+            )
         await self.open()
         spec = self._boots.plan(spec)
         agent = pool.add(spec, self._tree.period(spec))

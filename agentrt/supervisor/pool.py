@@ -59,6 +59,7 @@ from agentrt.protocol import (
     Failure,
     Heartbeat,
     Log,
+    Receive,
     Result,
     Send,
     Spawn,
@@ -77,8 +78,12 @@ __all__ = ["Agent", "Pool", "ReplicaStatus", "Request", "Restarts", "Slot"]
 
 _WATCHDOG_INTERVAL = 0.2
 
+#: Failure kinds that are a limit of the replica, and the Boot field that holds it
+_LIMIT_KINDS = {"memory": "memory", "open_files": "open_files", "file_size": "file_size"}
+_LIMIT_UNITS = {"memory": "bytes", "open_files": "files", "file_size": "bytes"}
+
 #: an agent's ``ctx`` request (routed by the supervisor's request handler)
-Request = Spawn | ToolCall | Send | Submit | Count
+Request = Spawn | ToolCall | Send | Receive | Submit | Count
 
 
 class ReplicaStatus(msgspec.Struct, kw_only=True):
@@ -120,6 +125,8 @@ class Slot:
     reaping: asyncio.Task[None] | None = None  # sweep + cgroup removal of the last process
     dead_proc: AgentProcess | None = None  # the last process whose death was answered
     dead_cause: AgentDied | None = None  # and why it died (None: asked to stop)
+    #: the supervisor is killing its process for one call's sake: the others are requeued
+    innocent: bool = False
 
     @property
     def name(self) -> str:
@@ -422,19 +429,13 @@ class Pool:
                     if call is not None:
                         call.slot = None
                         call.clear_timer()
-                        settle(call, error=self._failure_error(slot, proc, call, msg))
-                        self._after_answer(slot)
-                        if msg.kind == "memory":
-                            proc.kill(
-                                LimitExceeded(
-                                    "MemoryError under the memory limit: replica recycled",
-                                    limit="memory",
-                                    value=proc.boot.memory,
-                                    agent=proc.boot.agent,
-                                    pid=proc.pid,
-                                )
-                            )
-                case Spawn() | ToolCall() | Send() | Submit() | Count():
+                        err = self._failure_error(slot, proc, call, msg)
+                        settle(call, error=err)
+                        if isinstance(err, LimitExceeded):
+                            self.recycle(slot, proc, err, call.id)
+                        else:
+                            self._after_answer(slot)
+                case Spawn() | ToolCall() | Send() | Receive() | Submit() | Count():
                     assert self.on_request is not None
                     self.on_request(slot, proc, msg)
                 case ToolSpan(parent=parent, tool=tool, start=start, end=end, status=status):
@@ -478,11 +479,14 @@ class Pool:
             )
         if msg.kind == "cancelled":
             return CallCancelled(f"call to {slot.agent.name!r} was cancelled", **kw)
-        if msg.kind == "memory":
+        limit = _LIMIT_KINDS.get(msg.kind)
+        if limit is not None:
+            value = getattr(proc.boot, limit)
             return LimitExceeded(
-                f"memory limit of {proc.boot.memory} bytes exceeded: {msg.type}: {msg.message}",
-                limit="memory",
-                value=proc.boot.memory,
+                f"{msg.kind} limit of {value} {_LIMIT_UNITS[msg.kind]} exceeded: "
+                f"{msg.type}: {msg.message}",
+                limit=msg.kind,
+                value=value,
                 **kw,
             )
         if msg.error is not None:
@@ -493,6 +497,24 @@ class Pool:
                 err.__notes__ = [f"raised through {slot.agent.name!r} (pid {proc.pid})"]
                 return err
         return RemoteError(msg.type, msg.message, msg.traceback, **kw)
+
+    def recycle(self, slot: Slot, proc: AgentProcess, err: LimitExceeded, culprit: int) -> None:
+        """Call ``culprit`` hit a limit in this replica: replace the replica.
+
+        The others it holds did nothing wrong: they go back to the queue, for
+        the fresh replica, without using an attempt.
+        """
+        self.set_state(slot, "stopping")  # no further call is sent to it
+        slot.innocent = True
+        proc.kill(
+            LimitExceeded(
+                f"replica recycled: call {culprit} hit its {err.limit} limit",
+                limit=err.limit,
+                value=err.value,
+                agent=slot.agent.name,
+                pid=proc.pid,
+            )
+        )
 
     def withdraw(self, call: LedgerCall[Slot]) -> None:
         """The ledger settled a call a replica still runs: ``Cancel`` it there, and
@@ -510,6 +532,7 @@ class Pool:
         slot = call.slot
         if slot is None or slot.proc is not proc or call.id not in slot.inflight:
             return
+        slot.innocent = True  # the call that ignored its Cancel is settled already
         self.log.warning(
             "replica_killed_for_deadline",
             agent=slot.agent.name,
@@ -537,9 +560,11 @@ class Pool:
         agent = slot.agent
         calls = list(slot.inflight.values())
         slot.inflight.clear()
+        innocent, slot.innocent = slot.innocent, False
         if not calls:
             return
-        conc = agent.spec.concurrency
+        # Killed on purpose for one call (settled already): none of these is to blame.
+        conc = 0 if innocent else agent.spec.concurrency
         requeue: list[LedgerCall[Slot]] = []
         for i, call in enumerate(calls):
             call.slot = None

@@ -14,9 +14,14 @@ their first call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from agentrt.config import AgentSpec, SupervisorSpec, ToolSpec
 from agentrt.errors import (
@@ -24,16 +29,27 @@ from agentrt.errors import (
     BudgetExceeded,
     CallCancelled,
     CallError,
+    CallTimeout,
     ConfigError,
+    MailboxFull,
     UnknownAgent,
 )
 from agentrt.process import AgentProcess
-from agentrt.protocol import Count, Message, Reply, ReplyError, Send, Spawn, Submit, ToolCall
+from agentrt.protocol import (
+    Count,
+    Receive,
+    Reply,
+    ReplyError,
+    Send,
+    Spawn,
+    Submit,
+    ToolCall,
+)
 from agentrt.supervisor.ledger import UNLIMITED, Budget
 from agentrt.supervisor.ledger import Call as LedgerCall
 from agentrt.supervisor.pool import Pool, Request, Slot
 
-__all__ = ["Requests", "new_budget"]
+__all__ = ["Mailbox", "Requests", "new_budget"]
 
 Call = LedgerCall[Slot]
 #: ``submit(agent, args, method, timeout, parent, budget)``: a call queued to an agent
@@ -63,6 +79,7 @@ class Requests:
         self._start = start
         self.tools: dict[str, ToolSpec] = {}
         self._tool_starts: dict[str, asyncio.Future[None]] = {}
+        self._mailboxes: dict[str, Mailbox] = {}
         pool.on_request = self.handle
         pool.tools = self.tool_map
 
@@ -81,15 +98,22 @@ class Requests:
         Never raises: a refused request is a typed error replied to the agent.
         """
         parent = slot.inflight.get(msg.parent) if msg.parent else None
-        if parent is not None and parent.future.done():
-            parent = None  # answered already (timed out): nothing more may start
         try:
-            if msg.parent and parent is None:
+            # Every request is made for the call the replica serves, and is
+            # charged to it (budget, depth, deadline): a replica serving
+            # nothing, or naming a call it does not hold, gets nothing.
+            if parent is None:
+                raise CallError(
+                    f"request for call {msg.parent}, which this replica is not serving: "
+                    "requests are made from inside a call",
+                    agent=slot.agent.name,
+                )
+            if parent.future.done():
                 raise CallCancelled(
                     f"call {msg.parent} is over: no new work may start for it",
                     agent=slot.agent.name,
                 )
-            budget = parent.budget if parent is not None else new_budget(self.spec)
+            budget = parent.budget
             match msg:
                 case Spawn(agent=agent, args=args, method=method, timeout=timeout):
                     self._check_depth(parent, agent)
@@ -105,34 +129,38 @@ class Requests:
                 case Send(to=to, body=body):
                     target = self.pool.agents.get(to)
                     if target is None:
-                        raise UnknownAgent(f"no agent named {to!r}")
-                    live = [
-                        s
-                        for s in target.slots
-                        if s.proc is not None and s.state in ("ready", "busy")
-                    ]
-                    if not live:
-                        raise UnknownAgent(f"agent {to!r} has no live replica to receive")
-                    dest = min(live, key=lambda s: len(s.inflight))
-                    assert dest.proc is not None
-                    dest.proc.send(Message(slot.agent.name, body))
+                        raise UnknownAgent(
+                            f"no agent named {to!r} (running: {', '.join(self.pool.agents)})"
+                        )
+                    if target.failed is not None:
+                        raise target.failed
+                    self._mailbox(to).put(slot.agent.name, body)
                     proc.send(Reply(msg.req, None))
+                case Receive(timeout=timeout):
+                    self._mailbox(slot.agent.name).take(proc, msg.req, parent, timeout)
                 case Submit(task=task):
-                    run = parent.run if parent is not None else None
-                    if parent is None or run is None:
+                    run = parent.run
+                    if run is None:
                         raise CallError(
                             "ctx.submit() needs a task of a graph run", agent=slot.agent.name
                         )
                     budget.charge("tasks", slot.agent.name)
                     proc.send(Reply(msg.req, run.add_submitted(task)))
                 case Count():
-                    if parent is not None:
-                        budget.charge("tool_calls", slot.agent.name)
+                    budget.charge("tool_calls", slot.agent.name)
                     proc.send(Reply(msg.req, None))
         except AgentrtError as exc:
             proc.send(ReplyError(msg.req, exc.to_dict()))
         except (ValueError, TypeError, LookupError) as exc:
             proc.send(ReplyError(msg.req, {"type": "CallError", "message": str(exc)}))
+
+    def _mailbox(self, agent: str) -> Mailbox:
+        box = self._mailboxes.get(agent)
+        if box is None:
+            box = self._mailboxes[agent] = Mailbox(
+                agent, self.spec.mailbox, self.spec.mailbox_bytes
+            )
+        return box
 
     def _check_depth(self, parent: Call | None, agent: str) -> None:
         limit = self.spec.max_depth
@@ -197,3 +225,85 @@ def _relay(proc: AgentProcess, req: int, fut: asyncio.Future[Any]) -> None:
         proc.send(ReplyError(req, exc.to_dict()))
     else:
         proc.send(ReplyError(req, {"type": "CallError", "message": f"{type(exc).__name__}: {exc}"}))
+
+
+@dataclass(eq=False, slots=True)
+class _Taker:
+    """A replica waiting in ``ctx.receive`` for the call ``call``."""
+
+    proc: AgentProcess
+    req: int
+    call: Call
+    timer: asyncio.TimerHandle | None = None
+
+    def gone(self) -> bool:
+        return self.call.future.done() or self.proc.dead.done()
+
+
+class Mailbox:
+    """One agent's messages, bounded in count and bytes; its replicas take from it.
+
+    A message waits here until one of the agent's replicas calls
+    ``ctx.receive`` (so sending to an agent whose replicas are all busy, or
+    restarting, is fine); a full mailbox refuses with :class:`MailboxFull`.
+    Bodies stay encoded (``Raw``): the supervisor counts their bytes and
+    never decodes them.
+    """
+
+    def __init__(self, agent: str, limit: int, limit_bytes: int) -> None:
+        self.agent = agent
+        self.limit = limit
+        self.limit_bytes = limit_bytes
+        self.messages: deque[tuple[str, msgspec.Raw]] = deque()
+        self.size = 0
+        self.takers: deque[_Taker] = deque()
+
+    def put(self, sender: str, body: msgspec.Raw) -> None:
+        while self.takers:
+            taker = self.takers.popleft()
+            if taker.timer is not None:
+                taker.timer.cancel()
+            if not taker.gone():
+                taker.proc.send(Reply(taker.req, [sender, body]))
+                return
+        n = len(body)
+        if len(self.messages) >= self.limit:
+            raise MailboxFull(
+                f"the mailbox of {self.agent!r} holds {self.limit} messages (mailbox)",
+                limit="mailbox",
+                value=self.limit,
+                agent=self.agent,
+            )
+        if self.size + n > self.limit_bytes:
+            raise MailboxFull(
+                f"the mailbox of {self.agent!r} would hold more than {self.limit_bytes} bytes "
+                "(mailbox_bytes)",
+                limit="mailbox_bytes",
+                value=self.limit_bytes,
+                agent=self.agent,
+            )
+        self.messages.append((sender, body))
+        self.size += n
+
+    def take(self, proc: AgentProcess, req: int, call: Call, timeout: float) -> None:
+        """Reply to request ``req`` with the next message, now or when one comes;
+        :class:`CallTimeout` after ``timeout`` seconds (0: the call's deadline)."""
+        if self.messages:
+            sender, body = self.messages.popleft()
+            self.size -= len(body)
+            proc.send(Reply(req, [sender, body]))
+            return
+        taker = _Taker(proc, req, call)
+        self.takers = deque(t for t in self.takers if not t.gone())  # the dead wait no more
+        self.takers.append(taker)
+        if timeout > 0:
+            taker.timer = asyncio.get_running_loop().call_later(
+                timeout, self._timed_out, taker, timeout
+            )
+
+    def _timed_out(self, taker: _Taker, timeout: float) -> None:
+        taker.timer = None
+        with contextlib.suppress(ValueError):
+            self.takers.remove(taker)
+        err = CallTimeout(f"no message received within {timeout:g}s", timeout=timeout)
+        taker.proc.send(ReplyError(taker.req, err.to_dict()))

@@ -191,16 +191,17 @@ async def test_cpu_quota_is_written(make_supervisor, agent_spec):
 
 
 async def test_strict_refuses_what_cannot_be_enforced(make_supervisor, agent_spec, logs):
-    bad = SandboxProfile(enforce="strict", run_as="no-such-user-agentrt")
+    # a cpu share is a cgroup quota: without cgroup = true it cannot hold
+    bad = SandboxProfile(enforce="strict", limits=SandboxLimits(cpu=0.5))
     async with make_supervisor() as sup:
         with pytest.raises(StartupError) as info:
             await sup.start(agent_spec("x", "agents:echo", sandbox=bad))
-        assert "run_as" in str(info.value)
+        assert "limits.cpu" in str(info.value)
         assert "x" not in sup.agents
-        warn = SandboxProfile(enforce="warn", run_as="no-such-user-agentrt")
+        warn = SandboxProfile(enforce="warn", limits=SandboxLimits(cpu=0.5))
         await sup.start(agent_spec("y", "agents:echo", sandbox=warn))
         entry = await logs.wait_for("sandbox_unenforced", agent="y")
-        assert entry["setting"] == "run_as"
+        assert entry["setting"] == "limits.cpu"
         assert await sup.call("y", {"a": 1}) == {"a": 1}
 
 

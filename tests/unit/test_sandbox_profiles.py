@@ -141,11 +141,17 @@ def test_plan_moves_memory_to_the_cgroup_when_there_is_one() -> None:
 
 
 def test_unenforceable_settings_are_reported_not_dropped() -> None:
-    plan = sb.plan(SandboxProfile(run_as="no-such-user-agentrt", limits=SandboxLimits(cpu=0.5)))
+    plan = sb.plan(SandboxProfile(limits=SandboxLimits(cpu=0.5)))
     un = dict(plan.unenforced)
-    assert "no user named" in un["run_as"]
     assert un["limits.cpu"] == "NOT enforced: needs cgroup = true"
-    assert plan.run_uid is None
+
+
+def test_an_unknown_run_as_user_is_a_config_error_naming_the_user() -> None:
+    with pytest.raises(ConfigError, match="run_as: no user named 'no-such-user-agentrt'"):
+        SandboxProfile(run_as="no-such-user-agentrt")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sandboxes": {"mine": {"run_as": "no-such-user-agentrt"}}})
+    assert info.value.path == "sandboxes.mine.run_as"
 
 
 def test_run_as_accepts_uid_and_gid() -> None:
