@@ -271,8 +271,6 @@ async def _supervise(
         if recorder is not None and trace is not None:
             recorder.write(trace, result)
             log.info("trace_written", path=str(trace), events=len(recorder.events))
-    for name, err in failed.items():
-        log.error("agent_failed", agent=name, reason=err.reason)
     if result is None:
         # no run: supervised with no tasks, or an agent could not start
         result = RunResult(

@@ -7,6 +7,7 @@
     ├── SupervisorClosed (RuntimeError)     you closed it: the supervisor is stopping
     ├── UnknownAgent (LookupError)          no agent of that name is running
     ├── AgentFailed                         the agent gave up (restart intensity)
+    ├── EncodeError (TypeError)             a value cannot cross the process boundary
     └── CallError                           one call failed; ``call_id``, ``agent``, ``pid``
         ├── RemoteError                     the agent raised: type, message, traceback
         ├── CallTimeout (TimeoutError)      the call's deadline passed
@@ -39,6 +40,7 @@ __all__ = [
     "CallError",
     "CallTimeout",
     "ConfigError",
+    "EncodeError",
     "LimitExceeded",
     "MailboxFull",
     "ProtocolViolation",
@@ -117,6 +119,12 @@ class AgentFailed(AgentrtError):
         if self.last is not None:
             d["last_cause"] = self.last.to_dict()
         return d
+
+
+class EncodeError(AgentrtError, TypeError):
+    """A value cannot cross the process boundary (MessagePack cannot hold it, it
+    nests too deeply, or its frame would pass ``max_frame``); raised where the
+    call is made, naming the place (``args.items[3]: ...``)."""
 
 
 class CallError(AgentrtError):

@@ -146,6 +146,7 @@ class AgentProcess:
         self._obuf = b""
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._launched = asyncio.Event()  # launched, or failed to
+        self._start_called = False
         self._gone = asyncio.Event()  # pidfd readable or exit status known
         self.dead: asyncio.Future[AgentDied | None] = self._loop.create_future()
         self._eof = False
@@ -162,9 +163,19 @@ class AgentProcess:
 
     async def start(self, launcher: Launcher, startup_timeout: float) -> None:
         """Start the child and wait for ``Ready``; raises :class:`StartupError`."""
-        to_child_r, to_child_w = os.pipe2(os.O_CLOEXEC)
-        from_child_r, from_child_w = os.pipe2(os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        self._start_called = True
+        made: list[int] = []
+        try:
+            for _ in range(3):
+                made.extend(os.pipe2(os.O_CLOEXEC))
+        except OSError as exc:  # e.g. EMFILE: no replica without its pipes
+            for fd in made:
+                os.close(fd)
+            self._launched.set()
+            self.cause = StartupError(f"could not make its pipes: {exc}", agent=self.boot.agent)
+            self.dead.set_result(self.cause)
+            raise self.cause from exc
+        to_child_r, to_child_w, from_child_r, from_child_w, out_r, out_w = made
         child_fds = [to_child_r, from_child_w, out_w]
         self._rfd, self._wfd, self._ofd = from_child_r, to_child_w, out_r
         try:
@@ -457,6 +468,9 @@ class AgentProcess:
 
         self.stopping = True
         if self.pid == 0 and not self.dead.done():
+            if not self._start_called:  # never started: nothing to stop
+                self.dead.set_result(None)
+                return None
             await self._launched.wait()  # it is being launched: stop it once it exists
         if self.dead.done():
             return self.dead.result()

@@ -30,10 +30,13 @@ from agentrt.errors import (
     BudgetExceeded,
     CallCancelled,
     ConfigError,
+    EncodeError,
     SupervisorClosed,
     UnknownAgent,
 )
 from agentrt.process import Launcher
+from agentrt.protocol import Call as WireCall
+from agentrt.protocol import FrameEncoder, describe_unencodable
 from agentrt.supervisor.boot import BootPlanner
 from agentrt.supervisor.events import EventHub, RunEvent
 from agentrt.supervisor.ledger import UNLIMITED, Batch, Budget, Ledger, RunHost
@@ -108,7 +111,8 @@ class Supervisor:
         self.log = structlog.get_logger("agentrt")
         self._events = EventHub()
         self._boots = BootPlanner(spec, self.base_dir, self.sys_path, self.log)
-        self._ledger: Ledger[Slot] = Ledger(self._events, self._withdraw)
+        self._encoder = FrameEncoder(spec.max_frame)
+        self._ledger: Ledger[Slot] = Ledger(self._events, self._withdraw, self._encode_call)
         self._pool = Pool(self._ledger, self._events, self._boots, self.log)
         self._tree = Tree(self._pool, spec, self._events, self._agent_failed)
         self._requests = Requests(spec, self._pool, self._submit_child, self.start)
@@ -191,6 +195,8 @@ class Supervisor:
             for agent in agents:
                 pool.fail_waiting(agent, err)
             await self._tree.shutdown(agents, err)
+            for agent in agents:  # calls a dying replica gave back meanwhile
+                pool.fail_waiting(agent, err)
         finally:
             # Whatever happened above, the launcher and the run directory go.
             await pool.close()
@@ -205,8 +211,8 @@ class Supervisor:
         "stop"`` (OTP's behaviour) every agent stops and so does the supervisor."""
         assert agent.failed is not None
         self._failed[agent.name] = agent.failed
-        if self.spec.on_agent_failure != "stop" or self._closing:
-            return
+        if self.spec.on_agent_failure != "stop" or self._closing or agent.is_tool:
+            return  # (an isolated tool that failed fails the calls made to it, no more)
         self.failure = agent.failed
         self.log.error("supervisor_stopping", agent=agent.name, reason=agent.failed.reason)
         self._events.emit("supervisor_stopping", agent=agent.name, reason=str(agent.failed))
@@ -251,12 +257,14 @@ class Supervisor:
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
+            err = errors[0]
             await pool.stop_slots(
                 agent.slots, SupervisorClosed(f"agent {spec.name!r} failed to start")
             )
+            pool.fail_waiting(agent, err)  # calls made while it was starting
             del pool.agents[spec.name]
             self._boots.forget(spec.name)
-            raise errors[0]
+            raise err
         self.log.info("agent_started", agent=spec.name, replicas=spec.replicas)
 
     async def stop(self, name: str) -> None:
@@ -265,6 +273,7 @@ class Supervisor:
         err = CallCancelled(f"agent {name!r} was stopped", agent=name)
         self._pool.fail_waiting(agent, err)
         await self._pool.stop_slots(agent.slots, err)
+        self._pool.fail_waiting(agent, err)  # calls a dying replica gave back meanwhile
         del self._pool.agents[name]
         self._boots.forget(name)
         self.log.info("agent_stopped", agent=name)
@@ -367,6 +376,26 @@ class Supervisor:
             agent, args, method, _UNSET if timeout is None else timeout, None, parent, budget
         )
 
+    def _encode_call(
+        self,
+        call_id: int,
+        agent: str,
+        target: str,
+        args: Mapping[str, Any],
+        deadline: float | None,
+    ) -> bytearray:
+        """A call's frame, encoded where the call is made: arguments that cannot
+        cross the process boundary are the caller's :class:`EncodeError`."""
+        try:
+            return self._encoder.encode(WireCall(call_id, target, dict(args), deadline or 0.0))
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            if isinstance(exc, RecursionError):
+                where = f"args: nested too deeply to encode ({exc})"
+            else:
+                where = describe_unencodable(args, "args") or f"args: {exc}"
+            what = f"{agent}.{target}" if target else agent
+            raise EncodeError(f"call to {what!r} cannot be sent: {where}") from None
+
     def _withdraw(self, call: Call) -> None:
         self._pool.withdraw(call)
 
@@ -407,15 +436,22 @@ class Supervisor:
         """
         loop = asyncio.get_running_loop()
         calls: list[Call] = []
+        unsent: dict[int, EncodeError] = {}  # position -> why it could not be sent
         ledger = self._ledger
         # left starts at 1 for the submission itself: calls that fail while
         # the rest are still being queued cannot end the wait too early.
         batch = Batch(1, loop.create_future(), not return_exceptions)
         try:
-            for args in items:
-                call = self._submit(agent, args, method, timeout, retries, batch=batch)
+            for i, args in enumerate(items):
+                try:
+                    call = self._submit(agent, args, method, timeout, retries, batch=batch)
+                except EncodeError as exc:
+                    if not return_exceptions:
+                        raise
+                    unsent[i] = exc
+                    continue
                 calls.append(call)
-                if batch.done.done():  # failed already (e.g. arguments msgpack cannot encode)
+                if batch.done.done():  # one failed already
                     break
             batch.settled(False)
             await batch.done
@@ -439,7 +475,10 @@ class Supervisor:
                         )
                         c.future.exception()  # retrieved: the caller gets the first error
                 raise first
-        return [c.future.exception() or c.future.result() for c in calls]
+        out: list[Any] = [c.future.exception() or c.future.result() for c in calls]
+        for i in sorted(unsent):
+            out.insert(i, unsent[i])
+        return out
 
     async def call_report(
         self,

@@ -37,6 +37,8 @@ __all__ = ["UNLIMITED", "Batch", "Budget", "Call", "Ledger", "RunHost"]
 
 #: where a call runs (the pool's replica slot); the ledger only asks whether it runs
 S = TypeVar("S")
+#: ``encode(call_id, agent, target, args, deadline)``: the call's frame, or EncodeError
+Encoder = Callable[[int, str, str, Mapping[str, Any], float | None], bytes | bytearray]
 
 
 class RunHost(Protocol):
@@ -108,7 +110,8 @@ class Call(Generic[S]):
     id: int
     agent: str
     target: str
-    args: dict[str, Any]
+    #: its ``Call`` frame, encoded once when it is made (and sent as is, retries too)
+    frame: bytes | bytearray
     timeout: float | None
     deadline: float | None  # time.monotonic()
     retries: int
@@ -141,9 +144,12 @@ class Ledger(Generic[S]):
     replica still runs it.
     """
 
-    def __init__(self, events: EventHub, withdraw: Callable[[Call[S]], None]) -> None:
+    def __init__(
+        self, events: EventHub, withdraw: Callable[[Call[S]], None], encode: Encoder
+    ) -> None:
         self.events = events
         self._withdraw = withdraw
+        self._encode = encode
         self._ids = itertools.count(1)
 
     def next_id(self) -> int:
@@ -162,7 +168,12 @@ class Ledger(Generic[S]):
         run: RunHost | None = None,
         batch: Batch | None = None,
     ) -> Call[S]:
-        """A new call; a child never outlives its parent's deadline."""
+        """A new call; a child never outlives its parent's deadline.
+
+        Its frame is encoded here, so arguments that cannot cross the process
+        boundary raise :class:`EncodeError` to the caller, before anything
+        is registered.
+        """
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
@@ -173,11 +184,13 @@ class Ledger(Generic[S]):
         ):
             deadline = parent.deadline
             timeout = max(0.0, deadline - now)
+        cid = next(self._ids)
+        frame = self._encode(cid, agent, target, args or {}, deadline)
         call: Call[S] = Call(
-            next(self._ids),
+            cid,
             agent,
             target,
-            dict(args) if args else {},
+            frame,
             timeout,
             deadline,
             retries,
@@ -249,7 +262,7 @@ class Ledger(Generic[S]):
         """A call ended: the subagent and tool calls it started that still run end too."""
         children, call.children = call.children or [], None
         for child in children:
-            if not child.future.done():
+            if child.finished_at is None:
                 self.settle(
                     child,
                     error=CallCancelled(

@@ -29,9 +29,9 @@ import copy
 import functools
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -53,7 +53,6 @@ from agentrt.errors import (
 from agentrt.process import AgentProcess, Launcher
 from agentrt.protocol import (
     Boot,
-    Call,
     Cancel,
     Count,
     Failure,
@@ -66,7 +65,6 @@ from agentrt.protocol import (
     Submit,
     ToolCall,
     ToolSpan,
-    describe_unencodable,
 )
 from agentrt.supervisor import policy
 from agentrt.supervisor.boot import BootPlanner
@@ -77,6 +75,7 @@ from agentrt.supervisor.ledger import Ledger
 __all__ = ["Agent", "Pool", "ReplicaStatus", "Request", "Restarts", "Slot"]
 
 _WATCHDOG_INTERVAL = 0.2
+T = TypeVar("T")
 
 #: Failure kinds that are a limit of the replica, and the Boot field that holds it
 _LIMIT_KINDS = {"memory": "memory", "open_files": "open_files", "file_size": "file_size"}
@@ -155,6 +154,11 @@ class Agent:
     def capacity(self) -> int:
         return self.spec.concurrency + self.spec.queue
 
+    @property
+    def is_tool(self) -> bool:
+        """The pool of an isolated tool (started on its first call)."""
+        return self.spec.name.startswith("tool:")
+
     def slot_gone(self, slot: Slot) -> None:
         slot.gone = True
         self.all_gone = all(s.gone for s in self.slots)
@@ -204,15 +208,19 @@ class Pool:
     # --- slots in start order ------------------------------------------------------
 
     def order(self) -> list[Slot]:
-        """Every slot that may still serve, in start order (an agent still being
-        started for the first time is not one yet)."""
+        """The children a restart strategy applies to, in start order: every slot
+        whose loop runs and that may still serve.  Not among them: an agent still
+        on its first start, and isolated tools' pools (``tool:<name>``), which
+        restart on their own and whose failure fails only their calls."""
         return [
             s
             for a in self.agents.values()
-            if a.failed is None
+            if a.failed is None and not a.is_tool
             for s in a.slots
             if not s.gone
             and not s.stop_requested
+            and s.task is not None
+            and not s.task.done()
             and (s.first_start is None or s.first_start.done())
         ]
 
@@ -251,8 +259,16 @@ class Pool:
         """Start, serve, die, ask the tree whether to start again; until told to stop."""
         try:
             await self._serve(slot)
+        except Exception as exc:  # a bug, or the machine refusing pipes: logged, not lost
+            self.log.exception("replica_loop_failed", agent=slot.agent.name, replica=slot.index)
+            if slot.first_start is not None and not slot.first_start.done():
+                slot.first_start.set_exception(
+                    StartupError(f"could not start: {exc}", agent=slot.agent.name)
+                )
         finally:
             _resolve(slot.started)  # a group restart waiting for this start goes on
+            if slot.hold is not None and not slot.hold.done():
+                slot.hold.set_result(False)
 
     async def _serve(self, slot: Slot) -> None:
         agent = slot.agent
@@ -260,6 +276,7 @@ class Pool:
         log = self.log.bind(agent=spec.name, replica=slot.index)
         assert self.launcher is not None and self.restarts is not None
         while True:
+            started = slot.started  # this start's, if a group restart waits for it
             boot = self.boots.boot(spec, slot.index, slot.generation, self.tools())
             proc = AgentProcess(boot, self._handler(slot), log)
             slot.proc = proc
@@ -276,7 +293,7 @@ class Pool:
                 log.info("replica_ready", pid=proc.pid, generation=slot.generation)
                 self.events.emit("replica_ready", agent=spec.name, replica=slot.index, pid=proc.pid)
                 _resolve(slot.first_start)
-                _resolve(slot.started)
+                _resolve(started)
                 self.dispatch(agent)
                 # Its callers are answered from a callback on ``dead``, not
                 # after this task wakes up: two loop turns and the restart's
@@ -294,7 +311,7 @@ class Pool:
                 slot.first_start.set_exception(cause)
                 self.set_state(slot, "crashed")
                 return
-            _resolve(slot.started)
+            _resolve(started)
             if cause is not None:
                 self.log_death(slot, proc, cause)
             if slot.stop_requested or self.closing:
@@ -393,12 +410,6 @@ class Pool:
     def _send(self, slot: Slot, call: LedgerCall[Slot]) -> None:
         proc = slot.proc
         assert proc is not None
-        try:
-            data = proc.encode(Call(call.id, call.target, call.args, call.deadline or 0.0))
-        except (TypeError, ValueError, OverflowError) as exc:
-            where = describe_unencodable(call.args, "args") or str(exc)
-            self.ledger.settle(call, error=TypeError(f"call to {slot.agent.name!r}: {where}"))
-            return
         call.attempts += 1
         call.slot = slot
         call.pid = proc.pid
@@ -408,7 +419,7 @@ class Pool:
         slot.inflight[call.id] = call
         if slot.state == "ready":
             slot.state = "busy"
-        proc.send_bytes(data)
+        proc.send_bytes(call.frame)
 
     def _handler(self, slot: Slot) -> Callable[[AgentProcess, Any], None]:
         settle = self.ledger.settle
@@ -582,6 +593,11 @@ class Pool:
                 requeue.append(call)
             else:
                 self.ledger.settle(call, error=copy.copy(cause))
+        if self.closing or slot.stop_requested:
+            # the agent is being stopped: nothing will serve them
+            for call in requeue:
+                self.ledger.settle(call, error=copy.copy(cause))
+            return
         for call in reversed(requeue):
             agent.waiting.appendleft(call)
         if agent.failed is not None:
@@ -686,7 +702,7 @@ class Pool:
 
     # --- helpers -----------------------------------------------------------------------
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A background task of the pool's (cancelled by :meth:`close`)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)

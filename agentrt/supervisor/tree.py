@@ -114,7 +114,13 @@ class Tree:
         finally:
             if slot.hold is hold:
                 slot.hold = None
-        if not again and not slot.stop_requested:
+        if not again and not slot.stop_requested and not self.pool.closing:
+            self.pool.log.info(
+                "replica_not_restarted",
+                agent=slot.agent.name,
+                replica=slot.index,
+                restart=slot.agent.spec.restart,
+            )
             self._end(slot)
         return again
 
@@ -147,6 +153,8 @@ class Tree:
         for s in plan.terminate:
             if s.hold is None:
                 s.hold = loop.create_future()
+            if s.proc is not None and not s.proc.dead.done():
+                pool.set_state(s, "stopping")  # no new call goes to a replica about to stop
         pool.log.info(
             "group_restart",
             strategy=strategy,
@@ -154,6 +162,28 @@ class Tree:
             terminate=[s.name for s in plan.terminate],
             restart=[s.name for s in plan.restart],
         )
+        try:
+            await self._run_plan(plan, crashed)
+        except Exception:
+            pool.log.exception("group_restart_failed", strategy=strategy, because=crashed.name)
+        finally:
+            # Whatever happened, no slot of the plan waits forever: the ones not
+            # released yet start again (temporary ones end).
+            for s in plan.ended:
+                _release(s, False)
+            for s in (*plan.terminate, crashed):
+                if s.hold is None or s.hold.done():
+                    continue
+                if pool.closing or s.agent.spec.restart == "temporary":
+                    _release(s, False)
+                else:
+                    s.restarts += 1
+                    s.generation += 1
+                    _release(s, True)
+
+    async def _run_plan(self, plan: policy.StrategyPlan[Slot], crashed: Slot) -> None:
+        pool = self.pool
+        loop = asyncio.get_running_loop()
         # 1. terminate, in reverse start order (an agent's replicas together)
         for batch in policy.batches(plan.terminate, _agent_of):
             await asyncio.gather(*(self._terminate(s, crashed) for s in batch))
@@ -177,7 +207,13 @@ class Tree:
         for batch in policy.batches(plan.restart, _agent_of):
             starting: list[asyncio.Future[None]] = []
             for s in batch:
-                if pool.closing or s.stop_requested or s.agent.failed is not None:
+                if (
+                    pool.closing
+                    or s.stop_requested
+                    or s.agent.failed is not None
+                    or s.task is None
+                    or s.task.done()
+                ):
                     _release(s, False)
                     continue
                 s.restarts += 1
@@ -191,7 +227,10 @@ class Tree:
     async def _terminate(self, slot: Slot, crashed: Slot) -> None:
         """Stop one sibling for a group restart (its shutdown sequence, then reaped)."""
         proc = slot.proc
-        if proc is None or proc.dead.done():
+        if proc is None:
+            return
+        if proc.dead.done():
+            await proc.wait_closed()  # dead already: its leftovers must be gone too
             return
         strategy = self.spec.strategy
         self.pool.log.info(

@@ -13,6 +13,7 @@ from agentrt import (
     CallError,
     RemoteError,
     ReplicaStatus,
+    SupervisorClosed,
     UnknownAgent,
 )
 
@@ -350,3 +351,21 @@ async def test_cancelling_a_submitted_future_cancels_the_call_in_its_replica(
         killed = await logs.wait_for("replica_killed_for_deadline", agent="blocked")
         assert killed["pid"] == st.pid
         await logs.wait_for("replica_ready", agent="blocked", generation=1)
+
+
+@pytest.mark.parametrize("how", ["stop", "close"])
+async def test_calls_queued_in_a_replica_are_answered_when_its_agent_stops(
+    how, make_supervisor, agent_spec
+):
+    sup = make_supervisor()
+    await sup.open()
+    try:
+        await sup.start(agent_spec("s", "agents:sleep", concurrency=1, queue=3, timeout=None))
+        futs = [sup.submit("s", {"seconds": 30}) for _ in range(4)]  # all four in the replica
+        [st] = await sup.status()
+        assert st.inflight == 4
+        await (sup.stop("s") if how == "stop" else sup.close())
+        assert all(f.done() for f in futs)
+        assert all(isinstance(f.exception(), CallCancelled | SupervisorClosed) for f in futs)
+    finally:
+        await sup.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agentrt import AgentCrashed, AgentFailed, CallCancelled, SupervisorClosed
+from agentrt import AgentCrashed, AgentFailed, CallCancelled, StartupError, SupervisorClosed
 
 Key = tuple[str, int]
 
@@ -283,3 +283,24 @@ async def test_backoff_counts_restarts_within_the_agents_own_period(
                 await sup.call("crashy", {"code": 3})
             await logs.wait_for("replica_ready", agent="crashy", generation=generation)
         assert len(logs.find("replica_backoff", agent="crashy")) == backoffs
+
+
+async def test_a_group_restart_while_an_agent_fails_its_first_start_does_not_wait_for_it(
+    make_supervisor, agent_spec, make_gate, logs
+):
+    gate = make_gate()
+    async with make_supervisor(strategy="one_for_all") as sup:
+        await sup.start(agent_spec("a", "agents:whoami_or_exit"))
+        starting = asyncio.ensure_future(
+            sup.start(agent_spec("c", "agents:FailOrWait", replicas=2, env={"GATE": gate.path}))
+        )
+        await logs.wait_for("replica_state", agent="c", replica=0, to_state="crashed")
+        for generation in (1, 2):  # each group restart completes, none waits on c
+            with pytest.raises(AgentCrashed):
+                await sup.call("a", {"code": 3})
+            await logs.wait_for("replica_ready", agent="a", generation=generation)
+        gate.release()
+        with pytest.raises(StartupError, match="cannot start"):
+            await starting
+        assert sup.agents == ["a"]
+        assert "pid" in await sup.call("a")

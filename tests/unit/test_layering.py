@@ -62,6 +62,7 @@ ALLOWED: dict[str, set[str]] = {
         "config",
         "errors",
         "process",
+        "protocol",
         "supervisor.boot",
         "supervisor.events",
         "supervisor.ledger",
