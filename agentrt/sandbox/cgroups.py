@@ -1,0 +1,143 @@
+"""Per-replica cgroups (supervisor side): one group per replica under ``agentrt-<pid>``."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+
+from agentrt.sandbox.probe import _read, probe
+
+__all__ = ["Cgroups"]
+
+
+class Cgroups:
+    """Per-replica cgroups under ``agentrt-<pid>`` in each writable hierarchy."""
+
+    def __init__(self) -> None:
+        cg = probe()["cgroup"]
+        self.version: int | None = cg["version"]
+        self.bases: dict[str, str] = dict(cg["controllers"])
+        self.parents: dict[str, str] = {}
+
+    def _parent(self, ctrl: str) -> str:
+        key = "" if self.version == 2 else ctrl
+        if key not in self.parents:
+            d = os.path.join(self.bases[ctrl], f"agentrt-{os.getpid()}")
+            os.makedirs(d, exist_ok=True)
+            if self.version == 2:
+                want = " ".join(f"+{c}" for c in sorted(self.bases))
+                with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
+                    f.write(want)
+            self.parents[key] = d
+        return self.parents[key]
+
+    def create(
+        self,
+        leaf: str,
+        ctrls: list[str],
+        memory: int | None,
+        cpu: float | None,
+        processes: int | None,
+    ) -> list[str]:
+        """Make the replica's group(s) with their limits; the directories to join."""
+        dirs: list[str] = []
+        try:
+            if self.version == 2:
+                d = os.path.join(self._parent(ctrls[0]), leaf)
+                os.makedirs(d, exist_ok=True)
+                dirs.append(d)
+                self._limit(d, ctrls, memory, cpu, processes)
+            else:
+                for c in ctrls:
+                    d = os.path.join(self._parent(c), leaf)
+                    os.makedirs(d, exist_ok=True)
+                    dirs.append(d)
+                    self._limit(d, [c], memory, cpu, processes)
+        except OSError:
+            self.remove(dirs)
+            raise
+        return dirs
+
+    def _limit(
+        self,
+        d: str,
+        ctrls: list[str],
+        memory: int | None,
+        cpu: float | None,
+        processes: int | None,
+    ) -> None:
+        def put(name: str, value: str, required: bool = True) -> None:
+            path = os.path.join(d, name)
+            if not required and not os.path.exists(path):
+                return
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+            except OSError:
+                if required:
+                    raise
+
+        v2 = self.version == 2
+        if memory is not None and "memory" in ctrls:
+            if v2:
+                put("memory.max", str(memory))
+                put("memory.swap.max", "0", required=False)
+            else:
+                put("memory.limit_in_bytes", str(memory))
+                put("memory.memsw.limit_in_bytes", str(memory), required=False)
+        if cpu is not None and "cpu" in ctrls:
+            period = 100_000
+            quota = max(1000, int(cpu * period))
+            if v2 and os.path.exists(os.path.join(d, "cpu.max")):
+                put("cpu.max", f"{quota} {period}")
+            elif os.path.exists(os.path.join(d, "cpu.cfs_quota_us")):
+                put("cpu.cfs_period_us", str(period))
+                put("cpu.cfs_quota_us", str(quota))
+        if (
+            processes is not None
+            and "pids" in ctrls
+            and os.path.exists(os.path.join(d, "pids.max"))
+        ):
+            put("pids.max", str(processes))
+
+    @staticmethod
+    def oom_killed(dirs: list[str]) -> bool:
+        """Whether the OOM killer acted in one of ``dirs`` (read before removing them)."""
+        for d in dirs:
+            for name in ("memory.events", "memory.oom_control"):
+                for line in _read(os.path.join(d, name)).splitlines():
+                    k, _, n = line.partition(" ")
+                    if k == "oom_kill" and n.strip().isdigit() and int(n) > 0:
+                        return True
+        return False
+
+    @staticmethod
+    def remove(dirs: list[str], wait: float = 2.0) -> None:
+        """Kill what is left in ``dirs`` and remove them (blocking: call in a thread)."""
+        deadline = time.monotonic() + wait
+        for d in dirs:
+            while os.path.isdir(d):
+                for pid in _read(os.path.join(d, "cgroup.procs")).split():
+                    with contextlib.suppress(OSError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+                try:
+                    os.rmdir(d)
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+
+    def close(self) -> None:
+        """Remove the ``agentrt-<pid>`` parents (their replicas' groups are gone by now)."""
+        for d in self.parents.values():
+            with contextlib.suppress(OSError):
+                for sub in os.listdir(d):
+                    if os.path.isdir(os.path.join(d, sub)):
+                        self.remove([os.path.join(d, sub)])
+            self.remove([d])
+        self.parents.clear()

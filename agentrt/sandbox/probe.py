@@ -1,0 +1,224 @@
+"""What this machine offers for confinement (supervisor side; doctor reads it).
+
+:func:`probe` forks short children to try namespaces, asks the kernel for its
+Landlock ABI and finds the cgroup hierarchies this process may create
+groups in.  The low-level calls shared with the child's side live here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import resource
+from typing import Any
+
+__all__ = ["SandboxError", "landlock_abi", "probe"]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+# Landlock filesystem rights, by the ABI that introduced them.
+_FS_EXECUTE = 1 << 0
+_FS_WRITE_FILE = 1 << 1
+_FS_READ_FILE = 1 << 2
+_FS_READ_DIR = 1 << 3
+_FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
+_FS_REFER = 1 << 13  # ABI 2
+_FS_TRUNCATE = 1 << 14  # ABI 3
+_FS_IOCTL_DEV = 1 << 15  # ABI 5
+_FS_FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV
+_FS_READ = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
+
+_CONTROLLERS = ("memory", "cpu", "pids")
+_CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+class SandboxError(OSError):
+    """A confinement could not be applied in the child (the replica does not start)."""
+
+
+def landlock_abi() -> int:
+    """The Landlock ABI version of this kernel; 0 when Landlock is unavailable."""
+    rc = _syscall(
+        _SYS_LANDLOCK_CREATE_RULESET,
+        None,
+        ctypes.c_size_t(0),
+        ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION),
+    )
+    return int(rc) if rc > 0 else 0
+
+
+def _fork_check(fn: Any) -> str:
+    """Run ``fn`` in a forked child; '' when it worked, else the error text."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(r)
+        msg = b""
+        try:
+            fn()
+        except BaseException as exc:
+            msg = str(exc).encode()[:500] or type(exc).__name__.encode()
+        with contextlib.suppress(OSError):
+            os.write(w, msg)
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 4096):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode(errors="replace")
+
+
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+
+
+def _unshare(flags: int) -> None:
+    """``unshare(2)`` (``os.unshare`` is Python >= 3.12)."""
+    if _libc.unshare(ctypes.c_int(flags)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+
+
+def _unshare_net() -> str:
+    """Enter a fresh network namespace; returns how (``"netns"`` or ``"userns+netns"``)."""
+    try:
+        _unshare(_CLONE_NEWNET)
+        return "netns"
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise
+    uid, gid = os.geteuid(), os.getegid()
+    _unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{uid} {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{gid} {gid} 1")
+    return "userns+netns"
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    out = []
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
+                out.append((parts[1], parts[2], set(parts[3].split(","))))
+    return out
+
+
+def _own_cgroups() -> dict[str, str]:
+    """``{controller or "": path}`` from /proc/self/cgroup ("" = the v2 group)."""
+    out: dict[str, str] = {}
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+        for line in f:
+            hid, ctrls, path = line.rstrip("\n").split(":", 2)
+            if hid == "0" and not ctrls:
+                out[""] = path
+            for c in ctrls.split(","):
+                if c:
+                    out[c] = path
+    return out
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _cgroup_probe() -> dict[str, Any]:
+    """Which cgroup hierarchy this process may create groups in, per controller."""
+    own = _own_cgroups()
+    mounts = _mounts()
+    why: list[str] = []
+    for mnt, kind, _opts in mounts:
+        if kind != "cgroup2" or "" not in own:
+            continue
+        base = os.path.join(mnt, own[""].lstrip("/"))
+        enabled = set(_read(os.path.join(base, "cgroup.subtree_control")).split())
+        ctrls = [c for c in _CONTROLLERS if c in enabled]
+        if ctrls and os.access(base, os.W_OK):
+            return {"version": 2, "controllers": {c: base for c in ctrls}, "why": ""}
+        why.append(
+            f"cgroup v2 at {base}: "
+            + ("not writable" if not os.access(base, os.W_OK) else "no controllers delegated")
+        )
+    bases: dict[str, str] = {}
+    for c in _CONTROLLERS:
+        for mnt, kind, opts in mounts:
+            if kind == "cgroup" and c in opts and c in own:
+                base = os.path.join(mnt, own[c].lstrip("/"))
+                if os.path.isdir(base) and os.access(base, os.W_OK):
+                    bases[c] = base
+                else:
+                    why.append(f"cgroup v1 {c} at {base}: not writable")
+                break
+    if bases:
+        return {"version": 1, "controllers": bases, "why": "; ".join(why)}
+    return {"version": None, "controllers": {}, "why": "; ".join(why) or "no cgroup hierarchy"}
+
+
+@functools.cache
+def probe() -> dict[str, Any]:
+    """What this machine offers for confinement (cached; forks two short children).
+
+    Returns a dict::
+
+        {"root": bool,                     # euid 0
+         "pidfd": bool,                    # os.pidfd_open works
+         "user_ns": bool, "user_ns_error": str,
+         "net_ns": "netns" | "userns+netns" | None, "net_ns_error": str,
+         "landlock_abi": int,              # 0 = no Landlock
+         "no_new_privs": bool,
+         "cgroup": {"version": 1 | 2 | None,
+                    "controllers": {"memory"|"cpu"|"pids": base dir},  # writable
+                    "why": str},           # what is not available, and why
+         "rlimits": {"AS"|"CPU"|"NOFILE"|"NPROC"|"FSIZE"|"CORE": [soft, hard]},  # -1 = unlimited
+         "nproc_enforced": bool}           # RLIMIT_NPROC applies (not root)
+    """
+    pidfd = False
+    if hasattr(os, "pidfd_open"):
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            pidfd = True
+        except OSError:
+            pass
+    user_err = _fork_check(lambda: _unshare(_CLONE_NEWUSER))
+    net_how: list[str] = []
+    net_err = _fork_check(_unshare_net)
+    if not net_err:
+        net_how.append("netns" if os.geteuid() == 0 else "userns+netns")
+    rl = {}
+    for name in ("AS", "CPU", "NOFILE", "NPROC", "FSIZE", "CORE"):
+        soft, hard = resource.getrlimit(getattr(resource, f"RLIMIT_{name}"))
+        rl[name] = [soft, hard]
+    return {
+        "root": os.geteuid() == 0,
+        "pidfd": pidfd,
+        "user_ns": not user_err,
+        "user_ns_error": user_err,
+        "net_ns": net_how[0] if net_how else None,
+        "net_ns_error": net_err,
+        "landlock_abi": landlock_abi(),
+        "no_new_privs": True,
+        "cgroup": _cgroup_probe(),
+        "rlimits": rl,
+        "nproc_enforced": os.geteuid() != 0,
+    }
