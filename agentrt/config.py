@@ -274,7 +274,10 @@ def _depth(value: Any, limit: int = MAX_ARGS_DEPTH) -> int:
 
 
 def _check_user(spec: str) -> None:
-    """``run_as``: ``"user[:group]"`` or ``"uid[:gid]"``, naming ones that exist here."""
+    """``run_as``: ``"dynamic"``, ``"user[:group]"`` or ``"uid[:gid]"``, naming ones
+    that exist here."""
+    if spec == "dynamic":
+        return
     name, _, group = spec.strip().partition(":")
     if not name:
         raise ConfigError("run_as", 'expected a user name or "uid[:gid]"')
@@ -363,7 +366,8 @@ class SandboxProfile(_Spec, kw_only=True, forbid_unknown_fields=True):
     * ``env``: names (``fnmatch`` patterns) of the supervisor's environment
       variables the agent sees; absent = all of them.  The agent's own
       ``env`` is always added.
-    * ``run_as``: ``"user"`` or ``"uid[:gid]"`` to drop to (needs root).
+    * ``run_as``: ``"user"`` or ``"uid[:gid]"`` to drop to, or ``"dynamic"``: a
+      uid of its own per replica, from ``[supervisor] uid_range`` (needs root).
     * ``no_new_privs``: ``PR_SET_NO_NEW_PRIVS`` (always set under Landlock).
     * ``cgroup``: enforce ``limits.memory`` (real usage, OOM kill),
       ``limits.cpu`` and ``limits.processes`` with a cgroup per replica.
@@ -606,6 +610,9 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     backoff_max: Seconds = 5.0
     on_agent_failure: OnAgentFailure = "stop"
     max_frame: Bytes = 64 * 1024 * 1024
+    #: uids (and gids) handed to replicas of ``run_as = "dynamic"`` profiles, one per
+    #: live replica: ``"first-last"`` (systemd's DynamicUser range by default)
+    uid_range: str = "61184-65519"
     #: messages (and their bytes) an agent's mailbox holds before ctx.send fails
     mailbox: int = 1000
     mailbox_bytes: Bytes = 64 * 1024 * 1024
@@ -626,8 +633,20 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
         "max_tool_calls": (0, 10**9),
     }
 
+    @property
+    def uids(self) -> range:
+        """:attr:`uid_range` as a range."""
+        first, _, last = self.uid_range.partition("-")
+        return range(int(first), int(last) + 1)
+
     def _check(self) -> None:
         _above_zero(self, "period")
+        m = re.fullmatch(r"(\d+)-(\d+)", self.uid_range)
+        if m is None or not (1000 <= int(m[1]) <= int(m[2]) < 2**31):
+            raise ConfigError(
+                "uid_range",
+                f'expected "first-last" uids, 1000 <= first <= last, got {self.uid_range!r}',
+            )
         if self.backoff_max < self.backoff:
             raise ConfigError(
                 "backoff_max",

@@ -323,6 +323,13 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     run_uid: int | None = None
     run_gid: int | None = None
     no_new_privs: bool = False
+    #: a Landlock domain of its own (no ptrace or /proc/<pid>/fd of anything outside
+    #: its tree), even without filesystem rules
+    ptrace_isolation: bool = False
+    #: Landlock scoping (ABI >= 6): signals and abstract unix sockets stay in its tree
+    scope: bool = False
+    #: False: PR_SET_DUMPABLE 0 (its /proc entries owned by root, no core dumps)
+    dumpable: bool = True
 
 
 class ZygoteHello(_Msg, frozen=True, tag="hello"):

@@ -27,6 +27,16 @@ class Plan:
     cpu: float | None = None
     run_uid: int | None = None
     run_gid: int | None = None
+    #: ``run_as = "dynamic"``: each replica gets a uid of its own (the supervisor allocates)
+    dynamic_uid: bool = False
+    #: a Landlock domain of its own even without filesystem rules: no ptrace and no
+    #: /proc/<pid>/fd of processes outside the replica's tree
+    ptrace_isolation: bool = False
+    #: Landlock scoping (ABI >= 6): no signals to, nor abstract unix sockets of,
+    #: processes outside the replica's tree
+    scope: bool = False
+    #: PR_SET_DUMPABLE: False makes the replica's /proc entries root-owned
+    dumpable: bool = True
     #: cgroup controllers used (empty: no cgroup)
     cgroup: list[str] = field(default_factory=list)
     #: (setting, "enforced by X" | "NOT enforced: why")
@@ -114,7 +124,13 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
     else:
         rep.append(("env", "not confined (the supervisor's environment is inherited)"))
 
-    if profile.run_as is not None:
+    if profile.run_as == "dynamic":
+        if root:
+            p.dynamic_uid = True
+            rep.append(("run_as", "enforced: a uid of its own per replica (setuid/setgid)"))
+        else:
+            rep.append(("run_as", "NOT enforced: the supervisor is not root"))
+    elif profile.run_as is not None:
         try:
             p.run_uid, p.run_gid = _resolve_user(profile.run_as)
         except ConfigError as exc:

@@ -42,6 +42,8 @@ class BootPlanner:
         self._plans: dict[str, sandbox.Plan] = {}
         #: per-replica cgroups, created on the first agent whose profile asks
         self._cgroups: sandbox.Cgroups | None = None
+        #: uids of replicas of ``run_as = "dynamic"`` profiles
+        self._uids = UidPool(spec.uids)
 
     def open(self) -> None:
         self.rundir = tempfile.mkdtemp(prefix="agentrt-")
@@ -80,7 +82,7 @@ class BootPlanner:
                 setting=setting,
                 why=why.removeprefix("NOT enforced: "),
             )
-        if plan.run_uid is not None and self.rundir:
+        if (plan.run_uid is not None or plan.dynamic_uid) and self.rundir:
             # the replica enters its workdir after dropping to run_as
             os.chmod(self.rundir, 0o711)
         if plan.cgroup and self._cgroups is None:
@@ -130,7 +132,13 @@ class BootPlanner:
                 "run_uid": plan.run_uid,
                 "run_gid": plan.run_gid,
                 "no_new_privs": prof.no_new_privs,
+                "ptrace_isolation": plan.ptrace_isolation,
+                "scope": plan.scope,
+                "dumpable": plan.dumpable,
             }
+            if plan.dynamic_uid:
+                uid = self._uids.take(spec.name, replica)
+                sb["run_uid"] = sb["run_gid"] = uid
         sup = self.spec
         return Boot(
             agent=spec.name,
@@ -179,11 +187,45 @@ class BootPlanner:
             signal=cause.signal,
         )
 
-    @staticmethod
-    async def remove_workdir(boot: Boot) -> None:
+    async def remove_workdir(self, boot: Boot) -> None:
         await asyncio.to_thread(shutil.rmtree, boot.workdir, True)
+
+    def release(self, boot: Boot) -> None:
+        """The replica and everything it started are gone: its dynamic uid is free."""
+        if boot.run_uid is not None:
+            self._uids.give_back(boot.run_uid)
 
     @staticmethod
     async def remove_cgroups(boot: Boot) -> None:
         if boot.cgroups:
             await asyncio.to_thread(sandbox.Cgroups.remove, list(boot.cgroups))
+
+
+class UidPool:
+    """Uids for ``run_as = "dynamic"`` replicas: one per live replica, never shared.
+
+    A uid goes back to the pool only once its replica and whatever it started
+    are gone (the replica's cgroups removed), so no process of an earlier
+    replica can still run under a uid handed to a new one.
+    """
+
+    def __init__(self, uids: range) -> None:
+        self._free = iter(uids)
+        self._returned: list[int] = []
+        self._taken: set[int] = set()
+
+    def take(self, agent: str, replica: int) -> int:
+        uid = self._returned.pop() if self._returned else next(self._free, None)
+        if uid is None:
+            raise StartupError(
+                f"no dynamic uid left for {agent}#{replica}: every uid of "
+                "[supervisor] uid_range is in use",
+                agent=agent,
+            )
+        self._taken.add(uid)
+        return uid
+
+    def give_back(self, uid: int) -> None:
+        if uid in self._taken:
+            self._taken.discard(uid)
+            self._returned.append(uid)

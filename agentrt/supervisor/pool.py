@@ -328,6 +328,7 @@ class Pool:
         """Wait until the replica and its leftovers are gone, then remove its cgroups."""
         await proc.wait_closed()
         await self.boots.remove_cgroups(boot)
+        self.boots.release(boot)
 
     def log_death(self, slot: Slot, proc: AgentProcess, cause: AgentDied) -> None:
         self.events.emit(

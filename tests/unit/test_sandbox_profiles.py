@@ -34,7 +34,7 @@ def test_shipped_profiles_load() -> None:
     untrusted, _ = load_sandbox("untrusted")
     assert untrusted.extends == "strict"
     assert untrusted.network == "none" and untrusted.filesystem == strict.filesystem
-    assert untrusted.run_as == "nobody" and untrusted.cgroup
+    assert untrusted.run_as == "dynamic" and untrusted.cgroup
     assert untrusted.limits.memory == 512 * 1024**2 and untrusted.limits.cpu == 1.0
     assert untrusted.limits.processes == 64
 
@@ -56,7 +56,7 @@ def test_inline_profile_extends_and_overrides() -> None:
     assert cfg.agents["a"].sandbox == mine
     assert mine.name == "mine" and mine.extends == "untrusted"
     assert mine.network == "host"  # overridden
-    assert mine.run_as == "nobody"  # inherited through untrusted
+    assert mine.run_as == "dynamic"  # inherited through untrusted
     assert mine.limits.memory == 128 * 1024**2  # tables merge key by key
     assert mine.limits.processes == 64
     assert mine.filesystem is not None and "/usr" in mine.filesystem.read
