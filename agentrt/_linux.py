@@ -12,17 +12,21 @@ import fcntl
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterable
 
 __all__ = [
     "child_cpu",
+    "clock_ticks",
     "descendants",
     "kill_group",
+    "kill_started_since",
     "kill_tree",
     "pidfd_alive",
     "pidfd_signal",
     "proc_table",
     "raise_nofile_limit",
+    "reap",
     "recv_with_fds",
     "send_with_fds",
     "set_child_subreaper",
@@ -258,3 +262,91 @@ def kill_tree(leaders: Iterable[int], extra: Iterable[int] = ()) -> int:
         except (ProcessLookupError, PermissionError):
             pass
     return n
+
+
+def clock_ticks() -> int:
+    """Now, in the unit ``/proc/<pid>/stat`` counts process start times in
+    (clock ticks since boot)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _CLK_TCK)
+
+
+def _start_times() -> dict[int, tuple[int, int]]:
+    """``{pid: (ppid, start time in clock ticks)}`` of every process (one /proc sweep)."""
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return out
+    try:
+        for name in os.listdir(proc):
+            if not name.isdigit():
+                continue
+            try:
+                fd = os.open(name + "/stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+            except OSError:
+                continue
+            try:
+                stat = os.read(fd, 4096)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            # after the comm: state(3) ppid(4) ... starttime(22)
+            rest = stat[stat.rfind(b")") + 2 :].split()
+            if len(rest) > 19:
+                out[int(name)] = (int(rest[1]), int(rest[19]))
+    finally:
+        os.close(proc)
+    return out
+
+
+def kill_started_since(root: int, since: int, members: Iterable[int] = ()) -> list[int]:
+    """SIGKILL the processes of ``root``'s tree, and ``members`` (a cgroup's), that
+    started at clock tick ``since`` or later; ``root`` itself is spared.
+
+    What a call started while it ran, whatever sessions or groups it moved
+    to: its descendants, and (through ``members``) the daemons that left the
+    tree but not the replica's cgroup.  Returns the direct children of
+    ``root`` among those killed (theirs to reap).
+    """
+    table = _start_times()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _start) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set(members)
+    stack = [root]
+    while stack:
+        for c in children.get(stack.pop(), ()):
+            found.add(c)
+            stack.append(c)
+    found.discard(root)
+    mine: list[int] = []
+    for pid in found:
+        entry = table.get(pid)
+        if entry is None or entry[1] < since:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        if entry[0] == root:
+            mine.append(pid)
+    return mine
+
+
+def reap(pids: Iterable[int], timeout: float = 1.0) -> None:
+    """Collect killed children of this process (each waited for ``timeout`` at most)."""
+    import select
+
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if select.select([fd], [], [], timeout)[0]:
+                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        except (ChildProcessError, OSError, AttributeError):
+            pass
+        finally:
+            os.close(fd)

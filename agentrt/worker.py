@@ -115,6 +115,14 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
             with contextlib.suppress(Exception):
                 stream.reconfigure(line_buffering=True)
     _apply_rlimits(boot)
+    global _members_fd
+    if boot.cgroups:
+        # Opened now: under a filesystem allowlist it could not be opened later,
+        # and an interrupted call's leftovers are found through it.
+        with contextlib.suppress(OSError):
+            _members_fd = os.open(
+                os.path.join(boot.cgroups[0], "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC
+            )
     # network namespace, workdir, env allowlist, run_as, no_new_privs, Landlock
     sandbox.confine(boot)
     for k, v in boot.env.items():
@@ -279,6 +287,17 @@ def _failure(call_id: int, exc: BaseException, kind: str = "error") -> Failure:
     return Failure(call_id, type(exc).__qualname__, str(exc), tb, kind, typed)
 
 
+class _Running:
+    """An async call while it runs: when it started (clock ticks), and whether it
+    ran alone (no other call of the replica beside it)."""
+
+    __slots__ = ("alone", "since")
+
+    def __init__(self, since: int) -> None:
+        self.since = since
+        self.alone = True
+
+
 class _Cancelled(BaseException):
     """Raised inside a sync call (from the frame pump) when its Cancel arrives."""
 
@@ -292,6 +311,7 @@ class _Worker:
         self.stopping = False
         self.backlog: deque[Any] = deque()
         self.current = 0  # id of the sync call running now
+        self.running: set[_Running] = set()  # async calls running now
         self.io = AgentIO(
             boot.agent,
             boot.replica,
@@ -389,6 +409,7 @@ class _Worker:
 
     def run_sync(self, call: Call) -> Result | Failure:
         timed = False
+        since = _linux.clock_ticks()
         try:
             fn = self.resolve(call)
             if call.deadline:
@@ -412,14 +433,32 @@ class _Worker:
             return Result(call.id, value)
         except _Deadline:
             timed = False
+            self.kill_leftovers(since)
             return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")
         except _Cancelled:
+            self.kill_leftovers(since)
             return Failure(call.id, "CancelledError", "cancelled", "", "cancelled")
         except Exception as exc:
             return _failure(call.id, exc, self.error_kind(exc))
         finally:
             if timed:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def kill_leftovers(self, since: int) -> None:
+        """An interrupted call ends with what it started: the processes of this
+        replica's tree, and of its cgroup, that started during the call (from
+        clock tick ``since``).  Where /proc cannot be read (a filesystem
+        allowlist), every other process of its cgroup goes."""
+        members = _cgroup_members()
+        me = os.getpid()
+        with contextlib.suppress(OSError):
+            if os.access("/proc/self/stat", os.R_OK):
+                _linux.reap(_linux.kill_started_since(me, since, members))
+                return
+            for pid in members:
+                if pid != me:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
 
     # --- async mode --------------------------------------------------------
 
@@ -519,6 +558,18 @@ class _Worker:
         return 0
 
     async def run_async(self, call: Call) -> Result | Failure:
+        # Which processes were this call's can only be told when no other call
+        # ran beside it: ``alone`` turns False as soon as one does.
+        me = _Running(_linux.clock_ticks())
+        for other in self.running:
+            other.alone = me.alone = False
+        self.running.add(me)
+        try:
+            return await self._run_async(call, me)
+        finally:
+            self.running.discard(me)
+
+    async def _run_async(self, call: Call, me: _Running) -> Result | Failure:
         try:
             fn = self.resolve(call)
             args = call.args
@@ -532,9 +583,13 @@ class _Worker:
             return Result(call.id, value)
         except TimeoutError as exc:
             if call.deadline and time.monotonic() >= call.deadline:
+                if me.alone:
+                    self.kill_leftovers(me.since)
                 return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")
             return _failure(call.id, exc)
         except asyncio.CancelledError:
+            if me.alone:
+                self.kill_leftovers(me.since)
             return Failure(call.id, "CancelledError", "cancelled", "", "cancelled")
         except Exception as exc:
             return _failure(call.id, exc, self.error_kind(exc))
@@ -572,6 +627,23 @@ async def _call_maybe_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any
     if inspect.isawaitable(value):
         value = await value
     return value
+
+
+#: cgroup.procs of the replica's cgroup, opened before any confinement
+_members_fd = -1
+
+
+def _cgroup_members() -> list[int]:
+    """The pids in this replica's cgroup (none when it has no cgroup)."""
+    if _members_fd < 0:
+        return []
+    chunks: list[bytes] = []
+    offset = 0
+    with contextlib.suppress(OSError):
+        while chunk := os.pread(_members_fd, 1 << 16, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+    return [int(x) for x in b"".join(chunks).split() if x.isdigit()]
 
 
 #: the protocol channel of this replica, once it has one (for log forwarding)
