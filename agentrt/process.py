@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agentrt import _linux
@@ -102,6 +102,9 @@ class Launched:
     pid: int
     pidfd: int | None
     exited: Awaitable[ExitInfo]
+    #: whether the process that forked it (the zygote) has died since: a replica
+    #: that died with it did nothing wrong
+    orphaned: Callable[[], bool] = field(default=lambda: False)
 
 
 class Launcher(Protocol):
@@ -117,6 +120,10 @@ class Launcher(Protocol):
 
 
 Handler = Callable[["AgentProcess", Any], None]
+
+
+def _never() -> bool:
+    return False
 
 
 class AgentProcess:
@@ -146,6 +153,8 @@ class AgentProcess:
         self._obuf = b""
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._launched = asyncio.Event()  # launched, or failed to
+        #: see :attr:`Launched.orphaned`
+        self.orphaned: Callable[[], bool] = _never
         self._start_called = False
         self._gone = asyncio.Event()  # pidfd readable or exit status known
         self.dead: asyncio.Future[AgentDied | None] = self._loop.create_future()
@@ -195,6 +204,7 @@ class AgentProcess:
         self.pid = launched.pid
         self._pidfd = launched.pidfd
         self._exited = launched.exited
+        self.orphaned = launched.orphaned
         self.log = self.log.bind(pid=self.pid)
         for fd in (self._rfd, self._wfd, self._ofd):
             os.set_blocking(fd, False)

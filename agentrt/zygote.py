@@ -41,8 +41,12 @@ __all__ = ["ZygoteClient", "zygote_main"]
 _DGRAM = 1 << 16
 
 
-def zygote_main(sock: socket.socket, preload: list[str], sys_path: list[str], parent: int) -> None:
+def zygote_main(
+    sock: socket.socket, preload: list[str], sys_path: list[str], parent: int, rundir: str = ""
+) -> None:
     """Body of the zygote process."""
+    global _parent, _rundir
+    _parent, _rundir = parent, rundir
     # SIGTERM, not SIGKILL, when the supervisor dies: the handler takes every
     # replica's process group down before the zygote goes.
     signal.signal(signal.SIGTERM, lambda *_: _die())
@@ -214,23 +218,37 @@ def _kill_orphans() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+#: the supervisor, and its run directory (the replicas' working directories)
+_parent = 0
+_rundir = ""
+
+
 def _die() -> NoReturn:
-    """Take every replica's process group and every orphan down, then exit."""
+    """Take every replica's process group and every orphan down, then exit.
+
+    When the supervisor is gone (it closed the socket, or died: the death
+    signal), the zygote outlives it and removes its run directory.
+    """
     for pid in list(_forked):
         _linux.kill_group(pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     _forked.clear()
     _kill_orphans()
+    if _rundir and os.getppid() != _parent:
+        import shutil
+
+        shutil.rmtree(_rundir, ignore_errors=True)
     os._exit(0)
 
 
 class ZygoteClient:
     """The supervisor's end of the zygote socket (runs on the event loop)."""
 
-    def __init__(self, preload: list[str], sys_path: list[str]) -> None:
+    def __init__(self, preload: list[str], sys_path: list[str], rundir: str = "") -> None:
         self.preload = preload
         self.sys_path = sys_path
+        self.rundir = rundir
         self.pid = 0
         self._sock: socket.socket | None = None
         self._encoder = msgspec.msgpack.Encoder()
@@ -243,7 +261,15 @@ class ZygoteClient:
         self._early: dict[int, tuple[int, float]] = {}
         self._hello: asyncio.Future[ZygoteHello] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pidfd = -1
         self.closed = False
+
+    def alive(self) -> bool:
+        """Whether the zygote process still runs (asked of the kernel, not the socket:
+        its pidfd turns readable the moment it exits)."""
+        if self._pidfd < 0:
+            return not self.closed
+        return not select.select([self._pidfd], [], [], 0)[0]
 
     async def start(self, timeout: float = 30.0) -> None:
         import multiprocess.spawn
@@ -251,7 +277,9 @@ class ZygoteClient:
 
         loop = self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        args = msgspec.json.encode([theirs.fileno(), self.preload, self.sys_path, os.getpid()])
+        args = msgspec.json.encode(
+            [theirs.fileno(), self.preload, self.sys_path, os.getpid(), self.rundir]
+        )
         exe = os.fsencode(multiprocess.spawn.get_executable())
         argv = [
             os.fsdecode(exe),
@@ -267,6 +295,8 @@ class ZygoteClient:
             self.pid = multiprocess.util.spawnv_passfds(exe, argv, [theirs.fileno()])
         finally:
             theirs.close()
+        with contextlib.suppress(OSError):
+            self._pidfd = os.pidfd_open(self.pid)
         ours.setblocking(False)
         self._sock = ours
         self._hello = loop.create_future()
@@ -397,6 +427,9 @@ class ZygoteClient:
         pid, self.pid = self.pid, 0
         if pid:
             await asyncio.to_thread(_reap_pid, pid, 2.0)
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
 
 
 def _reap_pid(pid: int, grace: float) -> None:
@@ -420,5 +453,5 @@ def _reap_pid(pid: int, grace: float) -> None:
 
 def _main(args: str) -> None:
     """Entry of the zygote interpreter (see :meth:`ZygoteClient.start`)."""
-    fd, preload, sys_path, parent = msgspec.json.decode(args)
-    zygote_main(socket.socket(fileno=fd), preload, sys_path, parent)
+    fd, preload, sys_path, parent, rundir = msgspec.json.decode(args)
+    zygote_main(socket.socket(fileno=fd), preload, sys_path, parent, rundir)

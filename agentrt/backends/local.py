@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 from agentrt.process import ExitInfo, Launched, Launcher
@@ -21,27 +22,64 @@ __all__ = ["MultiprocessLauncher", "ZygoteLauncher", "make_launcher"]
 
 
 class ZygoteLauncher:
-    """Replicas forked by the zygote (about a millisecond each)."""
+    """Replicas forked by the zygote (about a millisecond each).
+
+    The zygote is a supervised child like any other: when it dies (killed,
+    OOM, a crash) its replicas die with it, and the next launch starts a new
+    zygote, if ``may_restart(why)`` agrees (the supervisor's own restart
+    intensity).
+    """
 
     name = "zygote"
 
-    def __init__(self, preload: list[str], sys_path: list[str]) -> None:
-        self.client = ZygoteClient(preload, sys_path)
+    def __init__(
+        self,
+        preload: list[str],
+        sys_path: list[str],
+        rundir: str = "",
+        may_restart: Callable[[str], bool] | None = None,
+    ) -> None:
+        self._args = (preload, sys_path, rundir)
+        self.client = ZygoteClient(preload, sys_path, rundir)
+        self._may_restart = may_restart
+        self._restart: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         await self.client.start()
 
+    async def _live(self) -> ZygoteClient:
+        """The running zygote; a new one if the last one died."""
+        while self.client.closed:
+            if self._restart is None or self._restart.done():
+                self._restart = asyncio.ensure_future(self._replace(self.client))
+            await asyncio.shield(self._restart)
+        return self.client
+
+    async def _replace(self, dead: ZygoteClient) -> None:
+        why = f"the zygote (pid {dead.pid}) exited"
+        await dead.close()  # reap it
+        if self._may_restart is not None and not self._may_restart(why):
+            raise RuntimeError(f"{why} and is not restarted (restart intensity)")
+        client = ZygoteClient(*self._args)
+        await client.start()
+        self.client = client
+
     async def launch(self, boot: Boot, fds: list[int]) -> Launched:
-        pid, pidfd = await self.client.fork(boot, fds)
-        status = self.client.exit_status(pid)
+        client = await self._live()
+        pid, pidfd = await client.fork(boot, fds)
+        status = client.exit_status(pid)
 
         async def exited() -> ExitInfo:
             raw, cpu = await status
             return ExitInfo.from_status(raw, cpu)
 
-        return Launched(pid, pidfd, exited())
+        return Launched(pid, pidfd, exited(), lambda: not client.alive())
 
     async def close(self) -> None:
+        if self._restart is not None and not self._restart.done():
+            self._restart.cancel()
+            with contextlib.suppress(BaseException):
+                await self._restart
         await self.client.close()
 
 
@@ -138,8 +176,15 @@ def _with_sys_path(boot: Boot, extra: list[str]) -> Boot:
     return msgspec.structs.replace(boot, sys_path=[*extra, *boot.sys_path])
 
 
-def make_launcher(method: str, preload: list[str], sys_path: list[str]) -> Launcher:
-    """The launcher for ``start_method``."""
+def make_launcher(
+    method: str,
+    preload: list[str],
+    sys_path: list[str],
+    rundir: str = "",
+    may_restart: Callable[[str], bool] | None = None,
+) -> Launcher:
+    """The launcher for ``start_method`` (``may_restart``: whether a dead zygote
+    may be replaced; ``rundir``: removed by the zygote if it outlives us)."""
     if method == "zygote":
-        return ZygoteLauncher(preload, sys_path)
+        return ZygoteLauncher(preload, sys_path, rundir, may_restart)
     return MultiprocessLauncher(method, preload, sys_path)

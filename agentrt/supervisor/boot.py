@@ -46,7 +46,11 @@ class BootPlanner:
         self._uids = UidPool(spec.uids)
 
     def open(self) -> None:
-        self.rundir = tempfile.mkdtemp(prefix="agentrt-")
+        """Make the run directory; remove those left by supervisors that are gone."""
+        _sweep_run_dirs(tempfile.gettempdir())
+        self.rundir = tempfile.mkdtemp(prefix=_RUN_PREFIX)
+        with open(os.path.join(self.rundir, _OWNER), "w") as f:
+            f.write(_identity(os.getpid()) or "")
 
     async def close(self) -> None:
         if self.rundir:
@@ -229,3 +233,39 @@ class UidPool:
         if uid in self._taken:
             self._taken.discard(uid)
             self._returned.append(uid)
+
+
+_RUN_PREFIX = "agentrt-"
+#: in each run directory: the pid and start time of the supervisor it belongs to
+_OWNER = "supervisor"
+
+
+def _identity(pid: int) -> str | None:
+    """``"pid start-time"`` of a running process (start time tells a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return f"{pid} {int(fields[19])}" if len(fields) > 19 else None
+
+
+def _sweep_run_dirs(tmp: str) -> None:
+    """Remove run directories whose supervisor is gone (killed before it could)."""
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_RUN_PREFIX):
+            continue
+        d = os.path.join(tmp, name)
+        try:
+            with open(os.path.join(d, _OWNER)) as f:
+                owner = f.read().strip()
+            pid = int(owner.split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # not one of ours, or not finished being made
+        if _identity(pid) != owner:
+            shutil.rmtree(d, ignore_errors=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
@@ -37,6 +38,7 @@ from agentrt.errors import (
 from agentrt.process import Launcher
 from agentrt.protocol import Call as WireCall
 from agentrt.protocol import FrameEncoder, describe_unencodable
+from agentrt.supervisor import policy
 from agentrt.supervisor.boot import BootPlanner
 from agentrt.supervisor.events import EventHub, RunEvent
 from agentrt.supervisor.ledger import UNLIMITED, Batch, Budget, Ledger, RunHost
@@ -126,6 +128,7 @@ class Supervisor:
         #: no budget to count calls against (the common case: one shared instance)
         self._unlimited = spec.max_tasks is None and spec.max_tool_calls is None
         self._failed: dict[str, AgentFailed] = {}
+        self._zygote_deaths = policy.Window(spec.period)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -150,7 +153,13 @@ class Supervisor:
         self._started = True
         _linux.raise_nofile_limit()
         self._boots.open()
-        launcher = make_launcher(self.spec.start_method, list(self.spec.preload), self.sys_path)
+        launcher = make_launcher(
+            self.spec.start_method,
+            list(self.spec.preload),
+            self.sys_path,
+            self._boots.rundir,
+            self._zygote_may_restart,
+        )
         try:
             await launcher.start()
             # The loop's default executor starts its first thread now, not on
@@ -205,6 +214,25 @@ class Supervisor:
             await self._boots.close()
             self.log.info("supervisor_stopped")
             self._closed_event.set()
+
+    def _zygote_may_restart(self, why: str) -> bool:
+        """The zygote died: start another, unless it dies more than ``intensity``
+        times within ``period`` (then the supervisor stops: nothing could start)."""
+        n = self._zygote_deaths.add(time.monotonic())
+        if n <= self.spec.intensity and not self._closing:
+            self.log.warning("zygote_restarting", why=why, restarts=n)
+            self._events.emit("zygote_restarting", reason=why)
+            return True
+        failed = AgentFailed(
+            "zygote",
+            f"more than {self.spec.intensity} restarts within {self.spec.period:g}s; last: {why}",
+        )
+        self._failed["zygote"] = failed
+        if not self._closing:
+            self.failure = failed
+            self.log.error("supervisor_stopping", agent="zygote", reason=failed.reason)
+            self._begin_close(SupervisorClosed(f"supervisor stopped: {failed}"))
+        return False
 
     def _agent_failed(self, agent: Agent) -> None:
         """An agent exceeded its restart intensity; under ``on_agent_failure =

@@ -85,6 +85,14 @@ class Tree:
             )
             self._end(slot)
             return False
+        if slot.proc is not None and slot.proc.orphaned():
+            # Its zygote died and took it along: no fault of its own.  It starts
+            # again at once (from a new zygote), counted against nothing: the
+            # zygote's deaths have their own restart intensity.
+            pool.log.info("replica_orphaned", agent=agent.name, replica=slot.index)
+            slot.restarts += 1
+            slot.generation += 1
+            return True
         now = time.monotonic()
         if agent.window.add(now) > self.intensity(spec):
             self.give_up(agent, cause)

@@ -64,6 +64,11 @@ async def test_sigkilled_supervisor_leaves_no_agent_process(method, fixtures_dir
         await proc.stdout.read()  # EOF once nothing holds the pipe any more
         _gone, alive = await asyncio.to_thread(psutil.wait_procs, tree, 2)
         assert not alive, [(p.pid, p.status()) for p in alive]
+        if method == "zygote":
+            # the zygote outlived the supervisor long enough to remove its run dir
+            m = re.search(rb"rundir=(\S+)", await proc.stderr.read())
+            assert m is not None
+            assert not await asyncio.to_thread(os.path.exists, m.group(1).decode())
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -143,3 +148,33 @@ async def test_supervisor_leaving_through_sys_exit_in_a_signal_handler_exits_and
             with contextlib.suppress(psutil.Error):
                 p.kill()
         await asyncio.to_thread(psutil.wait_procs, tree, 2)
+
+
+async def test_a_new_supervisor_removes_run_dirs_whose_supervisor_is_gone(fixtures_dir, tmp_path):
+    import tempfile
+
+    from agentrt import Supervisor
+
+    # a run dir as a SIGKILLed supervisor leaves it: its owner is a pid no longer running
+    dead = psutil.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = Path(tempfile.mkdtemp(prefix="agentrt-"))
+    (stale / "supervisor").write_text(f"{dead.pid} 1")
+    (stale / "echo.0.0").mkdir()
+    # and one whose supervisor runs: this test's process, as it identifies itself
+    alive = Path(tempfile.mkdtemp(prefix="agentrt-"))
+    (alive / "supervisor").write_text(f"{os.getpid()} {_start_time(os.getpid())}")
+    try:
+        async with Supervisor(base_dir=fixtures_dir):
+            pass
+        assert not os.path.exists(stale)
+        assert os.path.exists(alive)
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)
+
+
+def _start_time(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rfind(b")") + 2 :].split()[19].decode()

@@ -4,6 +4,8 @@ the whole tree; mailboxes and requests are bounded (real processes, hostile agen
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import psutil
@@ -68,3 +70,47 @@ async def test_what_an_earlier_call_started_survives_a_later_calls_timeout(
             await sup.call("starter", {"pidfile": str(second)}, timeout=1.0)
         assert await _gone(_pid(second))
         assert psutil.pid_exists(kept) and psutil.Process(kept).status() != "zombie"
+
+
+# --- the zygote is supervised too -----------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", ["default", "strict", "untrusted"])
+async def test_a_killed_zygote_is_replaced_and_every_agent_serves_again(
+    profile, make_supervisor, agent_spec, healthy, logs
+):
+    if profile != "default" and os.geteuid() != 0:
+        pytest.skip(f"the {profile} profile needs root here")
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("echo", "agents:echo", replicas=2, sandbox=profile))
+        [first, *_] = await sup.status()
+        zygote = _zygote_of(first.pid)
+        os.kill(zygote, signal.SIGKILL)
+        await logs.wait_for("zygote_restarting")
+        async with asyncio.timeout(10):  # a bound, not a figure: it takes milliseconds
+            await healthy(sup)  # the replicas died with it, and are back
+            await sup.start(agent_spec("late", "agents:echo", sandbox=profile))
+        assert await sup.call("late", {"x": 1}) == {"x": 1}
+        pids = [s.pid for s in await sup.status()]
+        assert all(p is not None and psutil.Process(p).ppid() != zygote for p in pids)
+
+
+def _zygote_of(pid: int | None) -> int:
+    assert pid is not None
+    zygote = psutil.Process(pid).ppid()
+    assert zygote not in (0, 1, os.getpid())
+    return zygote
+
+
+async def test_a_zygote_that_keeps_dying_stops_the_supervisor(make_supervisor, agent_spec, logs):
+    async with make_supervisor(intensity=1, period=60, on_agent_failure="continue") as sup:
+        await sup.start(agent_spec("echo", "agents:echo"))
+        [st] = await sup.status()
+        os.kill(_zygote_of(st.pid), signal.SIGKILL)
+        await logs.wait_for("replica_ready", agent="echo", generation=1)
+        [st] = await sup.status()
+        os.kill(_zygote_of(st.pid), signal.SIGKILL)  # one death more than intensity allows
+        async with asyncio.timeout(10):
+            await sup.wait_closed()
+        assert sup.failure is not None and sup.failure.agent == "zygote"
+        assert "zygote" in sup.failed_agents

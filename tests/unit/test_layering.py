@@ -70,6 +70,7 @@ ALLOWED: dict[str, set[str]] = {
         "supervisor.boot",
         "supervisor.events",
         "supervisor.ledger",
+        "supervisor.policy",
         "supervisor.pool",
         "supervisor.requests",
         "supervisor.tree",
