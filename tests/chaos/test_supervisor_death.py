@@ -167,8 +167,8 @@ async def test_a_new_supervisor_removes_run_dirs_whose_supervisor_is_gone(fixtur
     try:
         async with Supervisor(base_dir=fixtures_dir):
             pass
-        assert not os.path.exists(stale)
-        assert os.path.exists(alive)
+        assert not await asyncio.to_thread(os.path.exists, stale)
+        assert await asyncio.to_thread(os.path.exists, alive)
     finally:
         shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(alive, ignore_errors=True)
