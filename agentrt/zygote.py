@@ -45,8 +45,10 @@ def zygote_main(
     sock: socket.socket, preload: list[str], sys_path: list[str], parent: int, rundir: str = ""
 ) -> None:
     """Body of the zygote process."""
-    global _parent, _rundir
+    global _parent, _rundir, _parent_fd
     _parent, _rundir = parent, rundir
+    with contextlib.suppress(OSError):
+        _parent_fd = os.pidfd_open(parent)
     # SIGTERM, not SIGKILL, when the supervisor dies: the handler takes every
     # replica's process group down before the zygote goes.
     signal.signal(signal.SIGTERM, lambda *_: _die())
@@ -99,7 +101,7 @@ def zygote_main(
             except InterruptedError:
                 continue
             if not data:
-                _die()  # supervisor closed the socket
+                _die(supervisor_gone=True)  # it closed the socket (or exited)
             try:
                 req = decoder.decode(data)
             except msgspec.DecodeError:
@@ -130,6 +132,7 @@ def _fork_one(
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _forked.clear()
+            _cgroups.clear()
             sock.close()
             for f in own:
                 os.close(f)
@@ -139,6 +142,8 @@ def _fork_one(
         finally:
             os._exit(70)
     _forked.add(pid)
+    if req.boot.cgroups:
+        _cgroups[pid] = req.boot.cgroups[0]
     for f in fds:
         os.close(f)
     try:
@@ -183,6 +188,7 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
             _report(sock, encoder, pid, status, ru.ru_utime + ru.ru_stime)
         if pid in _forked:
             _forked.discard(pid)
+            _cgroups.pop(pid, None)  # the supervisor empties and removes it
             # Orphans that escaped into sessions of their own go too: as the
             # subreaper, the zygote adopted them.
             _kill_orphans()
@@ -202,6 +208,8 @@ def _report(sock: socket.socket, encoder: Any, pid: int, status: int, cpu: float
 
 #: replicas forked by this zygote and not yet reaped
 _forked: set[int] = set()
+#: the cgroup of each of them that has one
+_cgroups: dict[int, str] = {}
 
 
 def _kill_orphans() -> None:
@@ -218,12 +226,14 @@ def _kill_orphans() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-#: the supervisor, and its run directory (the replicas' working directories)
+#: the supervisor (its pid and a pidfd), and its run directory (the replicas'
+#: working directories)
 _parent = 0
+_parent_fd = -1
 _rundir = ""
 
 
-def _die() -> NoReturn:
+def _die(supervisor_gone: bool = False) -> NoReturn:
     """Take every replica's process group and every orphan down, then exit.
 
     When the supervisor is gone (it closed the socket, or died: the death
@@ -235,7 +245,16 @@ def _die() -> NoReturn:
             os.kill(pid, signal.SIGKILL)
     _forked.clear()
     _kill_orphans()
-    if _rundir and os.getppid() != _parent:
+    for group in _cgroups.values():  # whatever left the trees, but not the cgroups
+        with contextlib.suppress(OSError), open(os.path.join(group, "cgroup.procs")) as f:
+            for member in f.read().split():
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(member), signal.SIGKILL)
+    if _rundir and not supervisor_gone and _parent_fd >= 0:
+        # A death signal comes when the thread that started us exits, maybe
+        # before the rest of the supervisor: wait (briefly) for all of it.
+        supervisor_gone = bool(select.select([_parent_fd], [], [], 1.0)[0])
+    if _rundir and supervisor_gone:
         import shutil
 
         shutil.rmtree(_rundir, ignore_errors=True)

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from agentrt.sandbox.probe import _read, probe
+from agentrt.sandbox.probe import _mounts, _own_cgroups, _read, probe
 
 __all__ = ["Cgroups"]
 
@@ -21,6 +21,42 @@ class Cgroups:
         self.version: int | None = cg["version"]
         self.bases: dict[str, str] = dict(cg["controllers"])
         self.parents: dict[str, str] = {}
+        if self.version == 1 and "cpuacct" not in self.bases:
+            # v1 counts CPU time in a hierarchy of its own (or mounted with cpu)
+            base = _v1_base("cpuacct")
+            if base is not None:
+                self.bases["cpuacct"] = base
+
+    @property
+    def tree(self) -> list[str]:
+        """The controllers that account a replica's whole tree: its memory (and
+        OOM kills), its processes, its CPU time."""
+        want = ("memory", "pids", "cpuacct") if self.version == 1 else ("memory", "pids", "cpu")
+        return [c for c in want if c in self.bases]
+
+    @staticmethod
+    def cpu_usage(dirs: list[str]) -> float | None:
+        """CPU seconds the processes of a replica's group used, all of them (None: unknown)."""
+        for d in dirs:
+            raw = _read(os.path.join(d, "cpuacct.usage")).strip()
+            if raw.isdigit():
+                return int(raw) / 1e9
+            for line in _read(os.path.join(d, "cpu.stat")).splitlines():
+                k, _, n = line.partition(" ")
+                if k == "usage_usec" and n.strip().isdigit():
+                    return int(n) / 1e6
+        return None
+
+    @staticmethod
+    def oom_kills(dirs: list[str]) -> int:
+        """How many processes the OOM killer has killed in a replica's group."""
+        for d in dirs:
+            for name in ("memory.events", "memory.oom_control"):
+                for line in _read(os.path.join(d, name)).splitlines():
+                    k, _, n = line.partition(" ")
+                    if k == "oom_kill" and n.strip().isdigit():
+                        return int(n)
+        return 0
 
     def _parent(self, ctrl: str) -> str:
         key = "" if self.version == 2 else ctrl
@@ -103,16 +139,10 @@ class Cgroups:
         ):
             put("pids.max", str(processes))
 
-    @staticmethod
-    def oom_killed(dirs: list[str]) -> bool:
+    @classmethod
+    def oom_killed(cls, dirs: list[str]) -> bool:
         """Whether the OOM killer acted in one of ``dirs`` (read before removing them)."""
-        for d in dirs:
-            for name in ("memory.events", "memory.oom_control"):
-                for line in _read(os.path.join(d, name)).splitlines():
-                    k, _, n = line.partition(" ")
-                    if k == "oom_kill" and n.strip().isdigit() and int(n) > 0:
-                        return True
-        return False
+        return cls.oom_kills(dirs) > 0
 
     @staticmethod
     def remove(dirs: list[str], wait: float = 2.0) -> None:
@@ -141,3 +171,14 @@ class Cgroups:
                         self.remove([os.path.join(d, sub)])
             self.remove([d])
         self.parents.clear()
+
+
+def _v1_base(ctrl: str) -> str | None:
+    """Where this process may make groups of v1 controller ``ctrl`` (None: nowhere)."""
+    own = _own_cgroups()
+    for mnt, kind, opts in _mounts():
+        if kind == "cgroup" and ctrl in opts and ctrl in own:
+            base = os.path.join(mnt, own[ctrl].lstrip("/"))
+            if os.path.isdir(base) and os.access(base, os.W_OK):
+                return base
+    return None

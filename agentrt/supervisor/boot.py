@@ -89,7 +89,10 @@ class BootPlanner:
         if (plan.run_uid is not None or plan.dynamic_uid) and self.rundir:
             # the replica enters its workdir after dropping to run_as
             os.chmod(self.rundir, 0o711)
-        if plan.cgroup and self._cgroups is None:
+        if self._cgroups is None and (plan.cgroup or sandbox.probe()["cgroup"]["controllers"]):
+            # Every replica gets a group of its own where the machine allows:
+            # its whole tree is accounted (memory, processes, CPU time) and
+            # nothing it started outlives it, whatever sessions it moved to.
             self._cgroups = sandbox.Cgroups()
         self._plans[spec.name] = plan
         return msgspec.structs.replace(spec, limits=plan.core_limits())
@@ -98,14 +101,20 @@ class BootPlanner:
         self._plans.pop(agent, None)
 
     def _cgroups_for(self, spec: AgentSpec, leaf: str, plan: sandbox.Plan) -> list[str]:
-        if not plan.cgroup or self._cgroups is None:
+        """The replica's groups: the profile's limits (``cgroup = true``: memory as
+        real usage, a CPU quota, processes), or else the tree's accounting (memory
+        and processes limited for the whole tree, CPU time counted)."""
+        groups = self._cgroups
+        if groups is None:
             return []
+        lim = plan.limits
         try:
-            return self._cgroups.create(
-                leaf, plan.cgroup, plan.cgroup_memory, plan.cpu, plan.limits.processes
-            )
+            if plan.cgroup:
+                ctrls = sorted({*plan.cgroup, *groups.tree})
+                return groups.create(leaf, ctrls, plan.cgroup_memory, plan.cpu, lim.processes)
+            return groups.create(leaf, groups.tree, lim.memory, None, lim.processes)
         except OSError as exc:
-            if plan.profile.enforce == "strict":
+            if plan.cgroup and plan.profile.enforce == "strict":
                 # the child fails to join it: the replica does not start
                 return [os.path.join("/nonexistent-cgroup", leaf)]
             self.log.warning(
@@ -172,10 +181,11 @@ class BootPlanner:
         """A SIGKILL in a memory-limited cgroup whose OOM killer acted is the memory limit."""
         plan = self._plans.get(boot.agent)
         mem = plan.cgroup_memory if plan is not None else None
+        if mem is None:
+            mem = boot.memory  # the tree's limit (the group holds it too)
         if (
             mem is None
             or not boot.cgroups
-            or boot.memory_rlimit
             or not isinstance(cause, AgentCrashed)
             or cause.signal != signal.SIGKILL
             or not sandbox.Cgroups.oom_killed(list(boot.cgroups))

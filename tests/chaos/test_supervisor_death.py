@@ -68,7 +68,8 @@ async def test_sigkilled_supervisor_leaves_no_agent_process(method, fixtures_dir
             # the zygote outlived the supervisor long enough to remove its run dir
             m = re.search(rb"rundir=(\S+)", await proc.stderr.read())
             assert m is not None
-            assert not await asyncio.to_thread(os.path.exists, m.group(1).decode())
+            d = m.group(1).decode()
+            assert not await asyncio.to_thread(os.path.exists, d), os.listdir(d)
     finally:
         if proc.returncode is None:
             proc.kill()
