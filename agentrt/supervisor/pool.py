@@ -66,7 +66,7 @@ from agentrt.protocol import (
     ToolCall,
     ToolSpan,
 )
-from agentrt.supervisor import policy
+from agentrt.supervisor import policy, watchdog
 from agentrt.supervisor.boot import BootPlanner
 from agentrt.supervisor.events import EventHub
 from agentrt.supervisor.ledger import Call as LedgerCall
@@ -74,7 +74,6 @@ from agentrt.supervisor.ledger import Ledger
 
 __all__ = ["Agent", "Pool", "ReplicaStatus", "Request", "Restarts", "Slot"]
 
-_WATCHDOG_INTERVAL = 0.2
 T = TypeVar("T")
 
 #: Failure kinds that are a limit of the replica, and the Boot field that holds it
@@ -251,8 +250,9 @@ class Pool:
             slot.first_start = loop.create_future()
             agent.slots.append(slot)
             slot.task = loop.create_task(self.run_slot(slot), name=f"slot-{spec.name}#{i}")
-        if spec.limits.memory is not None and self._watchdog is None:
-            self._watchdog = loop.create_task(self._memory_watchdog(), name="memory-watchdog")
+        limited = spec.limits.memory is not None or spec.limits.cpu_time is not None
+        if limited and self._watchdog is None:
+            self._watchdog = loop.create_task(self._limits_watchdog(), name="limits-watchdog")
         return agent
 
     async def run_slot(self, slot: Slot) -> None:
@@ -675,31 +675,19 @@ class Pool:
         slots = [s for a in self.agents.values() for s in a.slots]
         return await asyncio.to_thread(_status_sync, slots)
 
-    async def _memory_watchdog(self) -> None:
-        """Kill replicas whose RSS passes their memory limit (RLIMIT_AS is not RSS)."""
+    async def _limits_watchdog(self) -> None:
+        """Hold each replica's tree to its memory and CPU time limits (see ``watchdog``)."""
         while True:
-            await asyncio.sleep(_WATCHDOG_INTERVAL)
-            watched = [
-                (s.proc, limit)
+            await asyncio.sleep(watchdog.INTERVAL)
+            procs = [
+                s.proc
                 for a in self.agents.values()
-                if (limit := a.spec.limits.memory) is not None
+                if a.spec.limits.memory is not None or a.spec.limits.cpu_time is not None
                 for s in a.slots
                 if s.proc is not None and s.proc.alive
             ]
-            if not watched:
-                continue
-            sizes = await asyncio.to_thread(_rss_all, [p for p, _ in watched])
-            for (proc, limit), rss in zip(watched, sizes, strict=True):
-                if rss is not None and rss > limit and proc.alive:
-                    proc.kill(
-                        LimitExceeded(
-                            f"RSS of {rss} bytes exceeds the memory limit of {limit} bytes",
-                            limit="memory",
-                            value=limit,
-                            agent=proc.boot.agent,
-                            pid=proc.pid,
-                        )
-                    )
+            if procs:
+                await watchdog.watch(procs)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -723,10 +711,6 @@ def normal_end(cause: AgentDied | None) -> bool:
 def _resolve(fut: asyncio.Future[None] | None) -> None:
     if fut is not None and not fut.done():
         fut.set_result(None)
-
-
-def _rss_all(procs: list[AgentProcess]) -> list[int | None]:
-    return [p.rss() for p in procs]
 
 
 def _status_sync(slots: list[Slot]) -> list[ReplicaStatus]:

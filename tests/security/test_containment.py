@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from agentrt import CallCancelled, CallTimeout
+from agentrt import CallCancelled, CallTimeout, LimitExceeded, Limits, sandbox
+
+_CGROUPS = bool(sandbox.probe()["cgroup"]["controllers"])
 
 
 def _pid(path: Path) -> int:
@@ -114,3 +117,76 @@ async def test_a_zygote_that_keeps_dying_stops_the_supervisor(make_supervisor, a
             await sup.wait_closed()
         assert sup.failure is not None and sup.failure.agent == "zygote"
         assert "zygote" in sup.failed_agents
+
+
+# --- everything a replica started ends with it -------------------------------------------
+
+
+async def _chain_pids(gate, n: int = 5) -> list[psutil.Process]:
+    return [psutil.Process(int(await gate.read_line())) for _ in range(n)]
+
+
+async def test_a_chain_of_sessions_ends_with_its_replica(make_supervisor, agent_spec, make_gate):
+    gate = make_gate("chain")
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("chainer", "agents:setsid_chain"))
+        assert await sup.call("chainer", {"pidfile": gate.path}) == "started"
+        chain = await _chain_pids(gate)
+        assert len({p.pid for p in chain}) == 5
+        assert len({p.pid for p in chain} & {os.getsid(p.pid) for p in chain}) == 5  # sessions
+    _gone, alive = await asyncio.to_thread(psutil.wait_procs, chain, 5)
+    assert not alive, f"{len(alive)} of the chain outlived close()"
+
+
+async def test_a_chain_of_sessions_ends_when_the_supervisor_is_sigkilled(make_gate, tmp_path):
+    from clitools import ROOT, write_project
+
+    gate = make_gate("chain")
+    agents = (Path(ROOT) / "tests" / "fixtures" / "agents.py").read_text()
+    cfg = write_project(
+        tmp_path,
+        agents,
+        f'[agents.chainer]\nentry = "agents:setsid_chain_and_hang"\n'
+        f'[[tasks]]\nid = "t"\nagent = "chainer"\nargs = {{ pidfile = "{gate.path}" }}\n',
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agentrt.cli",
+        "supervise",
+        str(cfg),
+        cwd=ROOT,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        chain = await _chain_pids(gate)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        _gone, alive = await asyncio.to_thread(psutil.wait_procs, chain, 5)
+        assert not alive, f"{len(alive)} of the chain outlived the supervisor"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+# --- limits hold for the whole tree -------------------------------------------------------
+
+
+@pytest.mark.skipif(not _CGROUPS, reason="no cgroup: the watchdog sums the tree instead")
+async def test_children_past_the_memory_limit_are_the_replicas_limit(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(
+            agent_spec("parent", "agents:children_hog", limits=Limits(memory=256 * 2**20))
+        )
+        with pytest.raises(LimitExceeded) as info:
+            await sup.call("parent", {"n": 5, "mb": 150})
+        assert info.value.limit == "memory"
+
+
+async def test_children_past_the_cpu_time_limit_are_the_replicas_limit(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("parent", "agents:children_spin", limits=Limits(cpu_time=2.0)))
+        with pytest.raises(LimitExceeded) as info:
+            await sup.call("parent", {"n": 3, "seconds": 1.5})
+        assert info.value.limit == "cpu_time"

@@ -33,6 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "supervisor.events": set(),
     "supervisor.ledger": {"errors", "supervisor.events"},
     "supervisor.boot": {"config", "errors", "protocol", "sandbox"},
+    "supervisor.watchdog": {"errors", "process", "sandbox"},
     "supervisor.pool": {
         "_linux",
         "config",
@@ -43,6 +44,7 @@ ALLOWED: dict[str, set[str]] = {
         "supervisor.events",
         "supervisor.ledger",
         "supervisor.policy",
+        "supervisor.watchdog",
     },
     "supervisor.tree": {
         "_linux",
