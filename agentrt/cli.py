@@ -691,6 +691,17 @@ def _features(caps: dict[str, Any]) -> list[tuple[str, str, str]]:
     if cg["why"]:
         cg_detail += f" ({cg['why']})"
     abi = caps["landlock_abi"]
+    interp = caps["interpreter"]
+    if interp["unreadable"]:
+        interp_detail = f"{interp['unreadable']} unreadable: run_as agents cannot import from it"
+    elif interp["blocked"] and caps["mount_ns"]:
+        interp_detail = (
+            f"below {interp['blocked']} (closed): run_as re-opens it in a mount namespace"
+        )
+    elif interp["blocked"]:
+        interp_detail = f"below {interp['blocked']} (closed) and no mount namespace: run_as fails"
+    else:
+        interp_detail = "run_as replicas import as usual"
 
     def yn(ok: object) -> str:
         return "yes" if ok else "no"
@@ -711,9 +722,27 @@ def _features(caps: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "landlock",
             yn(abi),
-            f"filesystem allowlists (ABI {abi})" if abi else "not in this kernel",
+            f"filesystem allowlists; a domain per replica: no ptrace or /proc/<pid>/fd "
+            f"outside its tree (ABI {abi})"
+            if abi
+            else "not in this kernel: replicas of default may open each other's /proc/<pid>/fd",
+        ),
+        (
+            "landlock scoping",
+            yn(caps["landlock_scope"]),
+            "signals and abstract unix sockets stay in a replica's tree"
+            if caps["landlock_scope"]
+            else f"needs ABI 6: strict cannot confine signals here (ABI {abi})",
+        ),
+        (
+            "pid namespace",
+            yn(caps["pid_ns"]),
+            "not used: the Landlock domain and scopes refuse the same per replica"
+            if caps["pid_ns"]
+            else caps["pid_ns_error"],
         ),
         ("no_new_privs", yn(caps["no_new_privs"]), "no privilege gain through exec"),
+        ("dumpable", "yes", "PR_SET_DUMPABLE 0: /proc/<pid> of a confined replica owned by root"),
         ("cgroups", yn(cg["controllers"]), cg_detail),
         (
             "root",
@@ -721,6 +750,18 @@ def _features(caps: dict[str, Any]) -> list[tuple[str, str, str]]:
             "run_as and cgroups may be used"
             if caps["root"]
             else "run_as needs root; RLIMIT_NPROC applies",
+        ),
+        (
+            "mount namespace",
+            yn(caps["mount_ns"]),
+            "run_as reaches an interpreter below a closed directory"
+            if caps["mount_ns"]
+            else caps["mount_ns_error"],
+        ),
+        (
+            "interpreter for any uid",
+            yn(not interp["blocked"] and not interp["unreadable"]),
+            interp_detail,
         ),
     ]
 

@@ -2,9 +2,18 @@
 
 :func:`enter_cgroups` first thing, :func:`confine` after the fds and rlimits,
 in this order: join the cgroups, a fresh network namespace, the working
-directory (chowned to ``run_as``), the environment allowlist, drop to
-``run_as`` (setgroups, setgid, setuid), ``PR_SET_NO_NEW_PRIVS``, Landlock.
-Everything needing root happens before the uid is dropped.
+directory (chowned to ``run_as``), the environment allowlist, the import
+paths kept readable for ``run_as`` (a private mount namespace where an
+ancestor is closed to that uid), drop to ``run_as`` (setgroups, setgid,
+setuid), ``PR_SET_NO_NEW_PRIVS``, Landlock (the filesystem rules, or a
+domain of its own, with the scopes), ``PR_SET_DUMPABLE`` 0.  Everything
+needing root happens before the uid is dropped, every mount before Landlock
+(a Landlock domain may not change mounts).
+
+The Landlock domain is what keeps a replica away from the processes outside
+its own tree (siblings, the zygote, the supervisor): no ptrace, no
+``/proc/<pid>/fd``, and with the scopes of ABI 6 no signal and no abstract
+unix socket.  Each replica makes its own domain; its children inherit it.
 """
 
 from __future__ import annotations
@@ -17,8 +26,9 @@ import fnmatch
 import os
 import signal
 import socket
+import stat
 import struct
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from agentrt import _linux
@@ -27,19 +37,37 @@ from agentrt.sandbox.probe import (
     _FS_ABI1,
     _FS_FILE_RIGHTS,
     _FS_IOCTL_DEV,
+    _FS_MAKE_BLOCK,
     _FS_READ,
     _FS_REFER,
     _FS_TRUNCATE,
     _LANDLOCK_RULE_PATH_BENEATH,
+    _MS_BIND,
+    _MS_NODEV,
+    _MS_NOEXEC,
+    _MS_NOSUID,
+    _MS_RDONLY,
+    _MS_REC,
+    _MS_REMOUNT,
+    _PR_SET_DUMPABLE,
     _PR_SET_NO_NEW_PRIVS,
+    _SCOPE_ABSTRACT_UNIX_SOCKET,
+    _SCOPE_SIGNAL,
     _SYS_LANDLOCK_ADD_RULE,
     _SYS_LANDLOCK_CREATE_RULESET,
     _SYS_LANDLOCK_RESTRICT_SELF,
+    SCOPE_ABI,
     SandboxError,
     _libc,
+    _mount,
+    _private_mounts,
     _syscall,
     _unshare_net,
+    has_cap_sys_admin,
+    interpreter_paths,
     landlock_abi,
+    outermost,
+    real_paths,
 )
 
 __all__ = ["confine", "enter_cgroups"]
@@ -64,16 +92,176 @@ def _loopback_up() -> None:
 
 
 def _import_paths(boot: Boot) -> list[str]:
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    for mod in (os, contextlib):  # the stdlib, wherever it lives
-        paths.add(os.path.dirname(os.path.abspath(mod.__file__ or "")))
-    paths.update(p for p in sys.path if p)
-    paths.update(boot.sys_path)
-    paths.add(str(Path(__file__).resolve().parent))  # agentrt itself (editable installs)
-    return sorted(paths)
+    """The interpreter's import paths, the agent's, and agentrt's own (real, existing)."""
+    agentrt_dir = str(Path(__file__).resolve().parent.parent)  # editable installs
+    return real_paths([*interpreter_paths(), *boot.sys_path, agentrt_dir])
 
 
-def _landlock(read: list[str], write: list[str]) -> None:
+# --- run_as: the import paths stay readable ---------------------------------------------
+
+
+@contextlib.contextmanager
+def _as_user(uid: int, gid: int) -> Iterator[None]:
+    """The block runs with ``uid``/``gid`` as effective ids and no supplementary
+    groups (as after the drop); root's effective ids come back after it."""
+    egid = os.getegid()
+    os.setgroups([])
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
+
+
+def _closed_ancestor(path: str) -> str:
+    """The first ancestor of ``path`` the effective uid cannot enter ('' if none)."""
+    cur = "/"
+    for part in path.strip("/").split("/")[:-1]:
+        cur = os.path.join(cur, part)
+        if not os.access(cur, os.X_OK, effective_ids=True):
+            return cur
+    return ""
+
+
+def _readable(path: str) -> bool:
+    """Whether the effective uid reads ``path`` (and enters it, for a directory)."""
+    need = os.R_OK | (os.X_OK if os.path.isdir(path) else 0)
+    return os.access(path, need, effective_ids=True)
+
+
+def _mountpoint(top: str, path: str, is_dir: bool) -> None:
+    """Make ``path`` (below ``top``, a fresh tmpfs) and its parents, enterable by all."""
+    cur = top
+    parts = os.path.relpath(path, top).split("/")
+    for part in parts[:-1]:
+        cur = os.path.join(cur, part)
+        if not os.path.isdir(cur):
+            os.mkdir(cur)
+            os.chmod(cur, 0o755)
+    if is_dir:
+        os.mkdir(path)
+        os.chmod(path, 0o755)
+    else:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
+def _cover(closed: dict[str, list[str]]) -> None:
+    """In a private mount namespace: an empty tmpfs over each closed ancestor, its
+    paths bound back read-only (only they are reachable through it)."""
+    _private_mounts()
+    # opened in the new namespace (a bind takes its source from the caller's own)
+    # and before the tmpfs hides them
+    fds = {p: os.open(p, os.O_PATH | os.O_CLOEXEC) for ps in closed.values() for p in ps}
+    try:
+        for top, paths in closed.items():
+            _mount("tmpfs", top, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "mode=0755")
+            for p in paths:
+                fd = fds[p]
+                _mountpoint(top, p, stat.S_ISDIR(os.fstat(fd).st_mode))
+                _mount(f"/proc/self/fd/{fd}", p, None, _MS_BIND | _MS_REC)
+                noexec = os.statvfs(p).f_flag & os.ST_NOEXEC
+                ro = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+                _mount(None, p, None, ro | (_MS_NOEXEC if noexec else 0))
+            _mount(None, top, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _keep_readable(paths: list[str], uid: int, gid: int) -> None:
+    """Keep ``paths`` readable once the process runs as ``uid``/``gid`` (needs root).
+
+    Where an ancestor is closed to that uid (``/root``, mode 0700, holding a
+    pyenv interpreter), a private mount namespace covers the ancestor with
+    an empty tmpfs and binds the paths back read-only: the uid reaches them
+    and nothing else there.  A path it still cannot read is a
+    :class:`SandboxError` naming it.
+    """
+    closed: dict[str, list[str]] = {}
+    with _as_user(uid, gid):
+        for p in paths:
+            top = _closed_ancestor(p)
+            if top:
+                closed.setdefault(top, []).append(p)
+    if closed:
+        try:
+            _cover({top: outermost(ps) for top, ps in closed.items()})
+        except OSError as exc:
+            top, ps = next(iter(closed.items()))
+            raise SandboxError(
+                exc.errno or errno.EACCES,
+                f"run_as: {ps[0]} is not readable by uid {uid} ({top} is closed to it) "
+                f"and no private mount namespace can open it: {exc.strerror or exc}",
+            ) from None
+    with _as_user(uid, gid):
+        for p in paths:
+            if not _readable(p):
+                raise SandboxError(
+                    errno.EACCES,
+                    f"run_as: {p} is not readable by uid {uid}: the agent could not import from it",
+                )
+
+
+# --- Landlock ------------------------------------------------------------------------------
+
+
+def _ruleset(fs: int, scoped: int) -> int:
+    """A new Landlock ruleset handling ``fs`` rights with the ``scoped`` scopes."""
+    # handled_access_fs, handled_access_net, scoped (ABI >= 6); without scopes
+    # handled_access_fs only, valid on every ABI
+    attr = struct.pack("=QQQ", fs, 0, scoped) if scoped else struct.pack("=Q", fs)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    rfd = int(
+        _syscall(_SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    )
+    if rfd < 0:
+        err = ctypes.get_errno()
+        raise SandboxError(err, f"landlock_create_ruleset: {os.strerror(err)}")
+    return rfd
+
+
+def _add_rule(rfd: int, path: str, access: int) -> None:
+    """Allow ``access`` beneath ``path`` (a path that does not exist grants nothing)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if not os.path.isdir(path):
+            access &= _FS_FILE_RIGHTS
+        rule = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
+        rc = _syscall(
+            _SYS_LANDLOCK_ADD_RULE,
+            ctypes.c_int(rfd),
+            ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
+            rule,
+            ctypes.c_uint32(0),
+        )
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise SandboxError(err, f"landlock_add_rule({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _restrict(rfd: int) -> None:
+    if _syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(rfd), ctypes.c_uint32(0)) != 0:
+        err = ctypes.get_errno()
+        raise SandboxError(err, f"landlock_restrict_self: {os.strerror(err)}")
+
+
+def _scopes(scope: bool, abi: int) -> int:
+    if not scope:
+        return 0
+    if abi < SCOPE_ABI:
+        raise SandboxError(errno.ENOSYS, f"Landlock scoping needs ABI >= {SCOPE_ABI} (here: {abi})")
+    return _SCOPE_SIGNAL | _SCOPE_ABSTRACT_UNIX_SOCKET
+
+
+def _landlock(read: list[str], write: list[str], scope: bool = False) -> None:
+    """A domain allowing only ``read`` and ``write`` (with the scopes when ``scope``)."""
     abi = landlock_abi()
     if abi <= 0:
         raise SandboxError(errno.ENOSYS, "Landlock is not available")
@@ -84,60 +272,57 @@ def _landlock(read: list[str], write: list[str]) -> None:
         handled |= _FS_TRUNCATE
     if abi >= 5:
         handled |= _FS_IOCTL_DEV
-    attr = struct.pack("=Q", handled)  # handled_access_fs only: valid on every ABI
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    rfd = _syscall(
-        _SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)
-    )
-    if rfd < 0:
-        err = ctypes.get_errno()
-        raise SandboxError(err, f"landlock_create_ruleset: {os.strerror(err)}")
+    rfd = _ruleset(handled, _scopes(scope, abi))
     try:
-        rules = [(p, _FS_READ & handled) for p in read] + [(p, handled) for p in write]
-        for path, access in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue  # a path that does not exist grants nothing
-            try:
-                if not os.path.isdir(path):
-                    access &= _FS_FILE_RIGHTS
-                rule = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
-                if (
-                    _syscall(
-                        _SYS_LANDLOCK_ADD_RULE,
-                        ctypes.c_int(rfd),
-                        ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
-                        rule,
-                        ctypes.c_uint32(0),
-                    )
-                    != 0
-                ):
-                    err = ctypes.get_errno()
-                    raise SandboxError(err, f"landlock_add_rule({path}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
+        for p in read:
+            _add_rule(rfd, p, _FS_READ & handled)
+        for p in write:
+            _add_rule(rfd, p, handled)
         _prctl_nnp()
-        if _syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(rfd), ctypes.c_uint32(0)) != 0:
-            err = ctypes.get_errno()
-            raise SandboxError(err, f"landlock_restrict_self: {os.strerror(err)}")
+        _restrict(rfd)
     finally:
         os.close(rfd)
 
 
-def _prctl_nnp() -> None:
-    if (
-        _libc.prctl(
-            _PR_SET_NO_NEW_PRIVS,
-            ctypes.c_ulong(1),
-            ctypes.c_ulong(0),
-            ctypes.c_ulong(0),
-            ctypes.c_ulong(0),
+def _domain(scope: bool) -> None:
+    """A Landlock domain of its own that restricts as little as the ABI allows.
+
+    What it is for: no process outside it may be ptraced, nor its
+    ``/proc/<pid>/fd`` (exe, cwd, root, mem) opened.  ABI >= 6: the domain
+    handles no filesystem right, only the abstract-unix-socket scope (and
+    the signal scope too with ``scope``).  ABI 2-5: it handles making block
+    devices and reparenting, with reparenting allowed beneath ``/`` again
+    (a domain refuses cross-directory renames otherwise); a replica then
+    cannot change mounts either.  Needs no_new_privs without CAP_SYS_ADMIN.
+    """
+    abi = landlock_abi()
+    if abi < 2:
+        raise SandboxError(
+            errno.ENOSYS, f"a Landlock domain without filesystem rules needs ABI >= 2 (here: {abi})"
         )
-        != 0
-    ):
+    if abi >= SCOPE_ABI:
+        rfd = _ruleset(0, _SCOPE_ABSTRACT_UNIX_SOCKET | _scopes(scope, abi))
+    else:
+        rfd = _ruleset(_FS_MAKE_BLOCK | _FS_REFER, _scopes(scope, abi))
+    try:
+        if abi < SCOPE_ABI:
+            _add_rule(rfd, "/", _FS_REFER)
+        if not has_cap_sys_admin():
+            _prctl_nnp()
+        _restrict(rfd)
+    finally:
+        os.close(rfd)
+
+
+def _prctl(option: int, value: int, what: str) -> None:
+    zero = ctypes.c_ulong(0)
+    if _libc.prctl(option, ctypes.c_ulong(value), zero, zero, zero) != 0:
         err = ctypes.get_errno()
-        raise SandboxError(err, f"PR_SET_NO_NEW_PRIVS: {os.strerror(err)}")
+        raise SandboxError(err, f"{what}: {os.strerror(err)}")
+
+
+def _prctl_nnp() -> None:
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
 
 
 def confine(boot: Boot) -> None:
@@ -158,7 +343,7 @@ def confine(boot: Boot) -> None:
     if boot.run_uid is not None:
         os.chown(boot.workdir, boot.run_uid, boot.run_gid if boot.run_gid is not None else -1)
     os.chdir(boot.workdir)
-    readable = [*boot.fs_read, *_import_paths(boot)] if boot.fs_read is not None else []
+    imports = _import_paths(boot)
     if boot.env_allow is not None:
         pats = boot.env_allow
         for k in list(os.environ):
@@ -166,6 +351,8 @@ def confine(boot: Boot) -> None:
                 del os.environ[k]
     if boot.run_uid is not None:
         gid = boot.run_gid if boot.run_gid is not None else boot.run_uid
+        if os.geteuid() == 0 and boot.run_uid != 0:
+            _keep_readable(imports, boot.run_uid, gid)
         os.setgroups([])
         os.setgid(gid)
         os.setuid(boot.run_uid)
@@ -176,4 +363,8 @@ def confine(boot: Boot) -> None:
     if boot.no_new_privs:
         _prctl_nnp()
     if boot.fs_read is not None:
-        _landlock(readable, [*boot.fs_write, boot.workdir])
+        _landlock([*boot.fs_read, *imports], [*boot.fs_write, boot.workdir], boot.scope)
+    elif boot.ptrace_isolation or boot.scope:
+        _domain(boot.scope)
+    if not boot.dumpable:  # after setuid, which resets it
+        _prctl(_PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")

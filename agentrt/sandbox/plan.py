@@ -2,6 +2,27 @@
 
 :func:`plan` says how each setting will be enforced on this machine (or why
 it cannot be), :func:`explain` lists it for ``doctor``.
+
+Isolation from the processes outside a replica's own tree (its siblings,
+the zygote, the supervisor) is decided here too, by kernel mechanism:
+
+* ``isolation.ptrace`` (no ptrace, no ``/proc/<pid>/fd``): a Landlock domain
+  per replica, every profile (ABI >= 2; with a filesystem allowlist any
+  ABI); else, with ``run_as``, another uid than the supervisor's.
+* ``isolation.signal``: confining profiles (a filesystem allowlist or
+  ``run_as``: ``strict``, ``untrusted``) get Landlock's signal scope
+  (ABI >= 6), else ``run_as = "dynamic"``'s uid of its own per replica.
+* ``isolation.abstract_unix``: the abstract-unix-socket scope, wherever there
+  is a Landlock domain on ABI >= 6 (``default`` included: it is the least a
+  domain without filesystem rules can restrict); else ``network = "none"``'s
+  own namespace.
+* ``isolation.dumpable``: confining profiles set ``PR_SET_DUMPABLE`` 0.
+* ``run_as.import_paths``: the interpreter readable as installed, or through
+  a private mount namespace where an ancestor (``/root``) is closed to the uid.
+
+A confining profile reports what nothing here gives as "NOT enforced" (with
+``enforce = "strict"`` the agent does not start); ``default`` reports it as
+"not confined".
 """
 
 from __future__ import annotations
@@ -10,10 +31,11 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass, field
+from typing import Any
 
 from agentrt.config import Limits, SandboxProfile
 from agentrt.errors import ConfigError
-from agentrt.sandbox.probe import probe
+from agentrt.sandbox.probe import SCOPE_ABI, probe
 
 __all__ = ["Plan", "explain", "plan"]
 
@@ -145,6 +167,8 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
     if profile.no_new_privs:
         rep.append(("no_new_privs", "enforced by prctl(PR_SET_NO_NEW_PRIVS)"))
 
+    _isolation(p, caps)
+
     cg = caps["cgroup"]
     avail: dict[str, str] = cg["controllers"]
     if profile.cgroup:
@@ -190,12 +214,95 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
     return p
 
 
+def _isolation(p: Plan, caps: dict[str, Any]) -> None:
+    """Decide how the replica is kept from processes outside its tree (see above)."""
+    prof = p.profile
+    abi: int = caps["landlock_abi"]
+    confining = prof.filesystem is not None or prof.run_as is not None
+    own_uid = p.dynamic_uid  # no other process runs as the replica's uid
+    other_uid = own_uid or (p.run_uid is not None and p.run_uid != os.geteuid())
+    absent = "NOT enforced" if confining else "not confined"
+    scoping = f"Landlock scoping (ABI {abi})"
+
+    def put(setting: str, how: str) -> None:
+        p.report.append((f"isolation.{setting}", how))
+
+    if abi >= 2 or (abi and prof.filesystem is not None):
+        p.ptrace_isolation = True
+        how = "a Landlock domain per replica"
+        unprivileged = other_uid or not caps["cap_sys_admin"]
+        if prof.filesystem is None and not prof.no_new_privs and unprivileged:
+            how += " (with no_new_privs: the replica lacks CAP_SYS_ADMIN)"
+        put(
+            "ptrace",
+            f"enforced by {how}: no ptrace of, nor /proc/<pid>/fd of, any process outside its tree",
+        )
+    elif other_uid:
+        put("ptrace", "enforced by another uid than the supervisor's and PR_SET_DUMPABLE 0")
+    else:
+        put("ptrace", f"{absent}: needs Landlock ABI >= 2 (this kernel: {abi})")
+
+    if confining and abi >= SCOPE_ABI:
+        p.scope = True
+        put("signal", f"enforced by {scoping}: no signal to processes outside its tree")
+    elif own_uid:
+        put("signal", "enforced by a uid of its own per replica")
+    elif confining:
+        why = f"needs Landlock ABI >= {SCOPE_ABI} (this kernel: {abi})"
+        if p.run_uid is not None:
+            why += f"; replicas running as uid {p.run_uid} may signal each other"
+        put("signal", f"NOT enforced: {why}")
+    else:
+        put("signal", "not confined: processes of its uid may signal it and be signalled")
+
+    if p.ptrace_isolation and abi >= SCOPE_ABI:
+        put("abstract_unix", f"enforced by {scoping}: no abstract unix socket outside its tree")
+    elif prof.network == "none" and caps["net_ns"]:
+        put("abstract_unix", "enforced by its own network namespace (abstract sockets live in one)")
+    else:
+        put(
+            "abstract_unix",
+            f"{absent}: needs Landlock ABI >= {SCOPE_ABI} or network = 'none' "
+            f"(this kernel: ABI {abi})",
+        )
+
+    if confining:
+        p.dumpable = False
+        put("dumpable", "enforced by PR_SET_DUMPABLE 0: /proc/<pid> owned by root, no core dump")
+    else:
+        put("dumpable", "not confined: dumpable, as any process")
+
+    if other_uid:
+        p.report.append(("run_as.import_paths", _import_paths_report(caps)))
+
+
+def _import_paths_report(caps: dict[str, Any]) -> str:
+    """How the interpreter stays readable after the uid is dropped."""
+    access: dict[str, str] = caps["interpreter"]
+    if access["unreadable"]:
+        return f"NOT enforced: {access['unreadable']} is not readable by an unprivileged uid"
+    top = access["blocked"]
+    if not top:
+        return "enforced: the interpreter and its import paths are readable by any uid"
+    if caps["mount_ns"]:
+        return (
+            f"enforced by a private mount namespace: {top} (closed to the replica's uid) "
+            "covered by an empty tmpfs, the import paths bound back read-only"
+        )
+    return (
+        f"NOT enforced: the interpreter below {top} is not readable by the replica's uid, "
+        f"and no private mount namespace can open it: {caps['mount_ns_error']}"
+    )
+
+
 def explain(profile: SandboxProfile, limits: Limits | None = None) -> list[tuple[str, str]]:
     """``[(setting, "enforced by X" | "NOT enforced: why" | "not confined"), ...]``.
 
     One entry per setting of ``profile`` (merged with an agent's ``limits``)
     as this machine would apply it: ``network``, ``filesystem``, ``env``,
-    ``run_as``, ``no_new_privs``, ``cgroup``, ``limits.<name>``.
+    ``run_as``, ``no_new_privs``, ``isolation.ptrace``, ``isolation.signal``,
+    ``isolation.abstract_unix``, ``isolation.dumpable``,
+    ``run_as.import_paths`` (with ``run_as``), ``cgroup``, ``limits.<name>``.
     """
     return plan(profile, limits).report
 

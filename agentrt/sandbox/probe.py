@@ -1,8 +1,9 @@
 """What this machine offers for confinement (supervisor side; doctor reads it).
 
 :func:`probe` forks short children to try namespaces, asks the kernel for its
-Landlock ABI and finds the cgroup hierarchies this process may create
-groups in.  The low-level calls shared with the child's side live here too.
+Landlock ABI, finds the cgroup hierarchies this process may create groups in
+and whether an unprivileged uid can read the interpreter.  The low-level
+calls shared with the child's side live here too.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import ctypes
 import functools
 import os
 import resource
+import stat
+import sys
+import tempfile
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["SandboxError", "landlock_abi", "probe"]
+__all__ = ["SandboxError", "interpreter_paths", "landlock_abi", "probe"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -25,19 +30,27 @@ _SYS_LANDLOCK_ADD_RULE = 445
 _SYS_LANDLOCK_RESTRICT_SELF = 446
 _LANDLOCK_CREATE_RULESET_VERSION = 1
 _LANDLOCK_RULE_PATH_BENEATH = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
+_CAP_SYS_ADMIN = 21
 
 # Landlock filesystem rights, by the ABI that introduced them.
 _FS_EXECUTE = 1 << 0
 _FS_WRITE_FILE = 1 << 1
 _FS_READ_FILE = 1 << 2
 _FS_READ_DIR = 1 << 3
+_FS_MAKE_BLOCK = 1 << 11
 _FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
 _FS_REFER = 1 << 13  # ABI 2
 _FS_TRUNCATE = 1 << 14  # ABI 3
 _FS_IOCTL_DEV = 1 << 15  # ABI 5
 _FS_FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV
 _FS_READ = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
+# Landlock scopes (ABI 6): what a domain may not reach outside itself.
+_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
+_SCOPE_SIGNAL = 1 << 1
+#: the first ABI with scopes
+SCOPE_ABI = 6
 
 _CONTROLLERS = ("memory", "cpu", "pids")
 _CGROUP_ROOT = "/sys/fs/cgroup"
@@ -81,8 +94,19 @@ def _fork_check(fn: Any) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+_CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
 _CLONE_NEWNET = 0x40000000
+
+_MS_RDONLY = 1
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
+_MS_REMOUNT = 32
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
 
 
 def _unshare(flags: int) -> None:
@@ -109,6 +133,105 @@ def _unshare_net() -> str:
     with open("/proc/self/gid_map", "w") as f:
         f.write(f"{gid} {gid} 1")
     return "userns+netns"
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    """``mount(2)``."""
+    rc = _libc.mount(
+        source.encode() if source is not None else None,
+        target.encode(),
+        fstype.encode() if fstype is not None else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def _private_mounts() -> None:
+    """Enter a mount namespace of our own whose mounts reach no other namespace."""
+    _unshare(_CLONE_NEWNS)
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+
+
+def _try_mount_ns() -> None:
+    _private_mounts()
+    _mount("tmpfs", tempfile.gettempdir(), "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755")
+
+
+def _try_pid_ns() -> None:
+    if os.geteuid() == 0:
+        _unshare(_CLONE_NEWPID)
+    else:
+        _unshare(_CLONE_NEWUSER | _CLONE_NEWPID)
+
+
+def has_cap_sys_admin() -> bool:
+    """Whether this process holds CAP_SYS_ADMIN (Landlock then needs no no_new_privs)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
+    return False
+
+
+def interpreter_paths() -> list[str]:
+    """Where this interpreter imports from: its prefixes, the stdlib and ``sys.path``
+    (as real paths, those that exist)."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    for mod in (os, contextlib):  # the stdlib, wherever it lives
+        paths.add(os.path.dirname(os.path.abspath(mod.__file__ or "")))
+    paths.update(p for p in sys.path if p)
+    return real_paths(paths)
+
+
+def real_paths(paths: Iterable[str]) -> list[str]:
+    """The real paths of ``paths`` that exist, sorted, each once."""
+    return sorted({os.path.realpath(p) for p in paths if p and os.path.exists(p)})
+
+
+def outermost(paths: Iterable[str]) -> list[str]:
+    """``paths`` without those inside another one of them."""
+    out: list[str] = []
+    for p in sorted(set(paths)):
+        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
+            out.append(p)
+    return out
+
+
+def others_blocked(path: str) -> tuple[str, str]:
+    """``(ancestor, "")`` where a uid owning nothing cannot enter an ancestor of
+    ``path``, ``("", path)`` where it cannot read ``path`` itself, else ``("", "")``.
+
+    From the mode bits (the "other" class), as a replica's dynamic uid sees them.
+    """
+    parts = path.strip("/").split("/")
+    cur = "/"
+    for part in parts[:-1]:
+        cur = os.path.join(cur, part)
+        try:
+            if not os.stat(cur).st_mode & stat.S_IXOTH:
+                return cur, ""
+        except OSError:
+            return cur, ""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "", path
+    need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
+    return ("", "") if mode & need == need else ("", path)
+
+
+def _interpreter_access() -> dict[str, str]:
+    """Whether an unprivileged uid reads the interpreter's import paths; the first
+    ancestor it cannot enter (``blocked``) or path it cannot read (``unreadable``)."""
+    blocked = unreadable = ""
+    for p in interpreter_paths():
+        b, u = others_blocked(p)
+        blocked = blocked or b
+        unreadable = unreadable or u
+    return {"blocked": blocked, "unreadable": unreadable}
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -177,7 +300,7 @@ def _cgroup_probe() -> dict[str, Any]:
 
 @functools.cache
 def probe() -> dict[str, Any]:
-    """What this machine offers for confinement (cached; forks two short children).
+    """What this machine offers for confinement (cached; forks four short children).
 
     Returns a dict::
 
@@ -186,6 +309,13 @@ def probe() -> dict[str, Any]:
          "user_ns": bool, "user_ns_error": str,
          "net_ns": "netns" | "userns+netns" | None, "net_ns_error": str,
          "landlock_abi": int,              # 0 = no Landlock
+         "landlock_scope": bool,           # ABI >= 6: signal and abstract-socket scoping
+         "mount_ns": bool, "mount_ns_error": str,  # a private mount namespace with a tmpfs
+         "pid_ns": bool, "pid_ns_error": str,
+         "cap_sys_admin": bool,            # Landlock without no_new_privs
+         "interpreter": {"blocked": str,   # an ancestor of the import paths, or ""
+                         "unreadable": str},  # an import path itself, or ""
+                                           # (as an unprivileged uid sees them)
          "no_new_privs": bool,
          "cgroup": {"version": 1 | 2 | None,
                     "controllers": {"memory"|"cpu"|"pids": base dir},  # writable
@@ -201,6 +331,8 @@ def probe() -> dict[str, Any]:
         except OSError:
             pass
     user_err = _fork_check(lambda: _unshare(_CLONE_NEWUSER))
+    mount_err = _fork_check(_try_mount_ns)
+    pid_err = _fork_check(_try_pid_ns)
     net_how: list[str] = []
     net_err = _fork_check(_unshare_net)
     if not net_err:
@@ -217,6 +349,13 @@ def probe() -> dict[str, Any]:
         "net_ns": net_how[0] if net_how else None,
         "net_ns_error": net_err,
         "landlock_abi": landlock_abi(),
+        "landlock_scope": landlock_abi() >= SCOPE_ABI,
+        "mount_ns": not mount_err,
+        "mount_ns_error": mount_err,
+        "pid_ns": not pid_err,
+        "pid_ns_error": pid_err,
+        "cap_sys_admin": has_cap_sys_admin(),
+        "interpreter": _interpreter_access(),
         "no_new_privs": True,
         "cgroup": _cgroup_probe(),
         "rlimits": rl,
