@@ -271,12 +271,10 @@ def clock_ticks() -> int:
 
 
 def _start_times() -> dict[int, tuple[int, int]]:
-    """``{pid: (ppid, start time in clock ticks)}`` of every process (one /proc sweep)."""
+    """``{pid: (ppid, start time in clock ticks)}`` of every process (one /proc sweep);
+    :class:`OSError` when /proc cannot be read at all."""
     out: dict[int, tuple[int, int]] = {}
-    try:
-        proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return out
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in os.listdir(proc):
             if not name.isdigit():
@@ -307,7 +305,8 @@ def kill_started_since(root: int, since: int, members: Iterable[int] = ()) -> li
     What a call started while it ran, whatever sessions or groups it moved
     to: its descendants, and (through ``members``) the daemons that left the
     tree but not the replica's cgroup.  Returns the direct children of
-    ``root`` among those killed (theirs to reap).
+    ``root`` among those killed (theirs to reap); :class:`OSError` when
+    /proc cannot be read (start times unknown: nothing is killed).
     """
     table = _start_times()
     children: dict[int, list[int]] = {}
@@ -335,7 +334,7 @@ def kill_started_since(root: int, since: int, members: Iterable[int] = ()) -> li
 
 
 def reap(pids: Iterable[int], timeout: float = 1.0) -> None:
-    """Collect killed children of this process (each waited for ``timeout`` at most)."""
+    """Collect the killed children among ``pids`` (each waited for ``timeout`` at most)."""
     import select
 
     for pid in pids:
@@ -346,7 +345,7 @@ def reap(pids: Iterable[int], timeout: float = 1.0) -> None:
         try:
             if select.select([fd], [], [], timeout)[0]:
                 os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-        except (ChildProcessError, OSError, AttributeError):
+        except OSError:  # not a child of ours (ChildProcessError): nothing to collect
             pass
         finally:
             os.close(fd)

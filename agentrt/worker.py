@@ -451,14 +451,16 @@ class _Worker:
         allowlist), every other process of its cgroup goes."""
         members = _cgroup_members()
         me = os.getpid()
-        with contextlib.suppress(OSError):
-            if os.access("/proc/self/stat", os.R_OK):
-                _linux.reap(_linux.kill_started_since(me, since, members))
-                return
+        try:
+            mine = _linux.kill_started_since(me, since, members)
+        except OSError:  # /proc is out of reach: start times are unknown
+            mine = []
             for pid in members:
                 if pid != me:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
+                        mine.append(pid)  # those that are not our children are not reaped
+        _linux.reap(mine)
 
     # --- async mode --------------------------------------------------------
 

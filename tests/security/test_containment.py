@@ -190,3 +190,30 @@ async def test_children_past_the_cpu_time_limit_are_the_replicas_limit(make_supe
         with pytest.raises(LimitExceeded) as info:
             await sup.call("parent", {"n": 3, "seconds": 1.5})
         assert info.value.limit == "cpu_time"
+
+
+@pytest.mark.skipif(not _CGROUPS, reason="without a cgroup there is nothing to find them by")
+async def test_under_strict_an_interrupted_call_still_leaves_nothing_running(
+    make_supervisor, agent_spec, make_gate, tmp_path
+):
+    # /proc is outside strict's allowlist: the replica finds what to end
+    # through its cgroup (opened before it was confined)
+    import msgspec
+
+    from agentrt.config import FilesystemSpec, load_sandbox
+
+    strict = load_sandbox("strict")[0]
+    assert strict.filesystem is not None
+    prof = msgspec.structs.replace(
+        strict, filesystem=FilesystemSpec(read=strict.filesystem.read, write=[str(tmp_path)])
+    )
+    gate = make_gate("child.pid")
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("starter", "agents:start_and_hang", sandbox=prof))
+        call = asyncio.ensure_future(
+            sup.call("starter", {"pidfile": gate.path, "daemon": True}, timeout=1.0)
+        )
+        child = int(await gate.read_line())
+        with pytest.raises(CallTimeout):
+            await call
+        assert await _gone(child), f"the call's child {child} outlived the call"
