@@ -179,12 +179,38 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
             rep.append(("cgroup", f"NOT enforced: cannot create cgroups: {cg['why']}"))
 
     v = cg["version"]
+    # Without cgroup = true, a replica still gets a group where the machine
+    # allows (the supervisor makes it): its tree is accounted and contained.
+    tree = not p.cgroup and bool(avail)
+    if p.cgroup or tree:
+        rep.append(
+            (
+                "containment",
+                f"enforced by a cgroup per replica (v{v}): what it starts ends with it, "
+                "whatever sessions it moves to; its tree held to the limits",
+            )
+        )
+    else:
+        rep.append(
+            (
+                "containment",
+                "not confined: no cgroup here; the replica's tree is swept when it ends "
+                "and summed by the watchdog, but a daemon that leaves the tree lives on",
+            )
+        )
     if merged.memory is not None:
         if "memory" in p.cgroup:
             knob = "memory.max" if v == 2 else "memory.limit_in_bytes"
             rep.append(("limits.memory", f"enforced by cgroup {knob} (real usage, OOM kill)"))
+        elif tree and "memory" in avail:
+            rep.append(
+                (
+                    "limits.memory",
+                    "enforced by RLIMIT_AS per process and the replica's cgroup for its tree",
+                )
+            )
         else:
-            rep.append(("limits.memory", "enforced by RLIMIT_AS and the RSS watchdog"))
+            rep.append(("limits.memory", "enforced by RLIMIT_AS and the RSS watchdog (tree)"))
     if p.cpu is not None:
         if "cpu" in p.cgroup:
             knob = "cpu.max" if v == 2 else "cpu.cfs_quota_us"
@@ -193,8 +219,8 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
             why = "needs cgroup = true" if not profile.cgroup else "no writable cpu controller"
             rep.append(("limits.cpu", f"NOT enforced: {why}"))
     if merged.processes is not None:
-        if "pids" in p.cgroup:
-            rep.append(("limits.processes", "enforced by cgroup pids.max"))
+        if "pids" in p.cgroup or (tree and "pids" in avail):
+            rep.append(("limits.processes", "enforced by cgroup pids.max (the tree)"))
         elif root and p.run_uid in (None, 0):
             rep.append(
                 (
@@ -204,8 +230,10 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
             )
         else:
             rep.append(("limits.processes", "enforced by RLIMIT_NPROC (per user)"))
+    if merged.cpu_time is not None:
+        whole = "its cgroup's CPU time" if (p.cgroup or tree) else "the CPU time of its tree"
+        rep.append(("limits.cpu_time", f"enforced by RLIMIT_CPU and the watchdog ({whole})"))
     for f, rl in (
-        ("cpu_time", "RLIMIT_CPU"),
         ("open_files", "RLIMIT_NOFILE"),
         ("file_size", "RLIMIT_FSIZE"),
     ):
