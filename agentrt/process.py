@@ -154,7 +154,9 @@ class AgentProcess:
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._launched = asyncio.Event()  # launched, or failed to
         #: see :attr:`Launched.orphaned`
-        self.orphaned: Callable[[], bool] = _never
+        self._orphaned: Callable[[], bool] = _never
+        #: the launcher lost track of it (its zygote died before reporting)
+        self.launcher_lost = False
         self._start_called = False
         self._gone = asyncio.Event()  # pidfd readable or exit status known
         self.dead: asyncio.Future[AgentDied | None] = self._loop.create_future()
@@ -204,7 +206,7 @@ class AgentProcess:
         self.pid = launched.pid
         self._pidfd = launched.pidfd
         self._exited = launched.exited
-        self.orphaned = launched.orphaned
+        self._orphaned = launched.orphaned
         self.log = self.log.bind(pid=self.pid)
         for fd in (self._rfd, self._wfd, self._ofd):
             os.set_blocking(fd, False)
@@ -447,6 +449,11 @@ class AgentProcess:
         if found is not None:
             self._settle(ExitInfo.from_status(*found))
 
+    def orphaned(self) -> bool:
+        """Whether the process that forked it (the zygote) died: a replica that
+        died with it did nothing wrong.  Certain once :meth:`wait_closed` returned."""
+        return self.launcher_lost or self._orphaned()
+
     @property
     def alive(self) -> bool:
         return self.pid != 0 and not self.dead.done() and not self._gone.is_set()
@@ -516,6 +523,7 @@ class AgentProcess:
             self._settle(ExitInfo(None))
             raise
         except Exception as exc:  # the launcher lost track: assume killed
+            self.launcher_lost = True
             if not self.dead.done():  # else the status came from /proc already
                 self.log.warning("exit_status_lost", error=str(exc))
             info = ExitInfo(None)

@@ -39,6 +39,8 @@ from agentrt.protocol import Boot, Fork, Forked, ForkFailed, Reaped, ZygoteHello
 __all__ = ["ZygoteClient", "zygote_main"]
 
 _DGRAM = 1 << 16
+#: /proc/<pid>/stat flags: the process is exiting
+_PF_EXITING = 0x4
 
 
 def zygote_main(
@@ -288,7 +290,17 @@ class ZygoteClient:
         its pidfd turns readable the moment it exits)."""
         if self._pidfd < 0:
             return not self.closed
-        return not select.select([self._pidfd], [], [], 0)[0]
+        if select.select([self._pidfd], [], [], 0)[0]:
+            return False
+        # Its replicas get their death signal while it is exiting, a moment
+        # before its pidfd says so: PF_EXITING is set from the start of exit.
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                stat = f.read()
+            flags = int(stat[stat.rfind(b")") + 2 :].split()[6])
+        except (OSError, ValueError, IndexError):
+            return False
+        return not flags & _PF_EXITING
 
     async def start(self, timeout: float = 30.0) -> None:
         import multiprocess.spawn

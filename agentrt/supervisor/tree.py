@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -85,7 +86,8 @@ class Tree:
             )
             self._end(slot)
             return False
-        if slot.proc is not None and slot.proc.orphaned():
+        proc = slot.proc
+        if proc is not None and _killed_or_lost(cause) and proc.orphaned():
             # Its zygote died and took it along: no fault of its own.  It starts
             # again at once (from a new zygote), counted against nothing: the
             # zygote's deaths have their own restart intensity.
@@ -298,6 +300,13 @@ class Tree:
             await self.pool.stop_slots(a.slots, err, sweep=False)
         if leaders:
             await asyncio.to_thread(_linux.kill_tree, leaders, left)
+
+
+def _killed_or_lost(cause: AgentDied | None) -> bool:
+    """A death that may have come from its zygote's (SIGKILL, or status unknown)."""
+    return type(cause) is AgentCrashed and (
+        cause.signal == signal.SIGKILL or cause.exit_code is None
+    )
 
 
 def _agent_of(slot: Slot) -> Agent:
