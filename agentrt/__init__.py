@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         StartupError,
         SupervisorClosed,
         UnknownAgent,
+        UnknownTool,
     )
     from agentrt.supervisor import CallReport, ReplicaStatus, Supervisor
 
@@ -79,6 +80,7 @@ _HOME = {
     "StartupError": "agentrt.errors",
     "SupervisorClosed": "agentrt.errors",
     "UnknownAgent": "agentrt.errors",
+    "UnknownTool": "agentrt.errors",
     "CallReport": "agentrt.supervisor",
     "ReplicaStatus": "agentrt.supervisor",
     "Supervisor": "agentrt.supervisor",
@@ -131,6 +133,7 @@ __all__ = [
     "TaskSpec",
     "ToolSpec",
     "UnknownAgent",
+    "UnknownTool",
     "__version__",
     "load_config",
     "parse_config",

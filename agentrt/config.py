@@ -679,6 +679,8 @@ class TaskSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     timeout: Seconds | None = None
     for_each: str | None = None
     min_success: int | None = None
+    #: ``${id}`` of a fan-out, for items that did not succeed: dropped, or ``null``
+    missing: Literal["drop", "null"] = "drop"
     on_error: OnError | None = None
 
     _BOUNDS = {"retries": (0, 1_000), "min_success": (0, 10**9)}
@@ -690,9 +692,14 @@ class TaskSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
 
 
 class RunSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
-    """How a graph runs: failure policy, deadline, concurrency, retry backoff."""
+    """How a graph runs: failure policy, deadline, concurrency, retry backoff.
 
-    on_error: OnError = "fail_fast"
+    ``on_error``: ``"continue"`` (the default: a failed task skips only its
+    dependents, independent branches run on) or ``"fail_fast"`` (the first
+    failure cancels everything in flight and skips the rest).
+    """
+
+    on_error: OnError = "continue"
     deadline: Seconds | None = None
     max_concurrency: int | None = None
     agent_concurrency: dict[str, int] = {}

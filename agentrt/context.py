@@ -16,14 +16,17 @@ tool runs in a sandboxed process of its own, started by the supervisor.
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib
 import inspect
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-from agentrt.errors import AgentrtError, from_dict
+from agentrt.errors import AgentrtError, CallTimeout, UnknownTool, from_dict
 from agentrt.protocol import (
     Count,
     Receive,
@@ -34,6 +37,7 @@ from agentrt.protocol import (
     Submit,
     ToolCall,
     ToolSpan,
+    summarize,
 )
 
 __all__ = [
@@ -102,6 +106,7 @@ class AgentIO:
         tools: dict[str, str],
         count_tools: bool,
         trace_tools: bool = False,
+        tool_timeouts: dict[str, float] | None = None,
     ) -> None:
         self.agent = agent
         self.replica = replica
@@ -109,6 +114,8 @@ class AgentIO:
         self.tools = tools
         self.count_tools = count_tools
         self.trace_tools = trace_tools
+        #: each declared tool's own timeout (seconds)
+        self.tool_timeouts = tool_timeouts or {}
         self.next_req = 0
         self.futures: dict[int, asyncio.Future[Any]] = {}
         self.replies: dict[int, Reply | ReplyError] = {}
@@ -133,8 +140,7 @@ class AgentIO:
                 obj = getattr(obj, part)
             fn = _REGISTRY.setdefault(name, obj)
         if fn is None:
-            known = ", ".join(sorted({*_REGISTRY, *self.tools})) or "none"
-            raise LookupError(f"no tool named {name!r} (tools: {known})")
+            raise UnknownTool(name, [*{*_REGISTRY, *self.tools}])
         return fn
 
     # --- async side -------------------------------------------------------
@@ -171,6 +177,27 @@ class _Base:
         self.call_id = call_id
         #: ``time.monotonic()`` instant this task must finish by, or None
         self.deadline = deadline
+        #: ``ctx.timeout(s)``: this timeout, instead of each tool's or subagent's own
+        self._override: float | None = None
+
+    def timeout(self, seconds: float) -> Self:
+        """This context, with ``seconds`` as the timeout of the tool and subagent
+        calls made through it (instead of each one's own; never past this
+        call's deadline): ``await ctx.timeout(5).tool("search", q=...)``."""
+        if not (seconds > 0):
+            raise ValueError(f"a timeout must be positive, got {seconds!r}")
+        other = copy.copy(self)
+        other._override = float(seconds)
+        return other
+
+    def _tool_timeout(self, name: str) -> float | None:
+        """An in-process tool call's timeout: the override or the tool's own,
+        and never past this call's deadline (None: no bound at all)."""
+        own = self._override if self._override is not None else self._io.tool_timeouts.get(name)
+        left = self.remaining()
+        if own is None:
+            return left
+        return own if left is None else min(own, left)
 
     @property
     def agent(self) -> str:
@@ -191,12 +218,15 @@ class _Base:
         return min(timeout, left) if left is not None else timeout
 
     def _request(self, op: Op, timeout: float | None = None) -> tuple[int, Any]:
+        # The supervisor bounds the call by this one's deadline itself; what
+        # goes along is only a timeout of the caller's own (0: the target's).
         io = self._io
         req = io.new_req()
+        own = timeout if timeout is not None else (self._override or 0.0)
         if op.kind == "spawn":
-            msg: Any = Spawn(req, self.call_id, op.name, op.args, op.method, self._timeout(timeout))
+            msg: Any = Spawn(req, self.call_id, op.name, op.args, op.method, own)
         else:
-            msg = ToolCall(req, self.call_id, op.name, op.args, self._timeout(timeout))
+            msg = ToolCall(req, self.call_id, op.name, op.args, own)
         return req, msg
 
 
@@ -226,21 +256,34 @@ class Context(_Base):
             await self._ask(Count(req, self.call_id, name), req)
         start = time.time()
         status = "failed"
+        limit = self._tool_timeout(name)
+        bound = asyncio.timeout(limit)
         try:
-            if inspect.iscoroutinefunction(fn):
-                result = await fn(**args)
-            else:
-                result = await asyncio.to_thread(fn, **args)
-                if inspect.isawaitable(result):
-                    result = await result
+            # An async tool is cancelled at its timeout; a sync one runs in a
+            # thread, which nothing can stop: its caller gets CallTimeout at
+            # the timeout and the thread runs on (declare it isolated instead).
+            async with bound:
+                if inspect.iscoroutinefunction(fn):
+                    result = await fn(**args)
+                else:
+                    result = await asyncio.to_thread(fn, **args)
+                    if inspect.isawaitable(result):
+                        result = await result
             status = "ok"
             return result
+        except TimeoutError:
+            if limit is None or not bound.expired():
+                raise  # the tool's own TimeoutError, not ours
+            status = "timeout"
+            raise CallTimeout(
+                f"tool {name!r} timed out after {limit:g}s", timeout=limit, agent=io.agent
+            ) from None
         except asyncio.CancelledError:
             status = "cancelled"
             raise
         finally:
             if io.trace_tools:
-                io.write(ToolSpan(self.call_id, name, start, time.time(), status))
+                io.write(ToolSpan(self.call_id, name, start, time.time(), status, summarize(args)))
 
     async def spawn(self, agent: str, /, **args: Any) -> Any:
         """Run a task on a subagent (its own process) and return its result."""
@@ -354,12 +397,26 @@ class SyncContext(_Base):
                     io.write(Count(req, self.call_id, op.name))
                     _reply_value(self._wait(req))
                 start = time.time()
-                value = fn(**op.args)
-                if inspect.isawaitable(value):
-                    value = asyncio.run(_await(value))
+                status = "failed"
+                try:
+                    value = _run_bounded(fn, op.args, self._tool_timeout(op.name), op.name)
+                    status = "ok"
+                except CallTimeout:
+                    status = "timeout"
+                    raise
+                finally:
+                    if io.trace_tools:
+                        io.write(
+                            ToolSpan(
+                                self.call_id,
+                                op.name,
+                                start,
+                                time.time(),
+                                status,
+                                summarize(op.args),
+                            )
+                        )
                 out[i] = value
-                if io.trace_tools:
-                    io.write(ToolSpan(self.call_id, op.name, start, time.time()))
             except Exception as exc:
                 errors.append((i, exc))
         for i, _op, req in sent:
@@ -397,6 +454,48 @@ class SyncContext(_Base):
 
 async def _await(aw: Awaitable[Any]) -> Any:
     return await aw
+
+
+class _ToolDeadline(BaseException):
+    """Raised by SIGALRM inside a sync in-process tool whose timeout passed (a
+    BaseException, so that ``except Exception`` in the tool does not swallow it)."""
+
+
+def _run_bounded(
+    fn: Callable[..., Any], args: dict[str, Any], limit: float | None, name: str
+) -> Any:
+    """A sync agent's in-process tool, interrupted at ``limit`` seconds.
+
+    The interval timer is the call's (its deadline): the tool gets a shorter
+    one of its own for a while, with a handler of its own, and the call's
+    is put back after, as much as it had left.
+    """
+    if limit is None or threading.current_thread() is not threading.main_thread():
+        value = fn(**args)
+        return asyncio.run(_await(value)) if inspect.isawaitable(value) else value
+    call_left, _ = signal.getitimer(signal.ITIMER_REAL)
+    if call_left and call_left <= limit:  # the call's deadline comes first: it rules
+        value = fn(**args)
+        return asyncio.run(_await(value)) if inspect.isawaitable(value) else value
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _ToolDeadline
+
+    start = time.monotonic()
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(limit, 1e-6))
+    try:
+        value = fn(**args)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+        return value
+    except _ToolDeadline:
+        raise CallTimeout(f"tool {name!r} timed out after {limit:g}s", timeout=limit) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        if call_left:
+            signal.setitimer(signal.ITIMER_REAL, max(1e-6, call_left - (time.monotonic() - start)))
 
 
 def takes_ctx(fn: Callable[..., Any]) -> bool:

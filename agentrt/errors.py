@@ -6,6 +6,7 @@
     ├── ConfigError (ValueError)            bad config; ``path`` names the key
     ├── SupervisorClosed (RuntimeError)     you closed it: the supervisor is stopping
     ├── UnknownAgent (LookupError)          no agent of that name is running
+    ├── UnknownTool (LookupError)           no tool of that name (``known`` lists them)
     ├── AgentFailed                         the agent gave up (restart intensity)
     ├── EncodeError (TypeError)             a value cannot cross the process boundary
     └── CallError                           one call failed; ``call_id``, ``agent``, ``pid``
@@ -48,6 +49,7 @@ __all__ = [
     "StartupError",
     "SupervisorClosed",
     "UnknownAgent",
+    "UnknownTool",
     "from_dict",
     "signal_name",
 ]
@@ -101,6 +103,20 @@ class SupervisorClosed(AgentrtError, RuntimeError):
 
 class UnknownAgent(AgentrtError, LookupError):
     """No agent of that name has been started."""
+
+
+class UnknownTool(AgentrtError, LookupError):
+    """``ctx.tool`` named a tool nobody declared; ``known`` lists those that are."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        self.name = name
+        self.known = sorted(known or [])
+        super().__init__(f"no tool named {name!r} (tools: {', '.join(self.known) or 'none'})")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(tool=self.name, known=self.known)
+        return d
 
 
 class AgentFailed(AgentrtError):
@@ -316,6 +332,10 @@ def from_dict(d: dict[str, Any]) -> AgentrtError:
         err.__dict__.setdefault("traceback", "")
     if isinstance(err, CallTimeout):
         err.__dict__.setdefault("timeout", None)
+    if isinstance(err, UnknownTool):
+        err.name = str(d.get("tool", ""))
+        known = d.get("known")
+        err.known = [str(k) for k in known] if isinstance(known, list) else []
     if isinstance(err, AgentFailed):
         err.__dict__.setdefault("agent", "")
         err.__dict__.setdefault("reason", "")

@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 OnError = Literal["fail_fast", "continue"]
+Missing = Literal["drop", "null"]
 Status = Literal["pending", "running", "ok", "failed", "skipped"]
 
 #: the reference root naming the current element of a fan-out
@@ -299,6 +300,9 @@ class Node(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
     timeout: float | None = None
     for_each: str | None = None
     min_success: int | None = None
+    #: what ``${id}`` of a fan-out holds for items that did not succeed: ``"drop"``
+    #: (the list of the results that did) or ``"null"`` (``None`` in their place)
+    missing: Missing = "drop"
     on_error: OnError | None = None
 
     @property
@@ -380,6 +384,10 @@ def _check_node(node: Node) -> dict[str, str]:
             raise GraphError(
                 f"{p}.min_success", f"must be an integer >= 1, got {node.min_success!r}"
             )
+    if node.missing not in ("drop", "null"):
+        raise GraphError(f"{p}.missing", f"expected 'drop' or 'null', got {node.missing!r}")
+    if node.missing != "drop" and node.for_each is None:
+        raise GraphError(f"{p}.missing", "only a for_each task has items that can be missing")
     if node.for_each is None:
         for ref in _refs(node.args, f"{p}.args"):
             if ref.root == ITEM:
@@ -430,7 +438,7 @@ class Graph:
     alone, at once: it may only depend on nodes already in the graph.
     """
 
-    def __init__(self, *, on_error: OnError = "fail_fast") -> None:
+    def __init__(self, *, on_error: OnError = "continue") -> None:
         if on_error not in _ON_ERROR:
             raise GraphError("on_error", f"expected 'fail_fast' or 'continue', got {on_error!r}")
         self.on_error: OnError = on_error
@@ -442,7 +450,7 @@ class Graph:
         self._validated = False
 
     @classmethod
-    def from_specs(cls, specs: Iterable[Any], *, on_error: OnError = "fail_fast") -> Graph:
+    def from_specs(cls, specs: Iterable[Any], *, on_error: OnError = "continue") -> Graph:
         """A graph of task specs: dicts, :class:`Node` objects or objects with the same attributes
         (a :class:`~agentrt.config.TaskSpec`).  Not validated yet."""
         graph = cls(on_error=on_error)
@@ -462,6 +470,7 @@ class Graph:
         timeout: float | None = None,
         for_each: str | None = None,
         min_success: int | None = None,
+        missing: Missing = "drop",
         on_error: OnError | None = None,
     ) -> Node:
         """Add a task (see :class:`Node`) and return its node."""
@@ -475,6 +484,7 @@ class Graph:
             timeout=timeout,
             for_each=for_each,
             min_success=min_success,
+            missing=missing,
             on_error=on_error,
         )
         return self.add_node(node)
@@ -746,11 +756,15 @@ class GraphState:
         """What ``${id}`` of a completed fan-out resolves to: its children's results, in order.
 
         Only the children that had succeeded when the parent completed (all
-        of them without a quorum, when the parent is ok).
+        of them without a quorum, when the parent is ok); with ``missing =
+        "null"``, every child in order, ``None`` for those that did not.
         """
         fan = self._fans.get(id)
         if fan is None or not fan.complete:
             raise ValueError(f"fan-out {id!r} has not completed")
+        if self.graph[id].missing == "null":
+            counted = set(fan.counted)
+            return [results[c] if c in counted else None for c in fan.children]
         return [results[c] for c in fan.counted]
 
     # -- transitions --

@@ -55,6 +55,7 @@ __all__ = [
     "ZygoteReply",
     "ZygoteRequest",
     "describe_unencodable",
+    "summarize",
 ]
 
 #: exit status of a replica whose entry could not be imported (or confined)
@@ -172,7 +173,11 @@ class Heartbeat(_Msg, frozen=True, tag="heartbeat"):
 
 
 class Spawn(_Msg, frozen=True, tag="spawn"):
-    """Run a task on a subagent (``agent``) and reply with its result."""
+    """Run a task on a subagent (``agent``) and reply with its result.
+
+    ``timeout``: the caller's own for this call (0: the subagent's); either
+    way the call ends with the call it is made for (its deadline).
+    """
 
     req: int
     parent: int
@@ -183,7 +188,11 @@ class Spawn(_Msg, frozen=True, tag="spawn"):
 
 
 class ToolCall(_Msg, frozen=True, tag="tool"):
-    """Run an isolated tool in its own sandboxed process and reply."""
+    """Run an isolated tool in its own sandboxed process and reply.
+
+    ``timeout``: the caller's own for this call (0: the tool's), bounded by
+    the deadline of the call it is made for.
+    """
 
     req: int
     parent: int
@@ -232,13 +241,15 @@ class Count(_Msg, frozen=True, tag="count"):
 
 class ToolSpan(_Msg, frozen=True, tag="tool_span"):
     """An in-process tool call ran from ``start`` to ``end`` (wall clock); sent
-    only when the supervisor asks for timelines (``Boot.trace_tools``)."""
+    only when the supervisor asks for timelines (``Boot.trace_tools``).
+    ``summary``: its arguments, short (:func:`summarize`)."""
 
     parent: int
     tool: str
     start: float
     end: float
     status: str = "ok"
+    summary: str = ""
 
 
 # --- supervisor -> agent: answers to requests, and messages ---------------
@@ -303,6 +314,8 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     launch_dir: str = ""
     #: tools this agent may call: name -> "module:attr" (in-process) or "" (isolated)
     tools: dict[str, str] = {}
+    #: the tools' own timeouts (seconds), where they have one
+    tool_timeouts: dict[str, float] = {}
     #: report in-process tool calls (a ``max_tool_calls`` budget is set)
     count_tools: bool = False
     #: report each in-process tool call's span (for --trace / the live view)
@@ -531,3 +544,26 @@ def iter_frames(data: bytes, message_type: Any = AgentMessage) -> Iterator[Any]:
     dec = FrameDecoder(message_type)
     yield from dec.feed(data)
     dec.close()
+
+
+def summarize(args: Any, width: int = 80) -> str:
+    """``args`` shown short, for timelines and views: ``query='who', n=3``."""
+    if isinstance(args, dict):
+        text = ", ".join(f"{k}={_short(v)}" for k, v in args.items())
+    else:
+        text = _short(args)
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, str | int | float | bool) or v is None:
+        r = repr(v)
+    elif isinstance(v, bytes | bytearray):
+        r = f"<{len(v)} bytes>"
+    elif isinstance(v, list | tuple):
+        r = f"[{len(v)} items]"
+    elif isinstance(v, dict):
+        r = f"{{{len(v)} keys}}"
+    else:
+        r = f"<{type(v).__name__}>"
+    return r if len(r) <= 40 else r[:39] + "\u2026"

@@ -104,6 +104,8 @@ class Run:
         self._queued: dict[str, float] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._per_agent: dict[str, int] = {}
+        #: stragglers cancelled because their fan-out no longer needs them: why
+        self._not_needed: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._ids = itertools.count(1)
         self._main: asyncio.Task[RunResult] | None = None
@@ -264,9 +266,17 @@ class Run:
             return
         except asyncio.CancelledError:
             if tid not in self.results:
-                err = CallCancelled("task cancelled: the run stopped")
+                why = self._not_needed.pop(tid, None)
+                err = CallCancelled(
+                    f"not needed: {why}" if why else "task cancelled: the run stopped"
+                )
                 self._record(
-                    tid, "cancelled", error=err.to_dict(), agent=node.agent, attempts=attempts
+                    tid,
+                    "cancelled",
+                    error=err.to_dict(),
+                    reason=why,
+                    agent=node.agent,
+                    attempts=attempts,
                 )
             self._done(tid, ok=False)
             raise
@@ -297,9 +307,12 @@ class Run:
             prog = state.finish_child(tid, ok)
             if prog.completed:
                 self._settle_parent(parent)
+            reached = state.status(parent) == "ok"
             for c in prog.cancel:
                 t = self._running.get(c)
                 if t is not None:
+                    # a straggler of a fan-out that no longer needs it
+                    self._not_needed[c] = "quorum reached" if reached else "quorum out of reach"
                     t.cancel()
             self._skipped(prog.skipped)
         else:
@@ -324,7 +337,7 @@ class Run:
             "ok" if ok else "failed",
             result=value,
             error=None if ok else {"type": "FanoutFailed", "message": state.reason(parent) or ""},
-            attempts=sum(r.attempts for r in spans),
+            attempts=1,  # its own: it was expanded once (its items count theirs)
             agent=state.node(parent).agent,
             started_at=min((r.started_at for r in spans if r.started_at), default=None),
             finished_at=max((r.finished_at for r in spans if r.finished_at), default=time.time()),

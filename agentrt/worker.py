@@ -319,6 +319,7 @@ class _Worker:
             dict(boot.tools),
             boot.count_tools,
             boot.trace_tools,
+            dict(boot.tool_timeouts),
         )
         self.io.pump = self.pump
 

@@ -126,7 +126,14 @@ class BootPlanner:
             )
             return []
 
-    def boot(self, spec: AgentSpec, replica: int, generation: int, tools: dict[str, str]) -> Boot:
+    def boot(
+        self,
+        spec: AgentSpec,
+        replica: int,
+        generation: int,
+        tools: dict[str, str],
+        tool_timeouts: dict[str, float] | None = None,
+    ) -> Boot:
         """The Boot of replica ``replica`` of ``spec`` in its ``generation``."""
         lim = spec.limits
         leaf = f"{spec.name}.{replica}.{generation}".replace("/", "_")
@@ -172,6 +179,7 @@ class BootPlanner:
             supervisor_pid=os.getpid(),
             launch_dir=self.launch_dir,
             tools=tools,
+            tool_timeouts=tool_timeouts or {},
             count_tools=sup.max_tool_calls is not None,
             trace_tools=sup.trace_tools,
             **sb,

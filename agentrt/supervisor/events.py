@@ -42,6 +42,7 @@ class RunEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     call_id: int | None = None  # call_started / call_finished: a subagent or tool call
     parent: int | None = None  # ... and the call that made it
     target: str | None = None
+    summary: str | None = None  # call_started: its arguments, short
 
 
 class EventHub:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from agentrt.errors import BudgetExceeded, CallCancelled, CallError, CallTimeout
+from agentrt.protocol import summarize
 from agentrt.supervisor.events import EventHub
 
 __all__ = ["UNLIMITED", "Batch", "Budget", "Call", "Ledger", "RunHost"]
@@ -130,6 +131,8 @@ class Call(Generic[S]):
     depth: int = 0
     run: RunHost | None = None
     batch: Batch | None = None
+    #: its arguments, short (made only when someone watches events)
+    summary: str | None = None
 
     def clear_timer(self) -> None:
         if self.timer is not None:
@@ -200,6 +203,8 @@ class Ledger(Generic[S]):
         if parent is not None:
             call.parent = parent
             call.depth = parent.depth + 1
+            if self.events.active:
+                call.summary = summarize(args or {})
             call.budget = parent.budget
             call.run = parent.run
             if parent.children is None:
@@ -239,14 +244,17 @@ class Ledger(Generic[S]):
             call.batch.settled(failed)
         if call.parent is not None and call.started_at is not None and self.events.active:
             status = getattr(error, "status", "failed") if error is not None else "ok"
-            self.emit_call("call_finished", call, status)
+            self.emit_call("call_finished", call, status, None if error is None else str(error))
         if call.children:
             self._cancel_children(call)
         if call.slot is not None:
             self._withdraw(call)
 
-    def emit_call(self, kind: str, call: Call[S], status: str | None = None) -> None:
-        """``call_started`` / ``call_finished`` of a subagent or tool call."""
+    def emit_call(
+        self, kind: str, call: Call[S], status: str | None = None, reason: str | None = None
+    ) -> None:
+        """``call_started`` (with its arguments' summary) / ``call_finished`` (with its
+        status, and the error's message) of a subagent or tool call."""
         assert call.parent is not None
         self.events.emit(
             kind,
@@ -256,6 +264,8 @@ class Ledger(Generic[S]):
             agent=call.agent,
             pid=call.pid,
             status=status,
+            reason=reason[:200] if reason else None,
+            summary=call.summary if kind == "call_started" else None,
         )
 
     def _cancel_children(self, call: Call[S]) -> None:

@@ -200,6 +200,7 @@ class Pool:
         self.restarts: Restarts | None = None
         self.on_request: RequestHandler | None = None
         self.tools: Callable[[], dict[str, str]] = dict
+        self.tool_timeouts: Callable[[], dict[str, float]] = dict
         self.closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
@@ -277,7 +278,9 @@ class Pool:
         assert self.launcher is not None and self.restarts is not None
         while True:
             started = slot.started  # this start's, if a group restart waits for it
-            boot = self.boots.boot(spec, slot.index, slot.generation, self.tools())
+            boot = self.boots.boot(
+                spec, slot.index, slot.generation, self.tools(), self.tool_timeouts()
+            )
             proc = AgentProcess(boot, self._handler(slot), log)
             slot.proc = proc
             slot.psutil_proc = None
@@ -460,7 +463,9 @@ class Pool:
                             "agent": slot.agent.name,
                             "pid": proc.pid,
                         }
-                        self.events.emit_at(start, "call_started", **fields)
+                        self.events.emit_at(
+                            start, "call_started", summary=msg.summary or None, **fields
+                        )
                         self.events.emit_at(end, "call_finished", status=status, **fields)
                 case Log(level=level, event=event, fields=fields):
                     meth = getattr(proc.log, level, proc.log.info)

@@ -33,6 +33,7 @@ from agentrt.errors import (
     ConfigError,
     MailboxFull,
     UnknownAgent,
+    UnknownTool,
 )
 from agentrt.process import AgentProcess
 from agentrt.protocol import (
@@ -82,6 +83,7 @@ class Requests:
         self._mailboxes: dict[str, Mailbox] = {}
         pool.on_request = self.handle
         pool.tools = self.tool_map
+        pool.tool_timeouts = self.tool_timeouts
 
     def add_tool(self, spec: ToolSpec) -> None:
         if not spec.name:
@@ -91,6 +93,12 @@ class Requests:
     def tool_map(self) -> dict[str, str]:
         """What a replica's Boot says of each tool: its entry, or ``""`` if isolated."""
         return {n: ("" if t.isolated else t.entry) for n, t in self.tools.items()}
+
+    def tool_timeouts(self) -> dict[str, float]:
+        """Each in-process tool's own timeout (an isolated tool's is its pool's)."""
+        return {
+            n: t.timeout for n, t in self.tools.items() if t.timeout is not None and not t.isolated
+        }
 
     def handle(self, slot: Slot, proc: AgentProcess, msg: Request) -> None:
         """An agent asked for a subagent, an isolated tool, a send, a submit or a count.
@@ -123,7 +131,8 @@ class Requests:
                 case ToolCall(tool=name, args=args, timeout=timeout):
                     spec = self.tools.get(name)
                     if spec is None or not spec.isolated:
-                        raise UnknownAgent(f"no isolated tool named {name!r}")
+                        known = [n for n, t in self.tools.items() if t.isolated]
+                        raise UnknownTool(name, known)
                     budget.charge("tool_calls", slot.agent.name)
                     self.pool.spawn(self._run_tool(proc, msg.req, spec, args, timeout, parent))
                 case Send(to=to, body=body):

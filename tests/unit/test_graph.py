@@ -192,12 +192,13 @@ def test_node_deps_union() -> None:
 def test_add_returns_node_and_graph_accessors() -> None:
     g = Graph()
     a = g.add("a", "agent", args={"x": 1}, retries=2, timeout=1.5, method="run")
-    b = g.add("b", "agent", args={"y": "${a}"}, on_error="continue")
+    b = g.add("b", "agent", args={"y": "${a}"}, on_error="fail_fast")
     assert isinstance(a, Node) and a.retries == 2 and a.timeout == 1.5 and a.method == "run"
     assert g["b"] is b and "a" in g and "zz" not in g and len(g) == 2
     assert list(g) == ["a", "b"] and g.nodes == [a, b]
     assert g.deps("b") == {"a"}
-    assert g.policy("a") == "fail_fast" and g.policy("b") == "continue"
+    # continue is the default: a failure sinks only its own branch
+    assert g.policy("a") == "continue" and g.policy("b") == "fail_fast"
     assert not g.validated
     assert g.validate() == ["a", "b"] and g.validated and g.order == ["a", "b"]
 

@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     # the supervisor package, room by room (data flows down the list)
     "supervisor.policy": set(),
     "supervisor.events": set(),
-    "supervisor.ledger": {"errors", "supervisor.events"},
+    "supervisor.ledger": {"errors", "protocol", "supervisor.events"},
     "supervisor.boot": {"config", "errors", "protocol", "sandbox"},
     "supervisor.watchdog": {"errors", "process", "sandbox"},
     "supervisor.pool": {
