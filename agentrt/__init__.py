@@ -44,6 +44,8 @@ if TYPE_CHECKING:
         UnknownAgent,
         UnknownTool,
     )
+    from agentrt.graph import Graph
+    from agentrt.scheduler import Run, RunResult, TaskResult
     from agentrt.supervisor import CallReport, ReplicaStatus, Supervisor
 
 #: public name -> the module that defines it
@@ -81,6 +83,10 @@ _HOME = {
     "SupervisorClosed": "agentrt.errors",
     "UnknownAgent": "agentrt.errors",
     "UnknownTool": "agentrt.errors",
+    "Graph": "agentrt.graph",
+    "Run": "agentrt.scheduler",
+    "RunResult": "agentrt.scheduler",
+    "TaskResult": "agentrt.scheduler",
     "CallReport": "agentrt.supervisor",
     "ReplicaStatus": "agentrt.supervisor",
     "Supervisor": "agentrt.supervisor",
@@ -117,6 +123,7 @@ __all__ = [
     "ConfigError",
     "Context",
     "EncodeError",
+    "Graph",
     "LimitExceeded",
     "Limits",
     "MailboxFull",
@@ -124,12 +131,15 @@ __all__ = [
     "ProtocolViolation",
     "RemoteError",
     "ReplicaStatus",
+    "Run",
+    "RunResult",
     "RunSpec",
     "StartupError",
     "Supervisor",
     "SupervisorClosed",
     "SupervisorSpec",
     "SyncContext",
+    "TaskResult",
     "TaskSpec",
     "ToolSpec",
     "UnknownAgent",

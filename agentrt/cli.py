@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import copy
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -90,8 +91,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="live view of agents, replicas and tasks (default: on when stderr is a terminal)",
     )
-    sp.add_argument("--log-format", choices=("console", "json"), default="console")
-    sp.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    sp.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="console: one readable line per event (default); json: one JSON object per line",
+    )
+    sp.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="the least important events shown (default info; debug adds every replica "
+        "state change)",
+    )
 
     vp = sub.add_parser(
         "validate",
@@ -154,10 +166,13 @@ _BENCHES = ("core", "swarm", "peers")
 def _cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
 
+    # the benchmarks are scripts of the source tree, not part of the installed package
     bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
     if not bench_dir.is_dir():
         print(
-            "agentrt: bench: no benchmarks/ next to this agentrt (run it from a source checkout)",
+            "agentrt: bench: needs a source checkout: the benchmarks (benchmarks/) are not "
+            "part of the installed package. In a checkout of agentrt, run `make bench` "
+            "(or `pip install -e '.[bench]'`, then `agentrt bench`).",
             file=sys.stderr,
         )
         return EXIT_CONFIG
@@ -170,7 +185,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    args.json.mkdir(parents=True, exist_ok=True)
+    if args.json.exists() and not args.json.is_dir():
+        print(
+            f"agentrt: bench: --json: {args.json} is a file: give a directory "
+            "(the results are written there as bench_<name>.json)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        args.json.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"agentrt: bench: --json: cannot create the directory {args.json}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     code = EXIT_OK
     for name in names:
         script = bench_dir / f"bench_{name}.py"
@@ -207,13 +237,61 @@ async def _pump(sup: Supervisor, sinks: list[Callable[[RunEvent], None]]) -> Non
             sink(ev)
 
 
+#: how loud each task outcome is in the log
+_LOUDNESS = {
+    "ok": "info",
+    "failed": "error",
+    "crashed": "error",
+    "limit": "error",
+    "timeout": "error",
+    "cancelled": "warning",
+    "skipped": "warning",
+}
+
+
 def _log_sink(log: Any) -> Callable[[RunEvent], None]:
+    """Task outcomes into the log: failures at error, skips and cancellations at
+    warning, each with its error's type and message (``reason``)."""
+
     def sink(ev: RunEvent) -> None:
         if ev.kind in ("task_finished", "task_skipped", "task_retry", "fanout"):
             fields = {k: v for k, v in msgspec.to_builtins(ev).items() if k not in ("kind", "time")}
-            log.info(ev.kind, **fields)
+            status = "skipped" if ev.kind == "task_skipped" else (ev.status or "ok")
+            level = "info" if ev.kind in ("task_retry", "fanout") else _LOUDNESS.get(status, "info")
+            getattr(log, level)(ev.kind, **fields)
 
     return sink
+
+
+#: lines of the closing summary before "... and N more"
+_SUMMARY_LINES = 15
+
+
+def _summary(result: RunResult) -> list[str]:
+    """What failed and why, on one screen (empty when nothing did)."""
+    bad = [r for r in result.tasks.values() if r.status != "ok"]
+    if not bad and not result.failed_agents:
+        return []
+    counts: dict[str, int] = {}
+    for r in result.tasks.values():
+        counts[r.status] = counts.get(r.status, 0) + 1
+    total = len(result.tasks)
+    parts = [f"{n} {status}" for status, n in sorted(counts.items()) if status != "ok"]
+    head = f"agentrt: run {result.run_id or ''}".rstrip() + f": {result.status}"
+    if total:
+        head += f" ({counts.get('ok', 0)} of {total} tasks ok; {', '.join(parts)})"
+    lines = [head]
+    width = max((len(r.id) for r in bad), default=0)
+    for r in bad:
+        err = r.error or {}
+        why = f"{err.get('type')}: {err.get('message')}" if err else (r.reason or "")
+        lines.append(f"  {r.id.ljust(width)}  {r.status:<9} {why}"[:160])
+    for name, err in result.failed_agents.items():
+        lines.append(f"  agent {name} failed: {err.get('reason') or err.get('message')}"[:160])
+    if len(lines) > _SUMMARY_LINES + 1:
+        more = len(lines) - _SUMMARY_LINES - 1
+        lines = [*lines[: _SUMMARY_LINES + 1], f"  ... and {more} more (see the results file)"]
+    return lines
 
 
 async def _supervise(
@@ -223,6 +301,7 @@ async def _supervise(
     *,
     trace: Path | None = None,
     live: Any = None,
+    json_logs: bool = False,
 ) -> int:
     from agentrt.trace import TraceRecorder
 
@@ -299,6 +378,11 @@ async def _supervise(
         )
     if output is not None:
         _write_results(output, msgspec.json.format(msgspec.json.encode(result)) + b"\n")
+    summary = _summary(result)
+    if summary and live is None and json_logs:
+        log.error("run_summary", lines=summary)
+    elif summary:
+        print("\n".join(summary), file=sys.stderr)
     if signals and cfg.tasks and outcome.interrupted:
         return 128 + signals[0]  # 130 for SIGINT: the run was cut short
     return EXIT_OK if result.status == "ok" and not failed else EXIT_FAILED
@@ -449,7 +533,16 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
             print(f"agentrt: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return asyncio.run(_supervise(cfg, graph, args.output, trace=args.trace, live=view))
+        return asyncio.run(
+            _supervise(
+                cfg,
+                graph,
+                args.output,
+                trace=args.trace,
+                live=view,
+                json_logs=args.log_format == "json",
+            )
+        )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
@@ -597,6 +690,18 @@ def _struct_for(path: str) -> Any:
     return None
 
 
+#: msgspec's type names, in words
+_TYPE_WORDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "str": 'a string ("in quotes")',
+    "bool": "true or false",
+    "array": "a list ([...])",
+    "object": "a table ({...} or [section])",
+    "null": "nothing",
+}
+
+
 def _hint(err: ConfigError, agents: list[str]) -> str | None:
     msg, path = err.message, err.path
     last = path.rsplit(".", 1)[-1]
@@ -631,8 +736,10 @@ def _hint(err: ConfigError, agents: list[str]) -> str | None:
         return 'entry is "package.module:function" (or a class)'
     if "invalid TOML" in msg:
         return "fix the TOML syntax at the line and column shown"
-    if msg.startswith("expected `") or msg.startswith("Expected `"):
-        return "the value has the wrong type"
+    m = re.match(r"[Ee]xpected `([^`]+)`, got `([^`]+)`", msg)
+    if m:
+        want = " or ".join(_TYPE_WORDS.get(t.strip(), t.strip()) for t in m[1].split("|"))
+        return f"write {want} here (this is {_TYPE_WORDS.get(m[2], m[2])})"
     if msg.startswith("must be at least"):
         return f"raise {last}"
     return None
@@ -796,8 +903,15 @@ def _cmd_doctor(_args: argparse.Namespace) -> int:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from agentrt.trace import load_trace, render_png
 
+    # matplotlib is the `png` extra: checked before anything is printed
+    extra = "pip install 'agentrt[png]' (or leave out --png for the summary alone)"
+    if args.png is not None and importlib.util.find_spec("matplotlib") is None:
+        print(f"agentrt: trace --png needs matplotlib, not installed: {extra}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         doc = load_trace(args.trace)
     except ValueError as exc:
@@ -817,6 +931,11 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     if args.png is not None:
         try:
             out = render_png(doc, args.png, width=args.width, height=args.height)
+        except ImportError as exc:  # a matplotlib that is there but broken
+            print(
+                f"agentrt: trace --png: cannot import matplotlib ({exc}): {extra}", file=sys.stderr
+            )
+            return EXIT_CONFIG
         except (KeyError, TypeError, ValueError) as exc:
             print(f"agentrt: cannot draw {args.trace}: {exc}", file=sys.stderr)
             return EXIT_CONFIG

@@ -8,7 +8,7 @@ from typing import Any, Protocol, TextIO, cast
 
 import structlog
 
-__all__ = ["LineStream", "configure_logging"]
+__all__ = ["LineStream", "configure_logging", "library_logger"]
 
 
 class LineStream(Protocol):
@@ -57,4 +57,30 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(cast(TextIO, out)),
         cache_logger_on_first_use=False,
+    )
+
+
+def library_logger(level: str | None = None, name: str = "agentrt") -> Any:
+    """The logger agentrt logs through when embedded.
+
+    An application that configured structlog gets agentrt's events through
+    its own configuration.  One that did not is not taken over: agentrt then
+    writes its events to stderr, at ``level`` and above (``"warning"`` by
+    default), with a logger of its own, and configures nothing globally.
+    """
+    if structlog.is_configured():
+        return structlog.get_logger(name)
+    lvl = _LEVELS.get(level or "warning")
+    if lvl is None:
+        raise ValueError(f"log level must be one of {', '.join(_LEVELS)}, got {level!r}")
+    return structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_name=name,
     )

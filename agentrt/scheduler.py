@@ -355,7 +355,11 @@ class Run:
         res = TaskResult(id=tid, status=status, queued_at=self._queued.get(tid), **fields)
         self.results[tid] = res
         if status != "skipped":
-            self._emit("task_finished", tid, status=status, agent=res.agent, pid=res.pid)
+            err = res.error or {}
+            why = f"{err.get('type', 'Error')}: {err.get('message', '')}" if err else res.reason
+            self._emit(
+                "task_finished", tid, status=status, agent=res.agent, pid=res.pid, reason=why
+            )
         else:
             self._emit("task_skipped", tid, reason=res.reason)
 

@@ -31,6 +31,7 @@ import pytest
 import structlog
 
 from agentrt import AgentSpec, Supervisor, _linux
+from agentrt.observe import configure_logging
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 
@@ -45,6 +46,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # check sees them, and their zombies are reaped by psutil.wait_procs.
     with contextlib.suppress(OSError):
         _linux.set_child_subreaper()
+    # The test process is an application that configured its logging: the
+    # supervisors it embeds log through it (and the ``logs`` fixture sees it).
+    configure_logging("console", "debug")
 
 
 # --- leak checks ---------------------------------------------------------------

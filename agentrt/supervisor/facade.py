@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import msgspec
-import structlog
 
 from agentrt import _linux
 from agentrt.backends.local import make_launcher
@@ -35,6 +35,7 @@ from agentrt.errors import (
     SupervisorClosed,
     UnknownAgent,
 )
+from agentrt.observe import library_logger
 from agentrt.process import Launcher
 from agentrt.protocol import Call as WireCall
 from agentrt.protocol import FrameEncoder, describe_unencodable
@@ -100,6 +101,7 @@ class Supervisor:
         spec: SupervisorSpec | None = None,
         *,
         base_dir: str | os.PathLike[str] | None = None,
+        log_level: str | None = None,
         **settings: Any,
     ) -> None:
         if spec is None:
@@ -110,7 +112,10 @@ class Supervisor:
             )
         self.spec = spec
         self.base_dir = os.fspath(base_dir) if base_dir is not None else None
-        self.log = structlog.get_logger("agentrt")
+        #: structlog's, configured by the application; else stderr, ``log_level``
+        #: (default warning) and above: a library does not take over stdout
+        self.log = library_logger(log_level)
+        self._script_paths = _script_paths() if base_dir is None else []
         self._events = EventHub()
         self._boots = BootPlanner(spec, self.base_dir, self.sys_path, self.log)
         self._encoder = FrameEncoder(spec.max_frame)
@@ -141,9 +146,16 @@ class Supervisor:
 
     @property
     def sys_path(self) -> list[str]:
+        """Where agents import their entries from: ``base_dir`` (a config's
+        directory), ``sys_path``, and, when embedded without a ``base_dir``,
+        the program's own directory (``sys.path[0]``) and working directory,
+        as with multiprocessing."""
         paths = list(self.spec.sys_path)
         if self.base_dir is not None:
             paths.insert(0, os.path.abspath(self.base_dir))
+        for p in self._script_paths:
+            if p not in paths:
+                paths.append(p)
         return paths
 
     async def open(self) -> None:
@@ -572,6 +584,17 @@ class Supervisor:
     async def status(self) -> list[ReplicaStatus]:
         """A snapshot per replica: state, pid, restarts, in-flight, RSS and CPU %."""
         return await self._pool.status()
+
+
+def _script_paths() -> list[str]:
+    """The embedding program's directory (``sys.path[0]``; the working directory
+    when it is empty, as in an interactive session) and its working directory."""
+    cwd = os.getcwd()
+    first = sys.path[0] if sys.path else ""
+    out = [os.path.abspath(first) if first else cwd]
+    if cwd not in out:
+        out.append(cwd)
+    return out
 
 
 class RunLink:

@@ -67,6 +67,7 @@ ALLOWED: dict[str, set[str]] = {
         "backends.local",
         "config",
         "errors",
+        "observe",
         "process",
         "protocol",
         "supervisor.boot",
