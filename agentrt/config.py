@@ -13,12 +13,14 @@ from __future__ import annotations
 import difflib
 import functools
 import grp
+import importlib.resources
 import math
 import pwd
 import re
 import tomllib
 import typing
 from collections.abc import Callable, Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
@@ -390,8 +392,12 @@ class SandboxProfile(_Spec, kw_only=True, forbid_unknown_fields=True):
             _check_user(self.run_as)
 
 
-#: the profiles shipped with agentrt (``default``, ``strict``, ``untrusted``)
-SHIPPED_SANDBOXES = Path(__file__).resolve().parent.parent / "sandboxes"
+#: the profiles shipped with agentrt (``default``, ``strict``, ``untrusted``): package
+#: data in ``agentrt/sandbox/profiles/`` (the checkout's ``sandboxes/`` links to it),
+#: found through :mod:`importlib.resources` so that an installed wheel has them too
+SHIPPED_SANDBOXES: Final[Traversable] = importlib.resources.files("agentrt").joinpath(
+    "sandbox", "profiles"
+)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -405,12 +411,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sandbox_sources(inline: dict[str, Any] | None, dirs: list[Path]) -> list[tuple[str, Any]]:
-    """Where profiles are looked up, first match wins: inline tables, files, shipped."""
+    """Where profiles are looked up, first match wins: inline tables, files, shipped.
+
+    Each source is a table of profiles (a ``dict``) or a directory of
+    ``<name>.toml`` files (a :class:`Traversable`: a ``Path``, or the shipped
+    package data).
+    """
     sources: list[tuple[str, Any]] = []
     if inline:
         sources.append(("", inline))
-    for d in [*dirs, SHIPPED_SANDBOXES]:
+    for d in dirs:
         sources.append((str(d), Path(d)))
+    sources.append((str(SHIPPED_SANDBOXES), SHIPPED_SANDBOXES))
     return sources
 
 
@@ -426,11 +438,11 @@ def _find_raw(
                     raise ConfigError(f"sandboxes.{name}", "expected a table")
                 return raw, i, ""
             continue
-        path = src / f"{name}.toml"
+        path: Traversable = src.joinpath(f"{name}.toml")
         if path.is_file():
             try:
                 raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"sandboxes.{name}", f"cannot load {path}: {exc}") from None
             return raw, i, str(path)
     known = sorted(sandbox_names([s for _, s in sources if isinstance(s, dict)][:1], []))
@@ -444,9 +456,14 @@ def sandbox_names(inline: list[dict[str, Any]], dirs: list[Path]) -> set[str]:
     names: set[str] = set()
     for t in inline:
         names |= set(t)
-    for d in [*dirs, SHIPPED_SANDBOXES]:
-        if Path(d).is_dir():
-            names |= {p.stem for p in Path(d).glob("*.toml")}
+    found: list[Traversable] = [Path(d) for d in dirs]
+    for d in [*found, SHIPPED_SANDBOXES]:
+        if d.is_dir():
+            names |= {
+                f.name.removesuffix(".toml")
+                for f in d.iterdir()
+                if f.name.endswith(".toml") and f.is_file()
+            }
     return names
 
 
