@@ -355,7 +355,7 @@ Network = Literal["host", "none"]
 
 
 class SandboxProfile(_Spec, kw_only=True, forbid_unknown_fields=True):
-    """How an agent's processes are confined (``sandboxes/<name>.toml``).
+    """How an agent's processes are confined (``agentrt/sandbox/profiles/<name>.toml``).
 
     * ``extends``: the profile this one starts from (its settings, overridden
       key by key; tables such as ``limits`` merge).
