@@ -1,0 +1,151 @@
+"""Sandbox profiles by name: shipped (package data), next to a config, or inline."""
+
+from __future__ import annotations
+
+import importlib.resources
+import tomllib
+from collections.abc import Sequence
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Final
+
+from agentrt.config.decode import _convert
+from agentrt.config.specs import SandboxProfile
+from agentrt.config.units import NAME_RE
+from agentrt.errors import ConfigError
+
+__all__ = ["SHIPPED_SANDBOXES", "load_sandbox", "sandbox_names"]
+
+
+#: the profiles shipped with agentrt (``default``, ``strict``, ``untrusted``): package
+#: data in ``agentrt/sandbox/profiles/`` (the checkout's ``sandboxes/`` links to it),
+#: found through :mod:`importlib.resources` so that an installed wheel has them too
+SHIPPED_SANDBOXES: Final[Traversable] = importlib.resources.files("agentrt").joinpath(
+    "sandbox", "profiles"
+)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _sandbox_sources(inline: dict[str, Any] | None, dirs: list[Path]) -> list[tuple[str, Any]]:
+    """Where profiles are looked up, first match wins: inline tables, files, shipped.
+
+    Each source is a table of profiles (a ``dict``) or a directory of
+    ``<name>.toml`` files (a :class:`Traversable`: a ``Path``, or the shipped
+    package data).
+    """
+    sources: list[tuple[str, Any]] = []
+    if inline:
+        sources.append(("", inline))
+    for d in dirs:
+        sources.append((str(d), Path(d)))
+    sources.append((str(SHIPPED_SANDBOXES), SHIPPED_SANDBOXES))
+    return sources
+
+
+def _find_raw(
+    name: str, sources: list[tuple[str, Any]], start: int, where: str
+) -> tuple[dict[str, Any], int, str]:
+    for i in range(start, len(sources)):
+        _label, src = sources[i]
+        if isinstance(src, dict):
+            if name in src:
+                raw = src[name]
+                if not isinstance(raw, dict):
+                    raise ConfigError(f"sandboxes.{name}", "expected a table")
+                return raw, i, ""
+            continue
+        path: Traversable = src.joinpath(f"{name}.toml")
+        if path.is_file():
+            try:
+                raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"sandboxes.{name}", f"cannot load {path}: {exc}") from None
+            return raw, i, str(path)
+    known = sorted(sandbox_names([s for _, s in sources if isinstance(s, dict)][:1], []))
+    raise ConfigError(
+        where, f"no sandbox profile named {name!r} (known: {', '.join(known) or 'none'})"
+    )
+
+
+def sandbox_names(inline: list[dict[str, Any]], dirs: list[Path]) -> set[str]:
+    """Names of the profiles found in ``inline`` tables, ``dirs`` and the shipped set."""
+    names: set[str] = set()
+    for t in inline:
+        names |= set(t)
+    found: list[Traversable] = [Path(d) for d in dirs]
+    for d in [*found, SHIPPED_SANDBOXES]:
+        if d.is_dir():
+            names |= {
+                f.name.removesuffix(".toml")
+                for f in d.iterdir()
+                if f.name.endswith(".toml") and f.is_file()
+            }
+    return names
+
+
+def load_sandbox(
+    name: str,
+    *,
+    inline: dict[str, Any] | None = None,
+    dirs: Sequence[str | Path] = (),
+    where: str = "sandbox",
+) -> tuple[SandboxProfile, bool]:
+    """Resolve profile ``name`` (following ``extends``); ``(profile, shipped)``.
+
+    Looked up in ``inline`` (a config's ``[sandboxes]`` table), then
+    ``<dir>/<name>.toml`` for each of ``dirs``, then the shipped profiles.
+    A profile that extends its own name continues the search below itself
+    (a config's ``strict.toml`` may extend the shipped ``strict``).
+    ``shipped`` is true when the profile itself came from the shipped set.
+    Errors are :class:`ConfigError` with the key path (``sandboxes.mine.network``).
+    """
+    if not NAME_RE.match(name):
+        raise ConfigError(where, f"{name!r} is not a valid sandbox profile name")
+    sources = _sandbox_sources(inline, [Path(d) for d in dirs])
+    chain: list[tuple[dict[str, Any], str, str]] = []
+    seen: set[tuple[str, int]] = set()
+    cur, start, first_index = name, 0, -1
+    while True:
+        raw, index, path = _find_raw(
+            cur, sources, start, where if not chain else f"sandboxes.{chain[-1][1]}.extends"
+        )
+        if first_index < 0:
+            first_index = index
+        if (cur, index) in seen:
+            raise ConfigError(f"sandboxes.{cur}.extends", f"extends cycle through {cur!r}")
+        seen.add((cur, index))
+        if "name" in raw:
+            raise ConfigError(
+                f"sandboxes.{cur}.name", "unknown key (the profile's name is its table's or file's)"
+            )
+        chain.append((raw, cur, path))
+        parent = raw.get("extends")
+        if parent is None:
+            break
+        if not isinstance(parent, str) or not NAME_RE.match(parent):
+            raise ConfigError(f"sandboxes.{cur}.extends", "expected a profile name")
+        start = index + 1 if parent == cur else 0
+        cur = parent
+    merged: dict[str, Any] = {}
+    for raw, pname, path in reversed(chain):
+        try:
+            # each link is validated on its own, so an error names its profile
+            _convert(dict(raw), SandboxProfile, f"sandboxes.{pname}")
+        except ConfigError as exc:
+            if path:
+                raise ConfigError(exc.path, f"{exc.message} (in {path})") from None
+            raise
+        merged = _merge(merged, raw)
+    merged["name"] = name
+    merged["extends"] = chain[0][0].get("extends")
+    profile = _convert(merged, SandboxProfile, f"sandboxes.{name}")
+    return profile, sources[first_index][1] == SHIPPED_SANDBOXES

@@ -1,0 +1,470 @@
+"""The typed specs: supervisor, agents, tools, limits, sandbox profiles, tasks, runs.
+
+Every struct forbids unknown fields; values are validated when a spec is
+built (from a config or from Python), and a :class:`ConfigError` names the
+field (the loader prefixes the table's path).
+"""
+
+from __future__ import annotations
+
+import functools
+import grp
+import pwd
+import re
+import typing
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from agentrt.config.units import (
+    _MAX_SPIN,
+    _PARSERS,
+    MAX_ARGS_DEPTH,
+    MAX_FRAME,
+    MIN_FRAME,
+    NAME_RE,
+    Bytes,
+    Grace,
+    Seconds,
+    _Parser,
+)
+from agentrt.errors import ConfigError
+
+__all__ = [
+    "AgentSpec",
+    "Config",
+    "FilesystemSpec",
+    "Limits",
+    "RunSpec",
+    "SandboxLimits",
+    "SandboxProfile",
+    "SupervisorSpec",
+    "TaskSpec",
+    "ToolSpec",
+]
+
+RestartType = Literal["permanent", "transient", "temporary"]
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+StartMethod = Literal["zygote", "forkserver", "spawn", "fork"]
+OnAgentFailure = Literal["stop", "continue"]
+
+
+@functools.cache
+def _unit_fields(cls: type) -> tuple[tuple[str, _Parser], ...]:
+    """``(field, parser)`` for each duration or size field of a spec class."""
+    out: list[tuple[str, _Parser]] = []
+    for f in msgspec.structs.fields(cls):
+        for t in (f.type, *typing.get_args(f.type)):
+            parse = _PARSERS.get(t) if isinstance(t, type) else None
+            if parse is not None:
+                out.append((f.name, parse))
+                break
+    return tuple(out)
+
+
+class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of every spec: durations and sizes hold plain numbers once built.
+
+    Decoded from a config they arrive as marker instances and are made plain
+    here; given as strings from Python (``Limits(memory="256MiB")``) they are
+    parsed here, once.  Then :meth:`_check` validates the values.  A
+    :class:`ConfigError` raised here names the field; the config loader
+    prefixes the path of the table it was found in.
+    """
+
+    #: integer fields and their (least, greatest) values: a number past them is a mistake
+    _BOUNDS: ClassVar[dict[str, tuple[int, int]]] = {}
+
+    def __post_init__(self) -> None:
+        for name, parse in _unit_fields(type(self)):
+            v = getattr(self, name)
+            if v is None or type(v) is float or type(v) is int:
+                continue
+            try:
+                n = parse(v)
+            except ValueError as exc:
+                raise ConfigError(name, str(exc)) from None
+            setattr(self, name, float(n) if isinstance(n, float) else int(n))
+        for name, (lo, hi) in self._BOUNDS.items():
+            _within(name, getattr(self, name), lo, hi)
+        self._check()
+
+    def _check(self) -> None:
+        """Validate the spec's values (durations and sizes are numbers by now)."""
+
+
+def _within(field: str, v: Any, lo: int, hi: int) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(field, f"expected an integer, got {v!r}")
+    if v < lo:
+        raise ConfigError(field, f"must be at least {lo}, got {v}")
+    if v > hi:
+        raise ConfigError(field, f"must be at most {hi:,}, got {v:,}")
+
+
+def _above_zero(spec: Any, field: str) -> None:
+    v = getattr(spec, field)
+    if v is not None and not v > 0:
+        raise ConfigError(field, f"must be greater than 0, got {v:g}")
+
+
+def _name(spec: Any) -> None:
+    """Names become file, directory and cgroup names: no path tricks.
+
+    ``tool:<name>`` is the pool of isolated tool ``<name>``.
+    """
+    if spec.name and not NAME_RE.match(spec.name.removeprefix("tool:")):
+        raise ConfigError(
+            "name",
+            f"{spec.name!r} is not a valid name: use letters, digits, '_', '-' and '.', "
+            "not starting with '.' (at most 128 characters)",
+        )
+
+
+def _depth(value: Any, limit: int = MAX_ARGS_DEPTH) -> int:
+    """How deeply ``value`` nests (lists and tables), counting no further than ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list | tuple):
+            deepest = max(deepest, d)
+            if d <= limit:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _check_user(spec: str) -> None:
+    """``run_as``: ``"dynamic"``, ``"user[:group]"`` or ``"uid[:gid]"``, naming ones
+    that exist here."""
+    if spec == "dynamic":
+        return
+    name, _, group = spec.strip().partition(":")
+    if not name:
+        raise ConfigError("run_as", 'expected a user name or "uid[:gid]"')
+    if name.isdigit():
+        if not int(name) < 2**32 - 1:
+            raise ConfigError("run_as", f"uid {name} is out of range")
+    else:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError("run_as", f"no user named {name!r} on this machine") from None
+    if group and not group.isdigit():
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError("run_as", f"no group named {group!r} on this machine") from None
+    elif group and not int(group) < 2**32 - 1:
+        raise ConfigError("run_as", f"gid {group} is out of range")
+
+
+def _entry(spec: Any) -> None:
+    mod, colon, attr = spec.entry.partition(":")
+    if not (mod and colon and attr):
+        raise ConfigError("entry", f'expected "module:attr", got {spec.entry!r}')
+
+
+class Limits(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """Resource limits of one agent replica (applied in the child before user code).
+
+    ``memory`` is bytes: RLIMIT_AS in the child plus an RSS watchdog in the
+    supervisor.  ``cpu_time`` is seconds of CPU over the replica's life
+    (RLIMIT_CPU).  Core dumps are always off.
+    """
+
+    memory: Bytes | None = None
+    cpu_time: Seconds | None = None
+    open_files: int | None = None
+    processes: int | None = None
+    file_size: Bytes | None = None
+
+    _BOUNDS = {"open_files": (3, 1 << 20), "processes": (1, 1 << 22)}
+
+
+class SandboxLimits(Limits, kw_only=True, forbid_unknown_fields=True):
+    """A profile's limits: the core's (merged under the agent's own) plus ``cpu``.
+
+    ``cpu`` is a share of one core (``0.5``), enforced as a cgroup CPU quota.
+    """
+
+    cpu: float | None = None
+
+    def _check(self) -> None:
+        super()._check()
+        if self.cpu is not None and not (0 < self.cpu <= 1024):
+            raise ConfigError(
+                "cpu", f"must be a positive share of cores (at most 1024), got {self.cpu}"
+            )
+
+
+class FilesystemSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """Paths the agent may read (and execute) and write; everything else is denied.
+
+    The interpreter, its stdlib and site-packages, the agent's import path
+    and its private working directory (writable) are always added.
+    """
+
+    read: list[str] = []
+    write: list[str] = []
+
+
+Enforce = Literal["strict", "warn"]
+Network = Literal["host", "none"]
+
+
+class SandboxProfile(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """How an agent's processes are confined (``agentrt/sandbox/profiles/<name>.toml``).
+
+    * ``extends``: the profile this one starts from (its settings, overridden
+      key by key; tables such as ``limits`` merge).
+    * ``enforce``: ``"strict"`` (a setting this machine cannot enforce stops
+      the agent from starting) or ``"warn"`` (a ``sandbox_unenforced`` warning).
+    * ``network``: ``"host"``, or ``"none"`` (a fresh network namespace: only
+      its own loopback).
+    * ``filesystem``: ``read``/``write`` path lists, enforced with Landlock;
+      absent = no filesystem confinement.
+    * ``env``: names (``fnmatch`` patterns) of the supervisor's environment
+      variables the agent sees; absent = all of them.  The agent's own
+      ``env`` is always added.
+    * ``run_as``: ``"user"`` or ``"uid[:gid]"`` to drop to, or ``"dynamic"``: a
+      uid of its own per replica, from ``[supervisor] uid_range`` (needs root).
+    * ``no_new_privs``: ``PR_SET_NO_NEW_PRIVS`` (always set under Landlock).
+    * ``cgroup``: enforce ``limits.memory`` (real usage, OOM kill),
+      ``limits.cpu`` and ``limits.processes`` with a cgroup per replica.
+    * ``limits``: the core limits, the agent's explicit values winning.
+    """
+
+    name: str = ""
+    extends: str | None = None
+    enforce: Enforce = "warn"
+    network: Network = "host"
+    filesystem: FilesystemSpec | None = None
+    env: list[str] | None = None
+    run_as: str | None = None
+    no_new_privs: bool = False
+    cgroup: bool = False
+    limits: SandboxLimits = msgspec.field(default_factory=SandboxLimits)
+
+    def _check(self) -> None:
+        if self.run_as is not None:
+            _check_user(self.run_as)
+
+
+class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """One agent: its entry point, pool size, restart type, limits and deadlines.
+
+    ``entry`` is ``"module:attr"``: a function (sync or async) or a class
+    whose instance is created once per replica and whose methods are call
+    targets.  ``concurrency`` calls run at once in a replica; ``queue`` more
+    may wait in it, beyond which callers wait (backpressure).  ``spin``: how
+    long a replica that has just answered polls for its next call before it
+    sleeps (waking a sleeping process costs tens of microseconds on many
+    machines); it spins only while calls keep arriving that fast, yielding
+    the CPU to anything runnable; ``0`` turns it off.  ``shutdown_timeout``
+    is the grace after ``Shutdown`` before SIGTERM and SIGKILL, or
+    :data:`BRUTAL_KILL` / :data:`INFINITY` (``"brutal_kill"`` /
+    ``"infinity"`` in a config).  All durations are seconds.
+    """
+
+    name: str = ""
+    entry: str
+    replicas: int = 1
+    restart: RestartType = "permanent"
+    timeout: Seconds | None = None
+    startup_timeout: Seconds = 10.0
+    shutdown_timeout: Grace = 2.0
+    cancel_grace: Seconds = 1.0
+    concurrency: int = 1
+    queue: int = 4
+    spin: Seconds = 0.0002
+    retries: int = 0
+    limits: Limits = msgspec.field(default_factory=Limits)
+    env: dict[str, str] = {}
+    intensity: int | None = None
+    period: Seconds | None = None
+    #: a sandbox profile's name (shipped, a ``name.toml`` next to the
+    #: config, or ``[sandboxes.name]``), or the profile itself
+    sandbox: str | SandboxProfile = "default"
+
+    _BOUNDS = {
+        "replicas": (1, 10_000),
+        "concurrency": (1, 10_000),
+        "queue": (0, 1_000_000),
+        "retries": (0, 1_000),
+        "intensity": (0, 1_000_000),
+    }
+
+    def _check(self) -> None:
+        _name(self)
+        _entry(self)
+        if self.spin > _MAX_SPIN:
+            raise ConfigError("spin", f"must be at most {_MAX_SPIN * 1e3:g}ms, got {self.spin}s")
+        _above_zero(self, "startup_timeout")
+        _above_zero(self, "period")
+
+
+class ToolSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """A tool agents may call with ``ctx.tool(name, ...)``.
+
+    In-process by default (the function runs in the calling agent); with
+    ``isolated = true`` each call runs in a sandboxed process of a small warm
+    pool (``replicas``), under its own ``limits`` and ``timeout``, so a tool
+    that crashes or hangs fails only that call.
+    """
+
+    name: str = ""
+    entry: str
+    isolated: bool = False
+    replicas: int = 1
+    timeout: Seconds | None = None
+    limits: Limits = msgspec.field(default_factory=Limits)
+    #: sandbox profile of an isolated tool's processes (see ``AgentSpec.sandbox``)
+    sandbox: str | SandboxProfile = "default"
+
+    _BOUNDS = {"replicas": (1, 10_000)}
+
+    def _check(self) -> None:
+        _name(self)
+        _entry(self)
+
+
+class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """Supervisor-wide settings: start method, preloads, restart policy, budgets.
+
+    Restart policy (Erlang/OTP): ``strategy``; at most ``intensity``
+    restarts of an agent within ``period`` seconds, beyond which the agent
+    has failed and ``on_agent_failure`` decides: ``"stop"`` (OTP: every
+    agent is terminated and the supervisor stops) or ``"continue"`` (the
+    others keep running).  Budgets are enforced by the supervisor:
+    ``max_agents`` live replica processes (by default one per 8 MiB of the
+    machine's memory, between 64 and 4,096), ``max_depth`` of subagent
+    nesting, and per run ``max_tasks`` (tasks, spawns and submissions) and
+    ``max_tool_calls``.
+    """
+
+    start_method: StartMethod = "zygote"
+    preload: list[str] = []
+    strategy: Strategy = "one_for_one"
+    intensity: int = 5
+    period: Seconds = 10.0
+    backoff: Seconds = 0.05
+    backoff_max: Seconds = 5.0
+    on_agent_failure: OnAgentFailure = "stop"
+    max_frame: Bytes = 64 * 1024 * 1024
+    #: uids (and gids) handed to replicas of ``run_as = "dynamic"`` profiles, one per
+    #: live replica: ``"first-last"`` (systemd's DynamicUser range by default)
+    uid_range: str = "61184-65519"
+    #: messages (and their bytes) an agent's mailbox holds before ctx.send fails
+    mailbox: int = 1000
+    mailbox_bytes: Bytes = 64 * 1024 * 1024
+    sys_path: list[str] = []
+    max_agents: int | None = None
+    max_depth: int | None = None
+    max_tasks: int | None = None
+    max_tool_calls: int | None = None
+    #: agents report each in-process tool call, for timelines (--trace, live view)
+    trace_tools: bool = False
+
+    _BOUNDS = {
+        "intensity": (0, 1_000_000),
+        "mailbox": (1, 1_000_000),
+        "max_agents": (0, 100_000),
+        "max_depth": (0, 1_000),
+        "max_tasks": (0, 10**9),
+        "max_tool_calls": (0, 10**9),
+    }
+
+    @property
+    def uids(self) -> range:
+        """:attr:`uid_range` as a range."""
+        first, _, last = self.uid_range.partition("-")
+        return range(int(first), int(last) + 1)
+
+    def _check(self) -> None:
+        _above_zero(self, "period")
+        m = re.fullmatch(r"(\d+)-(\d+)", self.uid_range)
+        if m is None or not (1000 <= int(m[1]) <= int(m[2]) < 2**31):
+            raise ConfigError(
+                "uid_range",
+                f'expected "first-last" uids, 1000 <= first <= last, got {self.uid_range!r}',
+            )
+        if self.backoff_max < self.backoff:
+            raise ConfigError(
+                "backoff_max",
+                f"must be at least backoff ({self.backoff:g}s), got {self.backoff_max:g}s",
+            )
+        if not MIN_FRAME <= self.max_frame <= MAX_FRAME:
+            raise ConfigError(
+                "max_frame",
+                f"must be between 64KiB and 1GiB ({MIN_FRAME} and {MAX_FRAME} bytes), "
+                f"got {self.max_frame}",
+            )
+
+
+OnError = Literal["fail_fast", "continue"]
+
+
+class TaskSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """One task of a graph: ``agent`` with keyword ``args``.
+
+    Dependencies are ``after`` plus every ``${id...}`` reference in ``args``;
+    ``for_each = "${plan.topics}"`` makes one task per item (``${item}``).
+    """
+
+    id: str
+    agent: str
+    args: dict[str, Any] = {}
+    method: str = ""
+    after: list[str] = []
+    retries: int | None = None
+    timeout: Seconds | None = None
+    for_each: str | None = None
+    min_success: int | None = None
+    #: ``${id}`` of a fan-out, for items that did not succeed: dropped, or ``null``
+    missing: Literal["drop", "null"] = "drop"
+    on_error: OnError | None = None
+
+    _BOUNDS = {"retries": (0, 1_000), "min_success": (0, 10**9)}
+
+    def _check(self) -> None:
+        depth = _depth(self.args)
+        if depth > MAX_ARGS_DEPTH:
+            raise ConfigError("args", f"nested {depth} deep: at most {MAX_ARGS_DEPTH} levels")
+
+
+class RunSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """How a graph runs: failure policy, deadline, concurrency, retry backoff.
+
+    ``on_error``: ``"continue"`` (the default: a failed task skips only its
+    dependents, independent branches run on) or ``"fail_fast"`` (the first
+    failure cancels everything in flight and skips the rest).
+    """
+
+    on_error: OnError = "continue"
+    deadline: Seconds | None = None
+    max_concurrency: int | None = None
+    agent_concurrency: dict[str, int] = {}
+    retry_backoff: Seconds = 0.1
+    retry_backoff_max: Seconds = 5.0
+
+    _BOUNDS = {"max_concurrency": (1, 1_000_000)}
+
+    def _check(self) -> None:
+        for agent, n in self.agent_concurrency.items():
+            _within(f"agent_concurrency.{agent}", n, 1, 1_000_000)
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A whole ``config.toml``: supervisor, agents (in declaration order), tasks."""
+
+    supervisor: SupervisorSpec = msgspec.field(default_factory=SupervisorSpec)
+    agents: dict[str, AgentSpec] = {}
+    tools: dict[str, ToolSpec] = {}
+    run: RunSpec = msgspec.field(default_factory=RunSpec)
+    tasks: list[TaskSpec] = []
+    base_dir: str = ""
+    #: the config's own sandbox profiles (``[sandboxes.X]``), resolved
+    sandboxes: dict[str, SandboxProfile] = {}
