@@ -256,6 +256,7 @@ class Context(_Base):
             await self._ask(Count(req, self.call_id, name), req)
         start = time.time()
         status = "failed"
+        error = ""
         limit = self._tool_timeout(name)
         bound = asyncio.timeout(limit)
         try:
@@ -281,9 +282,15 @@ class Context(_Base):
         except asyncio.CancelledError:
             status = "cancelled"
             raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             if io.trace_tools:
-                io.write(ToolSpan(self.call_id, name, start, time.time(), status, summarize(args)))
+                span = ToolSpan(
+                    self.call_id, name, start, time.time(), status, summarize(args), error
+                )
+                io.write(span)
 
     async def spawn(self, agent: str, /, **args: Any) -> Any:
         """Run a task on a subagent (its own process) and return its result."""
@@ -398,11 +405,15 @@ class SyncContext(_Base):
                     _reply_value(self._wait(req))
                 start = time.time()
                 status = "failed"
+                error = ""
                 try:
                     value = _run_bounded(fn, op.args, self._tool_timeout(op.name), op.name)
                     status = "ok"
                 except CallTimeout:
                     status = "timeout"
+                    raise
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
                     raise
                 finally:
                     if io.trace_tools:
@@ -414,6 +425,7 @@ class SyncContext(_Base):
                                 time.time(),
                                 status,
                                 summarize(op.args),
+                                error,
                             )
                         )
                 out[i] = value

@@ -6,6 +6,14 @@ few counters on the loop, and the drawing is done by rich's refresh thread
 from a snapshot taken under a lock.  Logs printed through :func:`console_stream`
 appear above the live region instead of garbling it.
 
+An agent's row shows, beside its running task, the subagent and tool calls
+in flight for its tasks (nested ones too), from ``call_started`` /
+``call_finished``: each target with how long its oldest call has run, a
+count when it has several (``tool:search x3 1.2s``).  A call goes to the
+task its event names; else to the agent of its caller, when an in-process
+tool call of the same caller told it, or when only one agent runs tasks;
+else to a line of calls whose caller is not known.
+
 Usage::
 
     view = LiveView(console)
@@ -22,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
@@ -46,6 +55,33 @@ _STATE_STYLE = {
     "stopping": "dim",
 }
 _NOTABLE_STATUS = {"failed", "timeout", "crashed", "limit", "cancelled"}
+#: call targets shown on a row before "+N" counts the rest
+_SHOWN_TARGETS = 2
+
+
+@dataclass(slots=True)
+class _Call:
+    """A subagent or tool call in flight."""
+
+    label: str  # tool:search, agent:research
+    start: float
+    #: the call its tree grew from: a task's call (not itself an event's)
+    root: int | None
+    task: str | None
+
+
+def _calls_text(calls: list[tuple[str, float]], now: float) -> str:
+    """``(label, start)`` of calls in flight, by target, oldest first:
+    ``tool:search x3 1.2s, agent:research 0.4s +2``."""
+    by_target: dict[str, list[float]] = {}
+    for label, start in sorted(calls, key=lambda c: c[1]):
+        by_target.setdefault(label, []).append(start)
+    parts = [
+        f"{label}{f' x{len(starts)}' if len(starts) > 1 else ''} {max(now - starts[0], 0.0):.1f}s"
+        for label, starts in list(by_target.items())[:_SHOWN_TARGETS]
+    ]
+    rest = sum(len(s) for s in list(by_target.values())[_SHOWN_TARGETS:])
+    return ", ".join(parts) + (f" +{rest}" if rest else "")
 
 
 def _size(n: int | None) -> str:
@@ -119,6 +155,8 @@ class LiveView:
         self.skipped: set[str] = set()
         self.retries = 0
         self.running: dict[str, dict[str, float]] = {}  # agent -> {task: started}
+        self.calls: dict[int, _Call] = {}  # call id -> a call in flight
+        self.callers: dict[int, str] = {}  # a task's call id -> its agent, once known
         self.recent: deque[tuple[float, str, str]] = deque(maxlen=max_events)
         self.run_status: str | None = None
 
@@ -148,8 +186,10 @@ class LiveView:
             self.running.setdefault(ev.agent or "?", {})[ev.task] = ev.time
         elif k == "task_finished" and ev.task is not None:
             self.finished.add(ev.task)
-            for tasks in self.running.values():
-                tasks.pop(ev.task, None)
+            for agent, tasks in self.running.items():
+                if tasks.pop(ev.task, None) is not None and not tasks:
+                    # its calls are over: who made them need not be remembered
+                    self.callers = {c: a for c, a in self.callers.items() if a != agent}
             if ev.status != "ok":
                 self.failed.add(ev.task)
                 self._note(ev, "red", f"task {ev.task} {ev.status} ({ev.agent}, pid {ev.pid})")
@@ -168,7 +208,39 @@ class LiveView:
             self._note(ev, "cyan", f"{ev.agent}#{ev.replica} restarting")
         elif k == "run_finished":
             self.run_status = ev.status
+            self.calls.clear()  # any still here lost their end (a reader that fell behind)
             self._note(ev, "bold", f"run finished: {ev.status}")
+        elif k == "call_started" and ev.call_id is not None:
+            self._call_started(ev, ev.call_id)
+        elif k == "call_finished" and ev.call_id is not None:
+            self.calls.pop(ev.call_id, None)
+
+    def _call_started(self, ev: RunEvent, cid: int) -> None:
+        if cid in self.calls:
+            return  # dispatched again (its replica died): it has been in flight since
+        up = self.calls.get(ev.parent) if ev.parent is not None else None
+        root = up.root if up is not None else ev.parent
+        if cid < 0 and up is None and root is not None and ev.agent:
+            # an in-process tool call runs in its caller: a task of this agent
+            self.callers[root] = ev.agent
+        target = ev.target or ev.agent or "call"
+        self.calls[cid] = _Call(
+            target if target.startswith("tool:") else f"agent:{target}",
+            ev.time,
+            root,
+            ev.task or (up.task if up is not None else None),
+        )
+
+    def _owner(self, call: _Call) -> str | None:
+        """The agent whose task made ``call`` (directly or not), if it can be told."""
+        if call.task is not None:
+            for agent, tasks in self.running.items():
+                if call.task in tasks:
+                    return agent
+        if call.root is not None and call.root in self.callers:
+            return self.callers[call.root]
+        busy = [agent for agent, tasks in self.running.items() if tasks]
+        return busy[0] if len(busy) == 1 else None
 
     # --- output (any thread) -----------------------------------------------------
 
@@ -183,6 +255,9 @@ class LiveView:
             retries = self.retries
             recent = list(self.recent)
             run_status = self.run_status
+            calls: dict[str | None, list[tuple[str, float]]] = {}
+            for c in self.calls.values():
+                calls.setdefault(self._owner(c), []).append((c.label, c.start))
         now = self.clock()
 
         table = Table(expand=False, header_style="bold", box=None, pad_edge=False)
@@ -196,6 +271,7 @@ class LiveView:
             ("restarts", "right"),
             ("task", "left"),
             ("elapsed", "right"),
+            ("calls", "left"),
         ):
             table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
         agents: dict[str, list[ReplicaStatus]] = {}
@@ -203,6 +279,9 @@ class LiveView:
             agents.setdefault(s.agent, []).append(s)
         for name in running:
             agents.setdefault(name, [])
+        for owner in calls:
+            if owner is not None:
+                agents.setdefault(owner, [])
         for name, reps in agents.items():
             states: dict[str, int] = {}
             for s in reps:
@@ -233,19 +312,27 @@ class LiveView:
                 str(sum(s.restarts for s in reps)),
                 task_text,
                 elapsed,
+                _calls_text(calls[name], now) if name in calls else "-",
             )
 
+        in_flight = sum(map(len, calls.values()))
         progress = Table.grid(padding=(0, 1))
         progress.add_row(
             Text("tasks", style="bold"),
             ProgressBar(total=max(total, 1), completed=done, width=30),
             Text(
                 f"{done}/{total} done, {failed} failed, {skipped} skipped, {retries} retries"
+                + (f", {in_flight} call{'s' * (in_flight > 1)} in flight" if in_flight else "")
                 + (f" - run {run_status}" if run_status else ""),
                 style="red" if failed else "",
             ),
         )
-        parts: list[RenderableType] = [table, progress]
+        parts: list[RenderableType] = [table]
+        if None in calls:
+            parts.append(
+                Text(f"calls, caller not known: {_calls_text(calls[None], now)}", style="dim")
+            )
+        parts.append(progress)
         if recent:
             parts.append(Text("recent events", style="bold"))
             for t, style, text in recent:

@@ -250,6 +250,8 @@ class ToolSpan(_Msg, frozen=True, tag="tool_span"):
     end: float
     status: str = "ok"
     summary: str = ""
+    #: when it failed: the error, as ``Type: message``
+    error: str = ""
 
 
 # --- supervisor -> agent: answers to requests, and messages ---------------

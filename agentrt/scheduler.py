@@ -253,7 +253,7 @@ class Run:
             retries = node.retries or 0
             backoff = self.spec.retry_backoff
             for attempt in range(retries + 1):
-                report = await self.link.call(node.agent, args, node.method, node.timeout)
+                report = await self.link.call(node.agent, args, node.method, node.timeout, tid)
                 attempts += report.attempts
                 if report.status == "ok" or attempt == retries:
                     break

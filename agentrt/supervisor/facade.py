@@ -541,9 +541,11 @@ class Supervisor:
         retries: int | None,
         run: RunHost | None = None,
         budget: Budget | None = None,
+        task: str | None = None,
     ) -> CallReport:
         try:
             call = self._submit(agent, args, method, timeout, retries, None, budget, run)
+            call.task = task
         except AgentrtError as exc:
             return CallReport(status=exc.status, error=exc.to_dict(), agent=agent)
         error: dict[str, Any] | None
@@ -611,9 +613,15 @@ class RunLink:
         self.budget = new_budget(sup.spec)
 
     async def call(
-        self, agent: str, args: Mapping[str, Any], method: str = "", timeout: float | None = None
+        self,
+        agent: str,
+        args: Mapping[str, Any],
+        method: str = "",
+        timeout: float | None = None,
+        task: str | None = None,
     ) -> CallReport:
-        """One task's call (``timeout=None``: the agent's), described, never raised."""
+        """Task ``task``'s call (``timeout=None``: the agent's), described, never
+        raised; the calls it makes name the task in their events."""
         try:
             self.budget.charge("tasks", agent)
         except BudgetExceeded as exc:
@@ -626,6 +634,7 @@ class RunLink:
             None,
             self.host,
             self.budget,
+            task,
         )
 
     def emit(self, kind: str, task: str | None = None, **fields: Any) -> None:

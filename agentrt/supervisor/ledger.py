@@ -133,6 +133,8 @@ class Call(Generic[S]):
     batch: Batch | None = None
     #: its arguments, short (made only when someone watches events)
     summary: str | None = None
+    #: the graph task it serves (a task's call, and the calls made for it)
+    task: str | None = None
 
     def clear_timer(self) -> None:
         if self.timer is not None:
@@ -207,6 +209,7 @@ class Ledger(Generic[S]):
                 call.summary = summarize(args or {})
             call.budget = parent.budget
             call.run = parent.run
+            call.task = parent.task
             if parent.children is None:
                 parent.children = []
             parent.children.append(call)
@@ -266,6 +269,7 @@ class Ledger(Generic[S]):
             status=status,
             reason=reason[:200] if reason else None,
             summary=call.summary if kind == "call_started" else None,
+            task=call.task,
         )
 
     def _cancel_children(self, call: Call[S]) -> None:

@@ -456,17 +456,25 @@ class Pool:
                 case ToolSpan(parent=parent, tool=tool, start=start, end=end, status=status):
                     if self.events.active:
                         cid = -self.ledger.next_id()  # a span of its own, not a supervisor call
+                        caller = slot.inflight.get(parent)
                         fields = {
                             "call_id": cid,
                             "parent": parent,
                             "target": f"tool:{tool}",
                             "agent": slot.agent.name,
                             "pid": proc.pid,
+                            "task": caller.task if caller is not None else None,
                         }
                         self.events.emit_at(
                             start, "call_started", summary=msg.summary or None, **fields
                         )
-                        self.events.emit_at(end, "call_finished", status=status, **fields)
+                        self.events.emit_at(
+                            end,
+                            "call_finished",
+                            status=status,
+                            reason=msg.error[:200] or None,
+                            **fields,
+                        )
                 case Log(level=level, event=event, fields=fields):
                     meth = getattr(proc.log, level, proc.log.info)
                     meth(event, source="agent", **{k: v for k, v in fields.items() if k != "pid"})

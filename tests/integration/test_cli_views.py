@@ -173,6 +173,113 @@ def test_supervise_trace_writes_a_loadable_trace_and_renders_a_png(tmp_path: Pat
     assert _run("trace", str(nope)).returncode == 2
 
 
+LANES_AGENTS = """
+import asyncio
+
+from agentrt.context import tool
+
+_started = {}
+
+
+@tool
+async def probe(query="", group="g", n=3):
+    # returns once n probes of its group have started: the n run at once
+    seen = _started.setdefault(group, [0, asyncio.Event()])
+    seen[0] += 1
+    if seen[0] == n:
+        seen[1].set()
+    await asyncio.wait_for(seen[1].wait(), 10)
+    return query
+
+
+@tool
+def shout(text=""):
+    return text.upper()
+
+
+async def hub(ctx, topic=""):
+    found = await ctx.gather(
+        *(ctx.tool("probe", query=f"{topic}{i}", group=topic) for i in range(3))
+    )
+    return {"found": found, "deeper": await ctx.spawn("leaf", topic=topic)}
+
+
+async def leaf(ctx, topic=""):
+    return await ctx.tool("shout", text=topic)
+"""
+LANES = """
+[agents.hub]
+entry = "agents:hub"
+[agents.leaf]
+entry = "agents:leaf"
+
+[[tasks]]
+id = "gather"
+agent = "hub"
+args = { topic = "moon" }
+"""
+
+
+def test_supervise_trace_draws_calls_made_at_once_in_lanes_under_their_task(
+    tmp_path: Path,
+) -> None:
+    cfg = write_project(tmp_path, LANES_AGENTS, LANES)
+    trace = tmp_path / "run.trace.json"
+    proc = _run("supervise", str(cfg), "--no-live", "--trace", str(trace))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(trace.read_text())
+    events = doc["traceEvents"]
+    (task,) = [e for e in events if e.get("cat") == "task"]
+    lanes = {(ln["pid"], ln["tid"]): ln for ln in doc["otherData"]["lanes"]}
+    calls = [e for e in events if e.get("cat") == "call"]
+    for c in calls:
+        lane = lanes[(c["pid"], c["tid"])]  # every call is in a lane ...
+        assert (lane["pid"], lane["row"]) == (task["pid"], task["tid"])  # ... under the task
+        assert c["args"]["task"] == "gather" and c["args"]["status"] == "ok"
+    probes = sorted((c for c in calls if c["name"] == "tool:probe"), key=lambda c: c["ts"])
+    assert [p["args"]["summary"] for p in probes] == [
+        f"query='moon{i}', group='moon'" for i in range(3)
+    ]
+    assert len({p["tid"] for p in probes}) == 3  # three lanes ...
+    for a in probes:
+        for b in probes:
+            assert a["ts"] < b["ts"] + b["dur"]  # ... for three calls that ran at once
+    (sub,) = [c for c in calls if c["name"] == "agent:leaf"]
+    (nested,) = [c for c in calls if c["name"] == "tool:shout"]
+    assert sub["args"]["agent"] == "leaf" and sub["args"]["summary"] == "topic='moon'"
+    assert nested["args"]["parent"] == sub["args"]["call_id"]
+    assert lanes[(nested["pid"], nested["tid"])]["lane"] == sub["args"]["lane"] + ".1"
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    row = names[(task["pid"], task["tid"])]
+    assert names[(sub["pid"], sub["tid"])] == f"{row} lane {sub['args']['lane']}"
+
+    png = tmp_path / "lanes.png"
+    shown = _run("trace", str(trace), "--png", str(png))
+    assert shown.returncode == 0, shown.stderr
+    rows = {(e["pid"], e["tid"]) for e in events if e["ph"] == "X" or e.get("cat") == "replica"}
+    assert int.from_bytes(png.read_bytes()[20:24], "big") == max(300, 140 + 30 * len(rows))
+
+
+def test_trace_reads_a_file_written_before_calls_had_lanes(tmp_path: Path) -> None:
+    old = tmp_path / "old.trace.json"
+    span = {"ph": "X", "pid": 1, "tid": 7, "args": {"status": "ok"}}
+    old.write_text(
+        json.dumps(
+            {
+                "traceEvents": [
+                    {"name": "thread_name", "ph": "M", "pid": 1, "tid": 7, "args": {"name": "w"}},
+                    {**span, "name": "t", "cat": "task", "ts": 0, "dur": 10},
+                    {**span, "name": "tool:a", "cat": "call", "ts": 1, "dur": 5},
+                ],
+                "otherData": {"critical_path": ["t"], "makespan": 1e-5},
+            }
+        )
+    )
+    shown = _run("trace", str(old), "--png", str(tmp_path / "old.png"))
+    assert shown.returncode == 0, shown.stderr
+    assert "2 spans" in shown.stdout and "critical path t" in shown.stdout
+
+
 def test_supervise_no_live_gives_plain_logs(tmp_path: Path) -> None:
     proc = _run("supervise", str(_project(tmp_path, GOOD)), "--no-live")
     assert proc.returncode == 1

@@ -231,3 +231,35 @@ async def test_run_events_stream_task_transitions(make_supervisor, agent_spec):
         assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
         assert ("task_finished", "a") in seen and ("task_finished", "b") in seen
         assert seen.index(("task_finished", "a")) < seen.index(("task_started", "b"))
+
+
+async def test_the_calls_a_task_makes_name_the_task_in_their_events(make_supervisor, agent_spec):
+    import asyncio
+
+    async with make_supervisor(trace_tools=True) as sup:
+        await sup.start(agent_spec("worker", "agents:worker", replicas=2))
+        await sup.start(agent_spec("fan", "agents:fan_out", replicas=2))
+        seen: list = []
+
+        async def watch() -> None:
+            async for ev in sup.events():
+                if ev.kind == "run_finished":
+                    return
+                if ev.kind == "call_started":
+                    seen.append(ev)
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.sleep(0)  # subscribed before the run starts
+        g = Graph()
+        g.add("one", "fan", args={"n": 2, "delay": 0})
+        g.add("two", "fan", args={"n": 1, "delay": 0})
+        r = await Run(sup, g).wait()
+        await asyncio.wait_for(watcher, 5)
+        assert r.status == "ok"
+        by_task: dict[str, set[str]] = {}
+        for ev in seen:
+            by_task.setdefault(ev.task, set()).add(ev.target)
+        # subagent calls and the in-process tool calls they make, each under its task
+        assert set(by_task) == {"one", "two"}
+        assert by_task["one"] == {"worker", "tool:lookup", "tool:shout"}
+        assert len([e for e in seen if e.task == "one" and e.target == "worker"]) == 2
