@@ -60,6 +60,7 @@ from agentrt.protocol import (
     SupervisorMessage,
     describe_unencodable,
 )
+from agentrt.sandbox.confine import warm as warm_confinement
 
 __all__ = ["child_main", "exit_code_of"]
 
@@ -761,6 +762,7 @@ def prepare(rehearse: bool = True) -> None:
     )
     FrameDecoder(SupervisorMessage)
     _linux.warm()
+    warm_confinement()
     if rehearse:
         _rehearse()
     gc.collect()

@@ -70,16 +70,19 @@ from agentrt.sandbox.probe import (
     real_paths,
 )
 
-__all__ = ["confine", "enter_cgroups"]
+__all__ = ["confine", "enter_cgroups", "warm"]
 
 
 def enter_cgroups(boot: Boot) -> None:
     """First thing in the child: join the replica's cgroups."""
-    pid = str(os.getpid())
+    pid = str(os.getpid()).encode()
     for d in boot.cgroups:
         try:
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write(pid)
+            fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise SandboxError(exc.errno, f"cannot join cgroup {d}: {exc.strerror}") from None
 
@@ -307,11 +310,32 @@ def _domain(scope: bool) -> None:
     try:
         if abi < SCOPE_ABI:
             _add_rule(rfd, "/", _FS_REFER)
-        if not has_cap_sys_admin():
+        if os.geteuid() != 0 or not has_cap_sys_admin():
             _prctl_nnp()
         _restrict(rfd)
     finally:
         os.close(rfd)
+
+
+def warm() -> None:
+    """In the zygote: run what every replica's confinement runs and that is
+    harmless here (the ABI and capability probes, building the rulesets a
+    domain uses, then dropping them unapplied), so that a replica finds that
+    code specialised and its caches filled rather than copying pages to do it."""
+    abi = landlock_abi()
+    has_cap_sys_admin()
+    if abi < 2:
+        return
+    for _ in range(12):  # past CPython's specialisation warm-up
+        for scope in (False, True):
+            try:
+                if abi >= SCOPE_ABI:
+                    rfd = _ruleset(0, _SCOPE_ABSTRACT_UNIX_SOCKET | _scopes(scope, abi))
+                else:
+                    rfd = _ruleset(_FS_MAKE_BLOCK | _FS_REFER, _scopes(scope, abi))
+            except SandboxError:
+                return
+            os.close(rfd)
 
 
 def _prctl(option: int, value: int, what: str) -> None:
@@ -343,7 +367,8 @@ def confine(boot: Boot) -> None:
     if boot.run_uid is not None:
         os.chown(boot.workdir, boot.run_uid, boot.run_gid if boot.run_gid is not None else -1)
     os.chdir(boot.workdir)
-    imports = _import_paths(boot)
+    # (what the interpreter needs to read: worked out only where it is confined)
+    imports = _import_paths(boot) if boot.fs_read is not None or boot.run_uid is not None else []
     if boot.env_allow is not None:
         pats = boot.env_allow
         for k in list(os.environ):

@@ -60,6 +60,7 @@ class SandboxError(OSError):
     """A confinement could not be applied in the child (the replica does not start)."""
 
 
+@functools.cache
 def landlock_abi() -> int:
     """The Landlock ABI version of this kernel; 0 when Landlock is unavailable."""
     rc = _syscall(
@@ -167,8 +168,13 @@ def _try_pid_ns() -> None:
         _unshare(_CLONE_NEWUSER | _CLONE_NEWPID)
 
 
+@functools.cache
 def has_cap_sys_admin() -> bool:
-    """Whether this process holds CAP_SYS_ADMIN (Landlock then needs no no_new_privs)."""
+    """Whether this process holds CAP_SYS_ADMIN (Landlock then needs no no_new_privs).
+
+    Asked once (a replica inherits its zygote's answer): after a uid change
+    away from root, the capabilities are gone whatever this says.
+    """
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
         for line in f:
             if line.startswith("CapEff:"):

@@ -40,7 +40,7 @@ ALLOWED: dict[str, set[str]] = {
     "sandbox.cgroups": {"sandbox.probe"},
     "sandbox.confine": {"_linux", "protocol", "sandbox.probe"},
     "sandbox": {"sandbox.cgroups", "sandbox.confine", "sandbox.plan", "sandbox.probe"},
-    "worker": {"_linux", "context", "errors", "protocol", "sandbox"},
+    "worker": {"_linux", "context", "errors", "protocol", "sandbox", "sandbox.confine"},
     "zygote": {"_linux", "protocol", "worker"},
     "process": {"_linux", "errors", "protocol"},
     "backends": set(),
