@@ -1,0 +1,67 @@
+"""The ``agentrt`` command (the only package that prints and exits).
+
+Commands::
+
+    agentrt supervise CONFIG [-o results.json] [--trace run.trace.json] [--live|--no-live]
+                             [--log-format console|json] [--log-level info]
+    agentrt validate CONFIG
+    agentrt doctor
+    agentrt trace TRACE [--png out.png] [--width PX] [--height PX]
+    agentrt bench [--quick] [--only NAMES] [--json DIR] [--png FILE]
+
+Exit codes: 0 every task succeeded (or a clean stop; a valid config; a
+report written), 1 a task or agent failed, 2 the configuration, the trace
+file or the command line is invalid, 130 interrupted.
+
+Rooms: one module per command (``supervise``, ``validate``, ``doctor``,
+``trace``, ``bench``), each with its ``add_parser`` and ``command``;
+``common`` holds the exit statuses. This module assembles the parser and
+dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from agentrt import __version__
+from agentrt.cli import bench, doctor, supervise, trace, validate
+from agentrt.cli.common import EXIT_CONFIG as EXIT_CONFIG
+from agentrt.cli.common import EXIT_FAILED as EXIT_FAILED
+from agentrt.cli.common import EXIT_HELP
+from agentrt.cli.common import EXIT_INTERRUPTED as EXIT_INTERRUPTED
+from agentrt.cli.common import EXIT_OK as EXIT_OK
+from agentrt.cli.validate import validate_config as validate_config
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agentrt",
+        description="A process-isolated runtime for parallel AI agents.",
+        epilog=EXIT_HELP,
+    )
+    p.add_argument("--version", action="version", version=f"agentrt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # in this order in --help
+    supervise.add_parser(sub)
+    validate.add_parser(sub)
+    doctor.add_parser(sub)
+    trace.add_parser(sub)
+    bench.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``agentrt`` console script."""
+    args = _parser().parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "supervise": supervise.command,
+        "validate": validate.command,
+        "doctor": doctor.command,
+        "trace": trace.command,
+        "bench": bench.command,
+    }
+    cmd = commands.get(args.command)
+    return cmd(args) if cmd is not None else EXIT_CONFIG

@@ -1,0 +1,159 @@
+"""``agentrt doctor``: which isolation features this machine offers, and what each
+sandbox profile would enforce on it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from agentrt import __version__
+from agentrt.cli.common import EXIT_OK, Subparsers
+from agentrt.errors import AgentrtError
+
+__all__ = ["add_parser", "command"]
+
+
+def add_parser(sub: Subparsers) -> None:
+    """The ``doctor`` subcommand."""
+    sub.add_parser(
+        "doctor",
+        help="show which isolation features this machine offers",
+        description=(
+            "Probe pidfd, namespaces, Landlock, cgroups and rlimits, and say what each "
+            "sandbox profile would enforce on this machine."
+        ),
+        epilog="exit status: 0",
+    )
+
+
+_RLIMITS = {
+    "memory (RLIMIT_AS)": "AS",
+    "cpu_time (RLIMIT_CPU)": "CPU",
+    "open_files (RLIMIT_NOFILE)": "NOFILE",
+    "processes (RLIMIT_NPROC)": "NPROC",
+    "file_size (RLIMIT_FSIZE)": "FSIZE",
+    "core dumps (RLIMIT_CORE)": "CORE",
+}
+
+
+def _fmt_limit(v: int) -> str:
+    return "unlimited" if v < 0 else str(v)
+
+
+def _table(rows: Sequence[tuple[str, ...]], indent: str = "  ") -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)]
+        print((indent + "  ".join([*cells, r[-1]])).rstrip())
+
+
+def _features(caps: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``sandbox.probe()`` as rows: feature, yes/no, what it gives or why not."""
+    cg = caps["cgroup"]
+    ctrls = ", ".join(sorted(cg["controllers"]))
+    cg_detail = f"v{cg['version']}: {ctrls} writable" if cg["controllers"] else "none usable"
+    if cg["why"]:
+        cg_detail += f" ({cg['why']})"
+    abi = caps["landlock_abi"]
+    interp = caps["interpreter"]
+    if interp["unreadable"]:
+        interp_detail = f"{interp['unreadable']} unreadable: run_as agents cannot import from it"
+    elif interp["blocked"] and caps["mount_ns"]:
+        interp_detail = (
+            f"below {interp['blocked']} (closed): run_as re-opens it in a mount namespace"
+        )
+    elif interp["blocked"]:
+        interp_detail = f"below {interp['blocked']} (closed) and no mount namespace: run_as fails"
+    else:
+        interp_detail = "run_as replicas import as usual"
+
+    def yn(ok: object) -> str:
+        return "yes" if ok else "no"
+
+    return [
+        ("feature", "here", "what it gives"),
+        ("pidfd", yn(caps["pidfd"]), "exits observed without pid-reuse races"),
+        (
+            "user namespace",
+            yn(caps["user_ns"]),
+            "unprivileged confinement" if caps["user_ns"] else caps["user_ns_error"],
+        ),
+        (
+            "network namespace",
+            yn(caps["net_ns"]),
+            f'network = "none" ({caps["net_ns"]})' if caps["net_ns"] else caps["net_ns_error"],
+        ),
+        (
+            "landlock",
+            yn(abi),
+            f"filesystem allowlists; a domain per replica: no ptrace or /proc/<pid>/fd "
+            f"outside its tree (ABI {abi})"
+            if abi
+            else "not in this kernel: replicas of default may open each other's /proc/<pid>/fd",
+        ),
+        (
+            "landlock scoping",
+            yn(caps["landlock_scope"]),
+            "signals and abstract unix sockets stay in a replica's tree"
+            if caps["landlock_scope"]
+            else f"needs ABI 6: strict cannot confine signals here (ABI {abi})",
+        ),
+        (
+            "pid namespace",
+            yn(caps["pid_ns"]),
+            "not used: the Landlock domain and scopes refuse the same per replica"
+            if caps["pid_ns"]
+            else caps["pid_ns_error"],
+        ),
+        ("no_new_privs", yn(caps["no_new_privs"]), "no privilege gain through exec"),
+        ("dumpable", "yes", "PR_SET_DUMPABLE 0: /proc/<pid> of a confined replica owned by root"),
+        ("cgroups", yn(cg["controllers"]), cg_detail),
+        (
+            "root",
+            yn(caps["root"]),
+            "run_as and cgroups may be used"
+            if caps["root"]
+            else "run_as needs root; RLIMIT_NPROC applies",
+        ),
+        (
+            "mount namespace",
+            yn(caps["mount_ns"]),
+            "run_as reaches an interpreter below a closed directory"
+            if caps["mount_ns"]
+            else caps["mount_ns_error"],
+        ),
+        (
+            "interpreter for any uid",
+            yn(not interp["blocked"] and not interp["unreadable"]),
+            interp_detail,
+        ),
+    ]
+
+
+def command(_args: argparse.Namespace) -> int:
+    """``agentrt doctor``: the probe, the rlimits, and each profile explained."""
+    from agentrt import sandbox
+    from agentrt.config import load_sandbox, sandbox_names
+
+    print(f"agentrt {__version__} on Linux {os.uname().release} ({os.uname().machine})")
+    caps = sandbox.probe()
+    print("isolation features (sandbox probe):")
+    _table(_features(caps))
+    print("rlimits (soft / hard; a replica may always lower them):")
+    rl = caps["rlimits"]
+    _table(
+        [
+            (label, f"{_fmt_limit(rl[k][0])} / {_fmt_limit(rl[k][1])}")
+            for label, k in _RLIMITS.items()
+        ]
+    )
+    print("profiles (what each would enforce here):")
+    for name in sorted(sandbox_names([], [])):
+        print(f"  {name}:")
+        try:
+            _table(list(sandbox.explain(load_sandbox(name)[0])), "    ")
+        except AgentrtError as exc:
+            print(f"    cannot load: {exc}")
+    return EXIT_OK
