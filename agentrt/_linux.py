@@ -243,6 +243,26 @@ def descendants(roots: Iterable[int]) -> list[int]:
     return out
 
 
+def process_identity(pid: int) -> str | None:
+    """``"pid start-time"`` of a running process (the start time tells a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return f"{pid} {int(fields[19])}" if len(fields) > 19 else None
+
+
+def cgroup_members(group: str) -> list[int]:
+    """The pids in cgroup directory ``group`` (none when it cannot be read)."""
+    try:
+        with open(os.path.join(group, "cgroup.procs")) as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def kill_tree(leaders: Iterable[int], extra: Iterable[int] = ()) -> int:
     """SIGKILL what the ``leaders`` left behind: their process groups, every
     process of their sessions or groups, and ``extra`` pids.  Returns how many

@@ -28,6 +28,7 @@ from typing import Any, Self, TypeVar
 
 from agentrt.errors import AgentrtError, CallTimeout, UnknownTool, from_dict
 from agentrt.protocol import (
+    Approve,
     Count,
     Receive,
     Reply,
@@ -37,6 +38,8 @@ from agentrt.protocol import (
     Submit,
     ToolCall,
     ToolSpan,
+    args_match,
+    rule_text,
     summarize,
 )
 
@@ -107,6 +110,7 @@ class AgentIO:
         count_tools: bool,
         trace_tools: bool = False,
         tool_timeouts: dict[str, float] | None = None,
+        approvals: dict[str, list[dict[str, list[str]]]] | None = None,
     ) -> None:
         self.agent = agent
         self.replica = replica
@@ -122,6 +126,44 @@ class AgentIO:
         #: sync mode: reads and routes the next frames, waiting at most
         #: ``timeout`` seconds (None: until some arrive); set by the worker
         self.pump: Callable[[float | None], None] | None = None
+        #: in-process tools whose calls may need approval, and their rules
+        self.approvals = approvals or {}
+        #: seconds this replica has been paused, in all (``Held`` frames): a
+        #: deadline set when this was ``base`` is ``held - base`` later now
+        self.held = 0.0
+        #: async timeouts to move when the replica was paused (deadlines, tools')
+        self.timeouts: set[asyncio.Timeout] = set()
+        #: sync mode: route the frames already in the pipe, if that can be done
+        #: now (False: a read is in progress; try again soon); set by the worker
+        self.catch_up: Callable[[], bool] | None = None
+        #: sync mode: the end of a SIGALRM handler that did not raise
+        self.after_alarm: Callable[[], None] | None = None
+
+    def on_held(self, seconds: float) -> None:
+        """The replica was paused ``seconds``: every deadline moves that much later."""
+        self.held += seconds
+        for t in list(self.timeouts):
+            when = t.when()
+            if when is not None and not t.expired():
+                t.reschedule(when + seconds)
+
+    def alarm_left(self, deadline: float, base: float) -> float | None:
+        """Sync mode, in a SIGALRM handler: seconds left before ``deadline``
+        (set when :attr:`held` was ``base``), pauses told so far counted;
+        None when frames could not be read yet (look again soon)."""
+        if self.catch_up is not None and not self.catch_up():
+            return None
+        return deadline + (self.held - base) - time.monotonic()
+
+    def approval_why(self, name: str, args: dict[str, Any]) -> str | None:
+        """Why a call of in-process tool ``name`` needs approval (None: it does not)."""
+        rules = self.approvals.get(name)
+        if not rules:
+            return None
+        for rule in rules:
+            if args_match(rule, args):
+                return rule_text(name, rule)
+        return None
 
     def new_req(self) -> int:
         self.next_req += 1
@@ -172,13 +214,23 @@ def _reply_value(msg: Reply | ReplyError) -> Any:
 
 
 class _Base:
-    def __init__(self, io: AgentIO, call_id: int, deadline: float | None) -> None:
+    def __init__(
+        self, io: AgentIO, call_id: int, deadline: float | None, base: float = 0.0
+    ) -> None:
         self._io = io
         self.call_id = call_id
-        #: ``time.monotonic()`` instant this task must finish by, or None
-        self.deadline = deadline
+        self._deadline = deadline
+        self._base = base  # ``io.held`` when the call arrived
         #: ``ctx.timeout(s)``: this timeout, instead of each tool's or subagent's own
         self._override: float | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """``time.monotonic()`` instant this task must finish by, or None (moved
+        later by the time the replica was paused since the call arrived)."""
+        if self._deadline is None:
+            return None
+        return self._deadline + (self._io.held - self._base)
 
     def timeout(self, seconds: float) -> Self:
         """This context, with ``seconds`` as the timeout of the tool and subagent
@@ -245,12 +297,20 @@ class Context(_Base):
             raise
 
     async def tool(self, name: str, /, **args: Any) -> Any:
-        """Call a tool; an isolated one runs in its own sandboxed process."""
+        """Call a tool; an isolated one runs in its own sandboxed process.
+
+        A call that needs approval waits for it (the other calls made
+        meanwhile go on); a denial raises :class:`ApprovalDenied`.
+        """
         fn = self._io.resolve_tool(name)
         if fn is None:
             req, msg = self._request(Op("tool", name, args))
             return await self._ask(msg, req)
         io = self._io
+        why = io.approval_why(name, args)
+        if why is not None:
+            req = io.new_req()
+            args = dict(await self._ask(Approve(req, self.call_id, name, args, why), req))
         if io.count_tools:
             req = io.new_req()
             await self._ask(Count(req, self.call_id, name), req)
@@ -259,6 +319,7 @@ class Context(_Base):
         error = ""
         limit = self._tool_timeout(name)
         bound = asyncio.timeout(limit)
+        io.timeouts.add(bound)
         try:
             # An async tool is cancelled at its timeout; a sync one runs in a
             # thread, which nothing can stop: its caller gets CallTimeout at
@@ -286,6 +347,7 @@ class Context(_Base):
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            io.timeouts.discard(bound)
             if io.trace_tools:
                 span = ToolSpan(
                     self.call_id, name, start, time.time(), status, summarize(args), error
@@ -399,6 +461,11 @@ class SyncContext(_Base):
         errors: list[tuple[int, BaseException]] = []
         for i, op, fn in local:
             try:
+                why = io.approval_why(op.name, op.args)
+                if why is not None:
+                    req = io.new_req()
+                    io.write(Approve(req, self.call_id, op.name, op.args, why))
+                    op = Op(op.kind, op.name, dict(_reply_value(self._wait(req))), op.method)
                 if io.count_tools:
                     req = io.new_req()
                     io.write(Count(req, self.call_id, op.name))
@@ -407,7 +474,7 @@ class SyncContext(_Base):
                 status = "failed"
                 error = ""
                 try:
-                    value = _run_bounded(fn, op.args, self._tool_timeout(op.name), op.name)
+                    value = _run_bounded(fn, op.args, self._tool_timeout(op.name), op.name, io)
                     status = "ok"
                 except CallTimeout:
                     status = "timeout"
@@ -474,13 +541,18 @@ class _ToolDeadline(BaseException):
 
 
 def _run_bounded(
-    fn: Callable[..., Any], args: dict[str, Any], limit: float | None, name: str
+    fn: Callable[..., Any],
+    args: dict[str, Any],
+    limit: float | None,
+    name: str,
+    io: AgentIO | None = None,
 ) -> Any:
     """A sync agent's in-process tool, interrupted at ``limit`` seconds.
 
     The interval timer is the call's (its deadline): the tool gets a shorter
     one of its own for a while, with a handler of its own, and the call's
-    is put back after, as much as it had left.
+    is put back after, as much as it had left.  Time the replica spent
+    paused does not count (``io.held``).
     """
     if limit is None or threading.current_thread() is not threading.main_thread():
         value = fn(**args)
@@ -490,10 +562,18 @@ def _run_bounded(
         value = fn(**args)
         return asyncio.run(_await(value)) if inspect.isawaitable(value) else value
 
+    start = time.monotonic()
+    base = io.held if io is not None else 0.0
+
     def on_alarm(signum: int, frame: Any) -> None:
+        left = io.alarm_left(start + limit, base) if io is not None else 0.0
+        if left is None or left > 0:  # not yet read what the supervisor said, or paused
+            signal.setitimer(signal.ITIMER_REAL, 0.01 if left is None else left)
+            if io is not None and io.after_alarm is not None:
+                io.after_alarm()
+            return
         raise _ToolDeadline
 
-    start = time.monotonic()
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, max(limit, 1e-6))
     try:
@@ -507,7 +587,9 @@ def _run_bounded(
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         if call_left:
-            signal.setitimer(signal.ITIMER_REAL, max(1e-6, call_left - (time.monotonic() - start)))
+            paused = (io.held - base) if io is not None else 0.0
+            used = time.monotonic() - start - paused
+            signal.setitimer(signal.ITIMER_REAL, max(1e-6, call_left - used))
 
 
 def takes_ctx(fn: Callable[..., Any]) -> bool:

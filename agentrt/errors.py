@@ -7,6 +7,7 @@
     ├── SupervisorClosed (RuntimeError)     you closed it: the supervisor is stopping
     ├── UnknownAgent (LookupError)          no agent of that name is running
     ├── UnknownTool (LookupError)           no tool of that name (``known`` lists them)
+    ├── ControlError                        a control request was refused (unknown id, ...)
     ├── AgentFailed                         the agent gave up (restart intensity)
     ├── EncodeError (TypeError)             a value cannot cross the process boundary
     └── CallError                           one call failed; ``call_id``, ``agent``, ``pid``
@@ -15,6 +16,7 @@
         ├── CallCancelled                   the call was cancelled
         ├── BudgetExceeded                  a run's budget is spent: ``budget``, ``limit``
         ├── MailboxFull                     the receiving agent's mailbox is full: ``limit``
+        ├── ApprovalDenied                  a person (or the approval timeout) said no
         └── AgentDied                       the replica serving the call died
             ├── AgentCrashed                exit code, or signal as -signum and name
             ├── LimitExceeded               which limit: memory, cpu_time, wall, ...
@@ -36,11 +38,13 @@ __all__ = [
     "AgentDied",
     "AgentFailed",
     "AgentrtError",
+    "ApprovalDenied",
     "BudgetExceeded",
     "CallCancelled",
     "CallError",
     "CallTimeout",
     "ConfigError",
+    "ControlError",
     "EncodeError",
     "LimitExceeded",
     "MailboxFull",
@@ -117,6 +121,11 @@ class UnknownTool(AgentrtError, LookupError):
         d = super().to_dict()
         d.update(tool=self.name, known=self.known)
         return d
+
+
+class ControlError(AgentrtError):
+    """A control request (``agentrt ctl``, the live view, the embedding API) was
+    refused: an unknown approval, task or agent, a target that is not running."""
 
 
 class AgentFailed(AgentrtError):
@@ -231,6 +240,34 @@ class MailboxFull(CallError):
         return d
 
 
+class ApprovalDenied(CallError):
+    """A call that needed approval was denied: by a person (``by`` says who:
+    uid, pid and command of the control client, or ``api``), by the
+    approver callback, or because ``approval_timeout`` passed.  ``approval``
+    is the request's id; ``reason`` what the person gave."""
+
+    status = "denied"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        approval: str = "",
+        reason: str = "",
+        by: str = "",
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.approval = approval
+        self.reason = reason
+        self.by = by
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(approval=self.approval, reason=self.reason, by=self.by)
+        return d
+
+
 class AgentDied(CallError):
     """The replica serving the call died before answering."""
 
@@ -304,6 +341,8 @@ _ATTRS = {
     "traceback": "traceback",
     "budget": "budget",
     "reason": "reason",
+    "approval": "approval",
+    "by": "by",
 }
 
 
@@ -336,6 +375,10 @@ def from_dict(d: dict[str, Any]) -> AgentrtError:
         err.name = str(d.get("tool", ""))
         known = d.get("known")
         err.known = [str(k) for k in known] if isinstance(known, list) else []
+    if isinstance(err, ApprovalDenied):
+        err.__dict__.setdefault("approval", "")
+        err.__dict__.setdefault("reason", "")
+        err.__dict__.setdefault("by", "")
     if isinstance(err, AgentFailed):
         err.__dict__.setdefault("agent", "")
         err.__dict__.setdefault("reason", "")

@@ -304,6 +304,8 @@ class Node(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
     #: (the list of the results that did) or ``"null"`` (``None`` in their place)
     missing: Missing = "drop"
     on_error: OnError | None = None
+    #: ``"required"``: the task's call waits for a person's approval
+    approval: Literal["none", "required"] = "none"
 
     @property
     def deps(self) -> set[str]:
@@ -384,6 +386,8 @@ def _check_node(node: Node) -> dict[str, str]:
             raise GraphError(
                 f"{p}.min_success", f"must be an integer >= 1, got {node.min_success!r}"
             )
+    if node.approval not in ("none", "required"):
+        raise GraphError(f"{p}.approval", f"expected 'none' or 'required', got {node.approval!r}")
     if node.missing not in ("drop", "null"):
         raise GraphError(f"{p}.missing", f"expected 'drop' or 'null', got {node.missing!r}")
     if node.missing != "drop" and node.for_each is None:
@@ -472,6 +476,7 @@ class Graph:
         min_success: int | None = None,
         missing: Missing = "drop",
         on_error: OnError | None = None,
+        approval: Literal["none", "required"] = "none",
     ) -> Node:
         """Add a task (see :class:`Node`) and return its node."""
         node = Node(
@@ -486,6 +491,7 @@ class Graph:
             min_success=min_success,
             missing=missing,
             on_error=on_error,
+            approval=approval,
         )
         return self.add_node(node)
 

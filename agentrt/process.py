@@ -169,6 +169,9 @@ class AgentProcess:
         #: stops many replicas and sweeps them in one pass
         self.sweep = True
         self.stopping = False
+        #: set while the replica is paused (frozen): thaws it; a kill or a stop
+        #: thaws it too (a frozen process dies only once thawed)
+        self.thaw: Callable[[], None] | None = None
 
     # --- start -------------------------------------------------------------
 
@@ -468,6 +471,8 @@ class AgentProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
         _linux.kill_group(self.pid, sig)
+        if self.thaw is not None and sig in (signal.SIGKILL, signal.SIGTERM):
+            self.thaw()  # after the signal: it dies before it runs again
 
     def kill(self, reason: AgentDied | None = None) -> None:
         """SIGKILL the replica's process group; ``reason`` classifies the death."""
@@ -491,6 +496,8 @@ class AgentProcess:
             await self._launched.wait()  # it is being launched: stop it once it exists
         if self.dead.done():
             return self.dead.result()
+        if self.thaw is not None and grace > 0:
+            self.thaw()  # a stop overrides a pause: it must read its Shutdown
         if self.sweep:
             self._descendants = await asyncio.to_thread(_linux.descendants, [self.pid])
         if grace <= 0:

@@ -11,12 +11,14 @@ messages out.  It raises only :class:`FrameError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Final
+import fnmatch
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 __all__ = [
+    "CONTROL_MAX_FRAME",
     "DEFAULT_MAX_FRAME",
     "EXIT_INTERNAL",
     "EXIT_MEMORY",
@@ -24,10 +26,27 @@ __all__ = [
     "EXIT_STARTUP",
     "HEADER",
     "AgentMessage",
+    "Approve",
     "Boot",
     "Call",
     "Cancel",
+    "ControlReply",
+    "ControlRequest",
     "Count",
+    "CtlAgents",
+    "CtlApprove",
+    "CtlAudit",
+    "CtlCancel",
+    "CtlDeny",
+    "CtlEvent",
+    "CtlFailed",
+    "CtlOk",
+    "CtlPause",
+    "CtlResume",
+    "CtlStatus",
+    "CtlStop",
+    "CtlTail",
+    "CtlTasks",
     "Failure",
     "Fork",
     "ForkFailed",
@@ -36,6 +55,7 @@ __all__ = [
     "FrameEncoder",
     "FrameError",
     "Heartbeat",
+    "Held",
     "Log",
     "Ready",
     "Reaped",
@@ -54,7 +74,9 @@ __all__ = [
     "ZygoteHello",
     "ZygoteReply",
     "ZygoteRequest",
+    "args_match",
     "describe_unencodable",
+    "rule_text",
     "summarize",
 ]
 
@@ -106,6 +128,15 @@ class Cancel(_Msg, frozen=True, tag="cancel"):
 
 class Shutdown(_Msg, frozen=True, tag="shutdown"):
     """Finish what is running, then exit 0."""
+
+
+class Held(_Msg, frozen=True, tag="held"):
+    """The replica was paused for ``seconds``: every call it has received so
+    far (running or waiting) gets its deadline moved that much later, and so
+    do the timeouts of the tool calls they are making.  Sent before the
+    replica is resumed, so it is read before any call sent after."""
+
+    seconds: float
 
 
 # --- agent -> supervisor ----------------------------------------------------
@@ -231,6 +262,18 @@ class Submit(_Msg, frozen=True, tag="submit"):
     task: dict[str, Any]
 
 
+class Approve(_Msg, frozen=True, tag="approve"):
+    """An in-process tool call needs a person's approval (``why``: the rule);
+    replies with the arguments to call it with (a person may have edited
+    them), or an ``ApprovalDenied`` error."""
+
+    req: int
+    parent: int
+    tool: str
+    args: dict[str, Any]
+    why: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+
+
 class Count(_Msg, frozen=True, tag="count"):
     """An in-process tool call was made (for the run's ``max_tool_calls`` budget)."""
 
@@ -269,7 +312,7 @@ class ReplyError(_Msg, frozen=True, tag="reply_error"):
     error: dict[str, Any]
 
 
-SupervisorMessage = Call | Cancel | Shutdown | Heartbeat | Reply | ReplyError
+SupervisorMessage = Call | Cancel | Shutdown | Heartbeat | Reply | ReplyError | Held
 #: messages with a ``msgspec.Raw`` field (decoded from a buffer of their own)
 _KEEPS_RAW: frozenset[type] = frozenset({Send})
 AgentMessage = (
@@ -286,6 +329,7 @@ AgentMessage = (
     | Submit
     | Count
     | ToolSpan
+    | Approve
 )
 
 
@@ -318,6 +362,10 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     tools: dict[str, str] = {}
     #: the tools' own timeouts (seconds), where they have one
     tool_timeouts: dict[str, float] = {}
+    #: in-process tools whose calls need approval: name -> rules, each rule
+    #: ``{argument: [fnmatch patterns]}`` (any pattern of every argument must
+    #: match; an empty rule matches every call)
+    approvals: dict[str, list[dict[str, list[str]]]] = {}
     #: report in-process tool calls (a ``max_tool_calls`` budget is set)
     count_tools: bool = False
     #: report each in-process tool call's span (for --trace / the live view)
@@ -383,6 +431,124 @@ class Reaped(_Msg, frozen=True, tag="reaped"):
 
 ZygoteRequest = Fork
 ZygoteReply = ZygoteHello | Forked | ForkFailed | Reaped
+
+
+# --- control client <-> supervisor (the run's control socket) --------------
+#
+# Requests from ``agentrt ctl`` (or any client of the socket) and their
+# replies, one frame each; ``tail`` answers with a stream of ``CtlEvent``
+# frames.  Fields are bounded here, so the decoder refuses an oversized
+# string before the supervisor sees it.
+
+#: the largest control frame, either way
+CONTROL_MAX_FRAME: Final = 1 << 20
+_Target = Annotated[str, msgspec.Meta(max_length=300)]
+_Id = Annotated[str, msgspec.Meta(max_length=64)]
+_Reason = Annotated[str, msgspec.Meta(max_length=2000)]
+
+
+class _Ctl(msgspec.Struct, frozen=True, tag=True, tag_field="op", forbid_unknown_fields=True):
+    pass
+
+
+class CtlStatus(_Ctl, frozen=True, tag="status"):
+    """The run: id, state, counts of agents, tasks and pending approvals."""
+
+
+class CtlAgents(_Ctl, frozen=True, tag="agents"):
+    """Each agent and its replicas: state (``paused`` too), pid, calls, restarts."""
+
+
+class CtlTasks(_Ctl, frozen=True, tag="tasks"):
+    """Tasks of the graph runs, calls in flight, and approvals pending."""
+
+
+class CtlPause(_Ctl, frozen=True, tag="pause"):
+    """Pause ``target``: ``""`` the whole run, ``NAME`` an agent, ``NAME#N`` one replica."""
+
+    target: _Target = ""
+
+
+class CtlResume(_Ctl, frozen=True, tag="resume"):
+    """Resume what :class:`CtlPause` paused (same targets)."""
+
+    target: _Target = ""
+
+
+class CtlCancel(_Ctl, frozen=True, tag="cancel"):
+    """Cancel a task (``scope="task"``: a graph task id or a call id), everything
+    an agent has queued or running (``"agent"``), or the graph run (``"run"``)."""
+
+    target: _Target = ""
+    scope: Literal["task", "agent", "run"] = "task"
+    reason: _Reason = ""
+
+
+class CtlApprove(_Ctl, frozen=True, tag="approve"):
+    """Approve pending request ``id``; ``args``: the arguments to use instead."""
+
+    id: _Id
+    reason: _Reason = ""
+    args: dict[str, Any] | None = None
+
+
+class CtlDeny(_Ctl, frozen=True, tag="deny"):
+    """Deny pending request ``id``: the caller gets ``ApprovalDenied``."""
+
+    id: _Id
+    reason: _Reason = ""
+
+
+class CtlStop(_Ctl, frozen=True, tag="stop"):
+    """Stop the run: gracefully (reverse start order), or ``now``: kill every
+    agent process at once."""
+
+    now: bool = False
+    reason: _Reason = ""
+
+
+class CtlTail(_Ctl, frozen=True, tag="tail"):
+    """The last ``last`` events, then (``follow``) each new one as it happens."""
+
+    last: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 20
+    follow: bool = True
+
+
+class CtlAudit(_Ctl, frozen=True, tag="audit"):
+    """The run's audit log."""
+
+
+class CtlOk(_Ctl, frozen=True, tag="ok"):
+    value: Any = None
+
+
+class CtlFailed(_Ctl, frozen=True, tag="failed"):
+    """A request refused: ``type`` names the error, ``message`` says why."""
+
+    type: str
+    message: str
+
+
+class CtlEvent(_Ctl, frozen=True, tag="event"):
+    """One event of a ``tail``."""
+
+    event: dict[str, Any]
+
+
+ControlRequest = (
+    CtlStatus
+    | CtlAgents
+    | CtlTasks
+    | CtlPause
+    | CtlResume
+    | CtlCancel
+    | CtlApprove
+    | CtlDeny
+    | CtlStop
+    | CtlTail
+    | CtlAudit
+)
+ControlReply = CtlOk | CtlFailed | CtlEvent
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -546,6 +712,39 @@ def iter_frames(data: bytes, message_type: Any = AgentMessage) -> Iterator[Any]:
     dec = FrameDecoder(message_type)
     yield from dec.feed(data)
     dec.close()
+
+
+#: of an argument matched against approval patterns, this much text is looked at
+_MATCH_CHARS: Final = 65536
+
+
+def args_match(rule: Mapping[str, Sequence[str]], args: Mapping[str, Any]) -> bool:
+    """Whether a call's ``args`` match an approval rule: each argument the rule
+    names is present and matches one of its ``fnmatch`` patterns (a value that
+    is not a string as its JSON text, its first 64 KiB).  An empty rule
+    matches every call.  Linear time: ``fnmatch`` does not backtrack."""
+    for name, patterns in rule.items():
+        if name not in args:
+            return False
+        value = args[name]
+        if isinstance(value, str):
+            text = value[:_MATCH_CHARS]
+        else:
+            try:
+                text = msgspec.json.encode(value).decode()[:_MATCH_CHARS]
+            except (TypeError, ValueError, OverflowError, RecursionError):
+                text = repr(value)[:_MATCH_CHARS]
+        if not any(fnmatch.fnmatchcase(text, p) for p in patterns):
+            return False
+    return True
+
+
+def rule_text(tool: str, rule: Mapping[str, Sequence[str]]) -> str:
+    """Why a call of ``tool`` matching ``rule`` needs approval, in words."""
+    if not rule:
+        return f"every call of {tool!r} needs approval"
+    parts = [f"{k} matches {' | '.join(repr(p) for p in v)}" for k, v in rule.items()]
+    return f"{tool!r} called with {', '.join(parts)}"
 
 
 def summarize(args: Any, width: int = 80) -> str:

@@ -104,12 +104,19 @@ class Run:
         self._queued: dict[str, float] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._per_agent: dict[str, int] = {}
-        #: stragglers cancelled because their fan-out no longer needs them: why
-        self._not_needed: dict[str, str] = {}
+        #: tasks cancelled while running (stragglers of a fan-out that no longer
+        #: needs them, or a person's cancel): (reason, message)
+        self._cancelled: dict[str, tuple[str, str]] = {}
+        self._started: dict[str, float] = {}
+        #: the run deadline's timeout, when is it due, and since when it is held
+        self._deadline_cm: asyncio.Timeout | None = None
+        self._deadline_at: float | None = None
+        self._held_at: float | None = None
         self._wake = asyncio.Event()
         self._ids = itertools.count(1)
         self._main: asyncio.Task[RunResult] | None = None
         self._status = "ok"
+        self._stop_reason = ""
         self.started_at = time.time()
         #: the result, once the run has ended (also after a cancel)
         self.result: RunResult | None = None
@@ -131,6 +138,72 @@ class Run:
         """Stop the run: running tasks are cancelled, the rest skipped."""
         if self._main is not None:
             self._main.cancel()
+
+    # --- user control (through the supervisor: agentrt ctl, the live view) ---------
+
+    def task_rows(self) -> list[dict[str, Any]]:
+        """Each task: ``id``, ``agent``, ``status`` (pending, ready, running, then
+        its result's), ``attempts`` and its times."""
+        state = self.state
+        ready = set(state.ready()) if self.result is None else set()
+        rows: list[dict[str, Any]] = []
+        ids = [*self.graph, *(t for t in self.results if t not in self.graph)]
+        for tid in dict.fromkeys([*ids, *self._running]):
+            r = self.results.get(tid)
+            if r is not None:
+                rows.append(
+                    {
+                        "id": tid,
+                        "agent": r.agent,
+                        "status": r.status,
+                        "attempts": r.attempts,
+                        "reason": r.reason
+                        or (
+                            f"{r.error.get('type')}: {r.error.get('message')}" if r.error else None
+                        ),
+                        "started_at": r.started_at,
+                        "finished_at": r.finished_at,
+                    }
+                )
+                continue
+            status = "running" if tid in self._running else "ready" if tid in ready else "pending"
+            rows.append(
+                {
+                    "id": tid,
+                    "agent": state.node(tid).agent,
+                    "status": status,
+                    "started_at": self._started.get(tid),
+                }
+            )
+        return rows
+
+    def cancel_task(self, task: str, reason: str) -> bool:
+        """Cancel running task ``task`` (its call, and what that call started); its
+        dependents are skipped.  False when it is not running."""
+        t = self._running.get(task)
+        if t is None or t.done():
+            return False
+        self._cancelled[task] = (reason, f"task cancelled: {reason}")
+        t.cancel()
+        return True
+
+    def cancel_run(self, reason: str) -> None:
+        self._stop_reason = reason
+        self.cancel()
+
+    def hold(self, paused: bool) -> None:
+        """While the whole supervisor is paused, the run's deadline stands still."""
+        cm = self._deadline_cm
+        now = time.monotonic()
+        if paused and self._held_at is None:
+            self._held_at = now
+            if cm is not None and self._deadline_at is not None:
+                cm.reschedule(None)
+        elif not paused and self._held_at is not None:
+            shift, self._held_at = now - self._held_at, None
+            if cm is not None and self._deadline_at is not None:
+                self._deadline_at += shift
+                cm.reschedule(self._deadline_at)
 
     def add(self, id: str | None = None, agent: str = "", **fields: Any) -> str:
         """Add a task while the run goes on; it starts once its inputs exist."""
@@ -160,18 +233,24 @@ class Run:
         deadline = self.spec.deadline
         self._emit("run_started", tasks=len(self.graph))
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(deadline) as cm:
+                self._deadline_cm = cm
+                self._deadline_at = cm.when()
+                if self._held_at is not None and deadline is not None:
+                    cm.reschedule(None)  # started while the supervisor is paused
                 await self._loop()
         except TimeoutError:
             self._status = "timeout"
             await self._stop_all("timeout", "run deadline passed")
         except asyncio.CancelledError:
             self._status = "cancelled"
-            await self._stop_all("cancelled", "run was cancelled")
+            await self._stop_all("cancelled", self._stop_reason or "run was cancelled")
             raise
         finally:
+            self._deadline_cm = None
             result = self.result = self._result()
             self._emit("run_finished", status=result.status, makespan=result.makespan)
+            self.link.close()
         return result
 
     async def _loop(self) -> None:
@@ -238,6 +317,7 @@ class Run:
         self.state.start(tid)
         agent = self.state.node(tid).agent
         self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
+        self._started[tid] = time.time()
         self._emit("task_started", tid, agent=agent)
         self._running[tid] = asyncio.ensure_future(self._exec(tid))
 
@@ -253,7 +333,14 @@ class Run:
             retries = node.retries or 0
             backoff = self.spec.retry_backoff
             for attempt in range(retries + 1):
-                report = await self.link.call(node.agent, args, node.method, node.timeout, tid)
+                report = await self.link.call(
+                    node.agent,
+                    args,
+                    node.method,
+                    node.timeout,
+                    tid,
+                    approval=node.approval == "required",
+                )
                 attempts += report.attempts
                 if report.status == "ok" or attempt == retries:
                     break
@@ -265,20 +352,22 @@ class Run:
             self._done(tid, ok=False)
             return
         except asyncio.CancelledError:
+            why: str | None = None
+            message = "task cancelled: the run stopped"
+            if tid in self._cancelled:
+                why, message = self._cancelled.pop(tid)
             if tid not in self.results:
-                why = self._not_needed.pop(tid, None)
-                err = CallCancelled(
-                    f"not needed: {why}" if why else "task cancelled: the run stopped"
-                )
                 self._record(
                     tid,
                     "cancelled",
-                    error=err.to_dict(),
+                    error=CallCancelled(message).to_dict(),
                     reason=why,
                     agent=node.agent,
                     attempts=attempts,
                 )
             self._done(tid, ok=False)
+            if why is not None and self._main is not None and not self._main.cancelling():
+                return  # this task alone was cancelled: the run goes on
             raise
         assert report is not None  # retries >= 0: at least one attempt ran
         self._record(
@@ -312,7 +401,8 @@ class Run:
                 t = self._running.get(c)
                 if t is not None:
                     # a straggler of a fan-out that no longer needs it
-                    self._not_needed[c] = "quorum reached" if reached else "quorum out of reach"
+                    why = "quorum reached" if reached else "quorum out of reach"
+                    self._cancelled[c] = (why, f"not needed: {why}")
                     t.cancel()
             self._skipped(prog.skipped)
         else:

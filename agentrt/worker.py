@@ -50,6 +50,7 @@ from agentrt.protocol import (
     FrameEncoder,
     FrameError,
     Heartbeat,
+    Held,
     Log,
     Ready,
     Reply,
@@ -267,6 +268,16 @@ class _Channel:
     def _ready(self) -> bool:
         return bool(self._poll.poll(0))
 
+    def read_ready(self) -> list[Any]:
+        """The messages already in the pipe, without blocking (EOFError at its end)."""
+        out: list[Any] = []
+        while self._ready():
+            chunk = os.read(self.rfd, _READ_SIZE)
+            if not chunk:
+                raise EOFError
+            out.extend(self.decoder.feed(chunk))
+        return out
+
     def read(self) -> list[Any]:
         """Block for the next chunk; ``[]`` never returned except at EOF (raises)."""
         while True:
@@ -303,6 +314,10 @@ class _Cancelled(BaseException):
     """Raised inside a sync call (from the frame pump) when its Cancel arrives."""
 
 
+class _Woken(BaseException):
+    """Raised into the pump's wait by a SIGALRM handler that read its frames."""
+
+
 class _Worker:
     def __init__(self, boot: Boot, chan: _Channel, targets: dict[str, Callable[..., Any]]):
         self.boot = boot
@@ -321,32 +336,107 @@ class _Worker:
             boot.count_tools,
             boot.trace_tools,
             dict(boot.tool_timeouts),
+            {k: list(v) for k, v in boot.approvals.items()},
         )
         self.io.pump = self.pump
+        self.io.catch_up = self.catch_up
+        self.io.after_alarm = self.after_alarm
+        self.selecting = False  # sync mode: the pump waits in select()
+        self.woken = False
+        #: ``io.held`` when each call arrived, for calls that arrived after a pause
+        self.bases: dict[int, float] = {}
+        #: sync mode: a read (and the routing of what it read) is in progress
+        self.reading = False
+        #: sync mode: the running call's deadline, and ``io.held`` when it arrived
+        self.deadline = 0.0
+        self.base = 0.0
 
     def route(self, msg: Any) -> bool:
-        """Replies go to the context; True when ``msg`` was one."""
+        """Replies go to the context, pauses move the deadlines; True when
+        ``msg`` was one of those."""
         if isinstance(msg, Reply | ReplyError):
             self.io.on_reply(msg)
             return True
+        if isinstance(msg, Held):
+            self.io.on_held(msg.seconds)
+            return True
         return False
+
+    def take(self, msgs: list[Any]) -> None:
+        """Sync mode: frames in the order they came.  Replies and pauses apply
+        now; calls (with the pauses told before them) and the rest wait in the
+        backlog; a Cancel of the running call raises :class:`_Cancelled`, after
+        the rest is in."""
+        cancelled = False
+        held = self.io.held
+        for msg in msgs:
+            if self.route(msg):
+                held = self.io.held
+                continue
+            if isinstance(msg, Cancel) and msg.id == self.current and self.current:
+                cancelled = True
+                continue
+            if held and isinstance(msg, Call):
+                self.bases[msg.id] = held
+            self.backlog.append(msg)
+        if cancelled:
+            raise _Cancelled
 
     def pump(self, timeout: float | None) -> None:
         """Sync mode, inside a call: read frames; calls wait in the backlog."""
-        if timeout is not None:
-            readable, _, _ = select.select([self.chan.rfd], [], [], max(0.0, timeout))
-            if not readable:
-                return
+        chan = self.chan
+        if timeout is None and chan.spin:
+            chan.spin_until(chan._ready)
+        # A SIGALRM handler may read the pipe while this waits (a pause's Held
+        # frame must be read before a deadline is judged): then it raises
+        # _Woken here, for the caller to look at what it read.
+        self.selecting = True
         try:
-            msgs = self.chan.read()
+            readable, _, _ = select.select(
+                [chan.rfd], [], [], None if timeout is None else max(0.0, timeout)
+            )
+        except _Woken:
+            return
+        finally:
+            self.selecting = False
+        if not readable:
+            return
+        if chan.spin:
+            chan.woke()
+        self.reading = True
+        try:
+            msgs = self.chan.read_ready()
         except EOFError:
             raise _Cancelled from None
-        for msg in msgs:
-            if self.route(msg):
-                continue
-            if isinstance(msg, Cancel) and msg.id == self.current:
-                raise _Cancelled
-            self.backlog.append(msg)
+        finally:
+            self.reading = False
+        self.take(msgs)
+
+    def catch_up(self) -> bool:
+        """Sync mode, from a SIGALRM handler: take the frames already in the pipe
+        (a ``Held`` sent before the replica was resumed among them).  False
+        when the main thread is in the middle of a read."""
+        if self.reading:
+            return False
+        self.reading = True
+        try:
+            msgs = self.chan.read_ready()
+        except EOFError:
+            raise _Cancelled from None
+        finally:
+            self.reading = False
+        if msgs and self.selecting:
+            self.woken = True  # the pump waits for frames these may be
+        self.take(msgs)
+        return True
+
+    def after_alarm(self) -> None:
+        """The end of a SIGALRM handler that did not raise: wake the pump when
+        the handler read frames it was waiting for."""
+        if self.woken:
+            self.woken = False
+            if self.selecting:
+                raise _Woken
 
     def resolve(self, call: Call) -> Callable[..., Any]:
         fn = self.targets.get(call.target)
@@ -383,7 +473,14 @@ class _Worker:
         chan = self.chan
         backlog = self.backlog
 
+        io = self.io
+
         def on_alarm(signum: int, frame: Any) -> None:
+            left = io.alarm_left(self.deadline, self.base)
+            if left is None or left > 0:  # not yet read what the supervisor said, or paused
+                signal.setitimer(signal.ITIMER_REAL, 0.01 if left is None else left)
+                self.after_alarm()
+                return
             raise _Deadline
 
         signal.signal(signal.SIGALRM, on_alarm)
@@ -392,9 +489,10 @@ class _Worker:
         while True:
             if not backlog:
                 try:
-                    backlog.extend(chan.read())
+                    self.take(chan.read())
                 except EOFError:
                     return 0
+                continue
             msg = backlog.popleft()
             match msg:
                 case Call():
@@ -404,18 +502,18 @@ class _Worker:
                     chan.write(result)
                 case Shutdown():
                     return 0
-                case Reply() | ReplyError():
-                    self.route(msg)
                 case Cancel() | Heartbeat():
                     pass  # nothing runs between calls in sync mode
 
     def run_sync(self, call: Call) -> Result | Failure:
         timed = False
         since = _linux.clock_ticks()
+        self.deadline = call.deadline
+        self.base = self.bases.pop(call.id, 0.0) if self.bases else 0.0
         try:
             fn = self.resolve(call)
             if call.deadline:
-                left = call.deadline - time.monotonic()
+                left = call.deadline + (self.io.held - self.base) - time.monotonic()
                 if left <= 0:
                     return Failure(
                         call.id, "TimeoutError", "deadline passed before start", "", "timeout"
@@ -423,7 +521,7 @@ class _Worker:
                 signal.setitimer(signal.ITIMER_REAL, left)
                 timed = True
             if self.with_ctx.get(fn):
-                ctx = SyncContext(self.io, call.id, call.deadline or None)
+                ctx = SyncContext(self.io, call.id, call.deadline or None, self.base)
                 value = fn(ctx, **call.args)
             else:
                 value = fn(**call.args)
@@ -508,9 +606,13 @@ class _Worker:
                 task = running[call.id] = loop.create_task(run_one(call))
                 task.add_done_callback(functools.partial(finished, call))
 
+        io = self.io
+
         def handle(msg: Any) -> None:
             match msg:
                 case Call():
+                    if io.held:
+                        self.bases[msg.id] = io.held
                     waiting.append(msg)
                     start_waiting()
                 case Cancel(id=cid):
@@ -526,7 +628,7 @@ class _Worker:
                 case Shutdown():
                     if not stop.done():
                         stop.set_result(None)
-                case Reply() | ReplyError():
+                case Reply() | ReplyError() | Held():
                     self.route(msg)
                 case Heartbeat():
                     pass
@@ -574,19 +676,26 @@ class _Worker:
             self.running.discard(me)
 
     async def _run_async(self, call: Call, me: _Running) -> Result | Failure:
+        io = self.io
+        base = self.bases.pop(call.id, 0.0) if self.bases else 0.0
         try:
             fn = self.resolve(call)
             args = call.args
             if self.with_ctx.get(fn):
-                args = {**args, "ctx": Context(self.io, call.id, call.deadline or None)}
+                args = {**args, "ctx": Context(io, call.id, call.deadline or None, base)}
             if call.deadline:
-                async with asyncio.timeout_at(call.deadline):
-                    value = await _call_maybe_async(fn, args)
+                bound = asyncio.timeout_at(call.deadline + (io.held - base))
+                io.timeouts.add(bound)  # a pause moves it
+                try:
+                    async with bound:
+                        value = await _call_maybe_async(fn, args)
+                finally:
+                    io.timeouts.discard(bound)
             else:
                 value = await _call_maybe_async(fn, args)
             return Result(call.id, value)
         except TimeoutError as exc:
-            if call.deadline and time.monotonic() >= call.deadline:
+            if call.deadline and time.monotonic() >= call.deadline + (io.held - base):
                 if me.alone:
                     self.kill_leftovers(me.since)
                 return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")

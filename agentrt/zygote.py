@@ -145,7 +145,7 @@ def _fork_one(
             os._exit(70)
     _forked.add(pid)
     if req.boot.cgroups:
-        _cgroups[pid] = req.boot.cgroups[0]
+        _cgroups[pid] = req.boot.cgroups
     for f in fds:
         os.close(f)
     try:
@@ -210,8 +210,8 @@ def _report(sock: socket.socket, encoder: Any, pid: int, status: int, cpu: float
 
 #: replicas forked by this zygote and not yet reaped
 _forked: set[int] = set()
-#: the cgroup of each of them that has one
-_cgroups: dict[int, str] = {}
+#: the cgroups of each of them that has some
+_cgroups: dict[int, list[str]] = {}
 
 
 def _kill_orphans() -> None:
@@ -247,11 +247,15 @@ def _die(supervisor_gone: bool = False) -> NoReturn:
             os.kill(pid, signal.SIGKILL)
     _forked.clear()
     _kill_orphans()
-    for group in _cgroups.values():  # whatever left the trees, but not the cgroups
-        with contextlib.suppress(OSError), open(os.path.join(group, "cgroup.procs")) as f:
+    for groups in _cgroups.values():  # whatever left the trees, but not the cgroups
+        with contextlib.suppress(OSError), open(os.path.join(groups[0], "cgroup.procs")) as f:
             for member in f.read().split():
                 with contextlib.suppress(OSError, ValueError):
                     os.kill(int(member), signal.SIGKILL)
+        for group in groups:  # a paused replica's frozen processes die once thawed
+            for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                with contextlib.suppress(OSError), open(os.path.join(group, name), "w") as f:
+                    f.write(thawed)
     if _rundir and not supervisor_gone and _parent_fd >= 0:
         # A death signal comes when the thread that started us exits, maybe
         # before the rest of the supervisor: wait (briefly) for all of it.

@@ -17,6 +17,9 @@ from agentrt.config.loader import check_entries, load_config, parse_config, read
 from agentrt.config.profiles import SHIPPED_SANDBOXES, load_sandbox, sandbox_names
 from agentrt.config.specs import (
     AgentSpec,
+    Approval,
+    ApprovalRule,
+    ApprovalsSpec,
     Config,
     FilesystemSpec,
     Limits,
@@ -60,6 +63,9 @@ __all__ = [
     "NAME_RE",
     "SHIPPED_SANDBOXES",
     "AgentSpec",
+    "Approval",
+    "ApprovalRule",
+    "ApprovalsSpec",
     "Bytes",
     "Config",
     "FilesystemSpec",

@@ -17,6 +17,7 @@ from agentrt.config.decode import _convert
 from agentrt.config.profiles import load_sandbox
 from agentrt.config.specs import (
     AgentSpec,
+    ApprovalsSpec,
     Config,
     RunSpec,
     SupervisorSpec,
@@ -42,7 +43,7 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
     """Validate a decoded TOML document; raise :class:`ConfigError` naming the key."""
     if not isinstance(data, dict):
         raise ConfigError("", "expected a table at the top level")
-    known = ("supervisor", "agents", "tools", "run", "tasks", "sandboxes")
+    known = ("supervisor", "agents", "tools", "run", "tasks", "sandboxes", "approvals")
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -109,12 +110,19 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{label}.agent", f"no agent named {task.agent!r}{hint}")
         tasks.append(task)
+    approvals = _convert(data.get("approvals", {}), ApprovalsSpec, "approvals")
+    for i, rule in enumerate(approvals.rules):
+        if rule.agent is not None and rule.agent not in agents:
+            close = difflib.get_close_matches(rule.agent, list(agents), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"approvals.rules.{i}.agent", f"no agent named {rule.agent!r}{hint}")
     return Config(
         supervisor=sup,
         agents=agents,
         tools=tools,
         run=run,
         tasks=tasks,
+        approvals=approvals,
         base_dir=str(Path(base_dir).resolve()),
         sandboxes=sandboxes,
     )

@@ -32,6 +32,8 @@ from agentrt.errors import ConfigError
 
 __all__ = [
     "AgentSpec",
+    "ApprovalRule",
+    "ApprovalsSpec",
     "Config",
     "FilesystemSpec",
     "Limits",
@@ -47,6 +49,8 @@ RestartType = Literal["permanent", "transient", "temporary"]
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 StartMethod = Literal["zygote", "forkserver", "spawn", "fork"]
 OnAgentFailure = Literal["stop", "continue"]
+#: ``"required"``: every call waits for a person's (or the approver's) yes
+Approval = Literal["none", "required"]
 
 
 @functools.cache
@@ -288,6 +292,8 @@ class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: a sandbox profile's name (shipped, a ``name.toml`` next to the
     #: config, or ``[sandboxes.name]``), or the profile itself
     sandbox: str | SandboxProfile = "default"
+    #: ``"required"``: every call to it (a task, a subagent call) waits for approval
+    approval: Approval = "none"
 
     _BOUNDS = {
         "replicas": (1, 10_000),
@@ -323,6 +329,8 @@ class ToolSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     #: sandbox profile of an isolated tool's processes (see ``AgentSpec.sandbox``)
     sandbox: str | SandboxProfile = "default"
+    #: ``"required"``: every call of it waits for approval
+    approval: Approval = "none"
 
     _BOUNDS = {"replicas": (1, 10_000)}
 
@@ -367,6 +375,10 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     max_tool_calls: int | None = None
     #: agents report each in-process tool call, for timelines (--trace, live view)
     trace_tools: bool = False
+    #: serve ``agentrt ctl`` on a Unix socket in the run's directory
+    control: bool = True
+    #: also append the audit log (JSON lines) to this file
+    audit_log: str | None = None
 
     _BOUNDS = {
         "intensity": (0, 1_000_000),
@@ -426,6 +438,8 @@ class TaskSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: ``${id}`` of a fan-out, for items that did not succeed: dropped, or ``null``
     missing: Literal["drop", "null"] = "drop"
     on_error: OnError | None = None
+    #: ``"required"``: the task waits for approval before its call is made
+    approval: Approval = "none"
 
     _BOUNDS = {"retries": (0, 1_000), "min_success": (0, 10**9)}
 
@@ -457,6 +471,63 @@ class RunSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
             _within(f"agent_concurrency.{agent}", n, 1, 1_000_000)
 
 
+#: at most this many rules, arguments per rule, patterns per argument
+_MAX_RULES, _MAX_RULE_ARGS, _MAX_PATTERNS = 1000, 32, 64
+
+
+class ApprovalRule(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """One rule of ``[approvals]``: calls of ``tool`` (or to ``agent``) need
+    approval when each argument named in ``args`` matches one of its
+    patterns (``fnmatch``: ``*``, ``?``, ``[...]``; a value that is not a
+    string is matched as its JSON text).  No ``args``: every call.
+    ``args = { cmd = ["rm *", "*sudo*"] }``."""
+
+    tool: str | None = None
+    agent: str | None = None
+    args: dict[str, str | list[str]] = {}
+
+    def _check(self) -> None:
+        if (self.tool is None) == (self.agent is None):
+            raise ConfigError("", "a rule names either a tool or an agent")
+        name = self.tool if self.tool is not None else self.agent
+        if not name or not NAME_RE.match(name):
+            raise ConfigError(
+                "tool" if self.tool is not None else "agent", f"{name!r} is not a name"
+            )
+        if len(self.args) > _MAX_RULE_ARGS:
+            raise ConfigError("args", f"at most {_MAX_RULE_ARGS} arguments per rule")
+        for arg, pats in self.patterns().items():
+            if not pats:
+                raise ConfigError(f"args.{arg}", "expected a pattern or a list of patterns")
+            if len(pats) > _MAX_PATTERNS:
+                raise ConfigError(f"args.{arg}", f"at most {_MAX_PATTERNS} patterns")
+            for p in pats:
+                if not p or len(p) > 1000:
+                    raise ConfigError(f"args.{arg}", "a pattern is 1 to 1,000 characters")
+
+    def patterns(self) -> dict[str, list[str]]:
+        """``args`` with each value a list of patterns."""
+        return {k: [v] if isinstance(v, str) else list(v) for k, v in self.args.items()}
+
+
+class ApprovalsSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """``[approvals]``: which calls need a person's yes, and how long one waits.
+
+    Besides ``approval = "required"`` on a task, an agent or a tool, each of
+    ``rules`` (``[[approvals.rules]]``) names a tool or an agent and,
+    optionally, argument patterns.  A request nobody answers within
+    ``timeout`` seconds (the approval timeout) is denied.
+    """
+
+    timeout: Seconds = 600.0
+    rules: list[ApprovalRule] = []
+
+    def _check(self) -> None:
+        _above_zero(self, "timeout")
+        if len(self.rules) > _MAX_RULES:
+            raise ConfigError("rules", f"at most {_MAX_RULES} rules")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A whole ``config.toml``: supervisor, agents (in declaration order), tasks."""
 
@@ -465,6 +536,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tools: dict[str, ToolSpec] = {}
     run: RunSpec = msgspec.field(default_factory=RunSpec)
     tasks: list[TaskSpec] = []
+    approvals: ApprovalsSpec = msgspec.field(default_factory=ApprovalsSpec)
     base_dir: str = ""
     #: the config's own sandbox profiles (``[sandboxes.X]``), resolved
     sandboxes: dict[str, SandboxProfile] = {}

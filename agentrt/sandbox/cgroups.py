@@ -21,18 +21,57 @@ class Cgroups:
         self.version: int | None = cg["version"]
         self.bases: dict[str, str] = dict(cg["controllers"])
         self.parents: dict[str, str] = {}
-        if self.version == 1 and "cpuacct" not in self.bases:
-            # v1 counts CPU time in a hierarchy of its own (or mounted with cpu)
-            base = _v1_base("cpuacct")
-            if base is not None:
-                self.bases["cpuacct"] = base
+        if self.version == 1:
+            # v1 counts CPU time in a hierarchy of its own (or mounted with cpu),
+            # and freezes (pause) in another
+            for extra in ("cpuacct", "freezer"):
+                if extra not in self.bases:
+                    base = _v1_base(extra)
+                    if base is not None:
+                        self.bases[extra] = base
 
     @property
     def tree(self) -> list[str]:
         """The controllers that account a replica's whole tree: its memory (and
-        OOM kills), its processes, its CPU time."""
-        want = ("memory", "pids", "cpuacct") if self.version == 1 else ("memory", "pids", "cpu")
+        OOM kills), its processes, its CPU time; and, in v1, the freezer (v2
+        freezes any group)."""
+        want = (
+            ("memory", "pids", "cpuacct", "freezer")
+            if self.version == 1
+            else ("memory", "pids", "cpu")
+        )
         return [c for c in want if c in self.bases]
+
+    # --- the freezer (pause) ----------------------------------------------------
+
+    @staticmethod
+    def freezer(dirs: list[str]) -> str | None:
+        """The group of ``dirs`` that can freeze the replica's tree, if any."""
+        for d in dirs:
+            if os.path.exists(os.path.join(d, "freezer.state")) or os.path.exists(
+                os.path.join(d, "cgroup.freeze")
+            ):
+                return d
+        return None
+
+    @staticmethod
+    def freeze(d: str, on: bool) -> None:
+        """Freeze (or thaw) every process of group ``d``; raises OSError."""
+        v1 = os.path.join(d, "freezer.state")
+        if os.path.exists(v1):
+            with open(v1, "w") as f:
+                f.write("FROZEN" if on else "THAWED")
+        else:
+            with open(os.path.join(d, "cgroup.freeze"), "w") as f:
+                f.write("1" if on else "0")
+
+    @staticmethod
+    def frozen(d: str) -> bool:
+        """Whether every process of group ``d`` is frozen now (not still freezing)."""
+        state = _read(os.path.join(d, "freezer.state")).strip()
+        if state:
+            return state == "FROZEN"
+        return "frozen 1" in _read(os.path.join(d, "cgroup.events"))
 
     @staticmethod
     def cpu_usage(dirs: list[str]) -> float | None:
@@ -149,6 +188,10 @@ class Cgroups:
         """Kill what is left in ``dirs`` and remove them (blocking: call in a thread)."""
         deadline = time.monotonic() + wait
         for d in dirs:
+            # a frozen process dies of SIGKILL only once thawed (cgroup v1)
+            with contextlib.suppress(OSError):
+                if os.path.exists(os.path.join(d, "freezer.state")):
+                    Cgroups.freeze(d, False)
             while os.path.isdir(d):
                 for pid in _read(os.path.join(d, "cgroup.procs")).split():
                     with contextlib.suppress(OSError, ValueError):

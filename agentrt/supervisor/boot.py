@@ -18,8 +18,9 @@ from typing import Any
 
 import msgspec
 
-from agentrt import sandbox
+from agentrt import _linux, sandbox
 from agentrt.config import AgentSpec, SupervisorSpec, load_sandbox
+from agentrt.control import RUN_PREFIX
 from agentrt.errors import AgentCrashed, AgentDied, LimitExceeded, StartupError
 from agentrt.protocol import Boot
 
@@ -50,7 +51,7 @@ class BootPlanner:
         _sweep_run_dirs(tempfile.gettempdir())
         self.rundir = tempfile.mkdtemp(prefix=_RUN_PREFIX)
         with open(os.path.join(self.rundir, _OWNER), "w") as f:
-            f.write(_identity(os.getpid()) or "")
+            f.write(_linux.process_identity(os.getpid()) or "")
 
     async def close(self) -> None:
         if self.rundir:
@@ -133,6 +134,7 @@ class BootPlanner:
         generation: int,
         tools: dict[str, str],
         tool_timeouts: dict[str, float] | None = None,
+        approvals: dict[str, list[dict[str, list[str]]]] | None = None,
     ) -> Boot:
         """The Boot of replica ``replica`` of ``spec`` in its ``generation``."""
         lim = spec.limits
@@ -180,6 +182,7 @@ class BootPlanner:
             launch_dir=self.launch_dir,
             tools=tools,
             tool_timeouts=tool_timeouts or {},
+            approvals=approvals or {},
             count_tools=sup.max_tool_calls is not None,
             trace_tools=sup.trace_tools,
             **sb,
@@ -253,20 +256,9 @@ class UidPool:
             self._returned.append(uid)
 
 
-_RUN_PREFIX = "agentrt-"
+_RUN_PREFIX = RUN_PREFIX
 #: in each run directory: the pid and start time of the supervisor it belongs to
 _OWNER = "supervisor"
-
-
-def _identity(pid: int) -> str | None:
-    """``"pid start-time"`` of a running process (start time tells a reused pid)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return f"{pid} {int(fields[19])}" if len(fields) > 19 else None
 
 
 def _sweep_run_dirs(tmp: str) -> None:
@@ -285,5 +277,5 @@ def _sweep_run_dirs(tmp: str) -> None:
             pid = int(owner.split()[0])
         except (OSError, ValueError, IndexError):
             continue  # not one of ours, or not finished being made
-        if _identity(pid) != owner:
+        if _linux.process_identity(pid) != owner:
             shutil.rmtree(d, ignore_errors=True)

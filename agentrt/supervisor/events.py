@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,29 +44,40 @@ class RunEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     parent: int | None = None  # ... and the call that made it
     target: str | None = None
     summary: str | None = None  # call_started: its arguments, short
+    approval: str | None = None  # approval_requested / approval_decided: the request's id
 
 
 class EventHub:
-    """Fan-out of events to subscribers (:meth:`stream`)."""
+    """Fan-out of events to subscribers (:meth:`stream`); with ``history``, the
+    last that many are kept too (for ``agentrt ctl tail``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: int = 0) -> None:
         self._subscribers: set[asyncio.Queue[RunEvent]] = set()
+        self.history: deque[RunEvent] | None = deque(maxlen=history) if history else None
 
     @property
     def active(self) -> bool:
-        """Someone listens: worth building an event."""
+        """Someone listens (or history is kept): worth building an event."""
+        return bool(self._subscribers) or self.history is not None
+
+    @property
+    def watched(self) -> bool:
+        """Someone listens: worth building the many events of subagent and tool
+        calls (the history keeps only the others)."""
         return bool(self._subscribers)
 
     def emit(self, kind: str, **fields: Any) -> None:
         """An event that happens now."""
-        if self._subscribers:
+        if self._subscribers or self.history is not None:
             self.emit_at(time.time(), kind, **fields)
 
     def emit_at(self, when: float, kind: str, **fields: Any) -> None:
         """An event that happened at ``when`` (epoch seconds)."""
-        if not self._subscribers:
+        if not self._subscribers and self.history is None:
             return
         ev = RunEvent(kind=kind, time=when, **fields)
+        if self.history is not None:
+            self.history.append(ev)
         for q in self._subscribers:
             with contextlib.suppress(asyncio.QueueFull):  # a stalled reader loses events
                 q.put_nowait(ev)

@@ -13,8 +13,10 @@ through private attributes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
+import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -24,13 +26,16 @@ import msgspec
 
 from agentrt import _linux
 from agentrt.backends.local import make_launcher
-from agentrt.config import AgentSpec, SupervisorSpec, ToolSpec, convert_spec
+from agentrt.config import AgentSpec, ApprovalsSpec, SupervisorSpec, ToolSpec, convert_spec
+from agentrt.control import SOCKET_NAME, ControlServer, Peer, RunInfo, write_run_info
 from agentrt.errors import (
+    AgentCrashed,
     AgentFailed,
     AgentrtError,
     BudgetExceeded,
     CallCancelled,
     ConfigError,
+    ControlError,
     EncodeError,
     SupervisorClosed,
     UnknownAgent,
@@ -38,12 +43,38 @@ from agentrt.errors import (
 from agentrt.observe import library_logger
 from agentrt.process import Launcher
 from agentrt.protocol import Call as WireCall
-from agentrt.protocol import FrameEncoder, describe_unencodable
+from agentrt.protocol import (
+    CtlAgents,
+    CtlApprove,
+    CtlAudit,
+    CtlCancel,
+    CtlDeny,
+    CtlPause,
+    CtlResume,
+    CtlStatus,
+    CtlStop,
+    CtlTasks,
+    FrameEncoder,
+    describe_unencodable,
+    summarize,
+)
 from agentrt.supervisor import policy
 from agentrt.supervisor.boot import BootPlanner
 from agentrt.supervisor.events import EventHub, RunEvent
+from agentrt.supervisor.holds import Holds
 from agentrt.supervisor.ledger import UNLIMITED, Batch, Budget, Ledger, RunHost
 from agentrt.supervisor.ledger import Call as LedgerCall
+from agentrt.supervisor.oversight import (
+    API,
+    Approvals,
+    Approver,
+    Audit,
+    AuditEntry,
+    Decision,
+    PendingApproval,
+    Who,
+    denied,
+)
 from agentrt.supervisor.pool import Agent, Pool, ReplicaStatus, Slot
 from agentrt.supervisor.requests import Requests, new_budget
 from agentrt.supervisor.tree import Tree
@@ -102,6 +133,9 @@ class Supervisor:
         *,
         base_dir: str | os.PathLike[str] | None = None,
         log_level: str | None = None,
+        approvals: ApprovalsSpec | Mapping[str, Any] | None = None,
+        approver: Approver | None = None,
+        run_id: str | None = None,
         **settings: Any,
     ) -> None:
         if spec is None:
@@ -116,13 +150,26 @@ class Supervisor:
         #: (default warning) and above: a library does not take over stdout
         self.log = library_logger(log_level)
         self._script_paths = _script_paths() if base_dir is None else []
-        self._events = EventHub()
+        #: this run's id (``agentrt ctl --run ID``; the run directory and journal use it)
+        self.run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        self._events = EventHub(history=_HISTORY if spec.control else 0)
         self._boots = BootPlanner(spec, self.base_dir, self.sys_path, self.log)
         self._encoder = FrameEncoder(spec.max_frame)
         self._ledger: Ledger[Slot] = Ledger(self._events, self._withdraw, self._encode_call)
         self._pool = Pool(self._ledger, self._events, self._boots, self.log)
         self._tree = Tree(self._pool, spec, self._events, self._agent_failed)
-        self._requests = Requests(spec, self._pool, self._submit_child, self.start)
+        self._audit = Audit(self.log)
+        if not isinstance(approvals, ApprovalsSpec):
+            approvals = convert_spec(dict(approvals or {}), ApprovalsSpec, "approvals")
+        self._approvals = Approvals(approvals, self._audit, self._events, self.log, approver)
+        self._holds = Holds(self._pool, self._ledger, self._events, self.log)
+        self._requests = Requests(spec, self._pool, self._submit_child, self.start, self._approvals)
+        #: graph runs going on (``agentrt ctl tasks``, cancel, pause)
+        self._runs: dict[str, RunHost] = {}
+        #: calls waiting for approval, by id
+        self._awaiting: dict[int, Call] = {}
+        self._control: ControlServer | None = None
+        self._opened_at = time.time()
         self._launcher: Launcher | None = None
         self._started = False
         self._closing = False
@@ -172,21 +219,54 @@ class Supervisor:
             self._boots.rundir,
             self._zygote_may_restart,
         )
+        rundir = self._boots.rundir
+        audit = [os.path.join(rundir, "audit.jsonl")]
+        if self.spec.audit_log:
+            audit.append(os.path.join(self._boots.launch_dir, self.spec.audit_log))
+        self._audit.open(*audit)
         try:
             await launcher.start()
             # The loop's default executor starts its first thread now, not on
             # a replica's first death (sweeps and clean-ups run there).
             await asyncio.to_thread(int)
+            if self.spec.control:
+                await self._open_control(rundir)
         except BaseException:
+            with contextlib.suppress(Exception):
+                await launcher.close()
+            self._audit.close()
             await self._boots.close()
             raise
         self._launcher = self._pool.launcher = launcher
         self.log.info(
             "supervisor_started",
+            run_id=self.run_id,
             start_method=launcher.name,
             pid=os.getpid(),
-            rundir=self._boots.rundir,
+            rundir=rundir,
         )
+
+    async def _open_control(self, rundir: str) -> None:
+        path = os.path.join(rundir, SOCKET_NAME)
+        server = ControlServer(path, self, self.log)
+        await server.start()
+        self._control = server
+        write_run_info(
+            rundir,
+            RunInfo(
+                id=self.run_id,
+                pid=os.getpid(),
+                identity=_linux.process_identity(os.getpid()) or "",
+                cwd=self._boots.launch_dir,
+                started=self._opened_at,
+                socket=path,
+            ),
+        )
+
+    @property
+    def control_path(self) -> str | None:
+        """The control socket (``agentrt ctl`` finds it; None when ``control = false``)."""
+        return self._control.path if self._control is not None else None
 
     async def close(self) -> None:
         """Stop every agent (in reverse start order; graceful, then forced) and the launcher."""
@@ -212,6 +292,8 @@ class Supervisor:
     async def _close(self, err: SupervisorClosed) -> None:
         pool = self._pool
         try:
+            self._approvals.withdraw_all(f"the supervisor is stopping: {err}")
+            self._holds.release_all()  # a stop overrides a pause
             agents = list(pool.agents.values())
             for agent in agents:
                 pool.fail_waiting(agent, err)
@@ -220,9 +302,12 @@ class Supervisor:
                 pool.fail_waiting(agent, err)
         finally:
             # Whatever happened above, the launcher and the run directory go.
+            if self._control is not None:
+                await self._control.close()
             await pool.close()
             if self._launcher is not None:
                 await self._launcher.close()
+            self._audit.close()
             await self._boots.close()
             self.log.info("supervisor_stopped")
             self._closed_event.set()
@@ -291,6 +376,7 @@ class Supervisor:
         await self.open()
         spec = self._boots.plan(spec)
         agent = pool.add(spec, self._tree.period(spec))
+        self._holds.adopt(agent)
         results = await asyncio.gather(
             *(asyncio.shield(s.first_start) for s in agent.slots if s.first_start),
             return_exceptions=True,
@@ -348,15 +434,18 @@ class Supervisor:
         method: str = "",
         timeout: float | None = _UNSET,
         retries: int | None = None,
+        approval: bool = False,
     ) -> asyncio.Future[Any]:
         """Queue a call and return a future of its result (or typed failure).
 
         ``args`` are the keyword arguments of the agent's entry (or of
         ``method`` for a class agent).  ``timeout`` defaults to the agent's;
         ``retries`` (default: the agent's) re-runs the call on a fresh
-        replica when the one serving it dies.
+        replica when the one serving it dies.  ``approval``: the call waits
+        for a person's (or the approver's) yes, as an agent or task with
+        ``approval = "required"`` does; its timeout starts once approved.
         """
-        call = self._submit(agent, args, method, timeout, retries)
+        call = self._submit(agent, args, method, timeout, retries, approval=approval)
         # cancelling the future is leaving: the call is cancelled in its replica too
         call.future.add_done_callback(functools.partial(self._future_done, call))
         return call.future
@@ -376,6 +465,8 @@ class Supervisor:
         budget: Budget | None = None,
         run: RunHost | None = None,
         batch: Batch | None = None,
+        task: str | None = None,
+        approval: bool = False,
     ) -> Call:
         if self._closing:
             raise self._closed_error()
@@ -387,6 +478,11 @@ class Supervisor:
         spec = ag.spec
         if budget is None:
             budget = UNLIMITED if self._unlimited else new_budget(self.spec)
+        why = (
+            self._approvals.call_why(spec, args, approval)
+            if approval or spec.approval == "required" or self._approvals.spec.rules
+            else None
+        )
         call = self._ledger.new(
             agent,
             method,
@@ -397,10 +493,58 @@ class Supervisor:
             budget=budget,
             run=run,
             batch=batch,
+            armed=why is None,
         )
+        if task is not None:
+            call.task = task
+        if why is not None:
+            self._ask_approval(call, ag, args or {}, why)
+            return call
         ag.waiting.append(call)
+        if ag.paused:
+            self._ledger.hold(call, time.monotonic())
         self._pool.dispatch(ag)
         return call
+
+    def _ask_approval(self, call: Call, ag: Agent, args: Mapping[str, Any], why: str) -> None:
+        """``call`` waits for a yes before it is queued; the rest goes on meanwhile."""
+        if ag.is_tool:
+            kind, tool = "tool", ag.name[5:]
+            asker = call.parent.agent if call.parent is not None else ag.name
+        else:
+            kind = "task" if call.task is not None and call.parent is None else "call"
+            tool, asker = None, ag.name
+        fut = self._approvals.request(
+            kind, asker, args, why, tool=tool, task=call.task, owner=call.future
+        )
+        self._awaiting[call.id] = call
+        fut.add_done_callback(functools.partial(self._approval_answered, call))
+
+    def _approval_answered(self, call: Call, fut: asyncio.Future[Decision]) -> None:
+        self._awaiting.pop(call.id, None)
+        if call.finished_at is not None or fut.cancelled():
+            return  # the call ended first (its request was withdrawn)
+        decision = fut.result()
+        what = f"call to {call.agent!r}" + (f" (task {call.task!r})" if call.task else "")
+        if not decision.approved:
+            self._ledger.settle(call, error=denied(decision, call.agent, what))
+            return
+        ag = self._pool.agents.get(call.agent)
+        try:
+            if ag is None or ag.failed is not None:
+                raise (
+                    ag.failed
+                    if ag is not None and ag.failed
+                    else UnknownAgent(f"agent {call.agent!r} is not running any more")
+                )
+            self._ledger.arm(call, decision.args)
+        except AgentrtError as exc:
+            self._ledger.settle(call, error=exc)
+            return
+        ag.waiting.append(call)
+        if ag.paused:
+            self._ledger.hold(call, time.monotonic())
+        self._pool.dispatch(ag)
 
     def _submit_child(
         self,
@@ -447,9 +591,11 @@ class Supervisor:
         method: str = "",
         timeout: float | None = _UNSET,
         retries: int | None = None,
+        approval: bool = False,
     ) -> Any:
-        """Run one call and return its result; raises a :class:`CallError` subclass."""
-        call = self._submit(agent, args, method, timeout, retries)
+        """Run one call and return its result; raises a :class:`CallError` subclass
+        (:class:`ApprovalDenied` when it needed approval and was denied)."""
+        call = self._submit(agent, args, method, timeout, retries, approval=approval)
         try:
             return await call.future
         except asyncio.CancelledError:
@@ -542,10 +688,21 @@ class Supervisor:
         run: RunHost | None = None,
         budget: Budget | None = None,
         task: str | None = None,
+        approval: bool = False,
     ) -> CallReport:
         try:
-            call = self._submit(agent, args, method, timeout, retries, None, budget, run)
-            call.task = task
+            call = self._submit(
+                agent,
+                args,
+                method,
+                timeout,
+                retries,
+                None,
+                budget,
+                run,
+                task=task,
+                approval=approval,
+            )
         except AgentrtError as exc:
             return CallReport(status=exc.status, error=exc.to_dict(), agent=agent)
         error: dict[str, Any] | None
@@ -575,6 +732,297 @@ class Supervisor:
         """The handle a graph run (``host``) uses: its calls, budget and events."""
         return RunLink(self, host)
 
+    # --- user control: approvals, pause, resume, cancel, stop, audit ------------
+
+    def approvals(self) -> list[PendingApproval]:
+        """The calls waiting for approval now, oldest first."""
+        return self._approvals.snapshot()
+
+    def approve(
+        self,
+        approval: str,
+        *,
+        reason: str = "",
+        args: Mapping[str, Any] | None = None,
+        by: Who = API,
+    ) -> PendingApproval:
+        """Approve pending request ``approval`` (``args``: call it with these
+        instead); :class:`ControlError` when it is not pending."""
+        return self._approvals.decide(approval, True, reason=reason, args=args, by=by)
+
+    def deny(self, approval: str, *, reason: str = "", by: Who = API) -> PendingApproval:
+        """Deny pending request ``approval``: its caller gets :class:`ApprovalDenied`."""
+        return self._approvals.decide(approval, False, reason=reason, by=by)
+
+    async def pause(self, target: str = "", *, by: Who = API) -> list[str]:
+        """Pause the run (``""``), an agent (``NAME``) or one replica (``NAME#N``):
+        its processes are stopped, nothing is dispatched to it, and its calls'
+        deadlines stand still until :meth:`resume`.  The replicas paused."""
+        self._check_open()
+        done = await self._holds.pause(target)
+        if not target:
+            for run in list(self._runs.values()):
+                run.hold(True)
+        self._audit.record("pause", target or "run", by, reason=_replicas(done))
+        return done
+
+    async def resume(self, target: str = "", *, by: Who = API) -> list[str]:
+        """Resume what :meth:`pause` paused; the replicas resumed."""
+        self._check_open()
+        done = await self._holds.resume(target)
+        if not target:
+            for run in list(self._runs.values()):
+                run.hold(False)
+        self._audit.record("resume", target or "run", by, reason=_replicas(done))
+        return done
+
+    def paused(self) -> list[str]:
+        """What is paused: ``run``, agent names, ``agent#N`` replicas."""
+        return self._holds.paused()
+
+    async def cancel(
+        self, target: str = "", *, scope: str = "task", reason: str = "", by: Who = API
+    ) -> list[str]:
+        """Cancel a task (``scope="task"``: a graph task's id, or a call's number)
+        and everything it started; every call of an agent, waiting or running
+        (``"agent"``); or the graph run (``"run"``).  What was cancelled."""
+        self._check_open()
+        why = f"cancelled by {by}" + (f": {reason}" if reason else "")
+        done: list[str] = []
+        if scope == "run":
+            runs = list(self._runs.values())
+            if target:
+                runs = [r for r in runs if r.run_id == target or target == self.run_id]
+            if not runs:
+                raise ControlError(
+                    "no graph run is going on" + (f" as {target!r}" if target else "")
+                )
+            for run in runs:
+                run.cancel_run(why)
+                done.append(run.run_id)
+        elif scope == "agent":
+            ag = self._pool.agents.get(target)
+            if ag is None:
+                raise ControlError(f"no agent named {target!r} (running: {', '.join(self.agents)})")
+            calls = [
+                *ag.waiting,
+                *(c for s in ag.slots for c in s.inflight.values()),
+                *(c for c in self._awaiting.values() if c.agent == target),
+            ]
+            for c in calls:
+                if c.finished_at is None:
+                    self._ledger.settle(c, error=CallCancelled(why, agent=c.agent, pid=c.pid))
+                    done.append(str(c.id))
+        elif scope == "task":
+            for run in list(self._runs.values()):
+                if run.cancel_task(target, why):
+                    done.append(target)
+            if not done and target.isdigit():
+                call = self._find_call(int(target))
+                if call is not None:
+                    self._ledger.settle(
+                        call, error=CallCancelled(why, agent=call.agent, pid=call.pid)
+                    )
+                    done.append(target)
+            if not done:
+                raise ControlError(f"no running task or call {target!r} (see agentrt ctl tasks)")
+        else:
+            raise ControlError(f"scope must be task, agent or run, not {scope!r}")
+        self._audit.record("cancel", f"{scope} {target}".strip(), by, reason=reason or None)
+        return done
+
+    def _find_call(self, cid: int) -> Call | None:
+        if cid in self._awaiting:
+            return self._awaiting[cid]
+        for ag in self._pool.agents.values():
+            for c in ag.waiting:
+                if c.id == cid:
+                    return c
+            for slot in ag.slots:
+                running = slot.inflight.get(cid)
+                if running is not None and running.finished_at is None:
+                    return running
+        return None
+
+    def request_stop(self, now: bool = False, *, reason: str = "", by: Who = API) -> None:
+        """Stop the run: gracefully (as :meth:`close`), or ``now``: every agent
+        process is killed at once (the kill switch), then the supervisor closes."""
+        self._audit.record("stop_now" if now else "stop", "run", by, reason=reason or None)
+        if self._closing and not now:
+            return
+        why = f"stopped by {by}" + (f": {reason}" if reason else "")
+        if not self._closing:
+            self._begin_close(SupervisorClosed(why))
+        if now:
+            self._kill_all(why)
+
+    def _kill_all(self, why: str) -> None:
+        """SIGKILL every replica's group and cgroup at once (frozen ones thawed)."""
+        killed = 0
+        for ag in self._pool.agents.values():
+            for slot in ag.slots:
+                proc = slot.proc
+                if proc is None or not proc.alive:
+                    continue
+                proc.kill(AgentCrashed(f"killed: {why}", agent=ag.name, pid=proc.pid))
+                for pid in _linux.cgroup_members(proc.boot.cgroups[0]) if proc.boot.cgroups else []:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, 9)
+                killed += 1
+        self.log.warning("killed_all", replicas=killed, why=why)
+
+    def audit(self) -> list[AuditEntry]:
+        """The audit log: every approval, denial, pause, resume, cancel and stop."""
+        return list(self._audit.entries)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ControlError(f"the supervisor is stopping: {self._closed_error()}")
+
+    # --- the control socket's handler (agentrt ctl) ---------------------------
+
+    async def control(self, request: Any, peer: Peer) -> Any:
+        """One ``agentrt ctl`` request (see :mod:`agentrt.control`)."""
+        who = Who(via="ctl", uid=peer.uid, pid=peer.pid, cmd=peer.cmd)
+        match request:
+            case CtlStatus():
+                return self._status_view()
+            case CtlAgents():
+                return await self._agents_view()
+            case CtlTasks():
+                return self._tasks_view()
+            case CtlPause(target=target):
+                return {"paused": await self.pause(target, by=who)}
+            case CtlResume(target=target):
+                return {"resumed": await self.resume(target, by=who)}
+            case CtlCancel(target=target, scope=scope, reason=reason):
+                return {"cancelled": await self.cancel(target, scope=scope, reason=reason, by=who)}
+            case CtlApprove(id=rid, reason=reason, args=args):
+                info = self.approve(rid, reason=reason, args=args, by=who)
+                return {"approved": rid, "task": info.task, "agent": info.agent, "tool": info.tool}
+            case CtlDeny(id=rid, reason=reason):
+                info = self.deny(rid, reason=reason, by=who)
+                return {"denied": rid, "task": info.task, "agent": info.agent, "tool": info.tool}
+            case CtlStop(now=now, reason=reason):
+                self.request_stop(now, reason=reason, by=who)
+                return {"stopping": True, "now": now}
+            case CtlAudit():
+                return _fit([msgspec.to_builtins(e) for e in self._audit.entries])
+        raise ControlError(f"unknown request {type(request).__name__}")
+
+    def control_tail(self, last: int) -> tuple[list[dict[str, Any]], AsyncIterator[dict[str, Any]]]:
+        past = list(self._events.history or ())[-last:] if last else []
+
+        async def future() -> AsyncIterator[dict[str, Any]]:
+            async for ev in self._events.stream():
+                yield msgspec.to_builtins(ev)
+
+        return [msgspec.to_builtins(e) for e in past], future()
+
+    def control_refused(self, peer: Peer, why: str) -> None:
+        self.log.warning("control_refused", pid=peer.pid, uid=peer.uid, cmd=peer.cmd, why=why)
+        self._audit.record(
+            "refused",
+            "control",
+            Who(via="ctl", uid=peer.uid, pid=peer.pid, cmd=peer.cmd),
+            reason=why,
+        )
+
+    def _status_view(self) -> dict[str, Any]:
+        slots = [s for a in self._pool.agents.values() for s in a.slots]
+        states: dict[str, int] = {}
+        for s in slots:
+            st = "paused" if s.paused and s.state in ("ready", "busy") else s.state
+            states[st] = states.get(st, 0) + 1
+        tasks: dict[str, int] = {}
+        for run in self._runs.values():
+            for row in run.task_rows():
+                tasks[row["status"]] = tasks.get(row["status"], 0) + 1
+        paused = self._holds.paused()
+        return {
+            "run_id": self.run_id,
+            "pid": os.getpid(),
+            "cwd": self._boots.launch_dir,
+            "started": self._opened_at,
+            "uptime": round(time.time() - self._opened_at, 3),
+            "state": "stopping" if self._closing else "paused" if "run" in paused else "running",
+            "paused": paused,
+            "agents": len(self._pool.agents),
+            "replicas": states,
+            "runs": list(self._runs),
+            "tasks": tasks,
+            "calls_in_flight": sum(len(s.inflight) for s in slots),
+            "queued": sum(len(a.waiting) for a in self._pool.agents.values()),
+            "approvals_pending": len(self._approvals.pending),
+            "socket": self.control_path,
+        }
+
+    async def _agents_view(self) -> list[dict[str, Any]]:
+        replicas = await self.status()
+        out: list[dict[str, Any]] = []
+        for ag in self._pool.agents.values():
+            out.append(
+                {
+                    "name": ag.name,
+                    "paused": ag.paused,
+                    "failed": str(ag.failed) if ag.failed is not None else None,
+                    "queued": len(ag.waiting),
+                    "replicas": [msgspec.to_builtins(r) for r in replicas if r.agent == ag.name],
+                }
+            )
+        return out
+
+    def _tasks_view(self) -> dict[str, Any]:
+        now = time.time()
+        pending = self._approvals.snapshot()
+        awaiting = {p.task: p.id for p in pending if p.task is not None and p.kind == "task"}
+        paused_tasks: set[str] = set()
+        calls: list[dict[str, Any]] = []
+        for ag in self._pool.agents.values():
+            for c in ag.waiting:
+                if c.task is not None and c.held_at is not None:
+                    paused_tasks.add(c.task)
+            for slot in ag.slots:
+                for c in slot.inflight.values():
+                    if c.finished_at is not None:
+                        continue
+                    if slot.paused and c.task is not None:
+                        paused_tasks.add(c.task)
+                    calls.append(
+                        {
+                            "id": c.id,
+                            "agent": ag.name,
+                            "replica": slot.index,
+                            "target": c.target or None,
+                            "task": c.task,
+                            "parent": c.parent.id if c.parent is not None else None,
+                            "running": round(now - c.started_at, 3) if c.started_at else None,
+                            "paused": slot.paused,
+                        }
+                    )
+        runs = []
+        for run in self._runs.values():
+            rows = run.task_rows()
+            for row in rows:
+                if row["status"] == "running":
+                    if row["id"] in awaiting:
+                        row["status"] = "awaiting_approval"
+                        row["approval"] = awaiting[row["id"]]
+                    elif row["id"] in paused_tasks:
+                        row["status"] = "paused"
+            runs.append(
+                {
+                    "run_id": run.run_id,
+                    "tasks": rows[:_MAX_ROWS],
+                    "more": max(0, len(rows) - _MAX_ROWS),
+                }
+            )
+        return {
+            "runs": runs,
+            "calls": calls[:_MAX_ROWS],
+            "approvals": [_shown(p) for p in pending[:_MAX_ROWS]],
+        }
+
     # --- observation -----------------------------------------------------------
 
     async def events(self) -> AsyncIterator[RunEvent]:
@@ -586,6 +1034,44 @@ class Supervisor:
     async def status(self) -> list[ReplicaStatus]:
         """A snapshot per replica: state, pid, restarts, in-flight, RSS and CPU %."""
         return await self._pool.status()
+
+
+#: events ``agentrt ctl tail`` can show from before it connected
+_HISTORY = 500
+#: rows of a control reply's lists (tasks, calls, approvals)
+_MAX_ROWS = 2000
+#: encoded arguments of an approval shown whole in ``ctl tasks``; larger ones summarized
+_MAX_SHOWN = 16 * 1024
+#: what a control reply may hold (its frame is at most 1 MiB)
+_MAX_REPLY = 900 * 1024
+
+
+def _replicas(names: list[str]) -> str | None:
+    return f"replicas: {', '.join(names)}" if names else None
+
+
+def _shown(p: PendingApproval) -> dict[str, Any]:
+    d: dict[str, Any] = msgspec.to_builtins(p)
+    try:
+        big = len(msgspec.msgpack.encode(p.args)) > _MAX_SHOWN
+    except (TypeError, ValueError, OverflowError):
+        big = True
+    if big:
+        d["args"] = {"summary": summarize(p.args, 2000)}
+    return d
+
+
+def _fit(entries: list[Any]) -> list[Any]:
+    """The last of ``entries`` that fit in a control reply."""
+    out: list[Any] = []
+    size = 0
+    for e in reversed(entries):
+        size += len(msgspec.msgpack.encode(e))
+        if size > _MAX_REPLY:
+            break
+        out.append(e)
+    out.reverse()
+    return out
 
 
 def _script_paths() -> list[str]:
@@ -611,6 +1097,13 @@ class RunLink:
         self._sup = sup
         self.host = host
         self.budget = new_budget(sup.spec)
+        sup._runs[host.run_id] = host
+        if sup._holds.all:
+            host.hold(True)
+
+    def close(self) -> None:
+        """The run has ended."""
+        self._sup._runs.pop(self.host.run_id, None)
 
     async def call(
         self,
@@ -619,9 +1112,11 @@ class RunLink:
         method: str = "",
         timeout: float | None = None,
         task: str | None = None,
+        approval: bool = False,
     ) -> CallReport:
         """Task ``task``'s call (``timeout=None``: the agent's), described, never
-        raised; the calls it makes name the task in their events."""
+        raised; the calls it makes name the task in their events.  ``approval``:
+        the task requires it."""
         try:
             self.budget.charge("tasks", agent)
         except BudgetExceeded as exc:
@@ -635,6 +1130,7 @@ class RunLink:
             self.host,
             self.budget,
             task,
+            approval,
         )
 
     def emit(self, kind: str, task: str | None = None, **fields: Any) -> None:

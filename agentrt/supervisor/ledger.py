@@ -30,8 +30,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import msgspec
+
 from agentrt.errors import BudgetExceeded, CallCancelled, CallError, CallTimeout
-from agentrt.protocol import summarize
+from agentrt.protocol import HEADER, summarize
+from agentrt.protocol import Call as WireCall
 from agentrt.supervisor.events import EventHub
 
 __all__ = ["UNLIMITED", "Batch", "Budget", "Call", "Ledger", "RunHost"]
@@ -54,6 +57,24 @@ class RunHost(Protocol):
 
     def add_submitted(self, task: Mapping[str, Any]) -> str:
         """Add a task an agent submitted (``ctx.submit``); its id."""
+        ...
+
+    def task_rows(self) -> list[dict[str, Any]]:
+        """Each task, as ``agentrt ctl tasks`` lists it: ``id``, ``agent``,
+        ``status`` (pending, ready, running, ok, failed...), and its times."""
+        ...
+
+    def cancel_task(self, task: str, reason: str) -> bool:
+        """Cancel a task (and what its call started); False when it is not running
+        or waiting.  Its dependents are skipped, naming it."""
+        ...
+
+    def cancel_run(self, reason: str) -> None:
+        """Cancel the whole run: running tasks cancelled, the rest skipped."""
+        ...
+
+    def hold(self, paused: bool) -> None:
+        """The whole supervisor is paused (or resumed): the run's deadline stands still."""
         ...
 
 
@@ -135,6 +156,10 @@ class Call(Generic[S]):
     summary: str | None = None
     #: the graph task it serves (a task's call, and the calls made for it)
     task: str | None = None
+    #: paused (its agent or replica is): since when its deadline stands still
+    held_at: float | None = None
+    #: the approval request it waits for, until answered (then it is queued)
+    approval: str | None = None
 
     def clear_timer(self) -> None:
         if self.timer is not None:
@@ -172,23 +197,17 @@ class Ledger(Generic[S]):
         budget: Budget = UNLIMITED,
         run: RunHost | None = None,
         batch: Batch | None = None,
+        armed: bool = True,
     ) -> Call[S]:
         """A new call; a child never outlives its parent's deadline.
 
         Its frame is encoded here, so arguments that cannot cross the process
         boundary raise :class:`EncodeError` to the caller, before anything
-        is registered.
+        is registered.  Not ``armed`` (it waits for approval), its timeout
+        starts when :meth:`arm` is called.
         """
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        deadline = None if timeout is None else now + timeout
-        if (
-            parent is not None
-            and parent.deadline is not None
-            and (deadline is None or parent.deadline < deadline)
-        ):
-            deadline = parent.deadline
-            timeout = max(0.0, deadline - now)
+        deadline, timeout = self._deadline(timeout, parent) if armed else (None, timeout)
         cid = next(self._ids)
         frame = self._encode(cid, agent, target, args or {}, deadline)
         call: Call[S] = Call(
@@ -205,7 +224,7 @@ class Ledger(Generic[S]):
         if parent is not None:
             call.parent = parent
             call.depth = parent.depth + 1
-            if self.events.active:
+            if self.events.watched:
                 call.summary = summarize(args or {})
             call.budget = parent.budget
             call.run = parent.run
@@ -221,6 +240,60 @@ class Ledger(Generic[S]):
         if deadline is not None:
             call.timer = loop.call_at(deadline, self._on_deadline, call)
         return call
+
+    @staticmethod
+    def _deadline(
+        timeout: float | None, parent: Call[S] | None
+    ) -> tuple[float | None, float | None]:
+        """``(deadline, timeout)`` of a call starting now: its own, bounded by its parent's."""
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        if (
+            parent is not None
+            and parent.deadline is not None
+            and (deadline is None or parent.deadline < deadline)
+        ):
+            deadline = parent.deadline
+            timeout = max(0.0, deadline - now)
+        return deadline, timeout
+
+    def arm(self, call: Call[S], args: Mapping[str, Any] | None = None) -> None:
+        """An approved call starts its timeout now; ``args``: arguments a person
+        edited (:class:`EncodeError` when they cannot be sent)."""
+        call.deadline, call.timeout = self._deadline(call.timeout, call.parent)
+        if args is not None and self.events.watched:
+            call.summary = summarize(args)
+        self.reframe(call, args)
+        if call.deadline is not None:
+            call.timer = asyncio.get_running_loop().call_at(call.deadline, self._on_deadline, call)
+
+    def reframe(self, call: Call[S], args: Mapping[str, Any] | None = None) -> None:
+        """Encode the call's frame again, with its deadline as it is now (and ``args``)."""
+        if args is None:
+            args = msgspec.msgpack.decode(memoryview(call.frame)[HEADER:], type=WireCall).args
+        call.frame = self._encode(call.id, call.agent, call.target, args, call.deadline)
+
+    def hold(self, call: Call[S], now: float) -> None:
+        """Its agent or replica is paused: its deadline stands still from ``now``."""
+        if call.held_at is None and call.finished_at is None:
+            call.held_at = now
+            call.clear_timer()  # its deadline's (a settled call's would be its cancel grace)
+
+    def release(self, call: Call[S], now: float, reframe: bool) -> None:
+        """Resumed: the deadline moves as much later as the pause lasted.
+
+        ``reframe``: the call has not been sent yet, so its frame carries the
+        new deadline (a replica that has it is told by a ``Held`` frame).
+        """
+        held, call.held_at = call.held_at, None
+        if held is None or call.finished_at is not None:
+            return
+        if call.deadline is not None:
+            call.deadline += now - held
+            if reframe:
+                self.reframe(call)
+            call.clear_timer()
+            call.timer = asyncio.get_running_loop().call_at(call.deadline, self._on_deadline, call)
 
     def settle(self, call: Call[S], value: Any = None, error: BaseException | None = None) -> None:
         """End ``call`` with ``value``, or with ``error`` when one is given.
@@ -245,7 +318,7 @@ class Ledger(Generic[S]):
             fut.set_result(value)
         if call.batch is not None:
             call.batch.settled(failed)
-        if call.parent is not None and call.started_at is not None and self.events.active:
+        if call.parent is not None and call.started_at is not None and self.events.watched:
             status = getattr(error, "status", "failed") if error is not None else "ok"
             self.emit_call("call_finished", call, status, None if error is None else str(error))
         if call.children:

@@ -52,6 +52,7 @@ from agentrt.errors import (
 )
 from agentrt.process import AgentProcess, Launcher
 from agentrt.protocol import (
+    Approve,
     Boot,
     Cancel,
     Count,
@@ -81,7 +82,7 @@ _LIMIT_KINDS = {"memory": "memory", "open_files": "open_files", "file_size": "fi
 _LIMIT_UNITS = {"memory": "bytes", "open_files": "files", "file_size": "bytes"}
 
 #: an agent's ``ctx`` request (routed by the supervisor's request handler)
-Request = Spawn | ToolCall | Send | Receive | Submit | Count
+Request = Spawn | ToolCall | Send | Receive | Submit | Count | Approve
 
 
 class ReplicaStatus(msgspec.Struct, kw_only=True):
@@ -125,6 +126,10 @@ class Slot:
     dead_cause: AgentDied | None = None  # and why it died (None: asked to stop)
     #: the supervisor is killing its process for one call's sake: the others are requeued
     innocent: bool = False
+    #: paused (see ``holds.py``): nothing is dispatched to it, its process is frozen
+    paused: bool = False
+    #: since when (``time.monotonic()``)
+    paused_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -144,6 +149,8 @@ class Agent:
     all_gone: bool = False  # every slot has ended for good: nothing will serve
     #: the last death of one of its replicas, for reports
     last_cause: AgentDied | None = None
+    #: paused as a whole: its queue's deadlines stand still, new replicas start paused
+    paused: bool = False
 
     @property
     def name(self) -> str:
@@ -201,7 +208,11 @@ class Pool:
         self.on_request: RequestHandler | None = None
         self.tools: Callable[[], dict[str, str]] = dict
         self.tool_timeouts: Callable[[], dict[str, float]] = dict
+        #: in-process tools whose calls may need approval, and their rules
+        self.tool_approvals: Callable[[], dict[str, list[dict[str, list[str]]]]] = dict
         self.closing = False
+        #: a replica became ready (the pause module freezes one in a paused slot)
+        self.on_ready: Callable[[Slot], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -279,7 +290,12 @@ class Pool:
         while True:
             started = slot.started  # this start's, if a group restart waits for it
             boot = self.boots.boot(
-                spec, slot.index, slot.generation, self.tools(), self.tool_timeouts()
+                spec,
+                slot.index,
+                slot.generation,
+                self.tools(),
+                self.tool_timeouts(),
+                self.tool_approvals(),
             )
             proc = AgentProcess(boot, self._handler(slot), log)
             slot.proc = proc
@@ -297,6 +313,8 @@ class Pool:
                 self.events.emit("replica_ready", agent=spec.name, replica=slot.index, pid=proc.pid)
                 _resolve(slot.first_start)
                 _resolve(started)
+                if slot.paused and self.on_ready is not None:
+                    self.on_ready(slot)
                 self.dispatch(agent)
                 # Its callers are answered from a callback on ``dead``, not
                 # after this task wakes up: two loop turns and the restart's
@@ -400,7 +418,7 @@ class Pool:
             load = cap
             for s in slots:
                 n = len(s.inflight)
-                if n < load and (s.state == "ready" or s.state == "busy"):
+                if n < load and (s.state == "ready" or s.state == "busy") and not s.paused:
                     best, load = s, n
                     if n == 0:
                         break
@@ -418,7 +436,7 @@ class Pool:
         call.slot = slot
         call.pid = proc.pid
         call.started_at = time.time()
-        if call.parent is not None and self.events.active:
+        if call.parent is not None and self.events.watched:
             self.ledger.emit_call("call_started", call)
         slot.inflight[call.id] = call
         if slot.state == "ready":
@@ -450,11 +468,11 @@ class Pool:
                             self.recycle(slot, proc, err, call.id)
                         else:
                             self._after_answer(slot)
-                case Spawn() | ToolCall() | Send() | Receive() | Submit() | Count():
+                case Spawn() | ToolCall() | Send() | Receive() | Submit() | Count() | Approve():
                     assert self.on_request is not None
                     self.on_request(slot, proc, msg)
                 case ToolSpan(parent=parent, tool=tool, start=start, end=end, status=status):
-                    if self.events.active:
+                    if self.events.watched:
                         cid = -self.ledger.next_id()  # a span of its own, not a supervisor call
                         caller = slot.inflight.get(parent)
                         fields = {
@@ -549,7 +567,13 @@ class Pool:
             return
         proc = slot.proc
         proc.send(Cancel(call.id))
-        grace = slot.agent.spec.cancel_grace
+        if not slot.paused:  # else once resumed: a frozen replica cannot answer
+            self.arm_grace(call, proc)
+
+    def arm_grace(self, call: LedgerCall[Slot], proc: AgentProcess) -> None:
+        """Kill ``proc`` unless it answers withdrawn ``call`` within ``cancel_grace``."""
+        assert call.slot is not None
+        grace = call.slot.agent.spec.cancel_grace
         call.timer = asyncio.get_running_loop().call_later(grace, self._on_cancel_grace, call, proc)
 
     def _on_cancel_grace(self, call: LedgerCall[Slot], proc: AgentProcess) -> None:
@@ -612,7 +636,10 @@ class Pool:
             for call in requeue:
                 self.ledger.settle(call, error=copy.copy(cause))
             return
+        now = time.monotonic()
         for call in reversed(requeue):
+            if call.held_at is not None and not agent.paused:
+                self.ledger.release(call, now, reframe=True)  # its replica was paused
             agent.waiting.appendleft(call)
         if agent.failed is not None:
             self.fail_waiting(agent, agent.failed)
@@ -748,7 +775,7 @@ def _status_sync(slots: list[Slot]) -> list[ReplicaStatus]:
             ReplicaStatus(
                 agent=s.agent.name,
                 replica=s.index,
-                state=s.state,
+                state="paused" if s.paused and s.state in ("ready", "busy") else s.state,
                 pid=pid,
                 restarts=s.restarts,
                 inflight=len(s.inflight),

@@ -37,6 +37,7 @@ from agentrt.errors import (
 )
 from agentrt.process import AgentProcess
 from agentrt.protocol import (
+    Approve,
     Count,
     Receive,
     Reply,
@@ -48,6 +49,7 @@ from agentrt.protocol import (
 )
 from agentrt.supervisor.ledger import UNLIMITED, Budget
 from agentrt.supervisor.ledger import Call as LedgerCall
+from agentrt.supervisor.oversight import Approvals, Decision, denied
 from agentrt.supervisor.pool import Pool, Request, Slot
 
 __all__ = ["Mailbox", "Requests", "new_budget"]
@@ -73,17 +75,20 @@ class Requests:
         pool: Pool,
         submit: Submitter,
         start: Callable[[AgentSpec], Awaitable[None]],
+        approvals: Approvals,
     ) -> None:
         self.spec = spec
         self.pool = pool
         self._submit = submit
         self._start = start
+        self.approvals = approvals
         self.tools: dict[str, ToolSpec] = {}
         self._tool_starts: dict[str, asyncio.Future[None]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
         pool.on_request = self.handle
         pool.tools = self.tool_map
         pool.tool_timeouts = self.tool_timeouts
+        pool.tool_approvals = functools.partial(approvals.tool_rules, self.tools)
 
     def add_tool(self, spec: ToolSpec) -> None:
         if not spec.name:
@@ -158,6 +163,20 @@ class Requests:
                 case Count():
                     budget.charge("tool_calls", slot.agent.name)
                     proc.send(Reply(msg.req, None))
+                case Approve(tool=tool, args=args, why=why):
+                    agent = slot.agent.name
+                    fut = self.approvals.request(
+                        "tool",
+                        agent,
+                        args,
+                        why or f"tool {tool!r} needs approval",
+                        tool=tool,
+                        task=parent.task,
+                        owner=parent.future,
+                    )
+                    fut.add_done_callback(
+                        functools.partial(_answer_approval, proc, msg.req, args, agent, tool)
+                    )
         except AgentrtError as exc:
             proc.send(ReplyError(msg.req, exc.to_dict()))
         except (ValueError, TypeError, LookupError) as exc:
@@ -205,6 +224,7 @@ class Requests:
                                 timeout=spec.timeout,
                                 limits=spec.limits,
                                 sandbox=spec.sandbox,
+                                approval=spec.approval,
                             )
                         )
                     )
@@ -217,6 +237,28 @@ class Requests:
             _relay(proc, req, call.future)
         except AgentrtError as exc:
             proc.send(ReplyError(req, exc.to_dict()))
+
+
+def _answer_approval(
+    proc: AgentProcess,
+    req: int,
+    args: dict[str, Any],
+    agent: str,
+    tool: str,
+    fut: asyncio.Future[Decision],
+) -> None:
+    """An in-process tool call's approval: the arguments to call it with, or a denial."""
+    if fut.cancelled():  # withdrawn: the call it was for has ended
+        proc.send(ReplyError(req, {"type": "CallCancelled", "message": "the call ended"}))
+        return
+    decision = fut.result()
+    if decision.approved:
+        try:
+            proc.send(Reply(req, decision.args if decision.args is not None else args))
+        except (TypeError, ValueError, OverflowError) as err:  # edited past max_frame
+            proc.send(ReplyError(req, {"type": "CallError", "message": str(err)}))
+    else:
+        proc.send(ReplyError(req, denied(decision, agent, f"tool call {tool!r}").to_dict()))
 
 
 def _relay(proc: AgentProcess, req: int, fut: asyncio.Future[Any]) -> None:
