@@ -67,6 +67,7 @@ class RunResult(msgspec.Struct, kw_only=True):
     ``failed_agents``: each agent that exceeded its restart intensity during
     the run, as :class:`~agentrt.errors.AgentFailed`'s ``to_dict()``
     (``reason``, and the ``last_cause`` of death); any makes the run ``failed``.
+    ``audit``: what people decided during the run (``agentrt supervise`` fills it).
     """
 
     run_id: str
@@ -77,6 +78,8 @@ class RunResult(msgspec.Struct, kw_only=True):
     started_at: float
     finished_at: float
     failed_agents: dict[str, dict[str, Any]] = {}
+    #: the run's audit log (approvals, pauses, cancellations, stops), when there is one
+    audit: list[dict[str, Any]] = []
 
 
 class Run:

@@ -92,6 +92,7 @@ _LOUDNESS = {
     "limit": "error",
     "timeout": "error",
     "cancelled": "warning",
+    "denied": "warning",
     "skipped": "warning",
 }
 
@@ -165,6 +166,7 @@ async def _supervise(
         loop.add_signal_handler(sig, on_signal, sig)
     outcome = _Outcome()
     failed: dict[str, AgentFailed] = {}
+    audit: list[dict[str, Any]] = []
     recorder = TraceRecorder() if trace is not None else None
     sinks: list[Callable[[RunEvent], None]] = [_log_sink(log)]
     if recorder is not None:
@@ -177,7 +179,7 @@ async def _supervise(
         if trace is not None and not spec.trace_tools:
             # the timeline shows each in-process tool call too
             spec = msgspec.structs.replace(spec, trace_tools=True)
-        async with Supervisor(spec, base_dir=cfg.base_dir) as sup:
+        async with Supervisor(spec, base_dir=cfg.base_dir, approvals=cfg.approvals) as sup:
             pump = asyncio.ensure_future(_pump(sup, sinks))
             await asyncio.sleep(0)  # the pump subscribes before anything is emitted
             view = live.attached(sup) if live is not None else contextlib.nullcontext()
@@ -190,6 +192,7 @@ async def _supervise(
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
             failed = sup.failed_agents
+            audit = [msgspec.to_builtins(e) for e in sup.audit()]
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -223,6 +226,8 @@ async def _supervise(
             critical_path=" -> ".join(result.critical_path),
             **counts,
         )
+    if audit:
+        result = msgspec.structs.replace(result, audit=audit)
     if output is not None:
         _write_results(output, msgspec.json.format(msgspec.json.encode(result)) + b"\n")
     summary = _summary(result)
@@ -306,6 +311,10 @@ async def _run_tasks(
         )
         outcome.start_error = exc
         return outcome
+    if sup.control_path is not None:
+        log.info(
+            "control", run_id=sup.run_id, hint="agentrt ctl status|tasks|pause|approve ID|stop"
+        )
     closed = asyncio.ensure_future(sup.wait_closed())
     stopper = asyncio.ensure_future(stop.wait())
     try:
@@ -313,7 +322,7 @@ async def _run_tasks(
             log.info("supervising", agents=list(cfg.agents), hint="stop with Ctrl-C")
             await asyncio.wait([stopper, closed], return_when=asyncio.FIRST_COMPLETED)
             return outcome
-        run = Run(sup, graph, cfg.run).start()
+        run = Run(sup, graph, cfg.run, run_id=sup.run_id).start()
         waiter = asyncio.ensure_future(run.wait())
         await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
         if not waiter.done():

@@ -19,6 +19,8 @@ import msgspec
 from agentrt.cli.common import EXIT_CONFIG, EXIT_OK, Subparsers
 from agentrt.config import (
     AgentSpec,
+    ApprovalRule,
+    ApprovalsSpec,
     Config,
     Limits,
     RunSpec,
@@ -49,7 +51,7 @@ def add_parser(sub: Subparsers) -> None:
     vp.add_argument("config", type=Path, help="path to config.toml")
 
 
-_SECTIONS = ("supervisor", "agents", "tools", "run", "tasks")
+_SECTIONS = ("supervisor", "agents", "tools", "run", "tasks", "approvals")
 
 
 def _drop_key(doc: dict[str, Any], path: str) -> bool:
@@ -104,7 +106,7 @@ def validate_config(path: Path) -> tuple[list[ConfigError], Config | None]:
     errors: list[ConfigError] = []
     context: dict[str, Any] = {}  # valid sections other docs may refer to (sandboxes, ...)
     for key in data:
-        if key not in ("agents", "tools", "tasks"):
+        if key not in ("agents", "tools", "tasks", "approvals"):
             errs = _collect({key: data[key]}, base)[0]
             errors += errs
             if not errs:
@@ -127,6 +129,8 @@ def validate_config(path: Path) -> tuple[list[ConfigError], Config | None]:
         tasks_ok = False
         raw_tasks = []
     stub = {n: {"entry": "stub:stub"} for n in agent_names}
+    if "approvals" in data:  # its rules name agents
+        errors += _collect({"agents": stub, "approvals": data["approvals"]}, base)[0]
     seen: set[str] = set()
     for i, raw in enumerate(raw_tasks):
         errs, cfg = _collect({**context, "agents": stub, "tasks": [raw]}, base)
@@ -181,6 +185,10 @@ def _struct_for(path: str) -> Any:
         return SupervisorSpec
     if head == "run" and len(parts) == 1:
         return RunSpec
+    if head == "approvals" and len(parts) == 1:
+        return ApprovalsSpec
+    if head == "approvals" and len(parts) == 3 and parts[1] == "rules":
+        return ApprovalRule
     if head in ("agents", "tools") and len(parts) == 2:
         return AgentSpec if head == "agents" else ToolSpec
     if head in ("agents", "tools") and len(parts) == 3 and parts[2] == "limits":
