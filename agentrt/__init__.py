@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from agentrt.config import (
         AgentSpec,
+        ApprovalRule,
+        ApprovalsSpec,
         Config,
         Limits,
         RunSpec,
@@ -29,11 +31,13 @@ if TYPE_CHECKING:
         AgentDied,
         AgentFailed,
         AgentrtError,
+        ApprovalDenied,
         BudgetExceeded,
         CallCancelled,
         CallError,
         CallTimeout,
         ConfigError,
+        ControlError,
         EncodeError,
         LimitExceeded,
         MailboxFull,
@@ -46,11 +50,21 @@ if TYPE_CHECKING:
     )
     from agentrt.graph import Graph
     from agentrt.scheduler import Run, RunResult, TaskResult
-    from agentrt.supervisor import CallReport, ReplicaStatus, Supervisor
+    from agentrt.supervisor import (
+        AuditEntry,
+        CallReport,
+        Decision,
+        PendingApproval,
+        ReplicaStatus,
+        Supervisor,
+        Who,
+    )
 
 #: public name -> the module that defines it
 _HOME = {
     "AgentSpec": "agentrt.config",
+    "ApprovalRule": "agentrt.config",
+    "ApprovalsSpec": "agentrt.config",
     "Config": "agentrt.config",
     "Limits": "agentrt.config",
     "RunSpec": "agentrt.config",
@@ -66,6 +80,8 @@ _HOME = {
     "tool": "agentrt.context",
     "tool_call": "agentrt.context",
     "AgentCrashed": "agentrt.errors",
+    "ApprovalDenied": "agentrt.errors",
+    "ControlError": "agentrt.errors",
     "AgentDied": "agentrt.errors",
     "AgentFailed": "agentrt.errors",
     "AgentrtError": "agentrt.errors",
@@ -87,7 +103,11 @@ _HOME = {
     "Run": "agentrt.scheduler",
     "RunResult": "agentrt.scheduler",
     "TaskResult": "agentrt.scheduler",
+    "AuditEntry": "agentrt.supervisor",
     "CallReport": "agentrt.supervisor",
+    "Decision": "agentrt.supervisor",
+    "PendingApproval": "agentrt.supervisor",
+    "Who": "agentrt.supervisor",
     "ReplicaStatus": "agentrt.supervisor",
     "Supervisor": "agentrt.supervisor",
 }
@@ -114,6 +134,10 @@ __all__ = [
     "AgentFailed",
     "AgentSpec",
     "AgentrtError",
+    "ApprovalDenied",
+    "ApprovalRule",
+    "ApprovalsSpec",
+    "AuditEntry",
     "BudgetExceeded",
     "CallCancelled",
     "CallError",
@@ -122,12 +146,15 @@ __all__ = [
     "Config",
     "ConfigError",
     "Context",
+    "ControlError",
+    "Decision",
     "EncodeError",
     "Graph",
     "LimitExceeded",
     "Limits",
     "MailboxFull",
     "Op",
+    "PendingApproval",
     "ProtocolViolation",
     "RemoteError",
     "ReplicaStatus",
@@ -144,6 +171,7 @@ __all__ = [
     "ToolSpec",
     "UnknownAgent",
     "UnknownTool",
+    "Who",
     "__version__",
     "load_config",
     "parse_config",

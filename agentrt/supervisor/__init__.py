@@ -8,13 +8,28 @@ The package's rooms, each owning one thing (data flows down this list):
 * ``boot``: what a replica starts with (sandbox plan, cgroups, ``Boot``);
 * ``pool``: each agent's replicas: run loop, dispatch, requeue, stop;
 * ``tree``: the policy applied: restarts, group restarts, failure, shutdown;
+* ``oversight``: approvals and the audit log (human oversight);
 * ``requests``: the agents' ``ctx`` requests and isolated tools;
+* ``holds``: pause and resume (processes frozen, deadlines standing still);
 * ``facade``: the :class:`Supervisor` class, the public API.
 """
 
 from agentrt.supervisor.events import RunEvent
 from agentrt.supervisor.facade import CallReport, RunLink, Supervisor
 from agentrt.supervisor.ledger import RunHost
+from agentrt.supervisor.oversight import Approver, AuditEntry, Decision, PendingApproval, Who
 from agentrt.supervisor.pool import ReplicaStatus
 
-__all__ = ["CallReport", "ReplicaStatus", "RunEvent", "RunHost", "RunLink", "Supervisor"]
+__all__ = [
+    "Approver",
+    "AuditEntry",
+    "CallReport",
+    "Decision",
+    "PendingApproval",
+    "ReplicaStatus",
+    "RunEvent",
+    "RunHost",
+    "RunLink",
+    "Supervisor",
+    "Who",
+]

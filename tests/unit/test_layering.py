@@ -116,6 +116,7 @@ ALLOWED: dict[str, set[str]] = {
         "supervisor.events",
         "supervisor.facade",
         "supervisor.ledger",
+        "supervisor.oversight",
         "supervisor.pool",
     },
     "scheduler": {"config", "errors", "graph", "supervisor"},
