@@ -254,6 +254,17 @@ def process_identity(pid: int) -> str | None:
     return f"{pid} {int(fields[19])}" if len(fields) > 19 else None
 
 
+def proc_state(pid: int) -> str | None:
+    """The state letter of a process (``R``, ``S``, ``T`` stopped...; None: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    rest = stat[stat.rfind(b")") + 2 :]
+    return rest[:1].decode() or None
+
+
 def cgroup_members(group: str) -> list[int]:
     """The pids in cgroup directory ``group`` (none when it cannot be read)."""
     try:

@@ -890,7 +890,7 @@ class Supervisor:
             case CtlAgents():
                 return await self._agents_view()
             case CtlTasks():
-                return self._tasks_view()
+                return self.tasks()
             case CtlPause(target=target):
                 return {"paused": await self.pause(target, by=who)}
             case CtlResume(target=target):
@@ -972,7 +972,11 @@ class Supervisor:
             )
         return out
 
-    def _tasks_view(self) -> dict[str, Any]:
+    def tasks(self) -> dict[str, Any]:
+        """What ``agentrt ctl tasks`` shows: each graph run's tasks (with
+        ``awaiting_approval`` and ``paused``), the calls in flight (``id``,
+        ``agent``, ``replica``, ``task``, ``parent``, seconds ``running``) and
+        the approvals pending."""
         now = time.time()
         pending = self._approvals.snapshot()
         awaiting = {p.task: p.id for p in pending if p.task is not None and p.kind == "task"}

@@ -259,4 +259,12 @@ def _stop_tree(pid: int, cgroups: list[str]) -> list[int]:
             stopped.add(p)
     with contextlib.suppress(OSError):
         os.killpg(pid, signal.SIGSTOP)
+    # A signal is delivered when its process next runs: wait until each has stopped.
+    end = time.monotonic() + _FREEZE_WAIT
+    delay = 0.0005
+    waiting = [p for p in stopped if _linux.proc_state(p) not in (None, "T", "t", "Z", "X")]
+    while waiting and time.monotonic() < end:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+        waiting = [p for p in waiting if _linux.proc_state(p) not in (None, "T", "t", "Z", "X")]
     return sorted(stopped)
