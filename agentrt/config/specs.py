@@ -526,6 +526,13 @@ class ApprovalsSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
         _above_zero(self, "timeout")
         if len(self.rules) > _MAX_RULES:
             raise ConfigError("rules", f"at most {_MAX_RULES} rules")
+        rules: list[Any] = self.rules
+        for i, rule in enumerate(rules):  # given as tables from Python: made rules here
+            if not isinstance(rule, ApprovalRule):
+                try:
+                    rules[i] = msgspec.convert(rule, ApprovalRule)
+                except msgspec.ValidationError as exc:
+                    raise ConfigError(f"rules.{i}", str(exc)) from None
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

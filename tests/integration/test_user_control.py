@@ -498,3 +498,42 @@ async def test_the_audit_log_is_appended_to_a_file(
     assert [x["action"] for x in lines] == ["approval_requested", "denied", "pause", "resume"]
     assert lines[1]["reason"] == "no" and lines[1]["by"] == {"via": "api"}
     assert lines[0]["args"] == {"secret": "s"}
+
+
+def test_supervise_writes_the_audit_log_into_the_results_file(tmp_path: Any) -> None:
+    import json
+
+    from clitools import run_cli, write_project
+
+    cfg = write_project(
+        tmp_path,
+        "def echo(**kw):\n    return kw\n",
+        """
+[agents.echo]
+entry = "agents:echo"
+
+[[tasks]]
+id = "risky"
+agent = "echo"
+args = { x = 1 }
+approval = "required"
+
+[[tasks]]
+id = "safe"
+agent = "echo"
+args = { y = 2 }
+
+[approvals]
+timeout = "300ms"
+""",
+    )
+    out = tmp_path / "results.json"
+    proc = run_cli("supervise", str(cfg), "-o", str(out), "--no-live")
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["tasks"]["safe"]["status"] == "ok"
+    risky = result["tasks"]["risky"]
+    assert risky["status"] == "denied" and risky["error"]["by"] == "timeout"
+    assert [a["action"] for a in result["audit"]] == ["approval_requested", "approval_timeout"]
+    assert result["audit"][0]["task"] == "risky" and result["audit"][0]["args"] == {"x": 1}
+    assert "risky  denied" in proc.stderr  # the closing summary
