@@ -326,6 +326,8 @@ class _Worker:
         self.with_ctx = {fn: takes_ctx(fn) for fn in set(targets.values())}
         self.stopping = False
         self.backlog: deque[Any] = deque()
+        #: sync mode: answers to write once outside a signal handler
+        self.outbox: deque[Any] = deque()
         self.current = 0  # id of the sync call running now
         self.running: set[_Running] = set()  # async calls running now
         self.io = AgentIO(
@@ -373,14 +375,34 @@ class _Worker:
             if self.route(msg):
                 held = self.io.held
                 continue
-            if isinstance(msg, Cancel) and msg.id == self.current and self.current:
-                cancelled = True
-                continue
+            if isinstance(msg, Cancel):
+                if msg.id == self.current and self.current:
+                    cancelled = True
+                    continue
+                if self._drop_waiting(msg.id):
+                    continue
             if held and isinstance(msg, Call):
                 self.bases[msg.id] = held
             self.backlog.append(msg)
         if cancelled:
             raise _Cancelled
+
+    def _drop_waiting(self, call_id: int) -> bool:
+        """A call cancelled before it started never runs: answered as cancelled."""
+        for msg in self.backlog:
+            if isinstance(msg, Call) and msg.id == call_id:
+                self.backlog.remove(msg)
+                self.bases.pop(call_id, None)
+                # written by the main loop (this may run in a signal handler,
+                # which must not write in the middle of another frame)
+                self.outbox.append(Failure(call_id, "CancelledError", "cancelled", "", "cancelled"))
+                return True
+        return False
+
+    def flush(self) -> None:
+        """Write the answers :meth:`take` left (main loop only)."""
+        while self.outbox:
+            self.chan.write(self.outbox.popleft())
 
     def pump(self, timeout: float | None) -> None:
         """Sync mode, inside a call: read frames; calls wait in the backlog."""
@@ -410,7 +432,10 @@ class _Worker:
             raise _Cancelled from None
         finally:
             self.reading = False
-        self.take(msgs)
+        try:
+            self.take(msgs)
+        finally:
+            self.flush()
 
     def catch_up(self) -> bool:
         """Sync mode, from a SIGALRM handler: take the frames already in the pipe
@@ -487,6 +512,7 @@ class _Worker:
         # Each result is written before the next call starts: a call that
         # kills the process must not take an earlier call's result with it.
         while True:
+            self.flush()
             if not backlog:
                 try:
                     self.take(chan.read())

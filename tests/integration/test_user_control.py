@@ -537,3 +537,24 @@ timeout = "300ms"
     assert [a["action"] for a in result["audit"]] == ["approval_requested", "approval_timeout"]
     assert result["audit"][0]["task"] == "risky" and result["audit"][0]["args"] == {"x": 1}
     assert "risky  denied" in proc.stderr  # the closing summary
+
+
+async def test_cancelled_calls_queued_in_a_replica_never_run(
+    sup_factory: Callable[..., Supervisor], make_gate: Callable[[str], Any], tmp_path: Any
+) -> None:
+    gate = make_gate("started")
+    marks = [tmp_path / f"mark{i}" for i in range(3)]
+    async with sup_factory() as sup:
+        await sup.start(spec("waiter", "wait_or_mark", queue=4, cancel_grace=30))
+        first = sup.submit("waiter", {"fifo": gate.path})
+        await gate.read_line()
+        queued = [sup.submit("waiter", {"mark": str(m)}) for m in marks]
+        assert len(await sup.cancel("waiter", scope="agent")) == 4
+        for f in [first, *queued]:
+            with pytest.raises(CallCancelled):
+                await f
+        # the replica heard every Cancel (it was not killed), and ran none of the queued calls
+        assert await sup.call("waiter", {"mark": str(tmp_path / "after")}) == "marked"
+        (status,) = await sup.status()
+        assert status.restarts == 0
+    assert not any(m.exists() for m in marks)
