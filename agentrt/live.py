@@ -14,11 +14,20 @@ task its event names; else to the agent of its caller, when an in-process
 tool call of the same caller told it, or when only one agent runs tasks;
 else to a line of calls whose caller is not known.
 
+Calls waiting for approval are listed in a panel of their own, oldest first,
+from ``sup.approvals()`` sampled with the status (so a view attached late
+shows them too).  With ``interactive=True`` (stdin is a terminal) the view
+reads keys, in cbreak mode, on the loop: arrows (or ``j``/``k``) select a
+request, ``a`` approves it, ``d`` denies it, ``p`` pauses the run or resumes
+it; the audit log names the live view as who did it.  :class:`Keys` turns
+the bytes read into those actions; the terminal's settings are restored
+when the view is detached, whatever ends it.
+
 Usage::
 
     view = LiveView(console)
     ... feed view.on_event(ev) from sup.events() ...
-    async with view.attached(sup):
+    async with view.attached(sup, interactive=sys.stdin.isatty()):
         ...
 """
 
@@ -26,13 +35,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import io
+import os
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import msgspec
+import structlog
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -42,7 +57,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from agentrt.supervisor import ReplicaStatus, RunEvent, Supervisor
 
-__all__ = ["ConsoleStream", "LiveView", "console_stream"]
+__all__ = ["Action", "ConsoleStream", "Controls", "Keys", "LiveView", "console_stream"]
 
 _STATE_STYLE = {
     "ready": "green",
@@ -53,10 +68,16 @@ _STATE_STYLE = {
     "failed": "bold red",
     "exited": "dim",
     "stopping": "dim",
+    "paused": "magenta",
 }
 _NOTABLE_STATUS = {"failed", "timeout", "crashed", "limit", "cancelled"}
 #: call targets shown on a row before "+N" counts the rest
 _SHOWN_TARGETS = 2
+#: pending approvals shown before "+N more" counts the rest
+_SHOWN_APPROVALS = 8
+_DENY_REASON = "denied from the live view"
+_APPROVE_REASON = "approved from the live view"
+_FOOTER = "keys: \u2191/\u2193 select  a approve  d deny  p pause/resume  Ctrl-C stop the run"
 
 
 @dataclass(slots=True)
@@ -93,6 +114,204 @@ def _size(n: int | None) -> str:
             return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     return f"{value:.1f}GiB"  # pragma: no cover
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def _args_text(args: Any, width: int = 60) -> str:
+    """A call's arguments shown short: ``query='who', n=3``.
+
+    The same shape as ``agentrt.protocol.summarize`` (which this module may
+    not import: its layer reaches the runtime through ``agentrt.supervisor``).
+    """
+    if isinstance(args, dict):
+        text = ", ".join(f"{k}={_short(v)}" for k, v in args.items())
+    else:
+        text = _short(args)
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, str | int | float | bool) or v is None:
+        r = repr(v)
+    elif isinstance(v, bytes | bytearray):
+        r = f"<{len(v)} bytes>"
+    elif isinstance(v, list | tuple):
+        r = f"[{len(v)} items]"
+    elif isinstance(v, dict):
+        r = f"{{{len(v)} keys}}"
+    else:
+        r = f"<{type(v).__name__}>"
+    return r if len(r) <= 40 else r[:39] + "\u2026"
+
+
+# --- keys ------------------------------------------------------------------------
+
+#: what a key asks the view to do
+Action = Literal["up", "down", "approve", "deny", "pause"]
+
+_KEY_ACTIONS: dict[int, Action] = {
+    ord("k"): "up",
+    ord("j"): "down",
+    ord("a"): "approve",
+    ord("d"): "deny",
+    ord("p"): "pause",
+}
+#: the final byte of an arrow key's sequence (``ESC [ A``, ``ESC O A``)
+_ARROWS: dict[int, Action] = {ord("A"): "up", ord("B"): "down"}
+_ESC = 0x1B
+#: an unfinished escape sequence longer than this is no key: dropped
+_MAX_ESCAPE = 16
+
+
+def _escape_end(buf: bytes, i: int) -> int | None:
+    """Where the escape sequence starting at ``buf[i]`` (an ESC) ends, or None
+    while it is unfinished.  CSI (``ESC [`` parameters, a final byte), SS3
+    (``ESC O`` and one byte), else ESC and one key (Alt+key)."""
+    if i + 1 >= len(buf):
+        return None
+    kind = buf[i + 1]
+    if kind == ord("["):
+        j = i + 2
+        while j < len(buf) and 0x20 <= buf[j] <= 0x3F:  # parameters, intermediates
+            j += 1
+        return j + 1 if j < len(buf) else None
+    if kind == ord("O"):
+        return i + 3 if i + 2 < len(buf) else None
+    return i + 2
+
+
+class Keys:
+    """Bytes typed on the terminal, to the view's actions (:data:`Action`).
+
+    ``a`` approve, ``d`` deny, ``p`` pause or resume, ``\u2191``/``k`` up,
+    ``\u2193``/``j`` down.  Arrow keys arrive as escape sequences (``ESC [ A``,
+    or ``ESC O A`` in the terminal's application mode) that a read may split
+    anywhere: an unfinished one waits for the next :meth:`feed`.  Any other
+    key or sequence (Alt+key, function keys, a lone ESC followed by a key)
+    is ignored.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[Action]:
+        """The actions ``data`` completes, in order."""
+        buf = self._pending + data
+        self._pending = b""
+        out: list[Action] = []
+        i = 0
+        while i < len(buf):
+            byte = buf[i]
+            if byte != _ESC:
+                action = _KEY_ACTIONS.get(byte)
+                if action is not None:
+                    out.append(action)
+                i += 1
+                continue
+            end = _escape_end(buf, i)
+            if end is None:
+                if len(buf) - i <= _MAX_ESCAPE:
+                    self._pending = buf[i:]  # the rest comes with the next read
+                break
+            if end - i == 3 and buf[i + 1] in b"[O" and buf[i + 2] in _ARROWS:
+                out.append(_ARROWS[buf[i + 2]])
+            i = end
+        return out
+
+
+class _Pending(Protocol):
+    """A call waiting for approval, as the view reads it (the supervisor's
+    ``PendingApproval``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def tool(self) -> str | None: ...
+    @property
+    def task(self) -> str | None: ...
+    @property
+    def args(self) -> dict[str, Any]: ...
+    @property
+    def why(self) -> str: ...
+    @property
+    def requested_at(self) -> float: ...
+    @property
+    def waited(self) -> float: ...
+
+
+class Controls(Protocol):
+    """What the view's keys use of a :class:`~agentrt.supervisor.Supervisor`."""
+
+    def approvals(self) -> Sequence[_Pending]: ...
+    def paused(self) -> list[str]: ...
+    def approve(self, approval: str, *, reason: str = ..., by: Any = ...) -> object: ...
+    def deny(self, approval: str, *, reason: str = ..., by: Any = ...) -> object: ...
+    def pause(self, target: str = ..., *, by: Any = ...) -> Awaitable[object]: ...
+    def resume(self, target: str = ..., *, by: Any = ...) -> Awaitable[object]: ...
+
+
+def _live_who(sup: Controls) -> Any:
+    """``Who(via="live", uid=..., pid=...)``: the live view's keys, as the audit log
+    names who acted.
+
+    ``Who`` is not among the names :mod:`agentrt.supervisor` exports (the one
+    module this layer may import), so it is made from the supervisor's own
+    default ``by`` (``API``, a ``Who``).
+    """
+    default = inspect.signature(sup.approve).parameters["by"].default
+    return msgspec.structs.replace(default, via="live", uid=os.getuid(), pid=os.getpid())
+
+
+def _approvals_panel(approvals: list[_Pending], row: int, now: float) -> list[RenderableType]:
+    """The pending approvals, oldest first; ``row`` (the selected one) marked
+    and highlighted, and kept in sight when more than fit are pending."""
+    first = max(0, row - _SHOWN_APPROVALS + 1)
+    shown = approvals[first : first + _SHOWN_APPROVALS]
+    table = Table(expand=False, header_style="bold", box=None, pad_edge=False)
+    table.add_column("", no_wrap=True)
+    for col, width in (
+        ("id", None),
+        ("task", None),
+        ("agent", None),
+        ("tool", None),
+        ("args", 50),
+        ("why", 40),
+        ("waited", None),
+    ):
+        table.add_column(
+            col,
+            justify="right" if col == "waited" else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=width,
+        )
+    for i, p in enumerate(shown, start=first):
+        waited = now - p.requested_at if p.requested_at else p.waited
+        table.add_row(
+            ">" if i == row else "",
+            p.id,
+            p.task or "-",
+            p.agent,
+            p.tool or "-",
+            _args_text(p.args),
+            p.why,
+            _duration(waited),
+            style="reverse" if i == row else None,
+        )
+    parts: list[RenderableType] = [Text("pending approvals", style="bold yellow"), table]
+    hidden = len(approvals) - len(shown)
+    if hidden:
+        parts.append(Text(f"  +{hidden} more", style="dim"))
+    return parts
 
 
 class ConsoleStream:
@@ -159,6 +378,18 @@ class LiveView:
         self.callers: dict[int, str] = {}  # a task's call id -> its agent, once known
         self.recent: deque[tuple[float, str, str]] = deque(maxlen=max_events)
         self.run_status: str | None = None
+        self.approvals: list[_Pending] = []  # oldest first
+        self.paused: list[str] = []  # "run", agent names, "agent#N"
+        #: the selected request: its id, and its row (kept when it is decided)
+        self.selected: str | None = None
+        self._row = 0
+        #: keys are read (a terminal): the footer shows them
+        self.interactive = False
+        self.keys = Keys()
+        #: a pause or resume asked for by a key, running
+        self.toggle: asyncio.Task[None] | None = None
+        self._who: Any = None
+        self._log = structlog.get_logger("agentrt.live")
 
     # --- inputs (loop thread) --------------------------------------------------
 
@@ -167,12 +398,37 @@ class LiveView:
         with self._lock:
             self.statuses = snap
 
+    def set_control(self, approvals: Iterable[_Pending], paused: Iterable[str]) -> None:
+        """The requests waiting for approval (oldest first) and what is paused."""
+        pending, held = list(approvals), list(paused)
+        with self._lock:
+            self.approvals = pending
+            self.paused = held
+            self._reselect()
+
     def on_event(self, ev: RunEvent) -> None:
         with self._lock:
             self._apply(ev)
 
     def _note(self, ev: RunEvent, style: str, text: str) -> None:
         self.recent.append((ev.time, style, text))
+
+    def _reselect(self) -> None:
+        """Keep the selection on its request; when that one is gone, on the row
+        it was at (the next one down), or on the last."""
+        ids = [p.id for p in self.approvals]
+        if self.selected in ids:
+            self._row = ids.index(self.selected)
+        elif ids:
+            self._row = min(self._row, len(ids) - 1)
+            self.selected = ids[self._row]
+        else:
+            self._row, self.selected = 0, None
+
+    def _move(self, step: int) -> None:
+        if self.approvals:
+            self._row = min(max(self._row + step, 0), len(self.approvals) - 1)
+            self.selected = self.approvals[self._row].id
 
     def _apply(self, ev: RunEvent) -> None:
         k = ev.kind
@@ -214,6 +470,16 @@ class LiveView:
             self._call_started(ev, ev.call_id)
         elif k == "call_finished" and ev.call_id is not None:
             self.calls.pop(ev.call_id, None)
+        elif k == "approval_requested":
+            what = f"task {ev.task}" if ev.task else (ev.target or ev.agent or "a call")
+            self._note(ev, "yellow", f"approval {ev.approval} requested: {what} ({ev.reason})")
+        elif k == "approval_decided":
+            # gone from the panel now, not at the next sample
+            self.approvals = [p for p in self.approvals if p.id != ev.approval]
+            self._reselect()
+            style = {"approved": "green", "denied": "red", "timeout": "red"}.get(ev.status or "")
+            why = f": {ev.reason}" if ev.reason else ""
+            self._note(ev, style or "dim", f"approval {ev.approval} {ev.status}{why}")
 
     def _call_started(self, ev: RunEvent, cid: int) -> None:
         if cid in self.calls:
@@ -258,6 +524,10 @@ class LiveView:
             calls: dict[str | None, list[tuple[str, float]]] = {}
             for c in self.calls.values():
                 calls.setdefault(self._owner(c), []).append((c.label, c.start))
+            approvals = list(self.approvals)
+            row = self._row if self.selected is not None else -1
+            run_paused = "run" in self.paused
+            interactive = self.interactive
         now = self.clock()
 
         table = Table(expand=False, header_style="bold", box=None, pad_edge=False)
@@ -316,16 +586,20 @@ class LiveView:
             )
 
         in_flight = sum(map(len, calls.values()))
+        line = Text(
+            f"{done}/{total} done, {failed} failed, {skipped} skipped, {retries} retries"
+            + (f", {in_flight} call{'s' * (in_flight > 1)} in flight" if in_flight else "")
+            + (f", {len(approvals)} awaiting approval" if approvals else "")
+            + (f" - run {run_status}" if run_status else ""),
+            style="red" if failed else "",
+        )
+        if run_paused and not run_status:
+            line.append(" - run paused", style="bold magenta")
         progress = Table.grid(padding=(0, 1))
         progress.add_row(
             Text("tasks", style="bold"),
             ProgressBar(total=max(total, 1), completed=done, width=30),
-            Text(
-                f"{done}/{total} done, {failed} failed, {skipped} skipped, {retries} retries"
-                + (f", {in_flight} call{'s' * (in_flight > 1)} in flight" if in_flight else "")
-                + (f" - run {run_status}" if run_status else ""),
-                style="red" if failed else "",
-            ),
+            line,
         )
         parts: list[RenderableType] = [table]
         if None in calls:
@@ -333,27 +607,110 @@ class LiveView:
                 Text(f"calls, caller not known: {_calls_text(calls[None], now)}", style="dim")
             )
         parts.append(progress)
+        if approvals:
+            parts.extend(_approvals_panel(approvals, row, now))
         if recent:
             parts.append(Text("recent events", style="bold"))
             for t, style, text in recent:
                 stamp = time.strftime("%H:%M:%S", time.localtime(t))
                 parts.append(Text(f"  {stamp} {text}", style=style, overflow="ellipsis"))
+        if interactive:
+            parts.append(Text(_FOOTER, style="dim"))
         return Group(*parts)
+
+    # --- keys (loop thread) ----------------------------------------------------------
+
+    def keypress(self, data: bytes, sup: Controls) -> None:
+        """Act on the keys in ``data`` (bytes read from the terminal)."""
+        for action in self.keys.feed(data):
+            self.act(action, sup)
+
+    def act(self, action: Action, sup: Controls) -> None:
+        """Do what a key asks: move the selection, approve or deny the selected
+        request, pause or resume the run (a task: :attr:`toggle`).  A failure
+        (the request was decided meanwhile) becomes a note, never an error."""
+        if action in ("up", "down"):
+            with self._lock:
+                self._move(-1 if action == "up" else 1)
+            return
+        if action == "pause":
+            self._toggle_pause(sup)
+            return
+        with self._lock:
+            rid = self.selected
+        if rid is None:
+            self._say("yellow", f"nothing to {action}: no approval is pending")
+            return
+        try:
+            if action == "approve":
+                sup.approve(rid, reason=_APPROVE_REASON, by=self._by(sup))
+            else:
+                sup.deny(rid, reason=_DENY_REASON, by=self._by(sup))
+        except Exception as exc:  # ControlError: decided, timed out or withdrawn meanwhile
+            self._say("red", f"{action} {rid} failed: {exc}")
+            return
+        with self._lock:
+            self.approvals = [p for p in self.approvals if p.id != rid]
+            self._reselect()
+
+    def _toggle_pause(self, sup: Controls) -> None:
+        if self.toggle is not None and not self.toggle.done():
+            self._say("yellow", "a pause or resume is still under way")
+            return
+        resume = "run" in sup.paused()
+        step = sup.resume(by=self._by(sup)) if resume else sup.pause(by=self._by(sup))
+        self.toggle = asyncio.get_running_loop().create_task(self._pause_step(step, resume, sup))
+
+    async def _pause_step(self, step: Awaitable[object], resume: bool, sup: Controls) -> None:
+        what = "resume" if resume else "pause"
+        try:
+            await step
+        except Exception as exc:  # the supervisor closing, a replica that would not freeze
+            self._log.error("live_pause_failed", action=what, error=f"{type(exc).__name__}: {exc}")
+            self._say("red", f"{what} failed: {exc}")
+            return
+        self._say("magenta", "run resumed" if resume else "run paused")
+        with self._lock:
+            self.paused = sup.paused()
+
+    def _say(self, style: str, text: str) -> None:
+        with self._lock:
+            self.recent.append((self.clock(), style, text))
+
+    def _by(self, sup: Controls) -> Any:
+        if self._who is None:
+            self._who = _live_who(sup)
+        return self._who
+
+    async def settled(self) -> None:
+        """Wait for the pause or resume a key started, if one is running."""
+        if self.toggle is not None:
+            await asyncio.wait([self.toggle])  # its failure is a note already
 
     # --- running ------------------------------------------------------------------
 
     async def _sample(self, sup: Supervisor) -> None:
         period = 1.0 / self.hz
         while True:
-            with contextlib.suppress(Exception):
-                self.set_status(await sup.status())
+            await self._sample_once(sup)
             await asyncio.sleep(period)
 
+    async def _sample_once(self, sup: Supervisor) -> None:
+        with contextlib.suppress(Exception):
+            self.set_status(await sup.status())
+        with contextlib.suppress(Exception):
+            self.set_control(sup.approvals(), sup.paused())
+
     @contextlib.asynccontextmanager
-    async def attached(self, sup: Supervisor) -> AsyncIterator[LiveView]:
+    async def attached(
+        self, sup: Supervisor, *, interactive: bool = False
+    ) -> AsyncIterator[LiveView]:
         """Show the view while the block runs; status sampled ``hz`` times a second.
 
-        Rich's refresh thread draws it; the loop only feeds state in.
+        Rich's refresh thread draws it; the loop only feeds state in.  With
+        ``interactive`` (stdin is a terminal), keys are read from stdin in
+        cbreak mode by a reader on the loop; the terminal's settings are
+        restored on the way out.
         """
         live = Live(
             get_renderable=self.render,
@@ -363,14 +720,54 @@ class LiveView:
             redirect_stdout=False,
             redirect_stderr=False,
         )
+        await self._sample_once(sup)  # its first frame shows what is there already
         sampler = asyncio.ensure_future(self._sample(sup))
         live.start()
         try:
-            yield self
+            async with self._keys_read(sup) if interactive else contextlib.nullcontext():
+                yield self
         finally:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
-            with contextlib.suppress(Exception):
-                self.set_status(await sup.status())
+            await self.settled()
+            await self._sample_once(sup)
             live.stop()  # draws the final state once more and leaves it on screen
+
+    @contextlib.asynccontextmanager
+    async def _keys_read(self, sup: Supervisor) -> AsyncIterator[None]:
+        """stdin in cbreak mode (keys come one by one, unechoed; Ctrl-C still
+        interrupts), read by a reader on the loop; then the settings it had."""
+        import termios
+        import tty
+
+        try:
+            fd = sys.stdin.fileno()
+            saved = termios.tcgetattr(fd)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation, termios.error):
+            yield  # not a terminal after all: no keys
+            return
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 1024)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:  # the terminal is gone
+                loop.remove_reader(fd)
+                return
+            self.keypress(data, sup)
+
+        try:
+            tty.setcbreak(fd, termios.TCSANOW)
+            loop.add_reader(fd, readable)
+            self.interactive = True
+            yield
+        finally:
+            self.interactive = False
+            loop.remove_reader(fd)
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -182,7 +182,11 @@ async def _supervise(
         async with Supervisor(spec, base_dir=cfg.base_dir, approvals=cfg.approvals) as sup:
             pump = asyncio.ensure_future(_pump(sup, sinks))
             await asyncio.sleep(0)  # the pump subscribes before anything is emitted
-            view = live.attached(sup) if live is not None else contextlib.nullcontext()
+            view = (
+                live.attached(sup, interactive=sys.stdin is not None and sys.stdin.isatty())
+                if live is not None
+                else contextlib.nullcontext()
+            )
             try:
                 async with view:
                     outcome = await _run_tasks(sup, cfg, graph, stop, log)
