@@ -4,17 +4,24 @@ Commands::
 
     agentrt supervise CONFIG [-o results.json] [--trace run.trace.json] [--live|--no-live]
                              [--log-format console|json] [--log-level info]
+    agentrt ctl [--run ID] [--json] status | agents | tasks | audit
+    agentrt ctl pause [TARGET] | resume [TARGET]
+    agentrt ctl cancel TASK | --agent NAME | --run [ID]   [--reason TEXT]
+    agentrt ctl approve ID [--reason TEXT] [--args JSON] | deny ID [--reason TEXT]
+    agentrt ctl stop [--now] [--reason TEXT] | tail [-n N] [--no-follow]
     agentrt validate CONFIG
     agentrt doctor
     agentrt trace TRACE [--png out.png] [--width PX] [--height PX]
     agentrt bench [--quick] [--only NAMES] [--json DIR] [--png FILE]
 
 Exit codes: 0 every task succeeded (or a clean stop; a valid config; a
-report written), 1 a task or agent failed, 2 the configuration, the trace
-file or the command line is invalid, 130 interrupted.
+report written; a control request done), 1 a task or agent failed (or the
+supervisor refused a control request), 2 the configuration, the trace file
+or the command line is invalid (or no live run is reachable), 130
+interrupted.
 
-Rooms: one module per command (``supervise``, ``validate``, ``doctor``,
-``trace``, ``bench``), each with its ``add_parser`` and ``command``;
+Rooms: one module per command (``supervise``, ``ctl``, ``validate``,
+``doctor``, ``trace``, ``bench``), each with its ``add_parser`` and ``command``;
 ``common`` holds the exit statuses. This module assembles the parser and
 dispatches.
 """
@@ -25,7 +32,7 @@ import argparse
 from collections.abc import Callable
 
 from agentrt import __version__
-from agentrt.cli import bench, doctor, supervise, trace, validate
+from agentrt.cli import bench, ctl, doctor, supervise, trace, validate
 from agentrt.cli.common import EXIT_CONFIG as EXIT_CONFIG
 from agentrt.cli.common import EXIT_FAILED as EXIT_FAILED
 from agentrt.cli.common import EXIT_HELP
@@ -46,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # in this order in --help
     supervise.add_parser(sub)
+    ctl.add_parser(sub)
     validate.add_parser(sub)
     doctor.add_parser(sub)
     trace.add_parser(sub)
@@ -58,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "supervise": supervise.command,
+        "ctl": ctl.command,
         "validate": validate.command,
         "doctor": doctor.command,
         "trace": trace.command,

@@ -139,10 +139,13 @@ ALLOWED: dict[str, set[str]] = {
     "cli.doctor": {"__init__", "cli.common", "config", "errors", "sandbox"},
     "cli.trace": {"cli.common", "trace"},
     "cli.bench": {"cli.common"},
+    # the control client only: it knows the supervisor through the socket
+    "cli.ctl": {"cli.common", "control", "errors", "protocol"},
     "cli": {
         "__init__",
         "cli.bench",
         "cli.common",
+        "cli.ctl",
         "cli.doctor",
         "cli.supervise",
         "cli.trace",
