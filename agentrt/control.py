@@ -133,6 +133,10 @@ class ControlHandler(Protocol):
         ...
 
 
+class _Unread(Exception):
+    """A client left replies unread past the bounds: it is dropped."""
+
+
 class ControlServer:
     """Serves one run's control socket on the event loop."""
 
@@ -170,8 +174,17 @@ class ControlServer:
         self._conns.add(task)
         try:
             await self._connection(reader, writer)
-        except (asyncio.CancelledError, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+        except asyncio.CancelledError:
             pass
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:  # it stopped in the middle of a frame
+                self.log.warning("control_client_dropped", why="the connection ended mid-frame")
+        except _Unread:
+            self.log.warning("control_client_dropped", why="it does not read its replies")
+        except TimeoutError:
+            self.log.warning("control_client_dropped", why="nothing came within the time allowed")
+        except ConnectionError:
+            pass  # it left
         except Exception:  # a bug of ours: logged, never the run's problem
             self.log.exception("control_connection_failed")
         finally:
@@ -231,9 +244,12 @@ class ControlServer:
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             frame = self._encoder.encode(CtlFailed("InternalError", f"reply not encodable: {exc}"))
         writer.write(frame)
-        if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
-            raise ConnectionError("the client does not read its replies")
-        await asyncio.wait_for(writer.drain(), FRAME_TIMEOUT)
+        try:
+            if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
+                raise TimeoutError
+            await asyncio.wait_for(writer.drain(), FRAME_TIMEOUT)
+        except TimeoutError:
+            raise _Unread from None
 
     async def _tail(self, writer: asyncio.StreamWriter, request: CtlTail) -> None:
         past, future = self.handler.control_tail(request.last)
@@ -284,8 +300,13 @@ class ControlClient:
     def request(self, request: Any) -> Any:
         """Send one request; its value, or :class:`ControlError` with the reason."""
         with self._connect() as sock:
-            sock.sendall(self._encoder.encode(request))
-            reply = self._read(sock)
+            # refused before it read the request: the reply says why
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(self._encoder.encode(request))
+            try:
+                reply = self._read(sock)
+            except (EOFError, ConnectionResetError) as exc:
+                raise ControlError(f"no reply: {exc}") from None
         if isinstance(reply, CtlFailed):
             raise ControlError(
                 f"{reply.type}: {reply.message}" if reply.type != "ControlError" else reply.message

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import io
 import os
 import sys
@@ -46,13 +45,15 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import msgspec
 import structlog
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
+from agentrt.protocol import summarize
+from agentrt.supervisor import Who
 
 if TYPE_CHECKING:
     from agentrt.supervisor import ReplicaStatus, RunEvent, Supervisor
@@ -125,30 +126,8 @@ def _duration(seconds: float) -> str:
 
 
 def _args_text(args: Any, width: int = 60) -> str:
-    """A call's arguments shown short: ``query='who', n=3``.
-
-    The same shape as ``agentrt.protocol.summarize`` (which this module may
-    not import: its layer reaches the runtime through ``agentrt.supervisor``).
-    """
-    if isinstance(args, dict):
-        text = ", ".join(f"{k}={_short(v)}" for k, v in args.items())
-    else:
-        text = _short(args)
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, str | int | float | bool) or v is None:
-        r = repr(v)
-    elif isinstance(v, bytes | bytearray):
-        r = f"<{len(v)} bytes>"
-    elif isinstance(v, list | tuple):
-        r = f"[{len(v)} items]"
-    elif isinstance(v, dict):
-        r = f"{{{len(v)} keys}}"
-    else:
-        r = f"<{type(v).__name__}>"
-    return r if len(r) <= 40 else r[:39] + "\u2026"
+    """A call's arguments shown short: ``query='who', n=3``."""
+    return summarize(args, width)
 
 
 # --- keys ------------------------------------------------------------------------
@@ -257,18 +236,6 @@ class Controls(Protocol):
     def deny(self, approval: str, *, reason: str = ..., by: Any = ...) -> object: ...
     def pause(self, target: str = ..., *, by: Any = ...) -> Awaitable[object]: ...
     def resume(self, target: str = ..., *, by: Any = ...) -> Awaitable[object]: ...
-
-
-def _live_who(sup: Controls) -> Any:
-    """``Who(via="live", uid=..., pid=...)``: the live view's keys, as the audit log
-    names who acted.
-
-    ``Who`` is not among the names :mod:`agentrt.supervisor` exports (the one
-    module this layer may import), so it is made from the supervisor's own
-    default ``by`` (``API``, a ``Who``).
-    """
-    default = inspect.signature(sup.approve).parameters["by"].default
-    return msgspec.structs.replace(default, via="live", uid=os.getuid(), pid=os.getpid())
 
 
 def _approvals_panel(approvals: list[_Pending], row: int, now: float) -> list[RenderableType]:
@@ -388,7 +355,7 @@ class LiveView:
         self.keys = Keys()
         #: a pause or resume asked for by a key, running
         self.toggle: asyncio.Task[None] | None = None
-        self._who: Any = None
+        self._who: Who | None = None
         self._log = structlog.get_logger("agentrt.live")
 
     # --- inputs (loop thread) --------------------------------------------------
@@ -677,9 +644,9 @@ class LiveView:
         with self._lock:
             self.recent.append((self.clock(), style, text))
 
-    def _by(self, sup: Controls) -> Any:
+    def _by(self, sup: Controls) -> Who:
         if self._who is None:
-            self._who = _live_who(sup)
+            self._who = Who(via="live", uid=os.getuid(), pid=os.getpid())
         return self._who
 
     async def settled(self) -> None:

@@ -191,6 +191,8 @@ class Run:
         return True
 
     def cancel_run(self, reason: str) -> None:
+        """Cancel the run for ``reason``: :meth:`wait` returns its result (status
+        ``cancelled``) rather than raising."""
         self._stop_reason = reason
         self.cancel()
 
@@ -248,7 +250,9 @@ class Run:
         except asyncio.CancelledError:
             self._status = "cancelled"
             await self._stop_all("cancelled", self._stop_reason or "run was cancelled")
-            raise
+            if not self._stop_reason:
+                raise  # its caller cancelled it
+            # cancelled by a person (agentrt ctl cancel --run): the result says so
         finally:
             self._deadline_cm = None
             result = self.result = self._result()

@@ -83,11 +83,32 @@ class EventHub:
                 q.put_nowait(ev)
 
     async def stream(self) -> AsyncIterator[RunEvent]:
-        """Every event from now on, in order."""
-        queue: asyncio.Queue[RunEvent] = asyncio.Queue(maxsize=QUEUE_SIZE)
-        self._subscribers.add(queue)
+        """Every event from now on, in order (from its first iteration)."""
+        sub = self.subscribe()
         try:
-            while True:
-                yield await queue.get()
+            async for ev in sub:
+                yield ev
         finally:
-            self._subscribers.discard(queue)
+            await sub.aclose()
+
+    def subscribe(self) -> Subscription:
+        """Every event from this moment on (not from a first iteration)."""
+        return Subscription(self._subscribers)
+
+
+class Subscription:
+    """An async iterator of the events emitted since it was made; :meth:`aclose` ends it."""
+
+    def __init__(self, subscribers: set[asyncio.Queue[RunEvent]]) -> None:
+        self._subscribers = subscribers
+        self._queue: asyncio.Queue[RunEvent] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        subscribers.add(self._queue)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> RunEvent:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self._subscribers.discard(self._queue)

@@ -911,11 +911,15 @@ class Supervisor:
         raise ControlError(f"unknown request {type(request).__name__}")
 
     def control_tail(self, last: int) -> tuple[list[dict[str, Any]], AsyncIterator[dict[str, Any]]]:
+        sub = self._events.subscribe()  # before the snapshot: nothing falls between
         past = list(self._events.history or ())[-last:] if last else []
 
         async def future() -> AsyncIterator[dict[str, Any]]:
-            async for ev in self._events.stream():
-                yield msgspec.to_builtins(ev)
+            try:
+                async for ev in sub:
+                    yield msgspec.to_builtins(ev)
+            finally:
+                await sub.aclose()
 
         return [msgspec.to_builtins(e) for e in past], future()
 
@@ -935,8 +939,8 @@ class Supervisor:
             st = "paused" if s.paused and s.state in ("ready", "busy") else s.state
             states[st] = states.get(st, 0) + 1
         tasks: dict[str, int] = {}
-        for run in self._runs.values():
-            for row in run.task_rows():
+        for rows in self._task_rows(self._approvals.snapshot()).values():
+            for row in rows:
                 tasks[row["status"]] = tasks.get(row["status"], 0) + 1
         paused = self._holds.paused()
         return {
@@ -977,21 +981,50 @@ class Supervisor:
         ``awaiting_approval`` and ``paused``), the calls in flight (``id``,
         ``agent``, ``replica``, ``task``, ``parent``, seconds ``running``) and
         the approvals pending."""
-        now = time.time()
         pending = self._approvals.snapshot()
+        runs = []
+        for run_id, rows in self._task_rows(pending).items():
+            runs.append(
+                {"run_id": run_id, "tasks": rows[:_MAX_ROWS], "more": max(0, len(rows) - _MAX_ROWS)}
+            )
+        return {
+            "runs": runs,
+            "calls": self._calls_in_flight()[:_MAX_ROWS],
+            "approvals": [_shown(p) for p in pending[:_MAX_ROWS]],
+        }
+
+    def _task_rows(self, pending: list[PendingApproval]) -> dict[str, list[dict[str, Any]]]:
+        """Each run's tasks; a running one waiting for approval says
+        ``awaiting_approval``, one whose call is held by a pause ``paused``."""
         awaiting = {p.task: p.id for p in pending if p.task is not None and p.kind == "task"}
-        paused_tasks: set[str] = set()
+        paused: set[str] = set()
+        for ag in self._pool.agents.values():
+            paused.update(c.task for c in ag.waiting if c.task and c.held_at is not None)
+            for slot in ag.slots:
+                if slot.paused:
+                    paused.update(c.task for c in slot.inflight.values() if c.task)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for run in self._runs.values():
+            rows = run.task_rows()
+            for row in rows:
+                if row["status"] != "running":
+                    continue
+                if row["id"] in awaiting:
+                    row["status"] = "awaiting_approval"
+                    row["approval"] = awaiting[row["id"]]
+                elif row["id"] in paused:
+                    row["status"] = "paused"
+            out[run.run_id] = rows
+        return out
+
+    def _calls_in_flight(self) -> list[dict[str, Any]]:
+        now = time.time()
         calls: list[dict[str, Any]] = []
         for ag in self._pool.agents.values():
-            for c in ag.waiting:
-                if c.task is not None and c.held_at is not None:
-                    paused_tasks.add(c.task)
             for slot in ag.slots:
                 for c in slot.inflight.values():
                     if c.finished_at is not None:
                         continue
-                    if slot.paused and c.task is not None:
-                        paused_tasks.add(c.task)
                     calls.append(
                         {
                             "id": c.id,
@@ -1004,28 +1037,7 @@ class Supervisor:
                             "paused": slot.paused,
                         }
                     )
-        runs = []
-        for run in self._runs.values():
-            rows = run.task_rows()
-            for row in rows:
-                if row["status"] == "running":
-                    if row["id"] in awaiting:
-                        row["status"] = "awaiting_approval"
-                        row["approval"] = awaiting[row["id"]]
-                    elif row["id"] in paused_tasks:
-                        row["status"] = "paused"
-            runs.append(
-                {
-                    "run_id": run.run_id,
-                    "tasks": rows[:_MAX_ROWS],
-                    "more": max(0, len(rows) - _MAX_ROWS),
-                }
-            )
-        return {
-            "runs": runs,
-            "calls": calls[:_MAX_ROWS],
-            "approvals": [_shown(p) for p in pending[:_MAX_ROWS]],
-        }
+        return calls
 
     # --- observation -----------------------------------------------------------
 

@@ -342,11 +342,12 @@ async def test_cancelling_a_submitted_future_cancels_the_call_in_its_replica(
 ):
     gate = make_gate()
     async with make_supervisor() as sup:
-        await sup.start(agent_spec("blocked", "agents:gate", cancel_grace=0.1))
+        await sup.start(agent_spec("blocked", "control_agents:sleep_in_child", cancel_grace=0.1))
         [st] = await sup.status()
-        fut = sup.submit("blocked", {"path": gate.path})
+        fut = sup.submit("blocked", {"fifo": gate.path})
+        await gate.read_line()  # it runs (a call cancelled before it starts never runs)
         fut.cancel()
-        # the replica was told (Cancel); a sync call blocked in a read cannot
+        # the replica was told (Cancel); a sync call blocked in a wait cannot
         # stop, so after cancel_grace its process group is killed
         killed = await logs.wait_for("replica_killed_for_deadline", agent="blocked")
         assert killed["pid"] == st.pid

@@ -120,7 +120,7 @@ ALLOWED: dict[str, set[str]] = {
         "supervisor.pool",
     },
     "scheduler": {"config", "errors", "graph", "supervisor"},
-    "live": {"supervisor"},
+    "live": {"protocol", "supervisor"},
     "trace": {"scheduler", "supervisor"},
     # the command, one module per subcommand (nothing imports cli)
     "cli.common": set(),
