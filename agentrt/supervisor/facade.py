@@ -287,6 +287,7 @@ class Supervisor:
 
     def _begin_close(self, err: SupervisorClosed) -> None:
         self._closing = self._pool.closing = True
+        self._pool.close_error = err
         self._closer = asyncio.get_running_loop().create_task(self._close(err))
 
     async def _close(self, err: SupervisorClosed) -> None:

@@ -211,6 +211,8 @@ class Pool:
         #: in-process tools whose calls may need approval, and their rules
         self.tool_approvals: Callable[[], dict[str, list[dict[str, list[str]]]]] = dict
         self.closing = False
+        #: why the supervisor is closing: what the calls its replicas held fail with
+        self.close_error: CallError | SupervisorClosed | None = None
         #: a replica became ready (the pause module freezes one in a paused slot)
         self.on_ready: Callable[[Slot], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -399,7 +401,10 @@ class Pool:
                 exit_code=proc.exit.exit_code if proc.exit is not None else None,
             )
             self.set_state(slot, "exited")
-            self.requeue_or_fail(slot, cause or CallCancelled("replica stopped", agent=name))
+            why = "replica stopped"
+            if self.closing and self.close_error is not None:
+                why = f"replica stopped: {self.close_error}"  # who stopped the run, and why
+            self.requeue_or_fail(slot, cause or CallCancelled(why, agent=name))
         else:
             self.set_state(slot, "exited" if normal_end(cause) else "crashed")
             self.requeue_or_fail(
@@ -599,7 +604,7 @@ class Pool:
             )
         )
 
-    def requeue_or_fail(self, slot: Slot, cause: AgentDied | CallError) -> None:
+    def requeue_or_fail(self, slot: Slot, cause: AgentDied | CallError | SupervisorClosed) -> None:
         """A replica is gone: each call it held is retried, requeued or failed.
 
         Calls past the first ``concurrency`` in arrival order had not started
