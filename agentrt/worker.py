@@ -371,7 +371,13 @@ class _Worker:
         the rest is in."""
         cancelled = False
         held = self.io.held
+        backlog = self.backlog
         for msg in msgs:
+            if type(msg) is Call:  # the common case first
+                if held:
+                    self.bases[msg.id] = held
+                backlog.append(msg)
+                continue
             if self.route(msg):
                 held = self.io.held
                 continue
@@ -381,9 +387,7 @@ class _Worker:
                     continue
                 if self._drop_waiting(msg.id):
                     continue
-            if held and isinstance(msg, Call):
-                self.bases[msg.id] = held
-            self.backlog.append(msg)
+            backlog.append(msg)
         if cancelled:
             raise _Cancelled
 
