@@ -280,14 +280,14 @@ async def test_pause_stops_cpu_and_deadlines_stand_still(
     gate = make_gate("started")
     async with sup_factory() as sup:
         await sup.start(spec("spinner", entry))
-        # 0.4 s of CPU under a 1.5 s timeout; paused for 2 s in the middle
-        fut = sup.submit("spinner", {"seconds": 0.4, "fifo": gate.path}, timeout=1.5)
+        # 0.2 s of CPU under a 2 s timeout; paused for 2.5 s in the middle
+        fut = sup.submit("spinner", {"seconds": 0.2, "fifo": gate.path}, timeout=2.0)
         pid = int(await gate.read_line())
         assert await sup.pause("spinner") == ["spinner#0"]
         (status,) = await sup.status()
         assert status.state == "paused"
         before = _cpu(pid)
-        await asyncio.sleep(2.0)  # longer than the call's whole timeout
+        await asyncio.sleep(2.5)  # longer than the call's whole timeout
         assert _cpu(pid) - before < 0.05  # really stopped
         assert not fut.done()  # its deadline stood still
         assert await sup.resume("spinner") == ["spinner#0"]
@@ -302,10 +302,10 @@ async def test_a_deadline_still_runs_out_after_resume(
     gate = make_gate("started")
     async with sup_factory() as sup:
         await sup.start(spec("spinner", entry, cancel_grace=0.5))
-        fut = sup.submit("spinner", {"fifo": gate.path}, timeout=0.6)
+        fut = sup.submit("spinner", {"fifo": gate.path}, timeout=1.5)
         await gate.read_line()
         await sup.pause()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.0)
         assert not fut.done()
         await sup.resume()
         with pytest.raises(CallTimeout):
@@ -356,11 +356,11 @@ async def test_pause_without_a_freezer_stops_the_tree_with_sigstop(
     gate = make_gate("started")
     async with sup_factory() as sup:
         await sup.start(spec("spinner", "spin_cpu"))
-        fut = sup.submit("spinner", {"seconds": 0.3, "fifo": gate.path}, timeout=1.0)
+        fut = sup.submit("spinner", {"seconds": 0.2, "fifo": gate.path}, timeout=2.0)
         pid = int(await gate.read_line())
         await sup.pause("spinner")
         assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(2.5)
         assert not fut.done()
         await sup.resume("spinner")
         assert psutil.Process(pid).status() != psutil.STATUS_STOPPED
