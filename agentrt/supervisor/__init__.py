@@ -11,6 +11,7 @@ The package's rooms, each owning one thing (data flows down this list):
 * ``oversight``: approvals and the audit log (human oversight);
 * ``requests``: the agents' ``ctx`` requests and isolated tools;
 * ``holds``: pause and resume (processes frozen, deadlines standing still);
+* ``console``: what ``agentrt ctl`` talks to (control requests, views);
 * ``facade``: the :class:`Supervisor` class, the public API.
 """
 

@@ -27,7 +27,7 @@ import msgspec
 from agentrt import _linux
 from agentrt.backends.local import make_launcher
 from agentrt.config import AgentSpec, ApprovalsSpec, SupervisorSpec, ToolSpec, convert_spec
-from agentrt.control import SOCKET_NAME, ControlServer, Peer, RunInfo, write_run_info
+from agentrt.control import SOCKET_NAME, ControlServer, RunInfo, write_run_info
 from agentrt.errors import (
     AgentCrashed,
     AgentFailed,
@@ -44,22 +44,12 @@ from agentrt.observe import library_logger
 from agentrt.process import Launcher
 from agentrt.protocol import Call as WireCall
 from agentrt.protocol import (
-    CtlAgents,
-    CtlApprove,
-    CtlAudit,
-    CtlCancel,
-    CtlDeny,
-    CtlPause,
-    CtlResume,
-    CtlStatus,
-    CtlStop,
-    CtlTasks,
     FrameEncoder,
     describe_unencodable,
-    summarize,
 )
 from agentrt.supervisor import policy
 from agentrt.supervisor.boot import BootPlanner
+from agentrt.supervisor.console import Console
 from agentrt.supervisor.events import EventHub, RunEvent
 from agentrt.supervisor.holds import Holds
 from agentrt.supervisor.ledger import UNLIMITED, Batch, Budget, Ledger, RunHost
@@ -169,7 +159,17 @@ class Supervisor:
         #: calls waiting for approval, by id
         self._awaiting: dict[int, Call] = {}
         self._control: ControlServer | None = None
-        self._opened_at = time.time()
+        #: when it was made (epoch seconds)
+        self.opened_at = time.time()
+        self._console = Console(
+            self,
+            self._pool,
+            self._approvals,
+            self._holds,
+            self._runs,
+            self._audit,
+            self._events,
+        )
         self._launcher: Launcher | None = None
         self._started = False
         self._closing = False
@@ -248,7 +248,7 @@ class Supervisor:
 
     async def _open_control(self, rundir: str) -> None:
         path = os.path.join(rundir, SOCKET_NAME)
-        server = ControlServer(path, self, self.log)
+        server = ControlServer(path, self._console, self.log)
         await server.start()
         self._control = server
         write_run_info(
@@ -258,10 +258,20 @@ class Supervisor:
                 pid=os.getpid(),
                 identity=_linux.process_identity(os.getpid()) or "",
                 cwd=self._boots.launch_dir,
-                started=self._opened_at,
+                started=self.opened_at,
                 socket=path,
             ),
         )
+
+    @property
+    def launch_dir(self) -> str:
+        """The working directory it was started from (``agentrt ctl`` looks for runs by it)."""
+        return self._boots.launch_dir
+
+    @property
+    def closing(self) -> bool:
+        """It is stopping (or stopped): no new work is accepted."""
+        return self._closing
 
     @property
     def control_path(self) -> str | None:
@@ -880,165 +890,12 @@ class Supervisor:
         if self._closing:
             raise ControlError(f"the supervisor is stopping: {self._closed_error()}")
 
-    # --- the control socket's handler (agentrt ctl) ---------------------------
-
-    async def control(self, request: Any, peer: Peer) -> Any:
-        """One ``agentrt ctl`` request (see :mod:`agentrt.control`)."""
-        who = Who(via="ctl", uid=peer.uid, pid=peer.pid, cmd=peer.cmd)
-        match request:
-            case CtlStatus():
-                return self._status_view()
-            case CtlAgents():
-                return await self._agents_view()
-            case CtlTasks():
-                return self.tasks()
-            case CtlPause(target=target):
-                return {"paused": await self.pause(target, by=who)}
-            case CtlResume(target=target):
-                return {"resumed": await self.resume(target, by=who)}
-            case CtlCancel(target=target, scope=scope, reason=reason):
-                return {"cancelled": await self.cancel(target, scope=scope, reason=reason, by=who)}
-            case CtlApprove(id=rid, reason=reason, args=args):
-                info = self.approve(rid, reason=reason, args=args, by=who)
-                return {"approved": rid, "task": info.task, "agent": info.agent, "tool": info.tool}
-            case CtlDeny(id=rid, reason=reason):
-                info = self.deny(rid, reason=reason, by=who)
-                return {"denied": rid, "task": info.task, "agent": info.agent, "tool": info.tool}
-            case CtlStop(now=now, reason=reason):
-                self.request_stop(now, reason=reason, by=who)
-                return {"stopping": True, "now": now}
-            case CtlAudit():
-                return _fit([msgspec.to_builtins(e) for e in self._audit.entries])
-        raise ControlError(f"unknown request {type(request).__name__}")
-
-    def control_tail(self, last: int) -> tuple[list[dict[str, Any]], AsyncIterator[dict[str, Any]]]:
-        sub = self._events.subscribe()  # before the snapshot: nothing falls between
-        past = list(self._events.history or ())[-last:] if last else []
-
-        async def future() -> AsyncIterator[dict[str, Any]]:
-            try:
-                async for ev in sub:
-                    yield msgspec.to_builtins(ev)
-            finally:
-                await sub.aclose()
-
-        return [msgspec.to_builtins(e) for e in past], future()
-
-    def control_refused(self, peer: Peer, why: str) -> None:
-        self.log.warning("control_refused", pid=peer.pid, uid=peer.uid, cmd=peer.cmd, why=why)
-        self._audit.record(
-            "refused",
-            "control",
-            Who(via="ctl", uid=peer.uid, pid=peer.pid, cmd=peer.cmd),
-            reason=why,
-        )
-
-    def _status_view(self) -> dict[str, Any]:
-        slots = [s for a in self._pool.agents.values() for s in a.slots]
-        states: dict[str, int] = {}
-        for s in slots:
-            st = "paused" if s.paused and s.state in ("ready", "busy") else s.state
-            states[st] = states.get(st, 0) + 1
-        tasks: dict[str, int] = {}
-        for rows in self._task_rows(self._approvals.snapshot()).values():
-            for row in rows:
-                tasks[row["status"]] = tasks.get(row["status"], 0) + 1
-        paused = self._holds.paused()
-        return {
-            "run_id": self.run_id,
-            "pid": os.getpid(),
-            "cwd": self._boots.launch_dir,
-            "started": self._opened_at,
-            "uptime": round(time.time() - self._opened_at, 3),
-            "state": "stopping" if self._closing else "paused" if "run" in paused else "running",
-            "paused": paused,
-            "agents": len(self._pool.agents),
-            "replicas": states,
-            "runs": list(self._runs),
-            "tasks": tasks,
-            "calls_in_flight": sum(len(s.inflight) for s in slots),
-            "queued": sum(len(a.waiting) for a in self._pool.agents.values()),
-            "approvals_pending": len(self._approvals.pending),
-            "socket": self.control_path,
-        }
-
-    async def _agents_view(self) -> list[dict[str, Any]]:
-        replicas = await self.status()
-        out: list[dict[str, Any]] = []
-        for ag in self._pool.agents.values():
-            out.append(
-                {
-                    "name": ag.name,
-                    "paused": ag.paused,
-                    "failed": str(ag.failed) if ag.failed is not None else None,
-                    "queued": len(ag.waiting),
-                    "replicas": [msgspec.to_builtins(r) for r in replicas if r.agent == ag.name],
-                }
-            )
-        return out
-
     def tasks(self) -> dict[str, Any]:
         """What ``agentrt ctl tasks`` shows: each graph run's tasks (with
         ``awaiting_approval`` and ``paused``), the calls in flight (``id``,
         ``agent``, ``replica``, ``task``, ``parent``, seconds ``running``) and
         the approvals pending."""
-        pending = self._approvals.snapshot()
-        runs = []
-        for run_id, rows in self._task_rows(pending).items():
-            runs.append(
-                {"run_id": run_id, "tasks": rows[:_MAX_ROWS], "more": max(0, len(rows) - _MAX_ROWS)}
-            )
-        return {
-            "runs": runs,
-            "calls": self._calls_in_flight()[:_MAX_ROWS],
-            "approvals": [_shown(p) for p in pending[:_MAX_ROWS]],
-        }
-
-    def _task_rows(self, pending: list[PendingApproval]) -> dict[str, list[dict[str, Any]]]:
-        """Each run's tasks; a running one waiting for approval says
-        ``awaiting_approval``, one whose call is held by a pause ``paused``."""
-        awaiting = {p.task: p.id for p in pending if p.task is not None and p.kind == "task"}
-        paused: set[str] = set()
-        for ag in self._pool.agents.values():
-            paused.update(c.task for c in ag.waiting if c.task and c.held_at is not None)
-            for slot in ag.slots:
-                if slot.paused:
-                    paused.update(c.task for c in slot.inflight.values() if c.task)
-        out: dict[str, list[dict[str, Any]]] = {}
-        for run in self._runs.values():
-            rows = run.task_rows()
-            for row in rows:
-                if row["status"] != "running":
-                    continue
-                if row["id"] in awaiting:
-                    row["status"] = "awaiting_approval"
-                    row["approval"] = awaiting[row["id"]]
-                elif row["id"] in paused:
-                    row["status"] = "paused"
-            out[run.run_id] = rows
-        return out
-
-    def _calls_in_flight(self) -> list[dict[str, Any]]:
-        now = time.time()
-        calls: list[dict[str, Any]] = []
-        for ag in self._pool.agents.values():
-            for slot in ag.slots:
-                for c in slot.inflight.values():
-                    if c.finished_at is not None:
-                        continue
-                    calls.append(
-                        {
-                            "id": c.id,
-                            "agent": ag.name,
-                            "replica": slot.index,
-                            "target": c.target or None,
-                            "task": c.task,
-                            "parent": c.parent.id if c.parent is not None else None,
-                            "running": round(now - c.started_at, 3) if c.started_at else None,
-                            "paused": slot.paused,
-                        }
-                    )
-        return calls
+        return self._console.tasks()
 
     # --- observation -----------------------------------------------------------
 
@@ -1055,40 +912,10 @@ class Supervisor:
 
 #: events ``agentrt ctl tail`` can show from before it connected
 _HISTORY = 500
-#: rows of a control reply's lists (tasks, calls, approvals)
-_MAX_ROWS = 2000
-#: encoded arguments of an approval shown whole in ``ctl tasks``; larger ones summarized
-_MAX_SHOWN = 16 * 1024
-#: what a control reply may hold (its frame is at most 1 MiB)
-_MAX_REPLY = 900 * 1024
 
 
 def _replicas(names: list[str]) -> str | None:
     return f"replicas: {', '.join(names)}" if names else None
-
-
-def _shown(p: PendingApproval) -> dict[str, Any]:
-    d: dict[str, Any] = msgspec.to_builtins(p)
-    try:
-        big = len(msgspec.msgpack.encode(p.args)) > _MAX_SHOWN
-    except (TypeError, ValueError, OverflowError):
-        big = True
-    if big:
-        d["args"] = {"summary": summarize(p.args, 2000)}
-    return d
-
-
-def _fit(entries: list[Any]) -> list[Any]:
-    """The last of ``entries`` that fit in a control reply."""
-    out: list[Any] = []
-    size = 0
-    for e in reversed(entries):
-        size += len(msgspec.msgpack.encode(e))
-        if size > _MAX_REPLY:
-            break
-        out.append(e)
-    out.reverse()
-    return out
 
 
 def _script_paths() -> list[str]:

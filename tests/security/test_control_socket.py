@@ -228,6 +228,7 @@ async def test_a_client_that_stops_mid_frame_or_never_reads_is_dropped(
     try:
         path = sup.control_path
         assert path is not None
+
         def half_frame_then_leave() -> None:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.connect(path)
@@ -252,7 +253,8 @@ async def test_a_client_that_stops_mid_frame_or_never_reads_is_dropped(
                 return "sent it all"
 
         assert await asyncio.to_thread(never_read) != "sent it all"
-        await logs.wait_for("control_client_dropped", why="it does not read its replies")
+        # (it may also be caught in the middle of a frame the server waits for)
+        assert len(logs.find("control_client_dropped")) >= 2
         await _healthy(sup)
     finally:
         await sup.close()
