@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from agentrt.errors import AgentrtError, CallTimeout, UnknownTool, from_dict
 from agentrt.protocol import (
@@ -42,6 +42,10 @@ from agentrt.protocol import (
     rule_text,
     summarize,
 )
+
+if TYPE_CHECKING:
+    from agentrt.llm.plan import PlanResult
+    from agentrt.llm.schema import Toolbox
 
 __all__ = [
     "AgentIO",
@@ -111,6 +115,7 @@ class AgentIO:
         trace_tools: bool = False,
         tool_timeouts: dict[str, float] | None = None,
         approvals: dict[str, list[dict[str, list[str]]]] | None = None,
+        isolated_entries: dict[str, str] | None = None,
     ) -> None:
         self.agent = agent
         self.replica = replica
@@ -128,6 +133,10 @@ class AgentIO:
         self.pump: Callable[[float | None], None] | None = None
         #: in-process tools whose calls may need approval, and their rules
         self.approvals = approvals or {}
+        #: isolated tools' entries, for their signatures (never called here)
+        self.isolated_entries = isolated_entries or {}
+        #: the tools offered to a model by default (built on first use)
+        self.toolbox: Any = None
         #: seconds this replica has been paused, in all (``Held`` frames): a
         #: deadline set when this was ``base`` is ``held - base`` later now
         self.held = 0.0
@@ -176,13 +185,26 @@ class AgentIO:
             return None
         fn = _REGISTRY.get(name)
         if fn is None and entry:
-            mod, _, attr = entry.partition(":")
-            obj: Any = importlib.import_module(mod)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-            fn = _REGISTRY.setdefault(name, obj)
+            fn = _REGISTRY.setdefault(name, _load(entry))
         if fn is None:
-            raise UnknownTool(name, [*{*_REGISTRY, *self.tools}])
+            raise UnknownTool(name, self.tool_names())
+        return fn
+
+    def tool_names(self) -> list[str]:
+        """Every tool this agent may call: declared ones and ``@tool`` functions here."""
+        return sorted({*_REGISTRY, *self.tools})
+
+    def tool_function(self, name: str) -> Callable[..., Any]:
+        """The function of tool ``name``, to read its signature: an isolated
+        tool's module is imported for that, its function never called here."""
+        if self.tools.get(name) == "":
+            entry = self.isolated_entries.get(name)
+            if not entry:
+                raise UnknownTool(name, self.tool_names())
+            loaded: Callable[..., Any] = _load(entry)
+            return loaded
+        fn = self.resolve_tool(name)
+        assert fn is not None
         return fn
 
     # --- async side -------------------------------------------------------
@@ -197,6 +219,14 @@ class AgentIO:
                     fut.set_exception(from_dict(msg.error))
         else:
             self.replies[msg.req] = msg
+
+
+def _load(entry: str) -> Any:
+    mod, _, attr = entry.partition(":")
+    obj: Any = importlib.import_module(mod)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _takes_ctx(fn: Callable[..., Any]) -> bool:
@@ -390,6 +420,51 @@ class Context(_Base):
             return await self.spawn_method(op.name, op.method, op.args)
         return await self.spawn(op.name, **op.args)
 
+    def toolbox(self, agents: dict[str, Any] | None = None) -> Toolbox:
+        """The tools this agent may call, with their schemas, to offer a model; plus
+        ``agents``: subagents offered as tools (name -> the agent's function)."""
+        from agentrt.llm.calls import toolbox
+
+        return toolbox(self, agents)
+
+    async def run_tool_calls(
+        self,
+        calls: Any,
+        *,
+        tools: Toolbox | None = None,
+        raise_errors: bool = False,
+        max_answer_chars: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run a model turn's tool calls concurrently; their answers in the same shape.
+
+        ``calls``: OpenAI chat ``tool_calls``, Responses ``function_call``
+        items or Anthropic ``tool_use`` blocks (or the message holding them).
+        A failed call is an error answer the model can read, unless
+        ``raise_errors``.  See :mod:`agentrt.llm.calls`.
+        """
+        from agentrt.llm.calls import run_tool_calls
+
+        return await run_tool_calls(
+            self,
+            calls,
+            tools=tools,
+            raise_errors=raise_errors,
+            max_answer_chars=max_answer_chars,
+        )
+
+    async def run_plan(
+        self, plan: Any, *, tools: Toolbox | None = None, raise_errors: bool = False
+    ) -> PlanResult:
+        """Run a planned DAG of tool calls, each step as soon as its inputs exist.
+
+        Steps ``{"id", "tool", "args", "after"}``; an argument may reference
+        an earlier step's result as ``${step}`` / ``${step.field}``.  See
+        :mod:`agentrt.llm.plan`.
+        """
+        from agentrt.llm.plan import run_plan
+
+        return await run_plan(self, plan, tools=tools, raise_errors=raise_errors)
+
     async def send(self, agent: str, message: Any) -> None:
         """Put ``message`` in ``agent``'s mailbox (any of its replicas takes it).
 
@@ -510,6 +585,32 @@ class SyncContext(_Base):
             for i, err in errors:
                 out[i] = err
         return out
+
+    def toolbox(self, agents: dict[str, Any] | None = None) -> Toolbox:
+        """The tools this agent may call, with their schemas (see :meth:`Context.toolbox`)."""
+        from agentrt.llm.calls import toolbox
+
+        return toolbox(self, agents)
+
+    def run_tool_calls(
+        self,
+        calls: Any,
+        *,
+        tools: Toolbox | None = None,
+        raise_errors: bool = False,
+        max_answer_chars: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """A model turn's tool calls (see :meth:`Context.run_tool_calls`): isolated
+        tools and subagents all at once, in-process tools one after another."""
+        from agentrt.llm.calls import run_tool_calls_sync
+
+        return run_tool_calls_sync(
+            self,
+            calls,
+            tools=tools,
+            raise_errors=raise_errors,
+            max_answer_chars=max_answer_chars,
+        )
 
     def send(self, agent: str, message: Any) -> None:
         io = self._io

@@ -295,6 +295,8 @@ class ToolSpan(_Msg, frozen=True, tag="tool_span"):
     summary: str = ""
     #: when it failed: the error, as ``Type: message``
     error: str = ""
+    #: ``"model"``: a model call (``tool`` is the model's name)
+    kind: Literal["tool", "model"] = "tool"
 
 
 # --- supervisor -> agent: answers to requests, and messages ---------------
@@ -360,6 +362,9 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     launch_dir: str = ""
     #: tools this agent may call: name -> "module:attr" (in-process) or "" (isolated)
     tools: dict[str, str] = {}
+    #: isolated tools' entries ("module:attr"): read for their signatures only
+    #: (tool schemas for models), never called in the agent
+    isolated_entries: dict[str, str] = {}
     #: the tools' own timeouts (seconds), where they have one
     tool_timeouts: dict[str, float] = {}
     #: in-process tools whose calls need approval: name -> rules, each rule

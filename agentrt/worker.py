@@ -339,6 +339,7 @@ class _Worker:
             boot.trace_tools,
             dict(boot.tool_timeouts),
             {k: list(v) for k, v in boot.approvals.items()},
+            dict(boot.isolated_entries),
         )
         self.io.pump = self.pump
         self.io.catch_up = self.catch_up

@@ -135,6 +135,7 @@ class BootPlanner:
         tools: dict[str, str],
         tool_timeouts: dict[str, float] | None = None,
         approvals: dict[str, list[dict[str, list[str]]]] | None = None,
+        isolated_entries: dict[str, str] | None = None,
     ) -> Boot:
         """The Boot of replica ``replica`` of ``spec`` in its ``generation``."""
         lim = spec.limits
@@ -181,6 +182,7 @@ class BootPlanner:
             supervisor_pid=os.getpid(),
             launch_dir=self.launch_dir,
             tools=tools,
+            isolated_entries=isolated_entries or {},
             tool_timeouts=tool_timeouts or {},
             approvals=approvals or {},
             count_tools=sup.max_tool_calls is not None,

@@ -208,6 +208,7 @@ class Pool:
         self.on_request: RequestHandler | None = None
         self.tools: Callable[[], dict[str, str]] = dict
         self.tool_timeouts: Callable[[], dict[str, float]] = dict
+        self.isolated_entries: Callable[[], dict[str, str]] = dict
         #: in-process tools whose calls may need approval, and their rules
         self.tool_approvals: Callable[[], dict[str, list[dict[str, list[str]]]]] = dict
         self.closing = False
@@ -298,6 +299,7 @@ class Pool:
                 self.tools(),
                 self.tool_timeouts(),
                 self.tool_approvals(),
+                self.isolated_entries(),
             )
             proc = AgentProcess(boot, self._handler(slot), log)
             slot.proc = proc
@@ -483,7 +485,7 @@ class Pool:
                         fields = {
                             "call_id": cid,
                             "parent": parent,
-                            "target": f"tool:{tool}",
+                            "target": f"{msg.kind}:{tool}",
                             "agent": slot.agent.name,
                             "pid": proc.pid,
                             "task": caller.task if caller is not None else None,

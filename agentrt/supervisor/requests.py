@@ -88,6 +88,7 @@ class Requests:
         pool.on_request = self.handle
         pool.tools = self.tool_map
         pool.tool_timeouts = self.tool_timeouts
+        pool.isolated_entries = self.isolated_entries
         pool.tool_approvals = functools.partial(approvals.tool_rules, self.tools)
 
     def add_tool(self, spec: ToolSpec) -> None:
@@ -98,6 +99,10 @@ class Requests:
     def tool_map(self) -> dict[str, str]:
         """What a replica's Boot says of each tool: its entry, or ``""`` if isolated."""
         return {n: ("" if t.isolated else t.entry) for n, t in self.tools.items()}
+
+    def isolated_entries(self) -> dict[str, str]:
+        """Each isolated tool's entry (an agent reads its signature for a model's schema)."""
+        return {n: t.entry for n, t in self.tools.items() if t.isolated}
 
     def tool_timeouts(self) -> dict[str, float]:
         """Each in-process tool's own timeout (an isolated tool's is its pool's)."""
