@@ -8,7 +8,8 @@ sandboxes, timeouts, approvals; failures become answers the model reads).
 The loop ends with the model's final answer, or when a budget is spent:
 ``max_turns`` model calls, ``max_tool_calls`` tool calls, ``max_tokens``
 tokens (input + output, as the server counts them), or the agent call's
-deadline.  Every model call is bounded by what is left of the deadline;
+deadline (less a reserve, so that the loop can still return what it has).
+Every model call is bounded by what is left of the deadline;
 cancelling the agent's call cancels the model call and the tool calls in
 flight.  With ``--trace`` each model call is a span (``model:<name>``) beside
 the tool calls.
@@ -70,6 +71,7 @@ async def run_loop(
     max_tokens: int | None = None,
     max_answer_chars: int | None = None,
     raise_errors: bool = False,
+    deadline_reserve: float = 0.5,
 ) -> LoopResult:
     """Run ``model`` with ``tools`` until it answers without calling any, or a budget ends it.
 
@@ -79,6 +81,10 @@ async def run_loop(
     planner with :func:`~agentrt.llm.plan_tool`).  The conversation is left
     complete: every tool call has its answer, also when a budget stopped the
     loop.  A model error (after the client's retries) is raised.
+
+    The loop stops ``deadline_reserve`` seconds before the agent call's
+    deadline (model calls are bounded to end by then), so that it returns
+    what it has rather than be cut off.
     """
     if max_turns < 1:
         raise ValueError(f"max_turns must be at least 1, got {max_turns}")
@@ -99,8 +105,10 @@ async def run_loop(
         if max_tokens is not None and out.tokens >= max_tokens:
             return ended("max_tokens")
         left = ctx.remaining()
-        if left is not None and left <= 0:
-            return ended("deadline")
+        if left is not None:
+            left -= deadline_reserve
+            if left <= 0:
+                return ended("deadline")
         start = time.time()
         try:
             turn = await model.complete(convo, tools=offered, system=system, timeout=left)
@@ -108,7 +116,7 @@ async def run_loop(
             kind, message = error_of(exc)
             _span(ctx, model.model, start, "failed", f"{kind}: {message}"[:500])
             left = ctx.remaining()
-            if isinstance(exc, TimeoutError) and left is not None and left <= 0:
+            if isinstance(exc, TimeoutError) and left is not None and left <= deadline_reserve:
                 return ended("deadline")
             raise
         _span(ctx, model.model, start, "ok", "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -100,9 +101,11 @@ class Subscription:
     """An async iterator of the events emitted since it was made; :meth:`aclose` ends it."""
 
     def __init__(self, subscribers: set[asyncio.Queue[RunEvent]]) -> None:
-        self._subscribers = subscribers
         self._queue: asyncio.Queue[RunEvent] = asyncio.Queue(maxsize=QUEUE_SIZE)
         subscribers.add(self._queue)
+        # Dropped without aclose() (a loop left with break, a cancelled reader):
+        # unsubscribed when collected, so nobody builds events for it any more.
+        self._done = weakref.finalize(self, subscribers.discard, self._queue)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -111,4 +114,4 @@ class Subscription:
         return await self._queue.get()
 
     async def aclose(self) -> None:
-        self._subscribers.discard(self._queue)
+        self._done()

@@ -19,7 +19,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -50,7 +50,7 @@ from agentrt.protocol import (
 from agentrt.supervisor import policy
 from agentrt.supervisor.boot import BootPlanner
 from agentrt.supervisor.console import Console
-from agentrt.supervisor.events import EventHub, RunEvent
+from agentrt.supervisor.events import EventHub, Subscription
 from agentrt.supervisor.holds import Holds
 from agentrt.supervisor.ledger import UNLIMITED, Batch, Budget, Ledger, RunHost
 from agentrt.supervisor.ledger import Call as LedgerCall
@@ -899,11 +899,12 @@ class Supervisor:
 
     # --- observation -----------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[RunEvent]:
-        """Every run and replica event from now on (task queued/started/finished,
-        replica ready/crashed/restarting, agent failed), as an async stream."""
-        async for ev in self._events.stream():
-            yield ev
+    def events(self) -> Subscription:
+        """Every run and replica event from this call on (task queued/started/
+        finished, replica ready/crashed/restarting, agent failed, and, while
+        someone listens, each subagent and tool call), as an async stream;
+        ``aclose()`` it when done."""
+        return self._events.subscribe()
 
     async def status(self) -> list[ReplicaStatus]:
         """A snapshot per replica: state, pid, restarts, in-flight, RSS and CPU %."""
