@@ -135,11 +135,8 @@ async def run_tool_calls(
         d = o.tool
         assert d is not None
         try:
-            if d.kind == "plan":
-                from agentrt.llm.plan import run_plan
-
-                plan = await run_plan(ctx, o.args["steps"], tools=box)
-                o.result = plan.for_model()
+            if d.runner is not None:
+                o.result = await d.runner(ctx, o.args, box)
             elif d.kind == "agent":
                 if d.method:
                     o.result = await ctx.spawn_method(d.name, d.method, o.args)
@@ -176,8 +173,8 @@ def run_tool_calls_sync(
     for o in list(todo):
         d = o.tool
         assert d is not None
-        if d.kind == "plan":
-            o.error = TypeError("run_plan needs an async agent")
+        if d.runner is not None:
+            o.error = TypeError(f"{d.name!r} runs in async agents only")
             todo.remove(o)
             continue
         ops.append(Op("spawn" if d.kind == "agent" else "tool", d.name, o.args, d.method))

@@ -61,6 +61,8 @@ class PlanResult(msgspec.Struct, kw_only=True):
     skipped: dict[str, str] = {}
     #: steps in the order they finished
     order: list[str] = []
+    #: every step, in the plan's order
+    steps: list[str] = []
     error: dict[str, str] | None = None
 
     @property
@@ -74,13 +76,13 @@ class PlanResult(msgspec.Struct, kw_only=True):
         if self.error is not None:
             return {"error": self.error}
         steps: dict[str, Any] = {}
-        for sid in self.order:
+        for sid in self.steps:
             if sid in self.results:
                 steps[sid] = {"result": self.results[sid]}
             elif sid in self.errors:
                 steps[sid] = {"error": self.errors[sid]}
-        for sid, why in self.skipped.items():
-            steps[sid] = {"skipped": why}
+            elif sid in self.skipped:
+                steps[sid] = {"skipped": self.skipped[sid]}
         return {"steps": steps}
 
 
@@ -137,7 +139,7 @@ async def run_plan(
             raise
         return PlanResult(error={"type": "PlanError", "message": str(exc)})
     state = GraphState(graph)
-    out = PlanResult()
+    out = PlanResult(steps=list(graph))
     failures: dict[str, BaseException] = {}
     running: dict[asyncio.Task[Any], str] = {}
 
@@ -209,4 +211,9 @@ def plan_tool(box: Toolbox) -> ToolDef:
     class _Args(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         steps: list[dict[str, Any]]
 
-    return ToolDef(PLAN_TOOL, description, params, _Args, kind="plan")
+    return ToolDef(PLAN_TOOL, description, params, _Args, kind="plan", runner=_run_planned)
+
+
+async def _run_planned(ctx: Context, args: dict[str, Any], box: Toolbox) -> dict[str, Any]:
+    """A model's ``run_plan`` call: the plan's outcome as the model reads it."""
+    return (await run_plan(ctx, args["steps"], tools=box)).for_model()

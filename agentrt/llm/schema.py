@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -98,7 +98,7 @@ class ToolDef:
     schema was made from.
     """
 
-    __slots__ = ("_type", "description", "kind", "method", "name", "parameters")
+    __slots__ = ("_type", "description", "kind", "method", "name", "parameters", "runner")
 
     def __init__(
         self,
@@ -109,6 +109,7 @@ class ToolDef:
         *,
         kind: Kind = "tool",
         method: str = "",
+        runner: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         _check_name(name)
         self.name = name
@@ -116,6 +117,8 @@ class ToolDef:
         self.parameters = parameters
         self.kind: Kind = kind
         self.method = method
+        #: what runs a ``"plan"`` call, in the agent: ``await runner(ctx, args, toolbox)``
+        self.runner = runner
         self._type = args_type
 
     def __repr__(self) -> str:
