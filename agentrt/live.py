@@ -458,7 +458,7 @@ class LiveView:
             self.callers[root] = ev.agent
         target = ev.target or ev.agent or "call"
         self.calls[cid] = _Call(
-            target if target.startswith("tool:") else f"agent:{target}",
+            target if target.startswith(("tool:", "model:")) else f"agent:{target}",
             ev.time,
             root,
             ev.task or (up.task if up is not None else None),

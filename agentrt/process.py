@@ -48,11 +48,25 @@ from agentrt.protocol import (
     FrameDecoder,
     FrameEncoder,
     FrameError,
+    Log,
     Ready,
     StartupFailed,
 )
 
-__all__ = ["AgentProcess", "ExitInfo", "Launched", "Launcher"]
+__all__ = ["AgentProcess", "ExitInfo", "Launched", "Launcher", "log_from_agent"]
+
+#: the levels an agent's log events may have (anything else is logged at info)
+_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+#: fields an agent may not set: the logger's own (the pid is the supervisor's to say)
+_RESERVED = frozenset({"event", "source", "pid"})
+
+
+def log_from_agent(log: Any, msg: Log) -> None:
+    """Log an agent's event through ``log``, at its level if that is a level."""
+    meth = getattr(log, msg.level if msg.level in _LEVELS else "info")
+    fields = {k: v for k, v in msg.fields.items() if k not in _RESERVED}
+    meth(msg.event, source="agent", **fields)
+
 
 _READ_SIZE = 1 << 18
 _tls = threading.local()
@@ -282,6 +296,8 @@ class AgentProcess:
                     return
             elif isinstance(msg, Ready):
                 ready.set_result(None)
+            elif isinstance(msg, Log):  # logging while it starts (a class agent's __init__)
+                log_from_agent(self.log, msg)
             elif isinstance(msg, StartupFailed):
                 err = StartupError(
                     f"{msg.type}: {msg.message}", agent=self.boot.agent, pid=self.pid

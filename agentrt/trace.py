@@ -134,8 +134,14 @@ class CallSpan:
 
     @property
     def name(self) -> str:
-        """What it called: ``tool:search`` or ``agent:research``."""
-        return self.target if self.target.startswith("tool:") else f"agent:{self.target}"
+        """What it called: ``tool:search``, ``model:gpt-4o`` or ``agent:research``."""
+        return self.target if self.kind != "subagent" else f"agent:{self.target}"
+
+    @property
+    def kind(self) -> str:
+        """``tool``, ``model`` (an agent's call to a language model) or ``subagent``."""
+        head = self.target.partition(":")[0]
+        return head if head in ("tool", "model") and ":" in self.target else "subagent"
 
     def until(self, default: float) -> float:
         return self.end if self.end is not None else max(default, self.start)
@@ -566,7 +572,7 @@ def _call_span(
             "call_id": c.call_id,
             "parent": c.parent,
             "target": c.target,
-            "kind": "tool" if c.target.startswith("tool:") else "subagent",
+            "kind": c.kind,
             "in_process": c.in_process,
             "summary": c.summary,
             "status": c.status if c.end is not None else "running",

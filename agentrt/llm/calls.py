@@ -41,7 +41,13 @@ def toolbox(ctx: Context | SyncContext, agents: dict[str, Any] | None = None) ->
     if io.toolbox is None:
         box = Toolbox()
         for name in io.tool_names():
-            box.add(tool_def(io.tool_function(name), name=name))
+            try:
+                fn = io.tool_function(name)
+            except Exception as exc:  # its module does not import here
+                raise ValueError(
+                    f"tool {name!r}: cannot read its signature: {type(exc).__name__}: {exc}"
+                ) from exc
+            box.add(tool_def(fn, name=name))
         io.toolbox = box
     base: Toolbox = io.toolbox
     if not agents:

@@ -47,6 +47,8 @@ class LoopResult(msgspec.Struct, kw_only=True):
     tool_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    #: the tools each turn called, by turn (``[]``: the turn that answered)
+    calls: list[list[str]] = []
 
     @property
     def tokens(self) -> int:
@@ -124,17 +126,19 @@ async def run_loop(
         out.input_tokens += turn.usage.input_tokens
         out.output_tokens += turn.usage.output_tokens
         convo.append(turn.message)
-        if not turn.tool_calls:
+        requests = parse_calls(turn)
+        out.calls.append([r.name for r in requests])
+        if not requests:
             out.text = turn.text
             return ended("final")
-        n = len(turn.tool_calls)
+        n = len(requests)
         if max_tool_calls is not None and out.tool_calls + n > max_tool_calls:
             refused = error_content(
                 "BudgetExceeded",
                 f"the loop's budget of {max_tool_calls} tool calls would be passed "
                 f"({out.tool_calls} made, {n} asked): answer with what you have",
             )
-            answers = [answer(r, refused, is_error=True) for r in parse_calls(turn)]
+            answers = [answer(r, refused, is_error=True) for r in requests]
             convo.extend(model.answers_messages(answers))
             return ended("max_tool_calls")
         answers = await run_tool_calls(

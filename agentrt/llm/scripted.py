@@ -777,4 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module scripts import (``python -m`` loads this file a second
+    # time as __main__), so the Reply they return is the Reply checked here.
+    from agentrt.llm.scripted import main as _main
+
+    sys.exit(_main())

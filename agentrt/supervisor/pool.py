@@ -50,7 +50,7 @@ from agentrt.errors import (
     SupervisorClosed,
     from_dict,
 )
-from agentrt.process import AgentProcess, Launcher
+from agentrt.process import AgentProcess, Launcher, log_from_agent
 from agentrt.protocol import (
     Approve,
     Boot,
@@ -500,9 +500,8 @@ class Pool:
                             reason=msg.error[:200] or None,
                             **fields,
                         )
-                case Log(level=level, event=event, fields=fields):
-                    meth = getattr(proc.log, level, proc.log.info)
-                    meth(event, source="agent", **{k: v for k, v in fields.items() if k != "pid"})
+                case Log():
+                    log_from_agent(proc.log, msg)
                 case Heartbeat():
                     pass
 

@@ -57,6 +57,7 @@ async def test_a_turns_calls_run_at_once_and_the_loop_ends_with_the_answer(
         requests = list(model.requests)
     assert out["stop"] == "final" and out["text"] == "done: 5 answers"
     assert (out["turns"], out["tool_calls"]) == (2, 5)
+    assert out["calls"] == [["lookup", "lookup", "research", "research", "boom"], []]
     assert out["input_tokens"] > 0 and out["output_tokens"] > 0
     assert [r.shape for r in requests] == [shape, shape]
     first, second = requests

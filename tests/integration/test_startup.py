@@ -231,3 +231,13 @@ print("ok")
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+async def test_an_agent_may_log_while_it_starts(make_supervisor, agent_spec, logs):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("warm", "agents:LogsWhileStarting"))
+        assert await sup.call("warm", {}, method="ping") is True
+    (entry,) = logs.find("warming_up")
+    assert entry["source"] == "agent" and entry["cache"] == "cold" and entry["agent"] == "warm"
+    (odd,) = logs.find("odd_fields")
+    assert odd["source"] == "agent" and odd.get("pid") != 1  # its own fields cannot pose

@@ -477,3 +477,16 @@ def test_png_draws_a_trace_written_before_lanes(tmp_path: Path) -> None:
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
     assert _png_size(render_png(path, tmp_path / "old.png")) == (1200, 300)
+
+
+def test_a_model_call_is_a_span_of_its_own_kind() -> None:
+    from agentrt.trace import CallSpan
+
+    model = CallSpan(call_id=-9, parent=1, target="model:gpt-4o", agent="a", pid=1, start=T0)
+    tool = CallSpan(call_id=-8, parent=1, target="tool:search", agent="a", pid=1, start=T0)
+    sub = CallSpan(call_id=8, parent=1, target="research", agent="a", pid=1, start=T0)
+    odd = CallSpan(call_id=7, parent=1, target="model", agent="a", pid=1, start=T0)
+    assert (model.name, model.kind) == ("model:gpt-4o", "model")
+    assert (tool.name, tool.kind) == ("tool:search", "tool")
+    assert (sub.name, sub.kind) == ("agent:research", "subagent")
+    assert (odd.name, odd.kind) == ("agent:model", "subagent")  # an agent named "model"
