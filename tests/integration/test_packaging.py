@@ -71,8 +71,12 @@ import agentrt
 from agentrt.config import load_sandbox, sandbox_names
 
 modules = [m.name for m in pkgutil.walk_packages(agentrt.__path__, "agentrt.")]
+needs = {}  # modules of an extra that is not installed: what they say
 for name in modules:
-    importlib.import_module(name)
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        needs[name] = str(exc)
 untrusted, shipped = load_sandbox("untrusted")
 print(json.dumps({
     "file": agentrt.__file__,
@@ -80,6 +84,7 @@ print(json.dumps({
     "profiles": sorted(sandbox_names([], [])),
     "untrusted": [shipped, untrusted.network, untrusted.run_as],
     "matplotlib": importlib.util.find_spec("matplotlib") is not None,
+    "needs": needs,
 }))
 """
 
@@ -143,6 +148,10 @@ def test_wheel_installs_every_module_and_the_shipped_sandbox_profiles(venv: Venv
         found["modules"]
     )
     assert set(found["profiles"]) >= {"default", "strict", "untrusted"}
+    # the model clients need the llm extra, and say so; everything else imports
+    assert found["needs"] == {
+        "agentrt.llm.clients": "agentrt.llm.clients needs httpx: pip install 'agentrt[llm]'"
+    }
     assert found["untrusted"] == [True, "none", "dynamic"]  # extends the shipped strict
     assert found["matplotlib"] is False  # the png extra, not a dependency
 
