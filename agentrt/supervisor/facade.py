@@ -815,9 +815,12 @@ class Supervisor:
             ag = self._pool.agents.get(target)
             if ag is None:
                 raise ControlError(f"no agent named {target!r} (running: {', '.join(self.agents)})")
+            # A replica's calls newest first: its Cancel frames then reach a sync
+            # replica before that of the call it is running, so none of those
+            # still queued in it starts once the running one has ended.
             calls = [
                 *ag.waiting,
-                *(c for s in ag.slots for c in s.inflight.values()),
+                *(c for s in ag.slots for c in reversed(list(s.inflight.values()))),
                 *(c for c in self._awaiting.values() if c.agent == target),
             ]
             for c in calls:

@@ -37,6 +37,9 @@ def test_matplotlib_is_the_png_extra_and_not_a_dependency() -> None:
     extras = project["optional-dependencies"]
     assert any(d.startswith("matplotlib") for d in extras["png"])
     assert "agentrt[png]" in extras["dev"] and "agentrt[png]" in extras["bench"]
+    # the model clients' httpx: the llm extra, which the tests install
+    assert extras["llm"] == ["httpx>=0.27"] and "agentrt[llm]" in extras["dev"]
+    assert not any(d.startswith("httpx") for d in project["dependencies"])
 
 
 def test_license_is_an_spdx_expression_and_linux_is_the_only_platform() -> None:

@@ -44,7 +44,8 @@ ALLOWED: dict[str, set[str]] = {
     "llm.plan": {"context", "errors", "graph", "llm.calls", "llm.schema"},
     "llm.clients": {"errors", "llm.errors", "observe"},
     "llm.loop": {"context", "llm.calls", "llm.clients", "llm.schema", "llm.shapes", "protocol"},
-    "llm.scripted": {"llm.clients"},
+    # (and itself: run with -m, it hands over to the module scripts import)
+    "llm.scripted": {"llm.clients", "llm.scripted"},
     "llm": {
         "llm.calls",
         "llm.clients",
