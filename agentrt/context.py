@@ -44,6 +44,7 @@ from agentrt.protocol import (
 )
 
 if TYPE_CHECKING:
+    from agentrt.llm.clients import ModelClient
     from agentrt.llm.plan import PlanResult
     from agentrt.llm.schema import Toolbox
 
@@ -116,6 +117,7 @@ class AgentIO:
         tool_timeouts: dict[str, float] | None = None,
         approvals: dict[str, list[dict[str, list[str]]]] | None = None,
         isolated_entries: dict[str, str] | None = None,
+        models: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.agent = agent
         self.replica = replica
@@ -135,6 +137,8 @@ class AgentIO:
         self.approvals = approvals or {}
         #: isolated tools' entries, for their signatures (never called here)
         self.isolated_entries = isolated_entries or {}
+        #: ``[models.X]``: name -> client config (``ctx.model(name)``)
+        self.models = models or {}
         #: the tools offered to a model by default (built on first use)
         self.toolbox: Any = None
         #: seconds this replica has been paused, in all (``Held`` frames): a
@@ -243,6 +247,24 @@ def _reply_value(msg: Reply | ReplyError) -> Any:
     return msg.value
 
 
+def _model(io: AgentIO, name: str | None) -> ModelClient:
+    from agentrt.llm.clients import OpenAIChat, client_from_config
+
+    if name is None:
+        if not io.models:
+            return OpenAIChat()  # OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL
+        if len(io.models) > 1:
+            raise ValueError(
+                f"several models are declared ({', '.join(sorted(io.models))}): name one"
+            )
+        (name,) = io.models
+    spec = io.models.get(name)
+    if spec is None:
+        known = ", ".join(sorted(io.models)) or "none"
+        raise LookupError(f"no model named {name!r} ([models] declares: {known})")
+    return client_from_config(spec, path=f"models.{name}")
+
+
 class _Base:
     def __init__(
         self, io: AgentIO, call_id: int, deadline: float | None, base: float = 0.0
@@ -284,6 +306,13 @@ class _Base:
     @property
     def agent(self) -> str:
         return self._io.agent
+
+    def model(self, name: str | None = None) -> ModelClient:
+        """A client of the model ``[models.<name>]`` declares (``pip install
+        'agentrt[llm]'``); without a name, the one declared, or else the
+        OpenAI-compatible endpoint of ``OPENAI_BASE_URL`` / ``OPENAI_MODEL``.
+        Use it as ``async with ctx.model() as m:`` (it holds connections)."""
+        return _model(self._io, name)
 
     @property
     def replica(self) -> int:

@@ -362,6 +362,8 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     launch_dir: str = ""
     #: tools this agent may call: name -> "module:attr" (in-process) or "" (isolated)
     tools: dict[str, str] = {}
+    #: language models the agent may use (``ctx.model(name)``): name -> client config
+    models: dict[str, dict[str, Any]] = {}
     #: isolated tools' entries ("module:attr"): read for their signatures only
     #: (tool schemas for models), never called in the agent
     isolated_entries: dict[str, str] = {}

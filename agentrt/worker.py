@@ -340,6 +340,7 @@ class _Worker:
             dict(boot.tool_timeouts),
             {k: list(v) for k, v in boot.approvals.items()},
             dict(boot.isolated_entries),
+            dict(boot.models),
         )
         self.io.pump = self.pump
         self.io.catch_up = self.catch_up

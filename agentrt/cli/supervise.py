@@ -179,7 +179,9 @@ async def _supervise(
         if trace is not None and not spec.trace_tools:
             # the timeline shows each in-process tool call too
             spec = msgspec.structs.replace(spec, trace_tools=True)
-        async with Supervisor(spec, base_dir=cfg.base_dir, approvals=cfg.approvals) as sup:
+        async with Supervisor(
+            spec, base_dir=cfg.base_dir, approvals=cfg.approvals, models=cfg.models
+        ) as sup:
             pump = asyncio.ensure_future(_pump(sup, sinks))
             await asyncio.sleep(0)  # the pump subscribes before anything is emitted
             view = (

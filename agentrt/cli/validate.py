@@ -23,6 +23,7 @@ from agentrt.config import (
     ApprovalsSpec,
     Config,
     Limits,
+    ModelSpec,
     RunSpec,
     SupervisorSpec,
     TaskSpec,
@@ -51,7 +52,7 @@ def add_parser(sub: Subparsers) -> None:
     vp.add_argument("config", type=Path, help="path to config.toml")
 
 
-_SECTIONS = ("supervisor", "agents", "tools", "run", "tasks", "approvals")
+_SECTIONS = ("supervisor", "agents", "tools", "models", "run", "tasks", "approvals")
 
 
 def _drop_key(doc: dict[str, Any], path: str) -> bool:
@@ -195,6 +196,8 @@ def _struct_for(path: str) -> Any:
         return Limits
     if head == "tasks" and len(parts) == 2:
         return TaskSpec
+    if head == "models" and len(parts) == 2:
+        return ModelSpec
     return None
 
 

@@ -19,6 +19,7 @@ from agentrt.config.specs import (
     AgentSpec,
     ApprovalsSpec,
     Config,
+    ModelSpec,
     RunSpec,
     SupervisorSpec,
     TaskSpec,
@@ -43,7 +44,7 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
     """Validate a decoded TOML document; raise :class:`ConfigError` naming the key."""
     if not isinstance(data, dict):
         raise ConfigError("", "expected a table at the top level")
-    known = ("supervisor", "agents", "tools", "run", "tasks", "sandboxes", "approvals")
+    known = ("supervisor", "agents", "tools", "models", "run", "tasks", "sandboxes", "approvals")
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -93,6 +94,19 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
         _table_name("tools", name)
         tool = _convert({**raw, "name": name}, ToolSpec, f"tools.{name}")
         tools[name] = resolve(tool, f"tools.{name}")
+    raw_models = data.get("models", {})
+    if not isinstance(raw_models, dict):
+        raise ConfigError("models", "expected a table of models")
+    models: dict[str, ModelSpec] = {}
+    for name, raw in raw_models.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"models.{name}", "expected a table")
+        if "name" in raw:
+            raise ConfigError(
+                f"models.{name}.name", "unknown key (the table's name is the model's)"
+            )
+        _table_name("models", name)
+        models[name] = _convert({**raw, "name": name}, ModelSpec, f"models.{name}")
     run = _convert(data.get("run", {}), RunSpec, "run")
     raw_tasks = data.get("tasks", [])
     if not isinstance(raw_tasks, list):
@@ -120,6 +134,7 @@ def parse_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
         supervisor=sup,
         agents=agents,
         tools=tools,
+        models=models,
         run=run,
         tasks=tasks,
         approvals=approvals,

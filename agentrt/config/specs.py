@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "FilesystemSpec",
     "Limits",
+    "ModelSpec",
     "RunSpec",
     "SandboxLimits",
     "SandboxProfile",
@@ -339,6 +340,55 @@ class ToolSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
         _entry(self)
 
 
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class ModelSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
+    """A language model agents may use: ``ctx.model(name)`` builds its client.
+
+    ``kind`` is the API (``"openai"``: chat completions, any compatible
+    server; ``"anthropic"``: Messages).  Empty fields fall back to the
+    environment (``OPENAI_BASE_URL``, ``OPENAI_MODEL``, ...).  The key is never
+    written in the config: ``api_key_env`` names the environment variable that
+    holds it, read in the agent's process (the agent's sandbox profile must
+    pass it: ``env``).
+    """
+
+    name: str = ""
+    kind: Literal["openai", "anthropic"] = "openai"
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str = ""
+    timeout: Seconds = 60.0
+    max_retries: int = 3
+
+    _BOUNDS = {"max_retries": (0, 100)}
+
+    def _check(self) -> None:
+        _name(self)
+        _above_zero(self, "timeout")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                "base_url", f"expected an http:// or https:// URL, got {self.base_url!r}"
+            )
+        if len(self.base_url) > 2048 or len(self.model) > 256:
+            raise ConfigError("base_url" if len(self.base_url) > 2048 else "model", "too long")
+        if self.api_key_env and not _ENV_NAME_RE.match(self.api_key_env):
+            raise ConfigError(
+                "api_key_env",
+                f"expected the name of an environment variable, got {self.api_key_env!r}",
+            )
+
+    def client_config(self) -> dict[str, Any]:
+        """What :func:`agentrt.llm.client_from_config` takes (empty fields left out)."""
+        out: dict[str, Any] = {"kind": self.kind, "timeout": self.timeout}
+        out["max_retries"] = self.max_retries
+        for key in ("model", "base_url", "api_key_env"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+
 class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     """Supervisor-wide settings: start method, preloads, restart policy, budgets.
 
@@ -541,6 +591,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     supervisor: SupervisorSpec = msgspec.field(default_factory=SupervisorSpec)
     agents: dict[str, AgentSpec] = {}
     tools: dict[str, ToolSpec] = {}
+    #: language models agents may use (``[models.X]``)
+    models: dict[str, ModelSpec] = {}
     run: RunSpec = msgspec.field(default_factory=RunSpec)
     tasks: list[TaskSpec] = []
     approvals: ApprovalsSpec = msgspec.field(default_factory=ApprovalsSpec)

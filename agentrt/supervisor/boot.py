@@ -38,6 +38,8 @@ class BootPlanner:
         self.sys_path = sys_path
         self.log = log
         self.rundir = ""
+        #: ``[models.X]``: every replica's Boot carries their client configs
+        self.models: dict[str, dict[str, Any]] = {}
         self.launch_dir = os.getcwd()
         #: each running agent's sandbox plan (profile resolved, limits merged)
         self._plans: dict[str, sandbox.Plan] = {}
@@ -183,6 +185,7 @@ class BootPlanner:
             launch_dir=self.launch_dir,
             tools=tools,
             isolated_entries=isolated_entries or {},
+            models=self.models,
             tool_timeouts=tool_timeouts or {},
             approvals=approvals or {},
             count_tools=sup.max_tool_calls is not None,

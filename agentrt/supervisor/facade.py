@@ -26,7 +26,14 @@ import msgspec
 
 from agentrt import _linux
 from agentrt.backends.local import make_launcher
-from agentrt.config import AgentSpec, ApprovalsSpec, SupervisorSpec, ToolSpec, convert_spec
+from agentrt.config import (
+    AgentSpec,
+    ApprovalsSpec,
+    ModelSpec,
+    SupervisorSpec,
+    ToolSpec,
+    convert_spec,
+)
 from agentrt.control import SOCKET_NAME, ControlServer, RunInfo, write_run_info
 from agentrt.errors import (
     AgentCrashed,
@@ -126,6 +133,7 @@ class Supervisor:
         approvals: ApprovalsSpec | Mapping[str, Any] | None = None,
         approver: Approver | None = None,
         run_id: str | None = None,
+        models: Mapping[str, ModelSpec | Mapping[str, Any]] | None = None,
         **settings: Any,
     ) -> None:
         if spec is None:
@@ -144,6 +152,10 @@ class Supervisor:
         self.run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         self._events = EventHub(history=_HISTORY if spec.control else 0)
         self._boots = BootPlanner(spec, self.base_dir, self.sys_path, self.log)
+        for name, m in (models or {}).items():
+            if not isinstance(m, ModelSpec):
+                m = convert_spec({**m, "name": name}, ModelSpec, f"models.{name}")
+            self._boots.models[name] = m.client_config()
         self._encoder = FrameEncoder(spec.max_frame)
         self._ledger: Ledger[Slot] = Ledger(self._events, self._withdraw, self._encode_call)
         self._pool = Pool(self._ledger, self._events, self._boots, self.log)

@@ -34,8 +34,8 @@ ALLOWED: dict[str, set[str]] = {
     },
     "graph": {"errors"},
     "observe": set(),
-    # ctx.toolbox / run_tool_calls / run_plan open into agentrt.llm when first called
-    "context": {"errors", "protocol", "llm.calls", "llm.plan", "llm.schema"},
+    # ctx.toolbox / run_tool_calls / run_plan / model open into agentrt.llm when first called
+    "context": {"errors", "protocol", "llm.calls", "llm.clients", "llm.plan", "llm.schema"},
     # model-driven agents: above ctx and the graph engine, beside the supervisor
     "llm.schema": set(),
     "llm.shapes": set(),
