@@ -326,6 +326,9 @@ class ToolSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     entry: str
     isolated: bool = False
     replicas: int = 1
+    #: calls one of an isolated tool's processes runs at once (an async tool's
+    #: calls overlap on its event loop): a model turn's parallel calls to it
+    concurrency: int = 1
     timeout: Seconds | None = None
     limits: Limits = msgspec.field(default_factory=Limits)
     #: sandbox profile of an isolated tool's processes (see ``AgentSpec.sandbox``)
@@ -333,7 +336,7 @@ class ToolSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: ``"required"``: every call of it waits for approval
     approval: Approval = "none"
 
-    _BOUNDS = {"replicas": (1, 10_000)}
+    _BOUNDS = {"replicas": (1, 10_000), "concurrency": (1, 10_000)}
 
     def _check(self) -> None:
         _name(self)

@@ -24,7 +24,7 @@ import msgspec
 
 from agentrt.llm.calls import error_of, run_tool_calls, toolbox
 from agentrt.llm.schema import Toolbox
-from agentrt.llm.shapes import answer, error_content, parse_calls
+from agentrt.llm.shapes import ToolRequest, answer, error_content, parse_calls
 from agentrt.protocol import ToolSpan
 
 if TYPE_CHECKING:
@@ -47,12 +47,28 @@ class LoopResult(msgspec.Struct, kw_only=True):
     tool_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    #: the tools each turn called, by turn (``[]``: the turn that answered)
+    #: the tools each turn called, by turn (``[]``: the turn that answered); a
+    #: plan's steps count in ``tool_calls`` (and against ``max_tool_calls``)
     calls: list[list[str]] = []
 
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+def _cost(req: ToolRequest, box: Toolbox) -> int:
+    """Tool calls ``req`` makes: one, or a plan's steps."""
+    d = box.get(req.name)
+    if d is None or d.kind != "plan":
+        return 1
+    args = req.arguments
+    try:
+        if isinstance(args, str | bytes):
+            args = msgspec.json.decode(args)
+    except msgspec.DecodeError:
+        return 1
+    steps = args.get("steps") if isinstance(args, dict) else None
+    return max(1, len(steps)) if isinstance(steps, list) else 1
 
 
 def _span(ctx: Context, model: str, start: float, status: str, error: str) -> None:
@@ -131,7 +147,7 @@ async def run_loop(
         if not requests:
             out.text = turn.text
             return ended("final")
-        n = len(requests)
+        n = sum(_cost(r, box) for r in requests)
         if max_tool_calls is not None and out.tool_calls + n > max_tool_calls:
             refused = error_content(
                 "BudgetExceeded",

@@ -567,6 +567,9 @@ class ScriptedModel:
             raise _HTTPError(400, f"the body is not JSON: {e}") from e
         if not isinstance(body, dict):
             raise _HTTPError(400, "the body is not a JSON object")
+        if body.get("stream"):
+            # said, rather than answered as one body a streaming client never reads
+            raise _HTTPError(400, "stream: the scripted model does not stream; send stream=false")
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise _HTTPError(400, "messages: must be a list of objects")

@@ -226,6 +226,7 @@ class Requests:
                                 name=agent,
                                 entry=spec.entry,
                                 replicas=spec.replicas,
+                                concurrency=spec.concurrency,
                                 timeout=spec.timeout,
                                 limits=spec.limits,
                                 sandbox=spec.sandbox,

@@ -334,3 +334,16 @@ async def test_a_plan_that_cannot_run_is_one_readable_error(
     assert out["ok"] is False and out["order"] == []
     assert out["model"]["error"]["type"] == "PlanError"
     assert expect in out["model"]["error"]["message"]
+
+
+async def test_a_turns_calls_to_one_isolated_tool_overlap_up_to_its_concurrency(
+    make_supervisor, agent_spec
+):
+    calls = [oa(f"c{i}", "far", {"term": str(i), "delay": 0.4}) for i in range(4)]
+    async with make_supervisor() as sup:
+        await sup.add_tool(ToolSpec(name="far", entry=f"{E}:lookup", isolated=True, concurrency=4))
+        await sup.start(agent_spec("turn", f"{E}:turn"))
+        answers = await sup.call("turn", {"calls": calls})
+    results = [json.loads(a["content"]) for a in answers]
+    assert len({r["pid"] for r in results}) == 1  # one tool process served all four...
+    assert max(r["start"] for r in results) < min(r["end"] for r in results)  # ...at once

@@ -154,7 +154,8 @@ async def test_the_model_plans_a_dag_and_reads_its_outcome(make_supervisor, agen
                 "loop", {"base_url": model.openai_base_url, "prompt": "plan", "planner": True}
             )
     assert out["stop"] == "final" and out["text"] == "sum 6-0"
-    assert (out["turns"], out["tool_calls"]) == (2, 1)
+    assert (out["turns"], out["tool_calls"]) == (2, 4)  # the plan's four steps count
+    assert out["calls"] == [["run_plan"], []]
 
 
 async def test_model_calls_are_spans_in_the_trace(make_supervisor, agent_spec):

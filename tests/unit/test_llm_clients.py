@@ -490,6 +490,10 @@ def test_a_request_that_is_not_the_api_shape_is_answered_400() -> None:
         head = f"POST /v1/messages HTTP/1.1\r\ncontent-length: {len(body)}\r\n"
         out = _raw_exchange(m.port, head.encode() + b"connection: close\r\n\r\n" + body)
         assert out.startswith(b"HTTP/1.1 400 ") and b"anthropic-version" in out
+        body = b'{"model": "m", "messages": [], "stream": true}'  # it does not stream: it says so
+        head = f"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: {len(body)}\r\n"
+        out = _raw_exchange(m.port, head.encode() + b"connection: close\r\n\r\n" + body)
+        assert out.startswith(b"HTTP/1.1 400 ") and b"does not stream" in out
         out = _raw_exchange(m.port, b"GET /nowhere HTTP/1.1\r\nconnection: close\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 404 ")
     assert m.requests == []
