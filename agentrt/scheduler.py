@@ -33,7 +33,8 @@ import msgspec
 
 from agentrt.config import RunSpec
 from agentrt.errors import CallCancelled
-from agentrt.graph import Graph, GraphError, GraphState, critical_path, resolve
+from agentrt.graph import Graph, GraphError, GraphState, Node, critical_path, resolve
+from agentrt.journal import Journal, JournalError, Resumed, tasks_diff, tasks_digest
 
 if TYPE_CHECKING:
     from agentrt.supervisor import CallReport, Supervisor
@@ -80,10 +81,24 @@ class RunResult(msgspec.Struct, kw_only=True):
     failed_agents: dict[str, dict[str, Any]] = {}
     #: the run's audit log (approvals, pauses, cancellations, stops), when there is one
     audit: list[dict[str, Any]] = []
+    #: tasks whose result came from the journal (a resumed run), not run again
+    restored: list[str] = []
+    #: why the journal could not record the run, when it could not
+    journal_error: str | None = None
+
+
+def node_spec(node: Node) -> dict[str, Any]:
+    """A task's spec as the journal keeps it (its Node's fields)."""
+    return msgspec.to_builtins(node)  # type: ignore[no-any-return]
 
 
 class Run:
-    """One execution of a graph on a supervisor: ``await Run(sup, graph).wait()``."""
+    """One execution of a graph on a supervisor: ``await Run(sup, graph).wait()``.
+
+    With a ``journal`` (a :class:`~agentrt.journal.Journal`), the run, its
+    tasks, every attempt and every result are recorded as they happen, and a
+    run whose supervisor died can go on with :meth:`resume`.
+    """
 
     def __init__(
         self,
@@ -91,6 +106,11 @@ class Run:
         graph: Graph,
         spec: RunSpec | None = None,
         run_id: str | None = None,
+        *,
+        journal: Journal | None = None,
+        argv: str = "",
+        config: str = "",
+        _resumed: Resumed | None = None,
     ) -> None:
         self.sup = sup
         self.graph = graph
@@ -98,6 +118,19 @@ class Run:
         graph.on_error = self.spec.on_error
         self.run_id = run_id or uuid.uuid4().hex
         graph.validate()
+        self.journal = journal
+        self._argv = argv
+        self._config = config
+        self._resumed = _resumed
+        #: results the journal had (a resumed run): used instead of running again
+        self._restore: dict[str, TaskResult] = {}
+        #: attempts the journal had per task (a resumed task's next one is one more)
+        self._attempt_base: dict[str, int] = {}
+        if _resumed is not None:
+            self._restore = {t: msgspec.convert(r, TaskResult) for t, r in _resumed.done.items()}
+            self._attempt_base = dict(_resumed.attempts)
+        if journal is not None:
+            journal.lock(self.run_id)  # RunLocked: another supervisor has it
         self.state = GraphState(graph)
         #: this run's calls, budget and events on the supervisor
         self.link = sup.link_run(self)
@@ -123,6 +156,73 @@ class Run:
         self.started_at = time.time()
         #: the result, once the run has ended (also after a cancel)
         self.result: RunResult | None = None
+        self._restored: list[str] = []
+        self._seq = len(graph)
+
+    @property
+    def restorable(self) -> int:
+        """Tasks whose results the journal holds (a resumed run)."""
+        return len(self._restore)
+
+    @classmethod
+    def resume(
+        cls,
+        sup: Supervisor,
+        journal: Journal,
+        run_id: str,
+        graph: Graph | None = None,
+        spec: RunSpec | None = None,
+        *,
+        force: bool = False,
+        argv: str = "",
+        config: str = "",
+    ) -> Run:
+        """Go on with run ``run_id`` of ``journal`` (``"last"``: the latest run).
+
+        Tasks that finished ok are not run again: their recorded results feed
+        their dependents.  The others, those in flight when the supervisor
+        died included, run (again).  ``graph``: the graph as configured now; a
+        graph whose tasks differ from the run's is refused, with the
+        differences, unless ``force`` (then tasks whose spec changed run
+        again).  Without ``graph``, the run's own tasks.
+        """
+        run_id = journal.run_id(run_id)
+        resumed = journal.load(run_id)
+        if graph is None:
+            graph = Graph.from_specs(resumed.initial, on_error=(spec or RunSpec()).on_error)
+        else:
+            now = [node_spec(n) for n in graph.nodes]
+            if tasks_digest(now) != resumed.tasks_hash:
+                diff = tasks_diff(resumed.initial, now)
+                if not force:
+                    raise JournalError(
+                        journal.path,
+                        f"run {run_id}'s tasks changed since it started (use --force to run "
+                        "the changed ones again):\n  " + "\n  ".join(diff or ["(order)"]),
+                    )
+                before = {str(t["id"]): t for t in resumed.initial}
+                for n in graph.nodes:
+                    if before.get(n.id) != node_spec(n):
+                        resumed.done.pop(n.id, None)
+        graph.validate()
+        for d in resumed.dynamic:
+            if d["id"] not in graph:
+                graph.add_node(msgspec.convert(d, Node))
+        # a task whose dependency will run again runs again too: its inputs may change
+        ids = set(graph)
+        for tid in graph.order:
+            if tid in resumed.done and not graph.deps(tid) <= (set(resumed.done) & ids):
+                resumed.done.pop(tid)
+        return cls(
+            sup,
+            graph,
+            spec,
+            run_id,
+            journal=journal,
+            argv=argv,
+            config=config,
+            _resumed=resumed,
+        )
 
     # --- public --------------------------------------------------------------
 
@@ -213,7 +313,19 @@ class Run:
     def add(self, id: str | None = None, agent: str = "", **fields: Any) -> str:
         """Add a task while the run goes on; it starts once its inputs exist."""
         tid = id or f"{agent}-{next(self._ids)}"
-        self.graph.add(tid, agent, **fields)
+        while id is None and tid in self.graph:  # a resumed run has ids of its own already
+            tid = f"{agent}-{next(self._ids)}"
+        if tid in self.graph and self._resumed is not None:
+            # submitted again by a task that runs again after a resume: the same
+            # task (same spec) is the one already in the graph
+            probe = Graph()
+            probe.add(tid, agent, **fields)
+            if node_spec(probe[tid]) == node_spec(self.graph[tid]):
+                return tid
+        node = self.graph.add(tid, agent, **fields)
+        if self.journal is not None:
+            self._seq += 1
+            self.journal.add_task(self.run_id, node_spec(node), seq=self._seq, kind="submitted")
         self._emit("task_added", tid, agent=agent)
         self._wake.set()
         return tid
@@ -234,8 +346,37 @@ class Run:
     def _emit(self, kind: str, task: str | None = None, **fields: Any) -> None:
         self.link.emit(kind, task, **fields)
 
+    def _journal_start(self) -> None:
+        j = self.journal
+        if j is None:
+            return
+        if self._resumed is None:
+            j.begin_run(
+                self.run_id,
+                [node_spec(n) for n in self.graph.nodes],
+                argv=self._argv,
+                config=self._config,
+                started=self.started_at,
+            )
+        else:
+            j.resume_run(self.run_id, argv=self._argv)
+
+    async def _journal_end(self, result: RunResult) -> RunResult:
+        j = self.journal
+        if j is None:
+            return result
+        try:
+            j.end_run(self.run_id, result.status, ended=result.finished_at)
+            await j.flush()
+        except JournalError as exc:
+            result.journal_error = str(exc)
+        finally:
+            j.unlock(self.run_id)
+        return result
+
     async def _drive(self) -> RunResult:
         deadline = self.spec.deadline
+        self._journal_start()
         self._emit("run_started", tasks=len(self.graph))
         try:
             async with asyncio.timeout(deadline) as cm:
@@ -255,7 +396,7 @@ class Run:
             # cancelled by a person (agentrt ctl cancel --run): the result says so
         finally:
             self._deadline_cm = None
-            result = self.result = self._result()
+            result = self.result = await self._journal_end(self._result())
             self._emit("run_finished", status=result.status, makespan=result.makespan)
             self.link.close()
         return result
@@ -266,6 +407,11 @@ class Run:
             self._wake.clear()
             expanded = False
             for tid in state.ready():
+                if tid in self._restore and (
+                    state.parent(tid) is not None or state.node(tid).for_each is None
+                ):
+                    self._restore_task(tid)
+                    continue
                 if tid in self._running or not self._room(tid):
                     continue
                 self._queued.setdefault(tid, time.time())
@@ -288,6 +434,24 @@ class Run:
                 )
             finally:
                 waiter.cancel()
+
+    def _restore_task(self, tid: str) -> None:
+        """A task the journal says finished ok: its result, not a new run."""
+        res = self._restore.pop(tid)
+        self.state.start(tid)
+        self.results[tid] = res
+        self.values[tid] = res.result
+        self._restored.append(tid)
+        self._emit("task_restored", tid, agent=res.agent)
+        parent = self.state.parent(tid)
+        if parent is not None:
+            prog = self.state.finish_child(tid, True)
+            if prog.completed:
+                self._settle_parent(parent)
+            self._skipped(prog.skipped)
+        else:
+            self._skipped(self.state.finish(tid, True))
+        self._wake.set()
 
     def _room(self, tid: str) -> bool:
         cap = self.spec.max_concurrency
@@ -314,6 +478,11 @@ class Run:
             self._skipped(self.state.finish(tid, ok=False))
             return
         children = self.state.expand(tid, items)
+        if self.journal is not None:
+            for i, c in enumerate(children):
+                self._seq += 1
+                spec = {"id": c, "agent": node.agent, "parent": tid, "index": i}
+                self.journal.add_task(self.run_id, spec, seq=self._seq, kind="item")
         self._emit("fanout", tid, items=len(items))
         for c in children:
             self._queued[c] = time.time()
@@ -337,6 +506,9 @@ class Run:
         try:
             item: dict[str, Any] = {"item": state.item(tid)} if parent is not None else {}
             args = resolve(node.args, self.values, where=f"tasks.{tid}.args", **item)
+            j = self.journal
+            if j is not None:
+                j.task_started(self.run_id, tid, args)
             retries = node.retries or 0
             backoff = self.spec.retry_backoff
             for attempt in range(retries + 1):
@@ -349,6 +521,19 @@ class Run:
                     approval=node.approval == "required",
                 )
                 attempts += report.attempts
+                if j is not None:
+                    base = self._attempt_base.get(tid, 0)
+                    self._attempt_base[tid] = base + 1
+                    j.attempt(
+                        self.run_id,
+                        tid,
+                        base + 1,
+                        status=report.status,
+                        pid=report.pid,
+                        started=report.started_at,
+                        ended=report.finished_at,
+                        error=report.error,
+                    )
                 if report.status == "ok" or attempt == retries:
                     break
                 delay = min(self.spec.retry_backoff_max, backoff * 2**attempt)
@@ -451,6 +636,8 @@ class Run:
         fields.setdefault("finished_at", time.time())
         res = TaskResult(id=tid, status=status, queued_at=self._queued.get(tid), **fields)
         self.results[tid] = res
+        if self.journal is not None:
+            self.journal.task_finished(self.run_id, tid, status, msgspec.to_builtins(res))
         if status != "skipped":
             err = res.error or {}
             why = f"{err.get('type', 'Error')}: {err.get('message', '')}" if err else res.reason
@@ -507,4 +694,5 @@ class Run:
             started_at=self.started_at,
             finished_at=time.time(),
             failed_agents=failed_agents,
+            restored=list(self._restored),
         )

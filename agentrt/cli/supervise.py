@@ -30,6 +30,7 @@ from agentrt.cli.common import (
 from agentrt.config import Config, check_entries, load_config
 from agentrt.errors import AgentFailed, AgentrtError, ConfigError
 from agentrt.graph import Graph
+from agentrt.journal import Journal, JournalError
 from agentrt.observe import LineStream, configure_logging
 from agentrt.scheduler import Run, RunResult, TaskResult
 from agentrt.supervisor import RunEvent, Supervisor
@@ -50,6 +51,27 @@ def add_parser(sub: Subparsers) -> None:
     )
     sp.add_argument("config", type=Path, help="path to config.toml")
     sp.add_argument("--output", "-o", type=Path, help="write the results file (JSON) here")
+    sp.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="go on with a run of the journal ('last': the latest): tasks that finished are "
+        "not run again; those in flight when it stopped run again",
+    )
+    sp.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: run the tasks whose spec changed since the run started again "
+        "(without it a changed config is refused)",
+    )
+    sp.add_argument(
+        "--journal",
+        type=Path,
+        metavar="FILE",
+        help="the run journal (SQLite; default: [run] journal: .agentrt/runs.db by the config)",
+    )
+    sp.add_argument(
+        "--no-journal", action="store_true", help="record nothing (a run that cannot be resumed)"
+    )
     sp.add_argument(
         "--trace",
         type=Path,
@@ -150,6 +172,10 @@ async def _supervise(
     trace: Path | None = None,
     live: Any = None,
     json_logs: bool = False,
+    journal: Journal | None = None,
+    resume: str | None = None,
+    force: bool = False,
+    config: str = "",
 ) -> int:
     from agentrt.trace import TraceRecorder
 
@@ -180,7 +206,7 @@ async def _supervise(
             # the timeline shows each in-process tool call too
             spec = msgspec.structs.replace(spec, trace_tools=True)
         async with Supervisor(
-            spec, base_dir=cfg.base_dir, approvals=cfg.approvals, models=cfg.models
+            spec, base_dir=cfg.base_dir, approvals=cfg.approvals, models=cfg.models, run_id=resume
         ) as sup:
             pump = asyncio.ensure_future(_pump(sup, sinks))
             await asyncio.sleep(0)  # the pump subscribes before anything is emitted
@@ -191,7 +217,17 @@ async def _supervise(
             )
             try:
                 async with view:
-                    outcome = await _run_tasks(sup, cfg, graph, stop, log)
+                    outcome = await _run_tasks(
+                        sup,
+                        cfg,
+                        graph,
+                        stop,
+                        log,
+                        journal=journal,
+                        resume=resume,
+                        force=force,
+                        config=config,
+                    )
                     await asyncio.sleep(0)  # the pump drains what the run emitted last
             finally:
                 pump.cancel()
@@ -206,6 +242,9 @@ async def _supervise(
         if recorder is not None and trace is not None:
             recorder.write(trace, result)
             log.info("trace_written", path=str(trace), events=len(recorder.events))
+    if outcome.journal_error is not None:
+        print(f"agentrt: {outcome.journal_error}", file=sys.stderr)
+        return EXIT_CONFIG
     if result is None:
         # no run: supervised with no tasks, or an agent could not start
         result = RunResult(
@@ -241,6 +280,9 @@ async def _supervise(
         log.error("run_summary", lines=summary)
     elif summary:
         print("\n".join(summary), file=sys.stderr)
+    if result.journal_error:
+        print(f"agentrt: the run was not fully recorded: {result.journal_error}", file=sys.stderr)
+        return EXIT_FAILED
     if signals and cfg.tasks and outcome.interrupted:
         return 128 + signals[0]  # 130 for SIGINT: the run was cut short
     return EXIT_OK if result.status == "ok" and not failed else EXIT_FAILED
@@ -252,6 +294,8 @@ class _Outcome:
     def __init__(self) -> None:
         self.result: RunResult | None = None
         self.start_error: AgentrtError | None = None
+        #: the journal refused the run (locked, changed, unreadable): nothing ran
+        self.journal_error: JournalError | None = None
         self.start_agent = ""
         self.interrupted = False
 
@@ -297,7 +341,16 @@ def _json_safe(result: RunResult | None, log: Any) -> RunResult | None:
 
 
 async def _run_tasks(
-    sup: Supervisor, cfg: Config, graph: Graph, stop: asyncio.Event, log: Any
+    sup: Supervisor,
+    cfg: Config,
+    graph: Graph,
+    stop: asyncio.Event,
+    log: Any,
+    *,
+    journal: Journal | None = None,
+    resume: str | None = None,
+    force: bool = False,
+    config: str = "",
 ) -> _Outcome:
     """Start the agents and run the graph (or, with no tasks, supervise until a signal).
 
@@ -305,6 +358,25 @@ async def _run_tasks(
     because an agent failed (``on_agent_failure = "stop"``).
     """
     outcome = _Outcome()
+    run: Run | None = None
+    if cfg.tasks:
+        # the journal first: a run another supervisor holds, or whose tasks
+        # changed, is refused before any agent starts
+        argv = " ".join(sys.argv)
+        try:
+            if resume is not None and journal is not None:
+                run = Run.resume(
+                    sup, journal, resume, graph, cfg.run, force=force, argv=argv, config=config
+                )
+                log.info("run_resumed", run_id=run.run_id, restored=run.restorable)
+            else:
+                run = Run(
+                    sup, graph, cfg.run, sup.run_id, journal=journal, argv=argv, config=config
+                )
+        except JournalError as exc:
+            log.error("journal_error", error=str(exc))
+            outcome.journal_error = exc
+            return outcome
     try:
         for tool in cfg.tools.values():
             await sup.add_tool(tool)
@@ -328,7 +400,8 @@ async def _run_tasks(
             log.info("supervising", agents=list(cfg.agents), hint="stop with Ctrl-C")
             await asyncio.wait([stopper, closed], return_when=asyncio.FIRST_COMPLETED)
             return outcome
-        run = Run(sup, graph, cfg.run, run_id=sup.run_id).start()
+        assert run is not None
+        run.start()
         waiter = asyncio.ensure_future(run.wait())
         await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
         if not waiter.done():
@@ -342,6 +415,18 @@ async def _run_tasks(
     finally:
         stopper.cancel()
         closed.cancel()
+
+
+def _journal_path(args: argparse.Namespace, cfg: Config) -> Path | None:
+    """Where this run is recorded: ``--journal``, else ``[run] journal`` (relative to
+    the config's directory); None with ``--no-journal`` or an empty ``journal``."""
+    if args.no_journal:
+        return None
+    if args.journal is not None:
+        return Path(args.journal)
+    if not cfg.run.journal:
+        return None
+    return Path(cfg.base_dir or ".") / cfg.run.journal
 
 
 def _write_results(path: Path, data: bytes) -> None:
@@ -387,6 +472,13 @@ def command(args: argparse.Namespace) -> int:
         entry_errors = check_entries(cfg)
         if entry_errors:
             raise entry_errors[0]
+        journal_path = _journal_path(args, cfg)
+        if args.resume is not None and journal_path is None:
+            raise ConfigError(
+                "--resume", "needs a journal (drop --no-journal, or set [run] journal)"
+            )
+        if args.force and args.resume is None:
+            raise ConfigError("--force", "only goes with --resume")
     except ConfigError as exc:
         if args.log_format == "json":
             structlog.get_logger("agentrt.cli").error(
@@ -394,6 +486,18 @@ def command(args: argparse.Namespace) -> int:
             )
         else:
             print(f"agentrt: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    journal: Journal | None = None
+    resume: str | None = None
+    try:
+        if journal_path is not None:
+            journal = Journal(journal_path)
+            if args.resume is not None:
+                resume = journal.run_id(args.resume)
+    except JournalError as exc:
+        if journal is not None:
+            journal.close()
+        print(f"agentrt: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         return asyncio.run(
@@ -404,7 +508,14 @@ def command(args: argparse.Namespace) -> int:
                 trace=args.trace,
                 live=view,
                 json_logs=args.log_format == "json",
+                journal=journal,
+                resume=resume,
+                force=args.force,
+                config=str(args.config.resolve()),
             )
         )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        if journal is not None:
+            journal.close()

@@ -516,6 +516,9 @@ class RunSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     agent_concurrency: dict[str, int] = {}
     retry_backoff: Seconds = 0.1
     retry_backoff_max: Seconds = 5.0
+    #: ``agentrt supervise`` records the run here (relative to the config's
+    #: directory); ``""``: no journal, and no ``--resume``
+    journal: str = ".agentrt/runs.db"
 
     _BOUNDS = {"max_concurrency": (1, 1_000_000)}
 

@@ -151,7 +151,9 @@ ALLOWED: dict[str, set[str]] = {
         "supervisor.oversight",
         "supervisor.pool",
     },
-    "scheduler": {"config", "errors", "graph", "supervisor"},
+    # the run journal (SQLite): what the scheduler records and resumes from
+    "journal": {"errors"},
+    "scheduler": {"config", "errors", "graph", "journal", "supervisor"},
     "live": {"protocol", "supervisor"},
     "trace": {"scheduler", "supervisor"},
     # the command, one module per subcommand (nothing imports cli)
@@ -161,6 +163,7 @@ ALLOWED: dict[str, set[str]] = {
         "config",
         "errors",
         "graph",
+        "journal",
         "live",
         "observe",
         "scheduler",
