@@ -158,6 +158,8 @@ class Run:
         self.result: RunResult | None = None
         self._restored: list[str] = []
         self._seq = len(graph)
+        #: tasks whose call is in flight, since when
+        self._launched: dict[str, float] = {}
 
     @property
     def restorable(self) -> int:
@@ -191,7 +193,8 @@ class Run:
         if graph is None:
             graph = Graph.from_specs(resumed.initial, on_error=(spec or RunSpec()).on_error)
         else:
-            now = [node_spec(n) for n in graph.nodes]
+            added = {str(d["id"]) for d in resumed.dynamic}  # the graph may hold them already
+            now = [node_spec(n) for n in graph.nodes if n.id not in added]
             if tasks_digest(now) != resumed.tasks_hash:
                 diff = tasks_diff(resumed.initial, now)
                 if not force:
@@ -360,6 +363,12 @@ class Run:
             )
         else:
             j.resume_run(self.run_id, argv=self._argv)
+        run_id = self.run_id
+
+        def audited(entry: Any) -> None:  # a person's decision during the run
+            j.event(run_id, "audit", msgspec.to_builtins(entry))
+
+        self.link.on_audit(audited)
 
     async def _journal_end(self, result: RunResult) -> RunResult:
         j = self.journal
@@ -512,6 +521,7 @@ class Run:
             retries = node.retries or 0
             backoff = self.spec.retry_backoff
             for attempt in range(retries + 1):
+                self._launched[tid] = time.time()
                 report = await self.link.call(
                     node.agent,
                     args,
@@ -521,6 +531,7 @@ class Run:
                     approval=node.approval == "required",
                 )
                 attempts += report.attempts
+                self._launched.pop(tid, None)
                 if j is not None:
                     base = self._attempt_base.get(tid, 0)
                     self._attempt_base[tid] = base + 1
@@ -544,6 +555,20 @@ class Run:
             self._done(tid, ok=False)
             return
         except asyncio.CancelledError:
+            if self.journal is not None and tid in self._launched:
+                # the attempt in flight ends here (its call was cancelled)
+                n = self._attempt_base.get(tid, 0) + 1
+                self._attempt_base[tid] = n
+                self.journal.attempt(
+                    self.run_id,
+                    tid,
+                    n,
+                    status="cancelled",
+                    pid=None,
+                    started=self._launched.pop(tid),
+                    ended=time.time(),
+                    error=None,
+                )
             why: str | None = None
             message = "task cancelled: the run stopped"
             if tid in self._cancelled:

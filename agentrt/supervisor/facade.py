@@ -19,7 +19,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -957,6 +957,7 @@ class RunLink:
         self._sup = sup
         self.host = host
         self.budget = new_budget(sup.spec)
+        self._listening: list[Callable[[AuditEntry], None]] = []
         sup._runs[host.run_id] = host
         if sup._holds.all:
             host.hold(True)
@@ -964,6 +965,15 @@ class RunLink:
     def close(self) -> None:
         """The run has ended."""
         self._sup._runs.pop(self.host.run_id, None)
+        for listen in self._listening:
+            with contextlib.suppress(ValueError):
+                self._sup._audit.listeners.remove(listen)
+        self._listening.clear()
+
+    def on_audit(self, listen: Callable[[AuditEntry], None]) -> None:
+        """Call ``listen`` with each audit entry (a person's decision) until the run ends."""
+        self._sup._audit.listeners.append(listen)
+        self._listening.append(listen)
 
     async def call(
         self,

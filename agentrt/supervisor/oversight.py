@@ -140,6 +140,8 @@ class Audit:
     def __init__(self, log: Any) -> None:
         self.log = log
         self.entries: deque[AuditEntry] = deque(maxlen=MAX_AUDIT)
+        #: called with each entry (a run's journal records them); never raise
+        self.listeners: list[Callable[[AuditEntry], None]] = []
         self._files: list[Any] = []
         self._encoder = msgspec.json.Encoder()
 
@@ -161,6 +163,11 @@ class Audit:
     def record(self, action: str, target: str, by: Who, **fields: Any) -> AuditEntry:
         entry = AuditEntry(time=time.time(), action=action, target=target, by=by, **fields)
         self.entries.append(entry)
+        for listen in list(self.listeners):
+            try:
+                listen(entry)
+            except Exception as exc:  # a listener's failure is logged, never the caller's
+                self.log.error("audit_listener_failed", error=f"{type(exc).__name__}: {exc}")
         if self._files:
             try:
                 line = self._encoder.encode(entry) + b"\n"
