@@ -306,3 +306,58 @@ args = { n = 1 }
     assert doc["tasks"]["boom"]["status"] in ("crashed", "failed")
     assert doc["tasks"]["after"]["status"] == "skipped"
     assert doc["failed_agents"]["crasher"]["last_cause"]["exit_code"] == 5
+
+
+def test_resume_goes_on_with_the_journals_run_and_refuses_a_changed_config(
+    tmp_path: Path,
+) -> None:
+    config = """
+[agents.echo]
+entry = "agents:echo"
+
+[[tasks]]
+id = "one"
+agent = "echo"
+args = { n = 1 }
+
+[[tasks]]
+id = "two"
+agent = "echo"
+args = { n = "${one.n}" }
+"""
+    cfg = _project(tmp_path, config)
+    first = _run("supervise", str(cfg), "--no-live", "-o", str(tmp_path / "r1.json"))
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / ".agentrt" / "runs.db").exists()  # next to the config, by default
+    run_id = json.loads((tmp_path / "r1.json").read_text())["run_id"]
+    again = _run(
+        "supervise", str(cfg), "--no-live", "--resume", "last", "-o", str(tmp_path / "r2.json")
+    )
+    assert again.returncode == 0, again.stderr
+    second = json.loads((tmp_path / "r2.json").read_text())
+    assert second["run_id"] == run_id and sorted(second["restored"]) == ["one", "two"]
+    # the tasks changed: refused, with the difference, before any agent starts
+    cfg.write_text(config.replace("n = 1", "n = 2"))
+    changed = _run("supervise", str(cfg), "--no-live", "--resume", run_id)
+    assert changed.returncode == 2
+    assert "task 'one': args was {'n': 1}, is now {'n': 2}" in changed.stderr
+    assert "--force" in changed.stderr
+    forced = _run(
+        "supervise",
+        str(cfg),
+        "--no-live",
+        "--resume",
+        run_id,
+        "--force",
+        "-o",
+        str(tmp_path / "r3.json"),
+    )
+    assert forced.returncode == 0, forced.stderr
+    third = json.loads((tmp_path / "r3.json").read_text())
+    assert third["restored"] == [] and third["tasks"]["two"]["result"] == {"n": 2}
+    unknown = _run("supervise", str(cfg), "--no-live", "--resume", "nope")
+    assert unknown.returncode == 2 and "no run 'nope'" in unknown.stderr
+    bare = _run("supervise", str(cfg), "--no-live", "--no-journal", "--resume", "last")
+    assert bare.returncode == 2 and "--resume: needs a journal" in bare.stderr
+    lone = _run("supervise", str(cfg), "--no-live", "--force")
+    assert lone.returncode == 2 and "--force: only goes with --resume" in lone.stderr
