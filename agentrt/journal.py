@@ -143,6 +143,9 @@ class RunRow(msgspec.Struct, kw_only=True):
     tasks: int
     ok: int
     failed: int
+    #: not run: skipped for a failed dependency, a stop or the deadline
+    skipped: int
+    #: neither finished nor skipped (yet)
     pending: int
 
 
@@ -232,7 +235,7 @@ class Journal:
         self._writer: threading.Thread | None = None
         self._failed: JournalError | None = None
         self._locks: dict[str, int] = {}
-        self._db = self._open()
+        self._db = self._open(create)
 
     # --- opening and checking -------------------------------------------------
 
@@ -243,7 +246,7 @@ class Journal:
         conn.execute("PRAGMA busy_timeout = 10000")
         return conn
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, create: bool) -> sqlite3.Connection:
         try:
             conn = self._connect()
         except sqlite3.Error as exc:
@@ -253,6 +256,8 @@ class Journal:
             if check is None or check[0] != "ok":
                 raise JournalError(self.path, f"damaged: {check[0] if check else 'no answer'}")
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not tables and not create:
+                raise JournalError(self.path, "not a journal (an empty file)")
             if tables and "meta" not in tables:
                 raise JournalError(self.path, "not an agentrt journal (no meta table)")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -543,13 +548,14 @@ class Journal:
             "SELECT r.run_id, r.status, r.started, r.ended, r.argv, r.config, r.resumed, "
             "COUNT(t.task_id), "
             "SUM(t.status = 'ok'), "
-            "SUM(t.status IN ('failed', 'timeout', 'crashed', 'limit', 'cancelled', 'denied')) "
+            "SUM(t.status IN ('failed', 'timeout', 'crashed', 'limit', 'cancelled', 'denied')), "
+            "SUM(t.status = 'skipped') "
             "FROM runs r LEFT JOIN tasks t ON t.run_id = r.run_id "
             "GROUP BY r.run_id ORDER BY r.started DESC"
         )
         out: list[RunRow] = []
-        for rid, status, started, ended, argv, config, resumed, n, ok, failed in rows:
-            ok, failed = int(ok or 0), int(failed or 0)
+        for rid, status, started, ended, argv, config, resumed, n, ok, failed, skipped in rows:
+            ok, failed, skipped = int(ok or 0), int(failed or 0), int(skipped or 0)
             if status == "running" and not self._locked_elsewhere(rid):
                 status = "interrupted"
             out.append(
@@ -564,7 +570,8 @@ class Journal:
                     tasks=n,
                     ok=ok,
                     failed=failed,
-                    pending=n - ok - failed,
+                    skipped=skipped,
+                    pending=n - ok - failed - skipped,
                 )
             )
         return out

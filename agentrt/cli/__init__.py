@@ -9,6 +9,8 @@ Commands::
     agentrt ctl cancel TASK | --agent NAME | --run [ID]   [--reason TEXT]
     agentrt ctl approve ID [--reason TEXT] [--args JSON] | deny ID [--reason TEXT]
     agentrt ctl stop [--now] [--reason TEXT] | tail [-n N] [--no-follow]
+    agentrt runs [CONFIG] [--journal FILE] [--json] [-n N]
+    agentrt show RUN_ID|last [CONFIG] [--journal FILE] [--json]
     agentrt validate CONFIG
     agentrt doctor
     agentrt trace TRACE [--png out.png] [--width PX] [--height PX]
@@ -17,13 +19,15 @@ Commands::
 Exit codes: 0 every task succeeded (or a clean stop; a valid config; a
 report written; a control request done), 1 a task or agent failed (or the
 supervisor refused a control request), 2 the configuration, the trace file
-or the command line is invalid (or no live run is reachable), 130
-interrupted.
+or the command line is invalid (or no live run is reachable; or the journal
+or the run named is missing or unreadable), 130 interrupted.  ``runs`` and
+``show`` exit 0 whenever they could show what was asked, whatever the run's
+own status.
 
-Rooms: one module per command (``supervise``, ``ctl``, ``validate``,
-``doctor``, ``trace``, ``bench``), each with its ``add_parser`` and ``command``;
-``common`` holds the exit statuses. This module assembles the parser and
-dispatches.
+Rooms: one module per command (``supervise``, ``ctl``, ``runs`` -- also
+``show`` --, ``validate``, ``doctor``, ``trace``, ``bench``), each with its
+``add_parser`` and ``command``; ``common`` holds the exit statuses. This module
+assembles the parser and dispatches.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import argparse
 from collections.abc import Callable
 
 from agentrt import __version__
-from agentrt.cli import bench, ctl, doctor, supervise, trace, validate
+from agentrt.cli import bench, ctl, doctor, runs, supervise, trace, validate
 from agentrt.cli.common import EXIT_CONFIG as EXIT_CONFIG
 from agentrt.cli.common import EXIT_FAILED as EXIT_FAILED
 from agentrt.cli.common import EXIT_HELP
@@ -54,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     # in this order in --help
     supervise.add_parser(sub)
     ctl.add_parser(sub)
+    runs.add_parser(sub)
     validate.add_parser(sub)
     doctor.add_parser(sub)
     trace.add_parser(sub)
@@ -67,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "supervise": supervise.command,
         "ctl": ctl.command,
+        "runs": runs.command,
+        "show": runs.show_command,
         "validate": validate.command,
         "doctor": doctor.command,
         "trace": trace.command,

@@ -176,12 +176,15 @@ ALLOWED: dict[str, set[str]] = {
     "cli.bench": {"cli.common"},
     # the control client only: it knows the supervisor through the socket
     "cli.ctl": {"cli.common", "control", "errors", "protocol"},
+    # the journal, read only: the runs it recorded and one run's tasks
+    "cli.runs": {"cli.common", "config", "errors", "graph", "journal", "scheduler"},
     "cli": {
         "__init__",
         "cli.bench",
         "cli.common",
         "cli.ctl",
         "cli.doctor",
+        "cli.runs",
         "cli.supervise",
         "cli.trace",
         "cli.validate",
