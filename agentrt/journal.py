@@ -112,6 +112,40 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, seq);
 """
 
+# The statements a run writes.  The writer runs a batch grouped by statement
+# (executemany), in this order, which is the order in which one task's rows
+# can be written: a run before its tasks, a task's row before its updates,
+# the run's end last.
+_RUN_BEGIN: Final = (
+    "INSERT INTO runs (run_id, tasks_hash, tasks, argv, config, started, status) "
+    "VALUES (?, ?, ?, ?, ?, ?, 'running')"
+)
+_RUN_RESUME: Final = (
+    "UPDATE runs SET status = 'running', ended = NULL, resumed = resumed + 1 WHERE run_id = ?"
+)
+_TASK_ADD: Final = (
+    "INSERT OR IGNORE INTO tasks (run_id, task_id, seq, agent, spec, dynamic) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_TASK_START: Final = (
+    "UPDATE tasks SET args = ?, status = 'running' WHERE run_id = ? AND task_id = ?"
+)
+_ATTEMPT: Final = (
+    "INSERT OR REPLACE INTO attempts (run_id, task_id, attempt, pid, started, ended, status, "
+    "error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_TASK_END: Final = (
+    "UPDATE tasks SET status = ?, outcome = ? WHERE run_id = ? AND task_id = ? AND status != 'ok'"
+)
+_EVENT: Final = "INSERT INTO events (run_id, time, kind, body) VALUES (?, ?, ?, ?)"
+_RUN_END: Final = "UPDATE runs SET status = ?, ended = ? WHERE run_id = ?"
+_ORDER: Final = {
+    sql: i
+    for i, sql in enumerate(
+        (_RUN_BEGIN, _RUN_RESUME, _TASK_ADD, _TASK_START, _ATTEMPT, _TASK_END, _EVENT, _RUN_END)
+    )
+}
+
 _encode = msgspec.msgpack.Encoder(order="deterministic").encode
 _decode = msgspec.msgpack.Decoder().decode
 
@@ -252,9 +286,7 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(self.path, f"cannot open it: {exc}") from None
         try:
-            check = conn.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise JournalError(self.path, f"damaged: {check[0] if check else 'no answer'}")
+            # a light look (the whole file is checked when a run is resumed from it)
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             if not tables and not create:
                 raise JournalError(self.path, "not a journal (an empty file)")
@@ -324,12 +356,15 @@ class Journal:
                     except queue.Empty:
                         break
                 error: JournalError | None = self._failed
-                writes = [b for b in batch if isinstance(b, tuple)]
-                if writes and error is None:
+                groups: dict[str, list[Sequence[Any]]] = {}
+                for b in batch:
+                    if isinstance(b, tuple):
+                        groups.setdefault(b[0], []).append(b[1])
+                if groups and error is None:
                     try:
                         conn.execute("BEGIN IMMEDIATE")
-                        for sql, params in writes:
-                            conn.execute(sql, params)
+                        for sql in sorted(groups, key=_ORDER.__getitem__):
+                            conn.executemany(sql, groups[sql])
                         conn.execute("COMMIT")
                     except sqlite3.Error as exc:
                         with contextlib.suppress(sqlite3.Error):
@@ -372,8 +407,7 @@ class Journal:
     ) -> None:
         """A new run and its graph's tasks."""
         self._put(
-            "INSERT INTO runs (run_id, tasks_hash, tasks, argv, config, started, status) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'running')",
+            _RUN_BEGIN,
             (
                 run_id,
                 tasks_digest(tasks),
@@ -390,8 +424,7 @@ class Journal:
     def resume_run(self, run_id: str, *, argv: str = "") -> None:
         """A run goes on after its supervisor died (or it ended and is run again)."""
         self._put(
-            "UPDATE runs SET status = 'running', ended = NULL, resumed = resumed + 1 "
-            "WHERE run_id = ?",
+            _RUN_RESUME,
             (run_id,),
         )
         self.event(run_id, "run_resumed", {"argv": argv})
@@ -408,8 +441,7 @@ class Journal:
         of a fan-out (``spec`` names its ``parent`` and ``index``)."""
         dynamic = {"graph": 0, "submitted": 1, "item": 2}[kind]
         self._put(
-            "INSERT OR IGNORE INTO tasks (run_id, task_id, seq, agent, spec, dynamic) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            _TASK_ADD,
             (run_id, str(spec["id"]), seq, str(spec.get("agent", "")), _encode(spec), dynamic),
         )
 
@@ -420,7 +452,7 @@ class Journal:
         except (TypeError, msgspec.EncodeError):
             blob = _encode(repr(args))
         self._put(
-            "UPDATE tasks SET args = ?, status = 'running' WHERE run_id = ? AND task_id = ?",
+            _TASK_START,
             (blob, run_id, task_id),
         )
 
@@ -437,9 +469,7 @@ class Journal:
         error: dict[str, Any] | None,
     ) -> None:
         self._put(
-            "INSERT OR REPLACE INTO attempts "
-            "(run_id, task_id, attempt, pid, started, ended, status, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _ATTEMPT,
             (
                 run_id,
                 task_id,
@@ -452,20 +482,17 @@ class Journal:
             ),
         )
 
-    def task_finished(
-        self, run_id: str, task_id: str, status: str, outcome: dict[str, Any]
-    ) -> None:
-        """The task's outcome (its TaskResult's builtins).  An ``ok`` result is
-        never overwritten: a task's result is recorded once."""
+    def task_finished(self, run_id: str, task_id: str, status: str, outcome: Any) -> None:
+        """The task's outcome (its TaskResult).  An ``ok`` result is never
+        overwritten: a task's result is recorded once."""
         self._put(
-            "UPDATE tasks SET status = ?, outcome = ? "
-            "WHERE run_id = ? AND task_id = ? AND status != 'ok'",
+            _TASK_END,
             (status, _encode(outcome), run_id, task_id),
         )
 
     def end_run(self, run_id: str, status: str, *, ended: float | None = None) -> None:
         self._put(
-            "UPDATE runs SET status = ?, ended = ? WHERE run_id = ?",
+            _RUN_END,
             (status, ended or time.time(), run_id),
         )
         self.event(run_id, "run_finished", {"status": status})
@@ -473,7 +500,7 @@ class Journal:
     def event(self, run_id: str, kind: str, body: dict[str, Any]) -> None:
         """An event worth keeping for an audit."""
         self._put(
-            "INSERT INTO events (run_id, time, kind, body) VALUES (?, ?, ?, ?)",
+            _EVENT,
             (run_id, time.time(), kind, _encode(body)),
         )
 
@@ -610,8 +637,16 @@ class Journal:
         )
         return [{"time": t, "kind": k, **_decode(b)} for t, k, b in rows]
 
+    def check(self) -> None:
+        """Read the whole file (``PRAGMA quick_check``): JournalError if it is damaged."""
+        rows = self._rows("PRAGMA quick_check")
+        if not rows or rows[0][0] != "ok":
+            raise JournalError(self.path, f"damaged: {rows[0][0] if rows else 'no answer'}")
+
     def load(self, run_id: str) -> Resumed:
-        """What run ``run_id`` left: its tasks, those that finished ok, attempts."""
+        """What run ``run_id`` left (the file checked first): its tasks, those that
+        finished ok, attempts."""
+        self.check()
         rows = self._rows("SELECT tasks_hash, tasks FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise JournalError(self.path, f"no run {run_id!r}")

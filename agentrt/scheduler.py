@@ -212,9 +212,11 @@ class Run:
             if d["id"] not in graph:
                 graph.add_node(msgspec.convert(d, Node))
         # a task whose dependency will run again runs again too: its inputs may change
-        ids = set(graph)
+        # (in dependency order, so one pass over one shrinking set settles it)
+        keep = set(resumed.done) & set(graph)
         for tid in graph.order:
-            if tid in resumed.done and not graph.deps(tid) <= (set(resumed.done) & ids):
+            if tid in keep and not graph.deps(tid) <= keep:
+                keep.discard(tid)
                 resumed.done.pop(tid)
         return cls(
             sup,
@@ -516,7 +518,8 @@ class Run:
             item: dict[str, Any] = {"item": state.item(tid)} if parent is not None else {}
             args = resolve(node.args, self.values, where=f"tasks.{tid}.args", **item)
             j = self.journal
-            if j is not None:
+            if j is not None and (parent is not None or args != node.args):
+                # resolved arguments (the spec row holds those written without references)
                 j.task_started(self.run_id, tid, args)
             retries = node.retries or 0
             backoff = self.spec.retry_backoff
@@ -662,7 +665,7 @@ class Run:
         res = TaskResult(id=tid, status=status, queued_at=self._queued.get(tid), **fields)
         self.results[tid] = res
         if self.journal is not None:
-            self.journal.task_finished(self.run_id, tid, status, msgspec.to_builtins(res))
+            self.journal.task_finished(self.run_id, tid, status, res)
         if status != "skipped":
             err = res.error or {}
             why = f"{err.get('type', 'Error')}: {err.get('message', '')}" if err else res.reason

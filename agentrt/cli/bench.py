@@ -24,7 +24,11 @@ def add_parser(sub: Subparsers) -> None:
         epilog="exit status: 0 all benchmarks ran, 1 one failed, 2 no benchmarks/ here",
     )
     bp.add_argument("--quick", action="store_true", help="fewer repetitions, smaller N")
-    bp.add_argument("--only", metavar="NAME", help="comma-separated subset: core, swarm, peers")
+    bp.add_argument(
+        "--only",
+        metavar="NAME",
+        help="comma-separated subset: core, swarm, peers, journal, llm",
+    )
     bp.add_argument(
         "--json",
         type=Path,
@@ -35,7 +39,7 @@ def add_parser(sub: Subparsers) -> None:
     bp.add_argument("--png", type=Path, metavar="FILE", help="also draw the headline ratios here")
 
 
-_BENCHES = ("core", "swarm", "peers")
+_BENCHES = ("core", "swarm", "peers", "journal", "llm")
 
 
 def command(args: argparse.Namespace) -> int:
