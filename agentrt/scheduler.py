@@ -163,8 +163,10 @@ class Run:
 
     @property
     def restorable(self) -> int:
-        """Tasks whose results the journal holds (a resumed run)."""
-        return len(self._restore)
+        """Tasks whose results the journal holds and that will not run again (a
+        resumed run; a fan-out's items count, the fan-out itself is expanded)."""
+        graph = self.graph
+        return sum(1 for t in self._restore if t not in graph or graph[t].for_each is None)
 
     @classmethod
     def resume(

@@ -491,7 +491,8 @@ def command(args: argparse.Namespace) -> int:
     resume: str | None = None
     try:
         if journal_path is not None:
-            journal = Journal(journal_path)
+            # resuming reads a journal: a missing file is an error, never a new journal
+            journal = Journal(journal_path, create=args.resume is None)
             if args.resume is not None:
                 resume = journal.run_id(args.resume)
     except JournalError as exc:
