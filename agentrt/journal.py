@@ -146,8 +146,18 @@ _ORDER: Final = {
     )
 }
 
-_encode = msgspec.msgpack.Encoder(order="deterministic").encode
+_digest_encode = msgspec.msgpack.Encoder(order="deterministic").encode
+_plain_encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
+
+
+def _encode(value: Any) -> bytes:
+    """``value`` as MessagePack; what cannot be (a dict keyed by tuples, say) is
+    kept as its ``repr`` under ``"unencodable"``, so recording never fails a run."""
+    try:
+        return _plain_encode(value)
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
+        return _plain_encode({"unencodable": repr(value)[:10_000]})
 
 
 class JournalError(AgentrtError):
@@ -201,7 +211,11 @@ class Resumed:
 
 def tasks_digest(specs: Sequence[dict[str, Any]]) -> str:
     """A hash of a graph's tasks (their specs, in order)."""
-    return hashlib.sha256(_encode(list(specs))).hexdigest()[:32]
+    try:
+        blob = _digest_encode(list(specs))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        blob = repr(list(specs)).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
 
 
 def tasks_diff(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> list[str]:
@@ -337,7 +351,7 @@ class Journal:
 
     def _put(self, sql: str, params: Sequence[Any]) -> None:
         if self._failed is not None:
-            raise self._failed
+            return  # it stopped writing: flush() (the run's end) reports why
         if self._writer is None:
             self._writer = threading.Thread(
                 target=self._write_loop, name="agentrt-journal", daemon=True
@@ -447,10 +461,7 @@ class Journal:
 
     def task_started(self, run_id: str, task_id: str, args: Any) -> None:
         """The task was launched with these (resolved) arguments."""
-        try:
-            blob = _encode(args)
-        except (TypeError, msgspec.EncodeError):
-            blob = _encode(repr(args))
+        blob = _encode(args)
         self._put(
             _TASK_START,
             (blob, run_id, task_id),

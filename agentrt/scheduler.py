@@ -511,6 +511,21 @@ class Run:
         self._running[tid] = asyncio.ensure_future(self._exec(tid))
 
     async def _exec(self, tid: str) -> None:
+        try:
+            await self._run_task(tid)
+        except Exception as exc:
+            # a bug of the runtime, not of the task: the task fails, saying so, and
+            # the run goes on (it never waits for a task that is gone)
+            if tid in self._running:
+                self._record(
+                    tid,
+                    "failed",
+                    error={"type": "InternalError", "message": f"{type(exc).__name__}: {exc}"},
+                    agent=self.state.node(tid).agent,
+                )
+                self._done(tid, ok=False)
+
+    async def _run_task(self, tid: str) -> None:
         state = self.state
         node = state.node(tid)
         parent = state.parent(tid)
