@@ -24,7 +24,8 @@ def ran(log: Path) -> list[str]:
 
 
 async def start(sup: Any, agent_spec: Any) -> None:
-    await sup.start(agent_spec("logger", "agents:logged", replicas=3))
+    # queue 0: a call never waits in a replica behind a task a test holds at a gate
+    await sup.start(agent_spec("logger", "agents:logged", replicas=4, queue=0))
     await sup.start(agent_spec("submitter", "agents:submits_logged"))
 
 
