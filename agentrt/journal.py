@@ -278,7 +278,12 @@ class Journal:
         if not create and not self.path.exists():
             raise JournalError(self.path, "no such file")
         if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise JournalError(
+                    self.path, f"cannot create its directory: {exc.strerror or exc}"
+                ) from None
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._failed: JournalError | None = None
@@ -522,9 +527,14 @@ class Journal:
         if run_id in self._locks:
             return
         lockdir = self.path.parent / "locks"
-        lockdir.mkdir(parents=True, exist_ok=True)
         path = lockdir / f"{_safe(run_id)}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            lockdir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise JournalError(
+                self.path, f"cannot take run {run_id}'s lock {path}: {exc.strerror or exc}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

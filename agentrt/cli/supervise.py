@@ -498,8 +498,17 @@ def command(args: argparse.Namespace) -> int:
     except JournalError as exc:
         if journal is not None:
             journal.close()
-        print(f"agentrt: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+            journal = None
+        if args.journal is not None or args.resume is not None:
+            print(f"agentrt: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        # the default place cannot hold a journal (a read-only directory, say): the
+        # run goes on unrecorded, and says so
+        structlog.get_logger("agentrt.cli").warning(
+            "journal_unavailable",
+            error=str(exc),
+            hint="this run cannot be resumed; give --journal FILE, or --no-journal",
+        )
     try:
         return asyncio.run(
             _supervise(

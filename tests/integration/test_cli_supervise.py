@@ -361,3 +361,27 @@ args = { n = "${one.n}" }
     assert bare.returncode == 2 and "--resume: needs a journal" in bare.stderr
     lone = _run("supervise", str(cfg), "--no-live", "--force")
     assert lone.returncode == 2 and "--force: only goes with --resume" in lone.stderr
+
+
+def test_a_default_journal_place_that_cannot_hold_one_warns_and_the_run_goes_on(
+    tmp_path: Path,
+) -> None:
+    cfg = _project(
+        tmp_path,
+        """
+[agents.echo]
+entry = "agents:echo"
+
+[[tasks]]
+id = "one"
+agent = "echo"
+""",
+    )
+    (tmp_path / ".agentrt").write_text("a file where the journal's directory would go")
+    proc = _run("supervise", str(cfg), "--no-live", "-o", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "journal_unavailable" in proc.stderr and "cannot create its directory" in proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "ok"
+    # a journal asked for by name is not optional
+    named = _run("supervise", str(cfg), "--no-live", "--journal", str(tmp_path / ".agentrt/x.db"))
+    assert named.returncode == 2 and "cannot create its directory" in named.stderr
