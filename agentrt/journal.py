@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS runs (
     tasks BLOB NOT NULL,
     argv TEXT NOT NULL DEFAULT '',
     config TEXT NOT NULL DEFAULT '',
+    config_hash TEXT NOT NULL DEFAULT '',
     started REAL NOT NULL,
     ended REAL,
     status TEXT NOT NULL,
@@ -117,8 +118,8 @@ CREATE INDEX IF NOT EXISTS events_run ON events (run_id, seq);
 # can be written: a run before its tasks, a task's row before its updates,
 # the run's end last.
 _RUN_BEGIN: Final = (
-    "INSERT INTO runs (run_id, tasks_hash, tasks, argv, config, started, status) "
-    "VALUES (?, ?, ?, ?, ?, ?, 'running')"
+    "INSERT INTO runs (run_id, tasks_hash, tasks, argv, config, config_hash, started, status) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')"
 )
 _RUN_RESUME: Final = (
     "UPDATE runs SET status = 'running', ended = NULL, resumed = resumed + 1 WHERE run_id = ?"
@@ -183,6 +184,8 @@ class RunRow(msgspec.Struct, kw_only=True):
     ended: float | None
     argv: str
     config: str
+    #: the sha256 of the config file when the run started
+    config_hash: str
     resumed: int
     tasks: int
     ok: int
@@ -216,6 +219,17 @@ def tasks_digest(specs: Sequence[dict[str, Any]]) -> str:
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
         blob = repr(list(specs)).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _file_digest(path: str) -> str:
+    """The sha256 of the file at ``path`` (the config a run came from), or ``""``."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
 
 
 def tasks_diff(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> list[str]:
@@ -433,6 +447,7 @@ class Journal:
                 _encode(list(tasks)),
                 argv,
                 config,
+                _file_digest(config),
                 started or time.time(),
             ),
         )
@@ -593,7 +608,8 @@ class Journal:
     def runs(self) -> list[RunRow]:
         """Every run, newest first, with its task counts."""
         rows = self._rows(
-            "SELECT r.run_id, r.status, r.started, r.ended, r.argv, r.config, r.resumed, "
+            "SELECT r.run_id, r.status, r.started, r.ended, r.argv, r.config, r.config_hash, "
+            "r.resumed, "
             "COUNT(t.task_id), "
             "SUM(t.status = 'ok'), "
             "SUM(t.status IN ('failed', 'timeout', 'crashed', 'limit', 'cancelled', 'denied')), "
@@ -602,7 +618,9 @@ class Journal:
             "GROUP BY r.run_id ORDER BY r.started DESC"
         )
         out: list[RunRow] = []
-        for rid, status, started, ended, argv, config, resumed, n, ok, failed, skipped in rows:
+        for row in rows:
+            rid, status, started, ended, argv, config, config_hash, resumed = row[:8]
+            n, ok, failed, skipped = row[8:]
             ok, failed, skipped = int(ok or 0), int(failed or 0), int(skipped or 0)
             if status == "running" and not self._locked_elsewhere(rid):
                 status = "interrupted"
@@ -614,6 +632,7 @@ class Journal:
                     ended=ended,
                     argv=argv,
                     config=config,
+                    config_hash=config_hash,
                     resumed=resumed,
                     tasks=n,
                     ok=ok,

@@ -180,3 +180,39 @@ async def test_model_calls_are_spans_in_the_trace(make_supervisor, agent_spec):
     assert finished[-1] == "model:model"
     between = finished[finished.index("model:model") + 1 : -1]
     assert sorted(between) == sorted(["research"] * 2 + ["tool:lookup"] * 4 + ["tool:boom"])
+
+
+async def test_cancelling_the_call_cancels_the_model_loop_and_its_tool_calls(
+    make_supervisor, agent_spec
+):
+    def stuck(req: Request) -> Reply:
+        if req.last_user_text() == "again":
+            return Reply(text="free")
+        if req.turn() == 0:  # a tool call that would never end by itself
+            return Reply(tool_calls=[ScriptedCall("forever", {})])
+        return Reply(text="unreachable")
+
+    with ScriptedModel(stuck) as model:
+        async with make_supervisor(trace_tools=True) as sup:
+            await sup.add_tool(ToolSpec(name="forever", entry=f"{E}:hang"))
+            await start(sup, agent_spec)
+            events = sup.events()
+            call = asyncio.ensure_future(
+                sup.call("loop", {"base_url": model.openai_base_url, "prompt": "go"})
+            )
+            async with asyncio.timeout(20):  # the model's turn is in: its tool call starts
+                async for ev in events:
+                    if ev.kind == "call_finished" and ev.target == "model:model":
+                        break
+            await events.aclose()
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            # the agent (one call at a time) is free at once: its loop, and the
+            # tool call in it, were cancelled, not left running
+            again = await sup.call(
+                "loop",
+                {"base_url": model.openai_base_url, "prompt": "again", "max_turns": 1},
+                timeout=10,
+            )
+    assert (again["stop"], again["text"]) == ("final", "free")

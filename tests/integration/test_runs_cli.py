@@ -3,6 +3,7 @@ read back by the real command (subprocesses), and the journal errors they report
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -98,6 +99,7 @@ def test_runs_lists_each_run_newest_first_with_its_task_counts(project: Project)
         assert r["ended"] >= r["started"]
         assert "supervise" in r["argv"]
         assert r["config"] == str(project.config.resolve())
+        assert r["config_hash"] == hashlib.sha256(project.config.read_bytes()).hexdigest()
 
     proc = agentrt("runs", str(project.config))
     assert proc.returncode == 0, proc.stderr
