@@ -61,8 +61,13 @@ __all__ = [
     "tasks_digest",
 ]
 
-#: the journal's format; another one is refused, naming both
-FORMAT: Final = 1
+#: the journal's format; another one is refused, naming both (an older one that
+#: this agentrt knows how to bring up to date is migrated in place)
+FORMAT: Final = 2
+#: each older format, and the statements that bring it to the next
+_MIGRATIONS: Final = {
+    "1": ("ALTER TABLE runs ADD COLUMN config_hash TEXT NOT NULL DEFAULT ''",),
+}
 #: at most this many writes in one transaction
 _BATCH: Final = 5_000
 
@@ -336,6 +341,13 @@ class Journal:
             row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
             if row is None:
                 raise JournalError(self.path, "not an agentrt journal (it names no format)")
+            while row[0] in _MIGRATIONS:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _MIGRATIONS[row[0]]:
+                    conn.execute(statement)
+                row = (str(int(row[0]) + 1),)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", row)
+                conn.execute("COMMIT")
             if row[0] != str(FORMAT):
                 raise JournalError(
                     self.path,

@@ -43,7 +43,7 @@ import psutil
 import pytest
 from clitools import ROOT
 
-from agentrt.journal import Journal
+from agentrt.journal import FORMAT, Journal
 
 FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -533,7 +533,7 @@ def _real_journal(tmp: Path, cfg: Path, env: dict[str, str]) -> Path:
     [
         ("garbage", "not a journal, or damaged: file is not a database"),
         ("truncated", "damaged"),
-        ("format", "written in journal format 99; this agentrt reads format 1"),
+        ("format", f"written in journal format 99; this agentrt reads format {FORMAT}"),
     ],
     ids=["garbage", "truncated", "format"],
 )

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agentrt import Graph
-from agentrt.journal import FORMAT, Journal, JournalError, RunLocked
+from agentrt.journal import _SCHEMA, FORMAT, Journal, JournalError, RunLocked
 from agentrt.scheduler import Run
 
 
@@ -257,3 +257,23 @@ async def test_decisions_during_the_run_are_in_its_journal(make_supervisor, agen
         actions = [e["action"] for e in audit]
         assert {"approved", "denied"} <= set(actions)
         assert all(e["by"] for e in audit)
+
+
+def test_a_journal_of_the_first_format_is_brought_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    # the first format: the tables of today, less the runs' config_hash
+    con.executescript(_SCHEMA.replace("    config_hash TEXT NOT NULL DEFAULT '',\n", ""))
+    con.execute("INSERT INTO meta VALUES ('format', '1')")
+    con.execute(
+        "INSERT INTO runs (run_id, tasks_hash, tasks, started, status) "
+        "VALUES ('old', 'h', x'90', 1.0, 'ok')"
+    )
+    con.commit()
+    con.close()
+    with Journal(path) as journal:
+        (row,) = journal.runs()
+        assert (row.run_id, row.status, row.config_hash) == ("old", "ok", "")
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (str(FORMAT),)
+    con.close()
