@@ -280,14 +280,15 @@ async def test_pause_stops_cpu_and_deadlines_stand_still(
     gate = make_gate("started")
     async with sup_factory() as sup:
         await sup.start(spec("spinner", entry))
-        # 0.2 s of CPU under a 2 s timeout; paused for 2.5 s in the middle
-        fut = sup.submit("spinner", {"seconds": 0.2, "fifo": gate.path}, timeout=2.0)
+        # 0.2 s of CPU under a 3 s timeout (room for a loaded machine); paused for
+        # 3.5 s in the middle
+        fut = sup.submit("spinner", {"seconds": 0.2, "fifo": gate.path}, timeout=3.0)
         pid = int(await gate.read_line())
         assert await sup.pause("spinner") == ["spinner#0"]
         (status,) = await sup.status()
         assert status.state == "paused"
         before = _cpu(pid)
-        await asyncio.sleep(2.5)  # longer than the call's whole timeout
+        await asyncio.sleep(3.5)  # longer than the call's whole timeout
         assert _cpu(pid) - before < 0.05  # really stopped
         assert not fut.done()  # its deadline stood still
         assert await sup.resume("spinner") == ["spinner#0"]
