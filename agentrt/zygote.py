@@ -44,11 +44,16 @@ _PF_EXITING = 0x4
 
 
 def zygote_main(
-    sock: socket.socket, preload: list[str], sys_path: list[str], parent: int, rundir: str = ""
+    sock: socket.socket,
+    preload: list[str],
+    sys_path: list[str],
+    parent: int,
+    rundir: str = "",
+    spares: int = 0,
 ) -> None:
     """Body of the zygote process."""
-    global _parent, _rundir, _parent_fd
-    _parent, _rundir = parent, rundir
+    global _parent, _rundir, _parent_fd, _spare_target
+    _parent, _rundir, _spare_target = parent, rundir, spares
     with contextlib.suppress(OSError):
         _parent_fd = os.pidfd_open(parent)
     # SIGTERM, not SIGKILL, when the supervisor dies: the handler takes every
@@ -87,7 +92,11 @@ def zygote_main(
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
+    own = (wake_r, wake_w)
     while True:
+        # Idle: fork spares, one at a time, while nothing is asked of us.
+        while len(_spares) < _spare_target and not poller.poll(0):
+            _fork_spare(sock, own)
         try:
             events = poller.poll()
         except InterruptedError:
@@ -110,31 +119,99 @@ def zygote_main(
                 for f in fds:
                     os.close(f)
                 continue
-            _fork_one(sock, encoder, req, fds, (wake_r, wake_w))
+            _fork_one(sock, encoder, req, fds, own, data)
         # SIGCHLD may have raced with poll(); reaping is cheap.
         _reap(sock, encoder)
 
 
+def _fork_spare(sock: socket.socket, own: tuple[int, int]) -> None:
+    """Fork a spare: a child that waits for the Fork request it will serve.
+
+    It becomes a replica only then (``child_main``: sandbox, limits and the
+    entry, as any replica), and it serves one request: no state of one agent
+    can reach another through it.  It dies with the zygote.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygote = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return
+    if pid == 0:  # the spare
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _linux.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != zygote:
+                os._exit(0)
+            sock.close()
+            ours.close()
+            for f in own:
+                os.close(f)
+            for other in _spares.values():
+                other.close()
+            _spares.clear()
+            _forked.clear()
+            _cgroups.clear()
+            data, fds = _linux.recv_with_fds(theirs, _DGRAM, 8)
+            theirs.close()
+            if not data or len(fds) != 3:
+                os._exit(0)
+            req = msgspec.msgpack.decode(data, type=Fork)
+            from agentrt.worker import child_main
+
+            child_main(req.boot, fds[0], fds[1], fds[2])
+        finally:
+            os._exit(70)
+    theirs.close()
+    _spares[pid] = ours
+
+
+def _take_spare(data: bytes, fds: list[int]) -> int:
+    """Hand the request to a spare: its pid, or 0 (none left, or it is gone)."""
+    while _spares:
+        pid, conn = _spares.popitem()
+        try:
+            _linux.send_with_fds(conn, data, fds)
+        except OSError:
+            continue  # it died meanwhile: its exit is reaped as a spare's
+        finally:
+            conn.close()
+        return pid
+    return 0
+
+
 def _fork_one(
-    sock: socket.socket, encoder: Any, req: Fork, fds: list[int], own: tuple[int, int]
+    sock: socket.socket,
+    encoder: Any,
+    req: Fork,
+    fds: list[int],
+    own: tuple[int, int],
+    data: bytes = b"",
 ) -> None:
     if len(fds) != 3:
         for f in fds:
             os.close(f)
         sock.sendall(encoder.encode(ForkFailed(req.req, f"expected 3 fds, got {len(fds)}")))
         return
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        for f in fds:
-            os.close(f)
-        sock.sendall(encoder.encode(ForkFailed(req.req, f"fork failed: {exc}")))
-        return
+    pid = _take_spare(data, fds) if data else 0
+    if not pid:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for f in fds:
+                os.close(f)
+            sock.sendall(encoder.encode(ForkFailed(req.req, f"fork failed: {exc}")))
+            return
     if pid == 0:  # child
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _forked.clear()
             _cgroups.clear()
+            for conn in _spares.values():
+                conn.close()
+            _spares.clear()
             sock.close()
             for f in own:
                 os.close(f)
@@ -177,6 +254,11 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
         if info is None or info.si_pid == 0:
             return
         pid = info.si_pid
+        conn = _spares.pop(pid, None)
+        if conn is not None:  # a spare died before serving: nobody waits for it
+            conn.close()
+            os.wait4(pid, 0)
+            continue
         cpu = _linux.child_cpu(pid)
         if cpu is not None:
             # Report first: the supervisor may be waiting on this to fail the calls.
@@ -210,6 +292,10 @@ def _report(sock: socket.socket, encoder: Any, pid: int, status: int, cpu: float
 
 #: replicas forked by this zygote and not yet reaped
 _forked: set[int] = set()
+#: spares waiting for a request: pid -> the zygote's end of its socket
+_spares: dict[int, socket.socket] = {}
+#: how many spares the zygote keeps (forked while it is idle)
+_spare_target = 0
 #: the cgroups of each of them that has some
 _cgroups: dict[int, list[str]] = {}
 
@@ -223,7 +309,7 @@ def _kill_orphans() -> None:
     except OSError:
         return
     for pid in children:
-        if pid not in _forked:
+        if pid not in _forked and pid not in _spares:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -246,6 +332,10 @@ def _die(supervisor_gone: bool = False) -> NoReturn:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     _forked.clear()
+    for pid in list(_spares):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _spares.clear()
     _kill_orphans()
     for groups in _cgroups.values():  # whatever left the trees, but not the cgroups
         with contextlib.suppress(OSError), open(os.path.join(groups[0], "cgroup.procs")) as f:
@@ -270,7 +360,10 @@ def _die(supervisor_gone: bool = False) -> NoReturn:
 class ZygoteClient:
     """The supervisor's end of the zygote socket (runs on the event loop)."""
 
-    def __init__(self, preload: list[str], sys_path: list[str], rundir: str = "") -> None:
+    def __init__(
+        self, preload: list[str], sys_path: list[str], rundir: str = "", spares: int = 0
+    ) -> None:
+        self.spares = spares
         self.preload = preload
         self.sys_path = sys_path
         self.rundir = rundir
@@ -313,7 +406,7 @@ class ZygoteClient:
         loop = self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         args = msgspec.json.encode(
-            [theirs.fileno(), self.preload, self.sys_path, os.getpid(), self.rundir]
+            [theirs.fileno(), self.preload, self.sys_path, os.getpid(), self.rundir, self.spares]
         )
         exe = os.fsencode(multiprocess.spawn.get_executable())
         argv = [
@@ -488,5 +581,5 @@ def _reap_pid(pid: int, grace: float) -> None:
 
 def _main(args: str) -> None:
     """Entry of the zygote interpreter (see :meth:`ZygoteClient.start`)."""
-    fd, preload, sys_path, parent, rundir = msgspec.json.decode(args)
-    zygote_main(socket.socket(fileno=fd), preload, sys_path, parent, rundir)
+    fd, preload, sys_path, parent, rundir, spares = msgspec.json.decode(args)
+    zygote_main(socket.socket(fileno=fd), preload, sys_path, parent, rundir, spares)

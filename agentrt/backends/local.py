@@ -38,9 +38,10 @@ class ZygoteLauncher:
         sys_path: list[str],
         rundir: str = "",
         may_restart: Callable[[str], bool] | None = None,
+        spares: int = 0,
     ) -> None:
-        self._args = (preload, sys_path, rundir)
-        self.client = ZygoteClient(preload, sys_path, rundir)
+        self._args = (preload, sys_path, rundir, spares)
+        self.client = ZygoteClient(preload, sys_path, rundir, spares)
         self._may_restart = may_restart
         self._restart: asyncio.Future[None] | None = None
 
@@ -182,9 +183,10 @@ def make_launcher(
     sys_path: list[str],
     rundir: str = "",
     may_restart: Callable[[str], bool] | None = None,
+    spares: int = 0,
 ) -> Launcher:
     """The launcher for ``start_method`` (``may_restart``: whether a dead zygote
     may be replaced; ``rundir``: removed by the zygote if it outlives us)."""
     if method == "zygote":
-        return ZygoteLauncher(preload, sys_path, rundir, may_restart)
+        return ZygoteLauncher(preload, sys_path, rundir, may_restart, spares)
     return MultiprocessLauncher(method, preload, sys_path)

@@ -408,6 +408,10 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
 
     start_method: StartMethod = "zygote"
     preload: list[str] = []
+    #: processes the zygote forks ahead, while it is idle, to become replicas
+    #: (Android's zygote pool): starting or replacing a replica then skips the
+    #: fork; each serves one replica only (0: fork on demand)
+    spares: int = 4
     strategy: Strategy = "one_for_one"
     intensity: int = 5
     period: Seconds = 10.0
@@ -434,6 +438,7 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     audit_log: str | None = None
 
     _BOUNDS = {
+        "spares": (0, 1_024),
         "intensity": (0, 1_000_000),
         "mailbox": (1, 1_000_000),
         "max_agents": (0, 100_000),

@@ -230,6 +230,7 @@ class Supervisor:
             self.sys_path,
             self._boots.rundir,
             self._zygote_may_restart,
+            self.spec.spares,
         )
         rundir = self._boots.rundir
         audit = [os.path.join(rundir, "audit.jsonl")]

@@ -16,7 +16,19 @@ from agentrt import ConfigError, StartupError, SupervisorClosed
 
 
 def _descendants() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    """Our descendants, less the zygote's idle spares (its children that have not
+    become replicas yet: a replica has a session of its own)."""
+    me = psutil.Process()
+    zygotes = {p.pid for p in me.children()}
+    out: set[int] = set()
+    for p in me.children(recursive=True):
+        try:
+            if p.ppid() in zygotes and os.getsid(p.pid) != p.pid:
+                continue  # a spare: the zygote's, forked ahead and replaced as used
+        except (psutil.Error, ProcessLookupError):
+            continue
+        out.add(p.pid)
+    return out
 
 
 # --- startup failures ----------------------------------------------------------------
