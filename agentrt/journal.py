@@ -41,7 +41,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -735,13 +735,3 @@ class Journal:
 
 def _safe(run_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)[:200] or "_"
-
-
-@contextlib.contextmanager
-def opened(path: str | os.PathLike[str], *, create: bool = True) -> Iterator[Journal]:
-    """``with opened(path) as journal:`` (closed at the end)."""
-    j = Journal(path, create=create)
-    try:
-        yield j
-    finally:
-        j.close()

@@ -158,7 +158,7 @@ class Run:
         self.result: RunResult | None = None
         self._restored: list[str] = []
         self._seq = len(graph)
-        #: tasks whose call is in flight, since when
+        #: a journaled run's tasks whose call is in flight, since when
         self._launched: dict[str, float] = {}
 
     @property
@@ -541,7 +541,8 @@ class Run:
             retries = node.retries or 0
             backoff = self.spec.retry_backoff
             for attempt in range(retries + 1):
-                self._launched[tid] = time.time()
+                if j is not None:
+                    self._launched[tid] = time.time()
                 report = await self.link.call(
                     node.agent,
                     args,
@@ -551,19 +552,15 @@ class Run:
                     approval=node.approval == "required",
                 )
                 attempts += report.attempts
-                self._launched.pop(tid, None)
                 if j is not None:
-                    base = self._attempt_base.get(tid, 0)
-                    self._attempt_base[tid] = base + 1
-                    j.attempt(
-                        self.run_id,
+                    self._launched.pop(tid, None)
+                    self._journal_attempt(
                         tid,
-                        base + 1,
-                        status=report.status,
-                        pid=report.pid,
-                        started=report.started_at,
-                        ended=report.finished_at,
-                        error=report.error,
+                        report.status,
+                        report.pid,
+                        report.started_at,
+                        report.finished_at,
+                        report.error,
                     )
                 if report.status == "ok" or attempt == retries:
                     break
@@ -575,20 +572,10 @@ class Run:
             self._done(tid, ok=False)
             return
         except asyncio.CancelledError:
-            if self.journal is not None and tid in self._launched:
+            if tid in self._launched:
                 # the attempt in flight ends here (its call was cancelled)
-                n = self._attempt_base.get(tid, 0) + 1
-                self._attempt_base[tid] = n
-                self.journal.attempt(
-                    self.run_id,
-                    tid,
-                    n,
-                    status="cancelled",
-                    pid=None,
-                    started=self._launched.pop(tid),
-                    ended=time.time(),
-                    error=None,
-                )
+                started = self._launched.pop(tid)
+                self._journal_attempt(tid, "cancelled", None, started, time.time(), None)
             why: str | None = None
             message = "task cancelled: the run stopped"
             if tid in self._cancelled:
@@ -621,6 +608,22 @@ class Run:
         if report.status == "ok":
             self.values[tid] = report.result
         self._done(tid, ok=report.status == "ok")
+
+    def _journal_attempt(
+        self,
+        tid: str,
+        status: str,
+        pid: int | None,
+        started: float | None,
+        ended: float | None,
+        error: dict[str, Any] | None,
+    ) -> None:
+        """Record ``tid``'s next attempt (numbered on from those the journal had)."""
+        assert self.journal is not None
+        n = self._attempt_base[tid] = self._attempt_base.get(tid, 0) + 1
+        self.journal.attempt(
+            self.run_id, tid, n, status=status, pid=pid, started=started, ended=ended, error=error
+        )
 
     def _done(self, tid: str, ok: bool) -> None:
         """Tell the state; apply what follows (skips, fan-out completion, fail_fast)."""

@@ -9,14 +9,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m agentrt.cli ARGS`` from the repository root, output captured."""
+def run_cli(
+    *args: str, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m agentrt.cli ARGS`` from ``cwd`` (the repository root by default),
+    output captured."""
     return subprocess.run(
         [sys.executable, "-m", "agentrt.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=ROOT,
+        cwd=cwd or ROOT,
     )
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from clitools import run_cli as agentrt
 from clitools import write_project
 
 from agentrt.graph import Node
@@ -20,9 +19,6 @@ from agentrt.journal import Journal
 from agentrt.scheduler import TaskResult
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-#: the console script of the interpreter running the tests (else ``python -m agentrt.cli``)
-SCRIPT = Path(sys.executable).with_name("agentrt")
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "agentrt.cli"]
 
 CONFIG = """
 [agents.echo]
@@ -54,13 +50,6 @@ id = "after_bad"
 agent = "echo"
 args = { z = "${bad}" }
 """
-
-
-def agentrt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The ``agentrt`` command with ``args``, output captured."""
-    return subprocess.run(
-        [*COMMAND, *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
-    )
 
 
 @dataclass
