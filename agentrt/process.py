@@ -83,6 +83,8 @@ def _read(fd: int) -> memoryview:
 
 
 _BIG_PIPE = 1 << 20
+#: how long a remote replica's host may take to report its exit after its stream closed
+_REMOTE_EOF_WAIT = 30.0
 #: frames sent within this long of the previous write are coalesced with it
 _BURST = 20e-6
 _MAX_LINE = 8192
@@ -94,6 +96,8 @@ class ExitInfo:
 
     exit_code: int | None
     cpu: float | None = None
+    #: what else is known of its end (a remote replica's lost node)
+    detail: str = ""
 
     @property
     def signal(self) -> int | None:
@@ -105,10 +109,12 @@ class ExitInfo:
 
     def describe(self) -> str:
         if self.exit_code is None:
-            return "exit status unknown"
-        if self.signal is not None:
-            return f"killed by {signal_name(self.signal)} ({self.exit_code})"
-        return f"exited with code {self.exit_code}"
+            how = "exit status unknown"
+        elif self.signal is not None:
+            how = f"killed by {signal_name(self.signal)} ({self.exit_code})"
+        else:
+            how = f"exited with code {self.exit_code}"
+        return f"{how}: {self.detail}" if self.detail else how
 
 
 @dataclass(slots=True)
@@ -119,12 +125,37 @@ class Launched:
     #: whether the process that forked it (the zygote) has died since: a replica
     #: that died with it did nothing wrong
     orphaned: Callable[[], bool] = field(default=lambda: False)
+    #: a replica on another machine (or in another's process tree): its stream
+    #: ``(read, write, output)`` fds, made by the launcher, and its handle
+    fds: tuple[int, int, int] | None = None
+    remote: Remote | None = None
+
+
+class Remote(Protocol):
+    """A replica whose process this one cannot signal or read in ``/proc``:
+    its host does that (the ``ray`` backend's actor)."""
+
+    #: where it runs, for logs and errors (``node 10.0.0.7``)
+    where: str
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the replica and its process group (asynchronously)."""
+
+    async def freeze(self) -> None:
+        """SIGSTOP its whole tree, until every process of it has stopped."""
+
+    def thaw(self) -> None:
+        """SIGCONT what :meth:`freeze` stopped."""
 
 
 class Launcher(Protocol):
-    """Starts replica processes (the zygote, or a ``multiprocess`` start method)."""
+    """Starts replica processes (the zygote, a ``multiprocess`` start method, Ray).
+
+    A launcher with ``remote = True`` makes the replica's stream itself
+    (``launch`` gets no fds and returns :attr:`Launched.fds`)."""
 
     name: str
+    remote: bool
 
     async def start(self) -> None: ...
 
@@ -171,6 +202,8 @@ class AgentProcess:
         self._orphaned: Callable[[], bool] = _never
         #: the launcher lost track of it (its zygote died before reporting)
         self.launcher_lost = False
+        #: its host, when it is not a process of this machine's that we may signal
+        self.remote: Remote | None = None
         self._start_called = False
         self._gone = asyncio.Event()  # pidfd readable or exit status known
         self.dead: asyncio.Future[AgentDied | None] = self._loop.create_future()
@@ -192,6 +225,38 @@ class AgentProcess:
     async def start(self, launcher: Launcher, startup_timeout: float) -> None:
         """Start the child and wait for ``Ready``; raises :class:`StartupError`."""
         self._start_called = True
+        if launcher.remote:
+            await self._start_remote(launcher, startup_timeout)
+        else:
+            await self._start_local(launcher)
+        await self._serve(startup_timeout)
+
+    async def _start_remote(self, launcher: Launcher, startup_timeout: float) -> None:
+        try:
+            async with asyncio.timeout(startup_timeout):
+                launched = await launcher.launch(self.boot, [])
+        except BaseException as exc:
+            late = isinstance(exc, TimeoutError)
+            why = f"not placed within {startup_timeout:g}s" if late else exc
+            self.cause = StartupError(f"could not start: {why}", agent=self.boot.agent)
+            self.dead.set_result(self.cause)
+            raise self.cause from exc
+        finally:
+            self._launched.set()
+        assert launched.fds is not None and launched.remote is not None
+        self._rfd, self._wfd, self._ofd = launched.fds
+        self.remote = launched.remote
+        self._adopt(launched)
+
+    def _adopt(self, launched: Launched) -> None:
+        self.pid = launched.pid
+        self._pidfd = launched.pidfd
+        self._exited = launched.exited
+        self._orphaned = launched.orphaned
+        where = {"node": self.remote.where} if self.remote is not None else {}
+        self.log = self.log.bind(pid=self.pid, **where)
+
+    async def _start_local(self, launcher: Launcher) -> None:
         made: list[int] = []
         try:
             for _ in range(3):
@@ -220,11 +285,10 @@ class AgentProcess:
             if self._rfd != -1:
                 for fd in child_fds:
                     os.close(fd)
-        self.pid = launched.pid
-        self._pidfd = launched.pidfd
-        self._exited = launched.exited
-        self._orphaned = launched.orphaned
-        self.log = self.log.bind(pid=self.pid)
+        self._adopt(launched)
+
+    async def _serve(self, startup_timeout: float) -> None:
+        """Listen to the replica's stream and output; wait for ``Ready``."""
         for fd in (self._rfd, self._wfd, self._ofd):
             os.set_blocking(fd, False)
         loop = self._loop
@@ -324,9 +388,10 @@ class AgentProcess:
 
     async def _eof_check(self) -> None:
         # An exiting process closes its fds a moment before it becomes a
-        # zombie: give it that moment before calling the EOF a violation.
+        # zombie: give it that moment before calling the EOF a violation (a
+        # remote one's status comes through its host: a longer moment).
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.2):
+            async with asyncio.timeout(0.2 if self.remote is None else _REMOTE_EOF_WAIT):
                 await self._gone.wait()
         if not self._gone.is_set():
             self.kill(
@@ -474,6 +539,12 @@ class AgentProcess:
         return self.launcher_lost or self._orphaned()
 
     @property
+    def local(self) -> bool:
+        """Its pid is a process of this machine's that we may signal and sweep
+        (a remote replica's host does that)."""
+        return self.remote is None
+
+    @property
     def alive(self) -> bool:
         return self.pid != 0 and not self.dead.done() and not self._gone.is_set()
 
@@ -481,12 +552,15 @@ class AgentProcess:
         """Send ``sig`` to the replica and its whole process group."""
         if self.pid == 0 or self.dead.done():
             return
-        if self._pidfd is not None:
+        if self.remote is not None:
+            self.remote.signal(sig)
+        elif self._pidfd is not None:
             _linux.pidfd_signal(self._pidfd, sig)
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-        _linux.kill_group(self.pid, sig)
+        if self.remote is None:
+            _linux.kill_group(self.pid, sig)
         if self.thaw is not None and sig in (signal.SIGKILL, signal.SIGTERM):
             self.thaw()  # after the signal: it dies before it runs again
 
@@ -514,7 +588,7 @@ class AgentProcess:
             return self.dead.result()
         if self.thaw is not None and grace > 0:
             self.thaw()  # a stop overrides a pause: it must read its Shutdown
-        if self.sweep:
+        if self.sweep and self.local:
             self._descendants = await asyncio.to_thread(_linux.descendants, [self.pid])
         if grace <= 0:
             steps: tuple[tuple[int, float], ...] = ((signal.SIGKILL, 5.0),)
@@ -553,7 +627,7 @@ class AgentProcess:
         self._settle(info)
         # Nothing the replica started may outlive it: its session and group
         # members, and the descendants seen while it was alive.
-        if self.sweep:
+        if self.sweep and self.local:
             descendants, self._descendants = self._descendants, []
             await asyncio.to_thread(_linux.kill_tree, [self.pid], descendants)
 
@@ -646,6 +720,8 @@ class AgentProcess:
 
     def rss(self) -> int | None:
         """Resident set size in bytes (from /proc; cheap, but do not loop it on the event loop)."""
+        if not self.local:
+            return None
         try:
             with open(f"/proc/{self.pid}/statm", "rb") as f:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

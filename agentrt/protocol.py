@@ -378,6 +378,11 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     #: report each in-process tool call's span (for --trace / the live view)
     trace_tools: bool = False
     # --- sandbox (see agentrt.sandbox; applied in the child before user code)
+    #: the profile's ``enforce = "strict"``: a remote replica's node that cannot
+    #: hold a setting fails its start (else the setting is dropped, with a warning)
+    strict: bool = False
+    #: CPUs the profile allots (a cgroup quota here; a Ray request on the ``ray`` backend)
+    cpu: float | None = None
     #: apply ``memory`` as RLIMIT_AS (off when a cgroup limits real usage)
     memory_rlimit: bool = True
     #: cgroup directories to join (one per v1 controller, or one v2 group)

@@ -31,6 +31,7 @@ class ZygoteLauncher:
     """
 
     name = "zygote"
+    remote = False
 
     def __init__(
         self,
@@ -97,6 +98,8 @@ def _mp_child(boot: Boot, conns: list[Any]) -> None:
 
 class MultiprocessLauncher:
     """Replicas started by ``multiprocess`` (``forkserver``, ``spawn`` or ``fork``)."""
+
+    remote = False
 
     def __init__(self, method: str, preload: list[str], sys_path: list[str]) -> None:
         import multiprocess

@@ -49,6 +49,10 @@ __all__ = [
 RestartType = Literal["permanent", "transient", "temporary"]
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 StartMethod = Literal["zygote", "forkserver", "spawn", "fork"]
+#: where replicas run: processes on this machine, or Ray actors (``agentrt[ray]``)
+Backend = Literal["local", "ray"]
+#: Ray's scheduling of replica actors: spread over the nodes, or Ray's default
+RayStrategy = Literal["SPREAD", "DEFAULT"]
 OnAgentFailure = Literal["stop", "continue"]
 #: ``"required"``: every call waits for a person's (or the approver's) yes
 Approval = Literal["none", "required"]
@@ -407,6 +411,17 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     """
 
     start_method: StartMethod = "zygote"
+    #: ``"ray"``: every replica is a Ray actor (``pip install 'agentrt[ray]'``)
+    backend: Backend = "local"
+    #: the Ray cluster (backend ``"ray"``): ``"local"`` starts a Ray instance on
+    #: this machine, ``"auto"`` joins the running one, ``"ray://host:port"`` or
+    #: ``"host:port"`` names one
+    address: str = "local"
+    #: CPUs each replica actor asks Ray for (a profile's ``limits.cpu`` wins);
+    #: Ray spreads only actors that ask for some (0.01: a hundred per CPU)
+    ray_num_cpus: float = 0.01
+    #: ``"SPREAD"``: replicas spread over the cluster's nodes
+    ray_strategy: RayStrategy = "SPREAD"
     preload: list[str] = []
     #: processes the zygote forks ahead, while it is idle, to become replicas
     #: (Android's zygote pool): starting or replacing a replica then skips the
@@ -455,6 +470,15 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
 
     def _check(self) -> None:
         _above_zero(self, "period")
+        if not 0 <= self.ray_num_cpus <= 1024:
+            raise ConfigError(
+                "ray_num_cpus", f"must be between 0 and 1024, got {self.ray_num_cpus:g}"
+            )
+        if not _RAY_ADDRESS.fullmatch(self.address):
+            raise ConfigError(
+                "address",
+                f'expected "local", "auto", "ray://host:port" or "host:port", got {self.address!r}',
+            )
         m = re.fullmatch(r"(\d+)-(\d+)", self.uid_range)
         if m is None or not (1000 <= int(m[1]) <= int(m[2]) < 2**31):
             raise ConfigError(
@@ -473,6 +497,9 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
                 f"got {self.max_frame}",
             )
 
+
+#: the forms ``[supervisor] address`` takes
+_RAY_ADDRESS = re.compile(r"local|auto|(ray://)?[A-Za-z0-9._-]{1,253}:\d{1,5}")
 
 OnError = Literal["fail_fast", "continue"]
 

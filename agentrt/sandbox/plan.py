@@ -109,9 +109,18 @@ def _resolve_user(spec: str) -> tuple[int, int]:
     return uid, gid
 
 
-def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
-    """Merge ``limits`` (the agent's) over the profile's and decide how each is enforced."""
+def plan(profile: SandboxProfile, limits: Limits | None = None, *, remote: bool = False) -> Plan:
+    """Merge ``limits`` (the agent's) over the profile's and decide how each is enforced.
+
+    ``remote``: the replicas run on other machines (the ``ray`` backend).  What
+    the child applies to itself (namespaces, Landlock, rlimits, uids) is
+    decided from this machine's kernel and checked again on the node; what the
+    supervisor does from outside (cgroups, the watchdog) cannot hold there.
+    """
     caps = probe()
+    if remote:
+        why = "replicas are Ray actors on cluster nodes: the supervisor makes no cgroups there"
+        caps = {**caps, "cgroup": {**caps["cgroup"], "controllers": {}, "why": why}}
     plim = profile.limits
     own = limits or Limits()
     merged = Limits(
@@ -190,6 +199,14 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
                 "whatever sessions it moves to; its tree held to the limits",
             )
         )
+    elif remote:
+        rep.append(
+            (
+                "containment",
+                "not confined: a Ray node; the replica's process group is killed when it "
+                "ends, but a daemon that leaves the group lives on",
+            )
+        )
     else:
         rep.append(
             (
@@ -209,6 +226,8 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
                     "enforced by RLIMIT_AS per process and the replica's cgroup for its tree",
                 )
             )
+        elif remote:
+            rep.append(("limits.memory", "enforced by RLIMIT_AS per process (and a Ray request)"))
         else:
             rep.append(("limits.memory", "enforced by RLIMIT_AS and the RSS watchdog (tree)"))
     if p.cpu is not None:
@@ -217,6 +236,8 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
             rep.append(("limits.cpu", f"enforced by cgroup {knob}"))
         else:
             why = "needs cgroup = true" if not profile.cgroup else "no writable cpu controller"
+            if remote:
+                why = "Ray reserves the CPUs for the replica's actor but does not cap its use"
             rep.append(("limits.cpu", f"NOT enforced: {why}"))
     if merged.processes is not None:
         if "pids" in p.cgroup or (tree and "pids" in avail):
@@ -232,7 +253,10 @@ def plan(profile: SandboxProfile, limits: Limits | None = None) -> Plan:
             rep.append(("limits.processes", "enforced by RLIMIT_NPROC (per user)"))
     if merged.cpu_time is not None:
         whole = "its cgroup's CPU time" if (p.cgroup or tree) else "the CPU time of its tree"
-        rep.append(("limits.cpu_time", f"enforced by RLIMIT_CPU and the watchdog ({whole})"))
+        if remote:
+            rep.append(("limits.cpu_time", "enforced by RLIMIT_CPU per process"))
+        else:
+            rep.append(("limits.cpu_time", f"enforced by RLIMIT_CPU and the watchdog ({whole})"))
     for f, rl in (
         ("open_files", "RLIMIT_NOFILE"),
         ("file_size", "RLIMIT_FSIZE"),

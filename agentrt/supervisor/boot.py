@@ -37,6 +37,8 @@ class BootPlanner:
         self.base_dir = base_dir
         self.sys_path = sys_path
         self.log = log
+        #: replicas run on a cluster's nodes (the ``ray`` backend): no cgroups
+        self.remote = spec.backend != "local"
         self.rundir = ""
         #: ``[models.X]``: every replica's Boot carries their client configs
         self.models: dict[str, dict[str, Any]] = {}
@@ -72,7 +74,7 @@ class BootPlanner:
         if isinstance(prof, str):
             dirs = [self.base_dir] if self.base_dir is not None else []
             prof, _shipped = load_sandbox(prof, dirs=dirs, where=f"agents.{spec.name}.sandbox")
-        plan = sandbox.plan(prof, spec.limits)
+        plan = sandbox.plan(prof, spec.limits, remote=self.remote)
         unenforced = plan.unenforced
         if unenforced and prof.enforce == "strict":
             setting, why = unenforced[0]
@@ -92,7 +94,11 @@ class BootPlanner:
         if (plan.run_uid is not None or plan.dynamic_uid) and self.rundir:
             # the replica enters its workdir after dropping to run_as
             os.chmod(self.rundir, 0o711)
-        if self._cgroups is None and (plan.cgroup or sandbox.probe()["cgroup"]["controllers"]):
+        if (
+            self._cgroups is None
+            and not self.remote
+            and (plan.cgroup or sandbox.probe()["cgroup"]["controllers"])
+        ):
             # Every replica gets a group of its own where the machine allows:
             # its whole tree is accounted (memory, processes, CPU time) and
             # nothing it started outlives it, whatever sessions it moved to.
@@ -160,6 +166,8 @@ class BootPlanner:
                 "ptrace_isolation": plan.ptrace_isolation,
                 "scope": plan.scope,
                 "dumpable": plan.dumpable,
+                "strict": prof.enforce == "strict",
+                "cpu": plan.cpu,
             }
             if plan.dynamic_uid:
                 uid = self._uids.take(spec.name, replica)

@@ -224,14 +224,20 @@ class Supervisor:
         self._started = True
         _linux.raise_nofile_limit()
         self._boots.open()
-        launcher = make_launcher(
-            self.spec.start_method,
-            list(self.spec.preload),
-            self.sys_path,
-            self._boots.rundir,
-            self._zygote_may_restart,
-            self.spec.spares,
-        )
+        launcher: Launcher
+        if self.spec.backend == "ray":
+            from agentrt.backends.ray import RayLauncher
+
+            launcher = RayLauncher(self.spec, self.log)
+        else:
+            launcher = make_launcher(
+                self.spec.start_method,
+                list(self.spec.preload),
+                self.sys_path,
+                self._boots.rundir,
+                self._zygote_may_restart,
+                self.spec.spares,
+            )
         rundir = self._boots.rundir
         audit = [os.path.join(rundir, "audit.jsonl")]
         if self.spec.audit_log:

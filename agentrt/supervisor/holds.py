@@ -126,12 +126,15 @@ class Holds:
             return
         group = Cgroups.freezer(proc.boot.cgroups)
         try:
-            if group is not None:
+            if proc.remote is not None:  # its host stops its tree
+                await proc.remote.freeze()
+                proc.thaw = _Thaw(proc, None, [])
+            elif group is not None:
                 Cgroups.freeze(group, True)
                 proc.thaw = _Thaw(proc, group, [])
                 await asyncio.to_thread(_settle_freeze, group)
             else:
-                stopped = await asyncio.to_thread(_stop_tree, proc.pid, proc.boot.cgroups)
+                stopped = await asyncio.to_thread(stop_tree, proc.pid, proc.boot.cgroups)
                 proc.thaw = _Thaw(proc, None, stopped)
         except OSError as exc:
             self.log.error(
@@ -222,6 +225,9 @@ class _Thaw:
 
     def __call__(self) -> None:
         self.proc.thaw = None
+        if self.proc.remote is not None:
+            self.proc.remote.thaw()
+            return
         if self.group is not None:
             with contextlib.suppress(OSError):
                 Cgroups.freeze(self.group, False)
@@ -240,7 +246,7 @@ def _settle_freeze(group: str) -> None:
         delay = min(delay * 2, 0.02)
 
 
-def _stop_tree(pid: int, cgroups: list[str]) -> list[int]:
+def stop_tree(pid: int, cgroups: list[str]) -> list[int]:
     """SIGSTOP every process of a replica's tree (its cgroup's members, or its
     process group and descendants), until no new one appears: a stopped
     process forks no more.  The pids stopped."""

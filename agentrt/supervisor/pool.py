@@ -97,6 +97,8 @@ class ReplicaStatus(msgspec.Struct, kw_only=True):
     rss: int | None = None
     cpu_percent: float | None = None
     uptime: float | None = None
+    #: where it runs, on a cluster backend (``ray``): the node
+    node: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -673,7 +675,7 @@ class Pool:
             if slot.proc is not None and not slot.proc.dead.done():
                 slot.proc.sweep = False
                 procs.append(slot.proc)
-        leaders = [p.pid for p in procs if p.pid] if sweep else []
+        leaders = [p.pid for p in procs if p.pid and p.local] if sweep else []
         left = await asyncio.to_thread(_linux.descendants, leaders) if leaders else []
 
         async def stop_slot(slot: Slot) -> None:
@@ -730,7 +732,8 @@ class Pool:
                 for a in self.agents.values()
                 if a.spec.limits.memory is not None or a.spec.limits.cpu_time is not None
                 for s in a.slots
-                if s.proc is not None and s.proc.alive
+                # a remote replica's limits are its rlimits (its /proc is not ours)
+                if s.proc is not None and s.proc.alive and s.proc.local
             ]
             if procs:
                 await watchdog.watch(procs)
@@ -768,7 +771,7 @@ def _status_sync(slots: list[Slot]) -> list[ReplicaStatus]:
         proc = s.proc
         pid = proc.pid if proc is not None and proc.alive else None
         rss = cpu = None
-        if pid is not None:
+        if pid is not None and proc is not None and proc.local:
             try:
                 if s.psutil_proc is None or s.psutil_proc.pid != pid:
                     s.psutil_proc = psutil.Process(pid)
@@ -788,6 +791,7 @@ def _status_sync(slots: list[Slot]) -> list[ReplicaStatus]:
                 rss=rss,
                 cpu_percent=cpu,
                 uptime=(now - proc.ready_at) if pid and proc and proc.ready_at else None,
+                node=proc.remote.where if proc is not None and proc.remote is not None else None,
             )
         )
     return out

@@ -293,7 +293,7 @@ class Tree:
             s.proc.pid
             for a in agents
             for s in a.slots
-            if s.proc is not None and s.proc.pid and not s.proc.dead.done()
+            if s.proc is not None and s.proc.pid and s.proc.local and not s.proc.dead.done()
         ]
         left = await asyncio.to_thread(_linux.descendants, leaders) if leaders else []
         for a in policy.shutdown_order(agents):

@@ -1,0 +1,495 @@
+"""The ``ray`` backend: each replica a Ray actor, anywhere on a Ray cluster.
+
+``[supervisor] backend = "ray"`` (``pip install 'agentrt[ray]'``).  Ray
+places replicas; agentrt still supervises them:
+
+* every replica is one actor (:class:`ReplicaHost`), placed by Ray with the
+  replica's resource requests (``num_cpus``: the profile's ``limits.cpu`` or
+  ``[supervisor] ray_num_cpus``; ``memory``: ``limits.memory``).  The actor
+  starts the replica's process on its node
+  (``python -m agentrt.backends.ray_child``), which runs the same
+  :func:`~agentrt.worker.child_main` as a local replica: the sandbox settings
+  the node's kernel holds, the rlimits, the worker loop.  Settings the node
+  cannot hold fail the start under ``enforce = "strict"`` and are dropped
+  with a ``sandbox_unenforced`` warning otherwise.
+* the protocol is the local one, on a stream: the actor connects two TCP
+  connections to the supervisor (frames, output), each introduced by a
+  one-time token, and hands them to the replica's process.  A frame costs a
+  TCP round trip, not a Ray method call (``benchmarks/bench_ray.py``
+  measures both).
+* the actor reaps the replica and returns its exit status and CPU time
+  (:meth:`ReplicaHost.wait`), so a death is classified as on the local
+  backend (exit code, signal, memory and CPU limits).  An actor that dies
+  (killed, its node lost) is a replica killed by SIGKILL, with Ray's reason.
+  Ray's own restarts are off (``max_restarts = 0``): agentrt's strategies
+  and restart intensity decide, as on the local backend.
+* signals (kill, pause and resume) go through the actor, which sends them to
+  the replica's process group on its node.  Nothing here signals a pid of
+  another machine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Any
+
+import msgspec
+
+from agentrt.config import SupervisorSpec
+from agentrt.process import ExitInfo, Launched
+from agentrt.protocol import Boot
+
+__all__ = ["RayLauncher", "ReplicaHost", "cluster_summary"]
+
+_TOKEN = 16
+#: what an actor sends first on each connection: its token and which stream it is
+_HELLO = _TOKEN + 1
+_DATA, _OUTPUT = b"D", b"O"
+#: how long a connection may take to say which replica it is
+_HELLO_WAIT = 10.0
+#: connections not yet introduced, at most (any more are closed at once)
+_MAX_PENDING = 1024
+#: how long after a SIGKILL the actor may take to report before it is killed itself
+_KILL_WAIT = 5.0
+
+
+def ray_module() -> Any:
+    """``ray``, or a clear error naming the extra to install."""
+    try:
+        return importlib.import_module("ray")
+    except ImportError as exc:
+        raise RuntimeError(
+            "[supervisor] backend = \"ray\" needs Ray: pip install 'agentrt[ray]'"
+        ) from exc
+
+
+# --- the actor (runs on a Ray node) -------------------------------------------------
+
+
+class ReplicaHost:
+    """The Ray actor behind one replica: starts its process, signals and reaps it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._reaped = False
+        self._base = ""
+        self._stopped: list[int] = []
+
+    def start(self, raw: bytes, host: str, port: int, token: bytes) -> dict[str, Any]:
+        """Connect the replica's streams to the supervisor and start its process."""
+        boot = msgspec.msgpack.decode(raw, type=Boot)
+        boot, warnings = fit_to_node(boot)
+        self._base = tempfile.mkdtemp(prefix="agentrt-ray-")
+        boot = msgspec.structs.replace(
+            boot,
+            workdir=os.path.join(self._base, "work"),
+            sys_path=[*boot.sys_path, *(p for p in sys.path if p and p not in boot.sys_path)],
+        )
+        path = os.path.join(self._base, "boot")
+        with open(path, "wb") as f:
+            f.write(msgspec.msgpack.encode(boot))
+        data = _connect(host, port, token + _DATA)
+        out = _connect(host, port, token + _OUTPUT)
+        try:
+            rfd = data.fileno()
+            wfd = os.dup(rfd)
+            ofd = out.fileno()
+            try:
+                argv = [sys.executable, "-m", "agentrt.backends.ray_child"]
+                self._proc = subprocess.Popen(
+                    [*argv, str(rfd), str(wfd), str(ofd), path],
+                    pass_fds=(rfd, wfd, ofd),
+                    stdin=subprocess.DEVNULL,
+                    cwd=self._base,
+                )
+            finally:
+                os.close(wfd)
+        finally:
+            data.close()
+            out.close()
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        return {
+            "pid": self._proc.pid,
+            "node": socket.gethostname(),
+            "ip": ray_module().util.get_node_ip_address(),
+            "node_id": ray_module().get_runtime_context().get_node_id(),
+            "warnings": warnings,
+        }
+
+    def wait(self) -> tuple[int, float]:
+        """Block until the replica exits: its raw wait status and CPU seconds.
+
+        Its process group goes with it (what it started and left behind)."""
+        proc = self._proc
+        assert proc is not None
+        os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOWAIT)
+        with self._lock:
+            # A zombie still holds its pid and group id: neither is reused yet.
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _pid, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            self._reaped = True
+            os.close(self._pidfd)
+        shutil.rmtree(self._base, ignore_errors=True)
+        return status, usage.ru_utime + usage.ru_stime
+
+    def signal(self, sig: int) -> None:
+        """``sig`` to the replica and its process group (nothing once it is reaped)."""
+        with self._lock:
+            if self._proc is None or self._reaped:
+                return
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self._pidfd, sig)
+            with contextlib.suppress(OSError):
+                os.killpg(self._proc.pid, sig)
+
+    def freeze(self) -> None:
+        """SIGSTOP the replica's tree, until each process of it has stopped."""
+        from agentrt.supervisor.holds import stop_tree
+
+        with self._lock:
+            if self._proc is not None and not self._reaped:
+                self._stopped = stop_tree(self._proc.pid, [])
+
+    def thaw(self) -> None:
+        with self._lock:
+            stopped, self._stopped = self._stopped, []
+            if self._reaped:
+                return
+            for pid in stopped:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
+
+
+def _connect(host: str, port: int, hello: bytes) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=_HELLO_WAIT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(hello)
+    sock.settimeout(None)
+    return sock
+
+
+def fit_to_node(boot: Boot) -> tuple[Boot, list[tuple[str, str]]]:
+    """The Boot with what this node's kernel cannot hold taken out, and what was.
+
+    Under ``strict`` a setting that cannot hold is an error instead."""
+    from agentrt.sandbox import probe
+
+    caps = probe()
+    abi: int = caps["landlock_abi"]
+    lost: list[tuple[str, str]] = []
+    changes: dict[str, Any] = {}
+    if boot.network == "none" and not caps["net_ns"]:
+        lost.append(("network", f"no network namespace: {caps['net_ns_error']}"))
+        changes["network"] = "host"
+    if boot.fs_read is not None and not abi:
+        lost.append(("filesystem", "Landlock is not available in this kernel"))
+        changes["fs_read"] = None
+        changes["fs_write"] = []
+    if boot.ptrace_isolation and abi < 2 and boot.fs_read is None:
+        lost.append(("isolation.ptrace", f"Landlock ABI {abi} (2 needed)"))
+        changes["ptrace_isolation"] = False
+    if boot.scope and abi < 6:
+        lost.append(("isolation.signal", f"Landlock ABI {abi} (6 needed)"))
+        changes["scope"] = False
+    if boot.run_uid is not None and not caps["root"] and boot.run_uid != os.geteuid():
+        lost.append(("run_as", "the node's Ray worker is not root"))
+        changes["run_uid"] = changes["run_gid"] = None
+    node = socket.gethostname()
+    if lost and boot.strict:
+        setting, why = lost[0]
+        raise RuntimeError(f"{setting} cannot be enforced on Ray node {node}: {why}")
+    return msgspec.structs.replace(boot, **changes), [(s, f"{w} (node {node})") for s, w in lost]
+
+
+# --- the supervisor's side -----------------------------------------------------------
+
+
+class _Listener:
+    """Where replicas' actors connect their streams; each names its replica by token."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.host, self.port = sock.getsockname()[:2]
+        self._waiting: dict[bytes, dict[bytes, asyncio.Future[socket.socket]]] = {}
+        self._pending = 0
+        self._task: asyncio.Task[None] | None = None
+        self._hellos: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def open(cls, host: str) -> _Listener:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((host, 0))
+        sock.listen(1024)
+        sock.setblocking(False)
+        listener = cls(sock)
+        listener._task = asyncio.get_running_loop().create_task(listener._serve())
+        return listener
+
+    def expect(self, token: bytes) -> tuple[asyncio.Future[socket.socket], ...]:
+        loop = asyncio.get_running_loop()
+        futs = {kind: loop.create_future() for kind in (_DATA, _OUTPUT)}
+        self._waiting[token] = futs
+        return futs[_DATA], futs[_OUTPUT]
+
+    def forget(self, token: bytes) -> None:
+        for fut in self._waiting.pop(token, {}).values():
+            if fut.done() and not fut.cancelled():
+                fut.result().close()  # connected, never taken
+            else:
+                fut.cancel()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _addr = await loop.sock_accept(self.sock)
+            if self._pending >= _MAX_PENDING:
+                conn.close()
+                continue
+            self._pending += 1
+            task = loop.create_task(self._hello(conn))
+            self._hellos.add(task)
+            task.add_done_callback(self._hellos.discard)
+
+    async def _hello(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        got = b""
+        try:
+            async with asyncio.timeout(_HELLO_WAIT):
+                while len(got) < _HELLO:
+                    chunk = await loop.sock_recv(conn, _HELLO - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            self._pending -= 1
+        fut = self._waiting.get(got[:_TOKEN], {}).get(got[_TOKEN:])
+        if len(got) != _HELLO or fut is None or fut.done():
+            conn.close()  # not one of ours, or said too little
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        fut.set_result(conn)
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._hellos) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for token in list(self._waiting):
+            self.forget(token)
+        self.sock.close()
+
+
+class _RayReplica:
+    """:class:`agentrt.process.Remote` for one replica's actor."""
+
+    def __init__(self, ray: Any, actor: Any) -> None:
+        self._ray = ray
+        self.actor = actor
+        self.where = ""
+        self.node_id = ""
+        self.done = False
+        self._loop = asyncio.get_running_loop()
+        self._refs: set[Any] = set()
+
+    def _fire(self, ref: Any) -> None:
+        # Kept until it settles, and its error (a dead actor) taken: Ray
+        # reports an error nobody fetched as unhandled.
+        self._refs.add(ref)
+
+        def settled(fut: Any) -> None:
+            self._refs.discard(ref)
+            fut.exception()
+
+        ref.future().add_done_callback(settled)
+
+    def signal(self, sig: int) -> None:
+        if self.done:
+            return
+        self._fire(self.actor.signal.remote(sig))
+        if sig == signal.SIGKILL:
+            # An actor that does not report the death soon is killed itself.
+            self._loop.call_later(_KILL_WAIT, self.kill_actor)
+
+    def kill_actor(self) -> None:
+        if not self.done:
+            with contextlib.suppress(Exception):
+                self._ray.kill(self.actor, no_restart=True)
+
+    async def freeze(self) -> None:
+        try:
+            await self.actor.freeze.remote()
+        except Exception as exc:
+            raise OSError(f"the replica's actor did not pause it: {exc}") from exc
+
+    def thaw(self) -> None:
+        if not self.done:
+            self._fire(self.actor.thaw.remote())
+
+
+class RayLauncher:
+    """Replicas as Ray actors (see the module's doc)."""
+
+    name = "ray"
+    remote = True
+
+    def __init__(self, spec: SupervisorSpec, log: Any) -> None:
+        self.spec = spec
+        self.log = log
+        self._ray: Any = None
+        self._owns_ray = False
+        self._listener: _Listener | None = None
+        self._host_cls: Any = None
+        self._live: set[_RayReplica] = set()
+
+    async def start(self) -> None:
+        ray = self._ray = ray_module()
+        if not ray.is_initialized():
+            await asyncio.to_thread(self._init)
+        host = ray.util.get_node_ip_address()
+        self._listener = _Listener.open(host)
+        self._host_cls = ray.remote(ReplicaHost)
+        self.log.info(
+            "ray_connected",
+            address=self.spec.address,
+            nodes=sum(1 for n in ray.nodes() if n.get("Alive")),
+            listen=f"{host}:{self._listener.port}",
+        )
+
+    def _init(self) -> None:
+        import logging
+
+        ray = self._ray
+        address = self.spec.address
+        kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        if address == "local":
+            kw["include_dashboard"] = False
+        ray.init(address=address, **kw)
+        self._owns_ray = True
+
+    def _options(self, boot: Boot) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "num_cpus": boot.cpu if boot.cpu is not None else self.spec.ray_num_cpus,
+            "max_restarts": 0,
+            "max_task_retries": 0,
+            # start, wait, and the signals that arrive meanwhile
+            "max_concurrency": 4,
+            "scheduling_strategy": self.spec.ray_strategy,
+        }
+        if boot.memory is not None:
+            opts["memory"] = boot.memory
+        return opts
+
+    async def launch(self, boot: Boot, fds: list[int]) -> Launched:
+        assert self._listener is not None and not fds
+        ray = self._ray
+        token = secrets.token_bytes(_TOKEN)
+        data_f, out_f = self._listener.expect(token)
+        actor = self._host_cls.options(**self._options(boot)).remote()
+        replica = _RayReplica(ray, actor)
+        raw = msgspec.msgpack.encode(boot)
+        try:
+            try:
+                lst = self._listener
+                info = await actor.start.remote(raw, lst.host, lst.port, token)
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None) or exc
+                raise RuntimeError(f"its Ray actor: {cause}") from None
+            data, out = await asyncio.gather(data_f, out_f)
+        except BaseException:
+            self._listener.forget(token)
+            replica.kill_actor()
+            raise
+        replica.where = f"{info['ip']} {info['node_id'][:12]}"
+        replica.node_id = info["node_id"]
+        for setting, why in info["warnings"]:
+            self.log.warning("sandbox_unenforced", agent=boot.agent, setting=setting, why=why)
+        rfd = data.detach()
+        ofd = out.detach()
+        self._live.add(replica)
+        return Launched(
+            info["pid"],
+            None,
+            self._exited(replica, token),
+            fds=(rfd, os.dup(rfd), ofd),
+            remote=replica,
+        )
+
+    async def _exited(self, replica: _RayReplica, token: bytes) -> ExitInfo:
+        ray = self._ray
+        try:
+            status, cpu = await replica.actor.wait.remote()
+            return ExitInfo.from_status(status, cpu)
+        except ray.exceptions.RayActorError as exc:
+            return ExitInfo(-signal.SIGKILL, None, detail=f"its Ray actor died: {_first_line(exc)}")
+        finally:
+            replica.kill_actor()
+            replica.done = True
+            self._live.discard(replica)
+            if self._listener is not None:
+                self._listener.forget(token)
+
+    async def close(self) -> None:
+        for replica in list(self._live):
+            replica.kill_actor()
+        self._live.clear()
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._owns_ray:
+            self._owns_ray = False
+            await asyncio.to_thread(self._ray.shutdown)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("ActorDiedError") and "class_name" not in line:
+            return line[:300]
+    return type(exc).__name__
+
+
+def cluster_summary(address: str) -> dict[str, Any]:
+    """The cluster's nodes, CPUs and memory (``agentrt doctor``); joins it for the look."""
+    ray = ray_module()
+    owned = not ray.is_initialized()
+    if owned:
+        import logging
+
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return {
+            "address": address,
+            "ray": ray.__version__,
+            "nodes": [
+                {
+                    "node": n.get("NodeManagerHostname", ""),
+                    "ip": n.get("NodeManagerAddress", ""),
+                    "cpus": n.get("Resources", {}).get("CPU", 0.0),
+                    "memory": int(n.get("Resources", {}).get("memory", 0)),
+                }
+                for n in nodes
+            ],
+        }
+    finally:
+        if owned:
+            ray.shutdown()
