@@ -6,6 +6,7 @@ of a zombie, and a sweep of ``/proc`` for the processes of a session.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -380,3 +381,30 @@ def reap(pids: Iterable[int], timeout: float = 1.0) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def stop_tree(pid: int, cgroups: list[str], wait: float = 2.0) -> list[int]:
+    """SIGSTOP every process of a replica's tree (its cgroup's members, or its
+    process group and descendants), until no new one appears: a stopped
+    process forks no more.  The pids stopped."""
+    stopped: set[int] = set()
+    for _ in range(100):
+        members = cgroup_members(cgroups[0]) if cgroups else [pid, *descendants([pid])]
+        new = [p for p in members if p not in stopped]
+        if not new:
+            break
+        for p in new:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGSTOP)
+            stopped.add(p)
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGSTOP)
+    # A signal is delivered when its process next runs: wait until each has stopped.
+    end = time.monotonic() + wait
+    delay = 0.0005
+    waiting = [p for p in stopped if proc_state(p) not in (None, "T", "t", "Z", "X")]
+    while waiting and time.monotonic() < end:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+        waiting = [p for p in waiting if proc_state(p) not in (None, "T", "t", "Z", "X")]
+    return sorted(stopped)

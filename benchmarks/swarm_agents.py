@@ -53,3 +53,8 @@ async def sim(ms: float) -> float:
     """A DAG task of known latency."""
     await asyncio.sleep(ms / 1000.0)
     return ms
+
+
+def echo(**kwargs: Any) -> dict[str, Any]:
+    """A call that does nothing: what a round trip costs (``bench_ray``)."""
+    return kwargs

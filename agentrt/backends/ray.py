@@ -46,6 +46,7 @@ from typing import Any
 
 import msgspec
 
+from agentrt import _linux
 from agentrt.config import SupervisorSpec
 from agentrt.process import ExitInfo, Launched
 from agentrt.protocol import Boot
@@ -74,6 +75,20 @@ def ray_module() -> Any:
         ) from exc
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the address, where a cluster's ``host:port`` does not
+    answer (``ray.init`` would retry for a minute or more)."""
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(
+            f"[supervisor] address: the Ray cluster at {address} cannot be reached: {exc}"
+        ) from None
+
+
 # --- the actor (runs on a Ray node) -------------------------------------------------
 
 
@@ -88,7 +103,9 @@ class ReplicaHost:
         self._base = ""
         self._stopped: list[int] = []
 
-    def start(self, raw: bytes, host: str, port: int, token: bytes) -> dict[str, Any]:
+    def start(
+        self, raw: bytes, preload: list[str], host: str, port: int, token: bytes
+    ) -> dict[str, Any]:
         """Connect the replica's streams to the supervisor and start its process."""
         boot = msgspec.msgpack.decode(raw, type=Boot)
         boot, warnings = fit_to_node(boot)
@@ -100,7 +117,7 @@ class ReplicaHost:
         )
         path = os.path.join(self._base, "boot")
         with open(path, "wb") as f:
-            f.write(msgspec.msgpack.encode(boot))
+            f.write(msgspec.msgpack.encode((msgspec.msgpack.encode(boot), preload)))
         data = _connect(host, port, token + _DATA)
         out = _connect(host, port, token + _OUTPUT)
         try:
@@ -159,11 +176,9 @@ class ReplicaHost:
 
     def freeze(self) -> None:
         """SIGSTOP the replica's tree, until each process of it has stopped."""
-        from agentrt.supervisor.holds import stop_tree
-
         with self._lock:
             if self._proc is not None and not self._reaped:
-                self._stopped = stop_tree(self._proc.pid, [])
+                self._stopped = _linux.stop_tree(self._proc.pid, [])
 
     def thaw(self) -> None:
         with self._lock:
@@ -187,9 +202,9 @@ def fit_to_node(boot: Boot) -> tuple[Boot, list[tuple[str, str]]]:
     """The Boot with what this node's kernel cannot hold taken out, and what was.
 
     Under ``strict`` a setting that cannot hold is an error instead."""
-    from agentrt.sandbox import probe
+    from agentrt import sandbox
 
-    caps = probe()
+    caps = sandbox.probe()
     abi: int = caps["landlock_abi"]
     lost: list[tuple[str, str]] = []
     changes: dict[str, Any] = {}
@@ -381,6 +396,7 @@ class RayLauncher:
         kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
         if address == "local":
             kw["include_dashboard"] = False
+        check_reachable(address)
         ray.init(address=address, **kw)
         self._owns_ray = True
 
@@ -408,7 +424,8 @@ class RayLauncher:
         try:
             try:
                 lst = self._listener
-                info = await actor.start.remote(raw, lst.host, lst.port, token)
+                preload = list(self.spec.preload)
+                info = await actor.start.remote(raw, preload, lst.host, lst.port, token)
             except ray.exceptions.RayTaskError as exc:
                 cause = getattr(exc, "cause", None) or exc
                 raise RuntimeError(f"its Ray actor: {cause}") from None
@@ -474,6 +491,7 @@ def cluster_summary(address: str) -> dict[str, Any]:
     if owned:
         import logging
 
+        check_reachable(address)
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]

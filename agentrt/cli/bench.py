@@ -39,7 +39,7 @@ def add_parser(sub: Subparsers) -> None:
     bp.add_argument("--png", type=Path, metavar="FILE", help="also draw the headline ratios here")
 
 
-_BENCHES = ("core", "swarm", "peers", "journal", "llm")
+_BENCHES = ("core", "swarm", "peers", "journal", "llm", "ray")
 
 
 def command(args: argparse.Namespace) -> int:

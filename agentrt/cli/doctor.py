@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from agentrt import __version__
-from agentrt.cli.common import EXIT_OK, Subparsers
+from agentrt.cli.common import EXIT_CONFIG, EXIT_OK, Subparsers
 from agentrt.errors import AgentrtError
 
 __all__ = ["add_parser", "command"]
@@ -17,14 +19,22 @@ __all__ = ["add_parser", "command"]
 
 def add_parser(sub: Subparsers) -> None:
     """The ``doctor`` subcommand."""
-    sub.add_parser(
+    dp = sub.add_parser(
         "doctor",
         help="show which isolation features this machine offers",
         description=(
             "Probe pidfd, namespaces, Landlock, cgroups and rlimits, and say what each "
-            "sandbox profile would enforce on this machine."
+            "sandbox profile would enforce on this machine.  With a CONFIG whose "
+            '[supervisor] backend is "ray" (or --ray ADDRESS), the Ray cluster too: '
+            "its nodes, CPUs and memory."
         ),
-        epilog="exit status: 0",
+        epilog="exit status: 0; 2 when the config is invalid or the Ray cluster cannot be reached",
+    )
+    dp.add_argument("config", nargs="?", type=Path, help="a config.toml (its backend)")
+    dp.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help='report this Ray cluster ("auto", "local", "ray://host:port" or "host:port")',
     )
 
 
@@ -132,10 +142,50 @@ def _features(caps: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
-def command(_args: argparse.Namespace) -> int:
-    """``agentrt doctor``: the probe, the rlimits, and each profile explained."""
+def _ray_address(args: argparse.Namespace) -> str | None:
+    """The Ray cluster to report: ``--ray``, or the config's when its backend is ray."""
+    if args.ray is not None:
+        return str(args.ray)
+    if args.config is None:
+        return None
+    from agentrt.config import load_config
+
+    spec = load_config(args.config).supervisor
+    return spec.address if spec.backend == "ray" else None
+
+
+def _ray_report(address: str) -> int:
+    from agentrt.backends.ray import cluster_summary
+
+    print(f"ray cluster ({address}):")
+    try:
+        summary = cluster_summary(address)
+    except Exception as exc:  # not installed, not reachable
+        print(f"  cannot reach it: {type(exc).__name__}: {exc}")
+        return EXIT_CONFIG
+    nodes = summary["nodes"]
+    cpus = sum(n["cpus"] for n in nodes)
+    mem = sum(n["memory"] for n in nodes)
+    print(f"  ray {summary['ray']}: {len(nodes)} node(s), {cpus:g} CPUs, {mem / 2**30:.1f} GiB")
+    _table(
+        [
+            (n["node"], n["ip"], f"{n['cpus']:g} CPUs", f"{n['memory'] / 2**30:.1f} GiB")
+            for n in nodes
+        ]
+    )
+    return EXIT_OK
+
+
+def command(args: argparse.Namespace) -> int:
+    """``agentrt doctor``: the probe, the rlimits, each profile explained, the Ray cluster."""
     from agentrt import sandbox
     from agentrt.config import load_sandbox, sandbox_names
+
+    try:
+        address = _ray_address(args)
+    except AgentrtError as exc:
+        print(f"agentrt doctor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
     print(f"agentrt {__version__} on Linux {os.uname().release} ({os.uname().machine})")
     caps = sandbox.probe()
@@ -156,4 +206,6 @@ def command(_args: argparse.Namespace) -> int:
             _table(list(sandbox.explain(load_sandbox(name)[0])), "    ")
         except AgentrtError as exc:
             print(f"    cannot load: {exc}")
+    if address is not None:
+        return _ray_report(address)
     return EXIT_OK

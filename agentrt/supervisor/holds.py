@@ -134,7 +134,9 @@ class Holds:
                 proc.thaw = _Thaw(proc, group, [])
                 await asyncio.to_thread(_settle_freeze, group)
             else:
-                stopped = await asyncio.to_thread(stop_tree, proc.pid, proc.boot.cgroups)
+                stopped = await asyncio.to_thread(
+                    _linux.stop_tree, proc.pid, proc.boot.cgroups, _FREEZE_WAIT
+                )
                 proc.thaw = _Thaw(proc, None, stopped)
         except OSError as exc:
             self.log.error(
@@ -244,33 +246,3 @@ def _settle_freeze(group: str) -> None:
     while not Cgroups.frozen(group) and time.monotonic() < end:
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
-
-
-def stop_tree(pid: int, cgroups: list[str]) -> list[int]:
-    """SIGSTOP every process of a replica's tree (its cgroup's members, or its
-    process group and descendants), until no new one appears: a stopped
-    process forks no more.  The pids stopped."""
-    stopped: set[int] = set()
-    for _ in range(100):
-        if cgroups:
-            members = _linux.cgroup_members(cgroups[0])
-        else:
-            members = [pid, *_linux.descendants([pid])]
-        new = [p for p in members if p not in stopped]
-        if not new:
-            break
-        for p in new:
-            with contextlib.suppress(OSError):
-                os.kill(p, signal.SIGSTOP)
-            stopped.add(p)
-    with contextlib.suppress(OSError):
-        os.killpg(pid, signal.SIGSTOP)
-    # A signal is delivered when its process next runs: wait until each has stopped.
-    end = time.monotonic() + _FREEZE_WAIT
-    delay = 0.0005
-    waiting = [p for p in stopped if _linux.proc_state(p) not in (None, "T", "t", "Z", "X")]
-    while waiting and time.monotonic() < end:
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
-        waiting = [p for p in waiting if _linux.proc_state(p) not in (None, "T", "t", "Z", "X")]
-    return sorted(stopped)

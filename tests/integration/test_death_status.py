@@ -193,6 +193,7 @@ class HeldLauncher:
     """The zygote launcher, with each replica's exit report held until ``release``."""
 
     name = "zygote-held"
+    remote = False
 
     def __init__(self, fixtures_dir: Path) -> None:
         self.inner = ZygoteLauncher([], [str(fixtures_dir)])

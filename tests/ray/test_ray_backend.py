@@ -249,3 +249,12 @@ async def test_a_lenient_profile_that_needs_cgroups_starts_with_a_warning(
         [warned] = logs.find("sandbox_unenforced", agent="boxed", setting="cgroup")
         assert "Ray" in warned["why"]
         assert await sup.call("boxed", {"a": 1}) == {"a": 1}
+
+
+async def test_preload_modules_are_imported_by_each_replica_and_a_bad_one_fails_its_start(
+    ray_supervisor, agent_spec
+):
+    async with ray_supervisor(preload=["no_such_module_here"]) as sup:
+        with pytest.raises(StartupError) as ei:
+            await sup.start(agent_spec("echo", "agents:echo"))
+        assert "preload 'no_such_module_here' failed" in str(ei.value)

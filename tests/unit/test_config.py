@@ -75,6 +75,11 @@ def _agent(**kw: object) -> dict[str, object]:
         ({"supervisor": {"strategy": "all_for_one"}}, "supervisor.strategy", "invalid enum"),
         ({"supervisor": {"start_methd": "zygote"}}, "supervisor.start_methd", "start_method"),
         ({"agentz": {}}, "agentz", "did you mean 'agents'"),
+        ({"supervisor": {"backend": "k8s"}}, "supervisor.backend", "invalid enum"),
+        ({"supervisor": {"address": "ray://"}}, "supervisor.address", '"ray://host:port"'),
+        ({"supervisor": {"address": "a b:1"}}, "supervisor.address", '"host:port"'),
+        ({"supervisor": {"ray_num_cpus": -1}}, "supervisor.ray_num_cpus", "between 0 and"),
+        ({"supervisor": {"ray_strategy": "PACK"}}, "supervisor.ray_strategy", "invalid enum"),
         (
             {**_agent(), "tasks": [{"id": "t", "agent": "ecko"}]},
             "tasks.t.agent",
@@ -152,3 +157,9 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
 def test_agent_spec_from_python_validates_entry() -> None:
     with pytest.raises(ValueError, match="module:attr"):
         AgentSpec(name="x", entry="nocolon")
+
+
+@pytest.mark.parametrize("address", ["local", "auto", "ray://head:10001", "10.0.0.7:6379"])
+def test_ray_addresses_in_each_documented_form_are_accepted(address: str) -> None:
+    cfg = parse_config({"supervisor": {"backend": "ray", "address": address}})
+    assert (cfg.supervisor.backend, cfg.supervisor.address) == ("ray", address)

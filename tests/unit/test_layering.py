@@ -68,6 +68,8 @@ ALLOWED: dict[str, set[str]] = {
     "control": {"_linux", "errors", "protocol"},
     "backends": set(),
     "backends.local": {"process", "protocol", "worker", "zygote"},
+    "backends.ray": {"_linux", "config", "process", "protocol", "sandbox"},
+    "backends.ray_child": {"protocol", "worker"},
     # the supervisor package, room by room (data flows down the list)
     "supervisor.policy": set(),
     "supervisor.events": set(),
@@ -127,6 +129,7 @@ ALLOWED: dict[str, set[str]] = {
     "supervisor.facade": {
         "_linux",
         "backends.local",
+        "backends.ray",
         "config",
         "control",
         "errors",
@@ -171,7 +174,7 @@ ALLOWED: dict[str, set[str]] = {
         "trace",
     },
     "cli.validate": {"cli.common", "config", "errors", "graph"},
-    "cli.doctor": {"__init__", "cli.common", "config", "errors", "sandbox"},
+    "cli.doctor": {"__init__", "backends.ray", "cli.common", "config", "errors", "sandbox"},
     "cli.trace": {"cli.common", "trace"},
     "cli.bench": {"cli.common"},
     # the control client only: it knows the supervisor through the socket
