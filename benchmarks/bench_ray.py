@@ -151,7 +151,9 @@ def render(report: dict[str, Any]) -> str:
         return "" if v is None else format(v, f)
 
     rt_l, rt_r = _med(loc.get("round_trip_us")), _med(ray_.get("round_trip_us"))
-    rows.append(("ray actor method call (bytes), round trip us", fmt(floor, ".0f"), "", "floor"))
+    rows.append(
+        ("ray actor method call (bytes), round trip us", fmt(floor, ".0f"), "", "the other way")
+    )
     rows.append(("call round trip, local us", fmt(rt_l, ".0f"), "", ""))
     note = f"{rt_r / floor:.2f}x the method call" if rt_r and floor else ""
     rows.append(("call round trip, ray (TCP stream) us", fmt(rt_r, ".0f"), "", note))

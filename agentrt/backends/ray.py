@@ -393,6 +393,9 @@ class RayLauncher:
 
         ray = self._ray
         address = self.spec.address
+        # Joined from a thread (it blocks for seconds), so that Ray leaves the
+        # program's SIGTERM handler alone: that is wanted, and not worth a warning.
+        logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
         kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
         if address == "local":
             kw["include_dashboard"] = False
@@ -473,6 +476,13 @@ class RayLauncher:
         if self._owns_ray:
             self._owns_ray = False
             await asyncio.to_thread(self._ray.shutdown)
+
+
+class _NotMainThread:
+    """Drops Ray's warning that it set no SIGTERM handler (see ``RayLauncher._init``)."""
+
+    def filter(self, record: Any) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
 
 
 def _first_line(exc: BaseException) -> str:
