@@ -266,6 +266,26 @@ def proc_state(pid: int) -> str | None:
     return rest[:1].decode() or None
 
 
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def dying(pid: int) -> bool:
+    """Whether ``pid`` is gone, a zombie, or has a SIGKILL pending (it will not
+    run user code again).  One read of ``/proc/PID/status``."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except OSError:
+        return True
+    for line in status.splitlines():
+        key, _, value = line.partition(b":")
+        if key == b"State" and value.split()[:1] in ([b"Z"], [b"X"]):
+            return True
+        if key in (b"SigPnd", b"ShdPnd") and int(value.strip(), 16) & _SIGKILL_BIT:
+            return True
+    return False
+
+
 def cgroup_members(group: str) -> list[int]:
     """The pids in cgroup directory ``group`` (none when it cannot be read)."""
     try:

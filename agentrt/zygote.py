@@ -170,8 +170,12 @@ def _fork_spare(sock: socket.socket, own: tuple[int, int]) -> None:
 
 def _take_spare(data: bytes, fds: list[int]) -> int:
     """Hand the request to a spare: its pid, or 0 (none left, or it is gone)."""
-    while _spares:
-        pid, conn = _spares.popitem()
+    for pid in reversed(list(_spares)):
+        if _linux.dying(pid):
+            # Killed meanwhile (its socket may still take the request): left
+            # for the reaper, which knows it as a spare.
+            continue
+        conn = _spares.pop(pid)
         try:
             _linux.send_with_fds(conn, data, fds)
         except OSError:

@@ -18,6 +18,8 @@ import pytest
 from agentrt import (
     AgentCrashed,
     AgentFailed,
+    ApprovalDenied,
+    BudgetExceeded,
     CallTimeout,
     LimitExceeded,
     Limits,
@@ -258,3 +260,61 @@ async def test_preload_modules_are_imported_by_each_replica_and_a_bad_one_fails_
         with pytest.raises(StartupError) as ei:
             await sup.start(agent_spec("echo", "agents:echo"))
         assert "preload 'no_such_module_here' failed" in str(ei.value)
+
+
+async def test_budgets_approvals_and_events_behave_as_locally(ray_supervisor, agent_spec):
+    async def approver(req):
+        return req.args.get("n") != 3
+
+    async with ray_supervisor(max_tool_calls=3, approver=approver) as sup:
+        events = sup.events()
+        await sup.start(agent_spec("worker", "agents:worker", replicas=3))
+        await sup.start(agent_spec("fan", "agents:fan_out"))
+        with pytest.raises(BudgetExceeded) as info:  # 3 subagents x 2 tool calls > 3
+            await sup.call("fan", {"n": 3, "delay": 0})
+        assert info.value.budget == "max_tool_calls"
+        await sup.start(agent_spec("gated", "agents:echo", approval="required"))
+        assert await sup.call("gated", {"n": 1}) == {"n": 1}
+        with pytest.raises(ApprovalDenied):
+            await sup.call("gated", {"n": 3})
+        kinds = []
+        async with asyncio.timeout(10):
+            async for ev in events:  # from the start: the subagent calls' too
+                kinds.append((ev.kind, ev.agent))
+                if ev.kind == "call_finished" and ev.agent == "worker":
+                    break
+        assert ("replica_ready", "fan") in kinds and ("call_started", "worker") in kinds
+
+
+async def test_a_memory_request_no_node_can_grant_fails_the_start_by_its_timeout(
+    ray_supervisor, agent_spec
+):
+    async with ray_supervisor() as sup:
+        spec = agent_spec("huge", "agents:echo", limits=Limits(memory="100TiB"), startup_timeout=3)
+        with pytest.raises(StartupError) as ei:
+            await sup.start(spec)
+        assert "not placed within 3s" in str(ei.value)
+        await sup.start(agent_spec("echo", "agents:echo"))  # the rest goes on
+        assert await sup.call("echo", {"a": 1}) == {"a": 1}
+
+
+async def test_strangers_on_the_stream_listener_are_turned_away(ray_supervisor, agent_spec):
+    async with ray_supervisor() as sup:
+        await sup.start(agent_spec("echo", "agents:echo"))
+        lst = sup._launcher._listener
+        loop = asyncio.get_running_loop()
+        for hello in (b"", b"x" * 17, os.urandom(16) + b"D", b"y" * 4096):
+            with socket.create_connection((lst.host, lst.port)) as s:
+                s.sendall(hello)
+                s.shutdown(socket.SHUT_WR)
+                s.setblocking(False)
+                # the listener closes it (EOF, or a reset where bytes were left
+                # unread), nothing ever written back
+                try:
+                    got = await asyncio.wait_for(loop.sock_recv(s, 1), 15)
+                except ConnectionResetError:
+                    got = b""
+                assert got == b""
+        assert await sup.call("echo", {"still": "served"}) == {"still": "served"}
+        await sup.start(agent_spec("more", "agents:echo"))  # new replicas still connect
+        assert await sup.call("more", {"b": 2}) == {"b": 2}
