@@ -454,6 +454,16 @@ class AgentProcess:
         """Queue one frame to the child; never blocks.  Dropped if the child is gone."""
         self.send_bytes(self._encoder.encode(msg))
 
+    def send_now(self, msg: Any) -> None:
+        """Queue one frame and write what is queued at once, not coalesced with a
+        burst: it must be in the pipe before the replica runs again (a thaw)."""
+        if self._wfd == -1:
+            return
+        self._wbuf += self._encoder.encode(msg)
+        if not self._writer_armed:
+            self._wrote_at = time.perf_counter()
+            self._on_writable()
+
     def encode(self, msg: Any) -> bytearray:
         return self._encoder.encode(msg)
 

@@ -177,7 +177,7 @@ class Holds:
         shift = now - slot.paused_at
         if proc is not None and proc.alive:
             if shift > 0:
-                proc.send(Held(shift))  # in its pipe before it runs again
+                proc.send_now(Held(shift))  # in its pipe before it runs again
             thaw = proc.thaw
             if thaw is not None:
                 thaw()
