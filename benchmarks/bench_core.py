@@ -21,14 +21,16 @@ against a floor measured under the same conditions:
    once after answering), what polling for the next call buys.
 3. **bulk**: 10,000 tiny calls submitted at once (``asyncio.gather``) to an
    agent of two replicas: wall time per call in µs.
-4. **startup**: for N = 1, 50, 300 replicas, each in a fresh Supervisor (its
+4. **startup**: for N = 1, 50, 300, 1,000 replicas, each in a fresh Supervisor (its
    zygote already up), the time from the start of ``sup.start()`` until all
    N replicas have answered a ping (N concurrent calls: least-loaded
    dispatch gives each idle replica one; the answers carry the pid, so that
    N distinct replicas answering is checked).  The time ``start()`` alone
    took (all N sent ``Ready``) and the time to close are shown beside it.
-   Its floor: the time this process takes to fork N bare children that each
-   write a byte on a pipe (what a fork costs depends on the machine).
+   Its floors: the time this process takes to fork N bare children that each
+   write a byte on a pipe (what a fork costs depends on the machine), and
+   the same from a minimal interpreter (``python -S``, nothing imported):
+   the aim is 1,000 ready within 6x the latter.
 5. **pss**: proportional set size of each idle replica (``Pss:`` of
    ``/proc/PID/smaps_rollup``) once the largest N is up and has answered:
    mean and median MiB (USS and RSS beside it).
@@ -58,6 +60,7 @@ import logging
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -83,6 +86,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 AIM_RTT_RATIO = 1.5
 AIM_READY_300_S = 0.5
+#: 1,000 replicas ready within this many times the minimal interpreter's fork floor
+AIM_MINIMAL_RATIO = 6.0
 AIM_PSS_MIB = 3.0
 STATUS_TIMEOUT_S = 20.0
 
@@ -231,11 +236,53 @@ def fork_floor(n: int) -> float:
             os.waitpid(pid, 0)
 
 
+_MINIMAL_FORKS = """
+import os, sys, time
+n = int(sys.argv[1])
+rd, wr = os.pipe()
+hold_r, hold_w = os.pipe()
+t0 = time.perf_counter()
+pids = []
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        os.close(hold_w)
+        os.write(wr, b"x")
+        os.read(hold_r, 1)
+        os._exit(0)
+    pids.append(pid)
+got = 0
+while got < n:
+    got += len(os.read(rd, n - got))
+print(time.perf_counter() - t0)
+os.close(hold_w)
+for pid in pids:
+    os.waitpid(pid, 0)
+"""
+
+
+def minimal_fork_floor(n: int) -> float:
+    """:func:`fork_floor` from a minimal interpreter (``python -S``, nothing
+    imported): the least forking ``n`` processes costs on this machine."""
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", _MINIMAL_FORKS, str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout)
+
+
 def fork_floor_series(ns: list[int], reps: dict[int, int]) -> dict[str, dict[str, float]]:
+    """Per N: this process's fork floor, and the minimal interpreter's (``min:N``)."""
     out = {}
     for n in ns:
         out[str(n)] = spread([fork_floor(n) for _ in range(reps[n])])
-        _progress(f"fork floor N={n}: {out[str(n)]['median']:.3f}s")
+        out[f"min:{n}"] = spread([minimal_fork_floor(n) for _ in range(reps[n])])
+        _progress(
+            f"fork floor N={n}: {out[str(n)]['median']:.3f}s "
+            f"(minimal interpreter {out[f'min:{n}']['median']:.3f}s)"
+        )
     return out
 
 
@@ -407,12 +454,18 @@ async def startup_series(
         entry: dict[str, Any] = {"replicas": n, "repetitions": len(recs), "errors": errors}
         if str(n) in forks:
             entry["fork_floor_s"] = forks[str(n)]
+        if f"min:{n}" in forks:
+            entry["minimal_fork_floor_s"] = forks[f"min:{n}"]
         if recs:
             for key in ("ready_s", "start_s", "close_s", "open_s"):
                 entry[key] = spread([r[key] for r in recs])
             if "fork_floor_s" in entry:
                 entry["ratio_to_fork_floor"] = (
                     entry["ready_s"]["median"] / entry["fork_floor_s"]["median"]
+                )
+            if "minimal_fork_floor_s" in entry:
+                entry["ratio_to_minimal_fork_floor"] = (
+                    entry["ready_s"]["median"] / entry["minimal_fork_floor_s"]["median"]
                 )
             med = {k: entry[k]["median"] for k in ("ready_s", "start_s", "close_s")}
             _progress(
@@ -459,8 +512,8 @@ FULL = Params(
     warmup=500,
     bulk_calls=10_000,
     bulk_reps=5,
-    startup_ns=[1, 50, 300],
-    startup_reps={1: 5, 50: 3, 300: 3},
+    startup_ns=[1, 50, 300, 1000],
+    startup_reps={1: 5, 50: 3, 300: 3, 1000: 2},
     payload_reps=3,
     payload_target=64 << 20,
     payload_cap=2000,
@@ -563,6 +616,8 @@ def aims(results: dict[str, Any]) -> dict[str, Any]:
     out["rtt_within_1.5x_floor"] = None if ratio is None else ratio["median"] <= AIM_RTT_RATIO
     s300 = results.get("startup", {}).get("300", {}).get("ready_s")
     out["300_ready_under_0.5s"] = None if s300 is None else s300["median"] < AIM_READY_300_S
+    r1000 = results.get("startup", {}).get("1000", {}).get("ratio_to_minimal_fork_floor")
+    out["1000_within_6x_minimal_fork"] = None if r1000 is None else r1000 <= AIM_MINIMAL_RATIO
     pss = results.get("pss", {}).get("pss_mib")
     out["pss_under_3MiB"] = None if pss is None else pss["mean"] < AIM_PSS_MIB
     return out
@@ -655,6 +710,18 @@ def render(report: dict[str, Any]) -> str:
                     f"{ff['median']:.3f} s",
                     min_max(ff, ".3f"),
                     f"agentrt = {e['ratio_to_fork_floor']:.2f}x",
+                )
+            if "minimal_fork_floor_s" in e:
+                mf = e["minimal_fork_floor_s"]
+                aim = f"agentrt = {e['ratio_to_minimal_fork_floor']:.1f}x"
+                if n == 1000:
+                    aim += f" (aim <= {AIM_MINIMAL_RATIO:g}x: "
+                    aim += f"{met(a['1000_within_6x_minimal_fork'])})"
+                row(
+                    f"  floor: python -S forks {n} bare children",
+                    f"{mf['median']:.3f} s",
+                    min_max(mf, ".3f"),
+                    aim,
                 )
             row(
                 f"  of which start() (all Ready), N={n}",
