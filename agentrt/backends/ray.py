@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import secrets
 import shutil
@@ -59,8 +60,12 @@ _HELLO = _TOKEN + 1
 _DATA, _OUTPUT = b"D", b"O"
 #: how long a connection may take to say which replica it is
 _HELLO_WAIT = 10.0
-#: connections not yet introduced, at most (any more are closed at once)
+#: connections not yet introduced, at most (the oldest makes room for a new one)
 _MAX_PENDING = 1024
+#: the listener's answer to a hello it accepted (the actor waits for it)
+_ACCEPTED = b"\x01"
+#: times a replica's exit is asked again of an actor Ray says is unavailable for now
+_UNAVAILABLE_RETRIES = 20
 #: how long after a SIGKILL the actor may take to report before it is killed itself
 _KILL_WAIT = 5.0
 
@@ -110,6 +115,24 @@ class ReplicaHost:
         boot = msgspec.msgpack.decode(raw, type=Boot)
         boot, warnings = fit_to_node(boot)
         self._base = tempfile.mkdtemp(prefix="agentrt-ray-")
+        try:
+            pid = self._start(boot, preload, host, port, token)
+        except BaseException:
+            if self._proc is not None:
+                self._proc.kill()
+                self._proc.wait()
+                self._reaped = True
+            shutil.rmtree(self._base, ignore_errors=True)
+            raise
+        return {
+            "pid": pid,
+            "node": socket.gethostname(),
+            "ip": ray_module().util.get_node_ip_address(),
+            "node_id": ray_module().get_runtime_context().get_node_id(),
+            "warnings": warnings,
+        }
+
+    def _start(self, boot: Boot, preload: list[str], host: str, port: int, token: bytes) -> int:
         boot = msgspec.structs.replace(
             boot,
             workdir=os.path.join(self._base, "work"),
@@ -125,7 +148,7 @@ class ReplicaHost:
             wfd = os.dup(rfd)
             ofd = out.fileno()
             try:
-                argv = [sys.executable, "-m", "agentrt.backends.ray_child"]
+                argv = [sys.executable, "-m", "agentrt.backends.ray_child", str(os.getpid())]
                 self._proc = subprocess.Popen(
                     [*argv, str(rfd), str(wfd), str(ofd), path],
                     pass_fds=(rfd, wfd, ofd),
@@ -138,13 +161,7 @@ class ReplicaHost:
             data.close()
             out.close()
         self._pidfd = os.pidfd_open(self._proc.pid)
-        return {
-            "pid": self._proc.pid,
-            "node": socket.gethostname(),
-            "ip": ray_module().util.get_node_ip_address(),
-            "node_id": ray_module().get_runtime_context().get_node_id(),
-            "warnings": warnings,
-        }
+        return self._proc.pid
 
     def wait(self) -> tuple[int, float]:
         """Block until the replica exits: its raw wait status and CPU seconds.
@@ -192,9 +209,15 @@ class ReplicaHost:
 
 def _connect(host: str, port: int, hello: bytes) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=_HELLO_WAIT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(hello)
-    sock.settimeout(None)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(hello)
+        if sock.recv(1) != _ACCEPTED:  # not taken (the listener was full, or is gone)
+            raise ConnectionError(f"the supervisor at {host}:{port} did not accept the stream")
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -235,15 +258,20 @@ def fit_to_node(boot: Boot) -> tuple[Boot, list[tuple[str, str]]]:
 
 
 class _Listener:
-    """Where replicas' actors connect their streams; each names its replica by token."""
+    """Where replicas' actors connect their streams; each names its replica by token.
+
+    A connection that has not yet said which replica it is holds a slot; when
+    all are taken, the oldest is closed for the newest.  An actor says hello
+    as soon as it connects, so a flood of idle connections (from anywhere the
+    listener can be reached) pushes out its own, not the actors'."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.host, self.port = sock.getsockname()[:2]
         self._waiting: dict[bytes, dict[bytes, asyncio.Future[socket.socket]]] = {}
-        self._pending = 0
         self._task: asyncio.Task[None] | None = None
-        self._hellos: set[asyncio.Task[None]] = set()
+        #: connections saying hello, oldest first
+        self._hellos: dict[asyncio.Task[None], None] = {}
 
     @classmethod
     def open(cls, host: str) -> _Listener:
@@ -272,14 +300,16 @@ class _Listener:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _addr = await loop.sock_accept(self.sock)
-            if self._pending >= _MAX_PENDING:
-                conn.close()
+            try:
+                conn, _addr = await loop.sock_accept(self.sock)
+            except OSError:  # EMFILE and the like: the listener stays, and tries again
+                await asyncio.sleep(0.1)
                 continue
-            self._pending += 1
+            if len(self._hellos) >= _MAX_PENDING:
+                next(iter(self._hellos)).cancel()  # the oldest makes room
             task = loop.create_task(self._hello(conn))
-            self._hellos.add(task)
-            task.add_done_callback(self._hellos.discard)
+            self._hellos[task] = None
+            task.add_done_callback(self._hellos.pop)
 
     async def _hello(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -291,13 +321,19 @@ class _Listener:
                     if not chunk:
                         break
                     got += chunk
+                fut = self._waiting.get(got[:_TOKEN], {}).get(got[_TOKEN:])
+                if len(got) != _HELLO or fut is None or fut.done():
+                    conn.close()  # not one of ours, or said too little
+                    return
+                await loop.sock_sendall(conn, _ACCEPTED)
         except (TimeoutError, OSError):
-            pass
-        finally:
-            self._pending -= 1
-        fut = self._waiting.get(got[:_TOKEN], {}).get(got[_TOKEN:])
-        if len(got) != _HELLO or fut is None or fut.done():
-            conn.close()  # not one of ours, or said too little
+            conn.close()
+            return
+        except BaseException:  # cancelled: pushed out, or the listener is closing
+            conn.close()
+            raise
+        if fut.done():  # forgotten meanwhile
+            conn.close()
             return
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         fut.set_result(conn)
@@ -344,9 +380,13 @@ class _RayReplica:
             self._loop.call_later(_KILL_WAIT, self.kill_actor)
 
     def kill_actor(self) -> None:
+        """``ray.kill`` the actor, off the event loop (it asks Ray's control service)."""
         if not self.done:
-            with contextlib.suppress(Exception):
-                self._ray.kill(self.actor, no_restart=True)
+            self._loop.run_in_executor(None, self._kill)
+
+    def _kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self._ray.kill(self.actor, no_restart=True)
 
     async def freeze(self) -> None:
         try:
@@ -359,6 +399,13 @@ class _RayReplica:
             self._fire(self.actor.thaw.remote())
 
 
+#: supervisors of this process on the ray backend, and whether one of them
+#: started (or joined) Ray: the last one to close shuts it down
+_init_lock = threading.Lock()
+_users = 0
+_started_ray = False
+
+
 class RayLauncher:
     """Replicas as Ray actors (see the module's doc)."""
 
@@ -369,15 +416,18 @@ class RayLauncher:
         self.spec = spec
         self.log = log
         self._ray: Any = None
-        self._owns_ray = False
+        self._counted = False
         self._listener: _Listener | None = None
         self._host_cls: Any = None
         self._live: set[_RayReplica] = set()
 
     async def start(self) -> None:
+        global _users
         ray = self._ray = ray_module()
-        if not ray.is_initialized():
-            await asyncio.to_thread(self._init)
+        with _init_lock:
+            _users += 1
+            self._counted = True
+        await asyncio.to_thread(self._init)
         host = ray.util.get_node_ip_address()
         self._listener = _Listener.open(host)
         self._host_cls = ray.remote(ReplicaHost)
@@ -389,10 +439,21 @@ class RayLauncher:
         )
 
     def _init(self) -> None:
-        import logging
-
+        global _started_ray
         ray = self._ray
         address = self.spec.address
+        with _init_lock:
+            if ray.is_initialized():
+                # The application (or another supervisor) joined Ray already:
+                # that connection is used, and left open.
+                if address not in ("local", "auto"):
+                    self.log.info("ray_already_initialized", address=address)
+                return
+            self._join(address)
+            _started_ray = True
+
+    def _join(self, address: str) -> None:
+        ray = self._ray
         # Joined from a thread (it blocks for seconds), so that Ray leaves the
         # program's SIGTERM handler alone: that is wanted, and not worth a warning.
         logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
@@ -401,7 +462,6 @@ class RayLauncher:
             kw["include_dashboard"] = False
         check_reachable(address)
         ray.init(address=address, **kw)
-        self._owns_ray = True
 
     def _options(self, boot: Boot) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -417,14 +477,16 @@ class RayLauncher:
         return opts
 
     async def launch(self, boot: Boot, fds: list[int]) -> Launched:
-        assert self._listener is not None and not fds
+        assert self._listener is not None and not fds  # it makes the stream itself
         ray = self._ray
         token = secrets.token_bytes(_TOKEN)
         data_f, out_f = self._listener.expect(token)
-        actor = self._host_cls.options(**self._options(boot)).remote()
-        replica = _RayReplica(ray, actor)
-        raw = msgspec.msgpack.encode(boot)
+        replica: _RayReplica | None = None
+        made: list[int] = []
         try:
+            actor = self._host_cls.options(**self._options(boot)).remote()
+            replica = _RayReplica(ray, actor)
+            raw = msgspec.msgpack.encode(boot)
             try:
                 lst = self._listener
                 preload = list(self.spec.preload)
@@ -433,28 +495,39 @@ class RayLauncher:
                 cause = getattr(exc, "cause", None) or exc
                 raise RuntimeError(f"its Ray actor: {cause}") from None
             data, out = await asyncio.gather(data_f, out_f)
+            made.append(data.detach())
+            made.append(out.detach())
+            made.append(os.dup(made[0]))
         except BaseException:
+            for fd in made:
+                os.close(fd)
             self._listener.forget(token)
-            replica.kill_actor()
+            if replica is not None:
+                replica.kill_actor()
             raise
         replica.where = f"{info['ip']} {info['node_id'][:12]}"
         replica.node_id = info["node_id"]
         for setting, why in info["warnings"]:
             self.log.warning("sandbox_unenforced", agent=boot.agent, setting=setting, why=why)
-        rfd = data.detach()
-        ofd = out.detach()
         self._live.add(replica)
+        rfd, ofd, wfd = made
         return Launched(
             info["pid"],
             None,
             self._exited(replica, token),
-            fds=(rfd, os.dup(rfd), ofd),
+            fds=(rfd, wfd, ofd),
             remote=replica,
         )
 
     async def _exited(self, replica: _RayReplica, token: bytes) -> ExitInfo:
         ray = self._ray
         try:
+            for _ in range(_UNAVAILABLE_RETRIES):
+                try:
+                    status, cpu = await replica.actor.wait.remote()
+                    return ExitInfo.from_status(status, cpu)
+                except ray.exceptions.ActorUnavailableError:
+                    await asyncio.sleep(0.5)  # Ray retries reaching it: ask again
             status, cpu = await replica.actor.wait.remote()
             return ExitInfo.from_status(status, cpu)
         except ray.exceptions.RayActorError as exc:
@@ -467,15 +540,28 @@ class RayLauncher:
                 self._listener.forget(token)
 
     async def close(self) -> None:
-        for replica in list(self._live):
-            replica.kill_actor()
+        live = [r for r in self._live if not r.done]
         self._live.clear()
+
+        def kill_all() -> None:
+            for r in live:
+                r._kill()
+
+        if live:
+            await asyncio.to_thread(kill_all)
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        if self._owns_ray:
-            self._owns_ray = False
-            await asyncio.to_thread(self._ray.shutdown)
+        global _users, _started_ray
+        if self._counted:
+            self._counted = False
+            with _init_lock:
+                _users -= 1
+                last = _users == 0 and _started_ray
+                if last:
+                    _started_ray = False
+            if last:  # the Ray instance one of us started, and nobody uses it now
+                await asyncio.to_thread(self._ray.shutdown)
 
 
 class _NotMainThread:
@@ -499,8 +585,6 @@ def cluster_summary(address: str) -> dict[str, Any]:
     ray = ray_module()
     owned = not ray.is_initialized()
     if owned:
-        import logging
-
         check_reachable(address)
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     try:

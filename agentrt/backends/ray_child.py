@@ -1,6 +1,7 @@
 """A replica on a Ray node, started by its actor (see :mod:`agentrt.backends.ray`).
 
-``python -m agentrt.backends.ray_child RFD WFD OFD BOOT``: the protocol stream
+``python -m agentrt.backends.ray_child ACTOR_PID RFD WFD OFD BOOT``: the
+actor's pid (the replica dies with it, and does not start without it), the protocol stream
 (a TCP connection to the supervisor, read and written through two fds), the
 output stream, and the file holding the replica's ``Boot`` and the
 ``[supervisor] preload`` modules (read, then removed).  The preloads are
@@ -14,20 +15,25 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import sys
 
 import msgspec
 
+from agentrt import _linux
 from agentrt.protocol import EXIT_STARTUP, Boot, StartupFailed
 from agentrt.worker import _Channel, child_main
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    rfd, wfd, ofd = (int(a) for a in args[:3])
-    with open(args[3], "rb") as f:
+    _linux.set_pdeathsig(signal.SIGKILL)  # first: the actor's death is ours
+    if os.getppid() != int(args[0]):
+        os._exit(EXIT_STARTUP)  # the actor died before we could say so
+    rfd, wfd, ofd = (int(a) for a in args[1:4])
+    with open(args[4], "rb") as f:
         raw, preload = msgspec.msgpack.decode(f.read(), type=tuple[bytes, list[str]])
-    os.unlink(args[3])
+    os.unlink(args[4])
     boot = msgspec.msgpack.decode(raw, type=Boot)
     for p in reversed(boot.sys_path):
         if p not in sys.path:

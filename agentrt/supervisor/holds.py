@@ -143,6 +143,12 @@ class Holds:
                 "pause_failed", agent=slot.agent.name, replica=slot.index, error=str(exc)
             )
             return
+        if not slot.paused or slot.proc is not proc or not proc.alive:
+            # Resumed (or gone) while it was being stopped: the resume found
+            # nothing to thaw yet, so it is thawed now.
+            if proc.thaw is not None:
+                proc.thaw()
+            return
         self.log.info("replica_paused", agent=slot.agent.name, replica=slot.index, pid=proc.pid)
 
     # --- resume ----------------------------------------------------------------------

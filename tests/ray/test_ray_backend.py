@@ -318,3 +318,23 @@ async def test_strangers_on_the_stream_listener_are_turned_away(ray_supervisor, 
         assert await sup.call("echo", {"still": "served"}) == {"still": "served"}
         await sup.start(agent_spec("more", "agents:echo"))  # new replicas still connect
         assert await sup.call("more", {"b": 2}) == {"b": 2}
+
+
+async def test_a_flood_of_idle_connections_does_not_keep_replicas_from_starting(
+    ray_supervisor, agent_spec
+):
+    async with ray_supervisor() as sup:
+        lst = sup._launcher._listener
+        loop = asyncio.get_running_loop()
+        idle = []
+        try:
+            for _ in range(1100):  # more than the listener keeps waiting for a hello
+                s = socket.socket()
+                s.setblocking(False)
+                idle.append(s)
+                await loop.sock_connect(s, (lst.host, lst.port))
+            await sup.start(agent_spec("echo", "agents:echo", replicas=2))
+            assert await sup.call("echo", {"ok": True}) == {"ok": True}
+        finally:
+            for s in idle:
+                s.close()
