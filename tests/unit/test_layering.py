@@ -69,7 +69,7 @@ ALLOWED: dict[str, set[str]] = {
     "backends": set(),
     "backends.local": {"process", "protocol", "worker", "zygote"},
     "backends.ray": {"_linux", "config", "process", "protocol", "sandbox"},
-    "backends.ray_child": {"protocol", "worker"},
+    "backends.ray_child": {"_linux", "protocol", "worker"},
     # the supervisor package, room by room (data flows down the list)
     "supervisor.policy": set(),
     "supervisor.events": set(),
