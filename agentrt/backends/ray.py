@@ -124,11 +124,11 @@ class ReplicaHost:
                 self._reaped = True
             shutil.rmtree(self._base, ignore_errors=True)
             raise
+        ray = ray_module()
         return {
             "pid": pid,
-            "node": socket.gethostname(),
-            "ip": ray_module().util.get_node_ip_address(),
-            "node_id": ray_module().get_runtime_context().get_node_id(),
+            "ip": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "warnings": warnings,
         }
 
@@ -355,7 +355,6 @@ class _RayReplica:
         self._ray = ray
         self.actor = actor
         self.where = ""
-        self.node_id = ""
         self.done = False
         self._loop = asyncio.get_running_loop()
         self._refs: set[Any] = set()
@@ -449,19 +448,10 @@ class RayLauncher:
                 if address not in ("local", "auto"):
                     self.log.info("ray_already_initialized", address=address)
                 return
-            self._join(address)
+            # From a thread (it blocks for seconds), so that Ray leaves the
+            # program's SIGTERM handler alone.
+            join_ray(ray, address)
             _started_ray = True
-
-    def _join(self, address: str) -> None:
-        ray = self._ray
-        # Joined from a thread (it blocks for seconds), so that Ray leaves the
-        # program's SIGTERM handler alone: that is wanted, and not worth a warning.
-        logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
-        kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-        if address == "local":
-            kw["include_dashboard"] = False
-        check_reachable(address)
-        ray.init(address=address, **kw)
 
     def _options(self, boot: Boot) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -506,7 +496,6 @@ class RayLauncher:
                 replica.kill_actor()
             raise
         replica.where = f"{info['ip']} {info['node_id'][:12]}"
-        replica.node_id = info["node_id"]
         for setting, why in info["warnings"]:
             self.log.warning("sandbox_unenforced", agent=boot.agent, setting=setting, why=why)
         self._live.add(replica)
@@ -565,10 +554,25 @@ class RayLauncher:
 
 
 class _NotMainThread:
-    """Drops Ray's warning that it set no SIGTERM handler (see ``RayLauncher._init``)."""
+    """Drops Ray's warning that it set no SIGTERM handler when joined from a
+    thread (``RayLauncher._init``): leaving the program's handler alone is wanted."""
 
     def filter(self, record: Any) -> bool:
         return "SIGTERM handler is not set" not in record.getMessage()
+
+
+_QUIET = _NotMainThread()
+
+
+def join_ray(ray: Any, address: str) -> None:
+    """``ray.init`` for agentrt: an unreachable address fails fast, Ray's logs
+    stay out of the program's output, no dashboard for a local instance."""
+    logging.getLogger("ray._private.worker").addFilter(_QUIET)  # once: the same filter
+    kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address == "local":
+        kw["include_dashboard"] = False
+    check_reachable(address)
+    ray.init(address=address, **kw)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -585,8 +589,7 @@ def cluster_summary(address: str) -> dict[str, Any]:
     ray = ray_module()
     owned = not ray.is_initialized()
     if owned:
-        check_reachable(address)
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        join_ray(ray, address)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         return {

@@ -182,22 +182,29 @@ async def test_an_isolated_tool_that_segfaults_fails_only_its_call(ray_superviso
 
 
 async def test_replicas_of_a_lost_node_are_restarted_on_the_nodes_left(
-    ray_cluster, ray_supervisor, agent_spec, logs
+    ray_cluster, ray_supervisor, agent_spec, logs, make_gate
 ):
+    gate = make_gate()
     doomed = ray_cluster.add_node(num_cpus=2)
     ray_cluster.wait_for_nodes()
     gone = doomed.node_id[:12]
     async with ray_supervisor(intensity=10) as sup:
-        await sup.start(agent_spec("slow", "agents:sleep", replicas=4))
+        await sup.start(agent_spec("slow", "agents:report_and_sleep", replicas=4))
         placed = {s.replica: s.node for s in await sup.status()}
         lost = [r for r, node in placed.items() if node is not None and gone in node]
         assert lost and len(lost) < 4, placed  # spread over both nodes
-        calls = [sup.submit("slow", {"seconds": 2.0}) for _ in range(4)]
-        await asyncio.sleep(0.3)  # the calls are running (no assertion rests on this)
+        calls = [sup.submit("slow", {"fifo": gate.path, "seconds": 30}) for _ in range(4)]
+        running = {int((await gate.read_line()).split()[-1]) for _ in range(4)}
+        assert running == {s.pid for s in await sup.status()}  # one call in each replica
         ray_cluster.remove_node(doomed)
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        assert len(failed) == len(lost), results
+        failed = []
+        for fut in asyncio.as_completed(calls):  # the lost node's calls fail first
+            try:
+                await fut
+            except AgentCrashed as err:
+                failed.append(err)
+            if len(failed) == len(lost):
+                break
         for err in failed:
             assert isinstance(err, AgentCrashed), repr(err)
             assert err.signal == signal.SIGKILL
@@ -206,7 +213,13 @@ async def test_replicas_of_a_lost_node_are_restarted_on_the_nodes_left(
             await logs.wait_for("replica_ready", agent="slow", replica=r, generation=1)
         after = await sup.status()
         assert all(s.node is not None and gone not in s.node for s in after)
-        assert await sup.map("slow", [{"seconds": 0.01}] * 8) == [0.01] * 8
+        for call in calls:  # the survivors' calls are still running: cancelled
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        crashed = [c for c in calls if not c.cancelled() and c.exception() is not None]
+        assert len(crashed) == len(lost)  # only the lost node's calls failed
+        more = await sup.map("slow", [{"fifo": gate.path, "seconds": 0.01}] * 8)
+        assert more == [0.01] * 8
 
 
 async def test_the_sandbox_holds_on_the_node(ray_supervisor, agent_spec, tmp_path):
