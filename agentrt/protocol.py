@@ -357,6 +357,11 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int = 1
     #: seconds to poll for the next frame after answering (0: sleep at once)
     spin: float = 0.0
+    #: a file whose first ``spin_slots`` bytes are the spinning slots (POSIX
+    #: record locks): a replica spins only while it holds one, so at most that
+    #: many spin at once; "" = no bound
+    spin_lock: str = ""
+    spin_slots: int = 0
     supervisor_pid: int = 0
     #: the supervisor's working directory (AGENTRT_LAUNCH_DIR in the agent)
     launch_dir: str = ""

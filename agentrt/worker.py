@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import functools
 import importlib
 import inspect
@@ -70,6 +71,8 @@ _READ_SIZE = 1 << 16
 _HOT_SPINS = 4
 #: a yield that took longer than this gave the CPU to another process: stop spinning
 _CONTENDED = 20e-6
+#: spinning slots a replica tries before it blocks instead (each try a syscall)
+_SLOT_TRIES = 2
 _prepared = False
 
 
@@ -117,7 +120,12 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
             with contextlib.suppress(Exception):
                 stream.reconfigure(line_buffering=True)
     _apply_rlimits(boot)
-    global _members_fd
+    global _members_fd, _spin_fd
+    if boot.spin and boot.spin_lock and boot.spin_slots:
+        # Opened now, as for the members below: a filesystem allowlist or
+        # run_as could keep it out of reach later.  No slot to take: no spin.
+        with contextlib.suppress(OSError):
+            _spin_fd = os.open(boot.spin_lock, os.O_RDWR | os.O_CLOEXEC)
     if boot.cgroups:
         # Opened now: under a filesystem allowlist it could not be opened later,
         # and an interrupted call's leftovers are found through it.
@@ -202,9 +210,19 @@ class _Channel:
     answered.  It polls only while the calls keep coming that fast (``hot``:
     the last frame came within a few spins of the answer before it), and
     yields the CPU on every turn, so a busy machine loses nothing to it.
+    Where the supervisor bounds spinning (``slots``: the slots' file and
+    their number, cores - 1), it polls only while it holds a slot: replicas
+    that spin never crowd out the supervisor they wait for.
     """
 
-    def __init__(self, rfd: int, wfd: int, max_frame: int, spin: float = 0.0) -> None:
+    def __init__(
+        self,
+        rfd: int,
+        wfd: int,
+        max_frame: int,
+        spin: float = 0.0,
+        slots: tuple[int, int] = (-1, 0),
+    ) -> None:
         self.rfd = rfd
         self.wfd = wfd
         self.encoder = FrameEncoder(max_frame)
@@ -213,6 +231,10 @@ class _Channel:
         self.spin = spin
         self.hot = False  # until a frame arrives soon after an answer
         self.sent_at = 0.0
+        #: the spinning slots' file (-1: spin without one) and the offsets to try
+        self._slot_fd, n = slots
+        first = os.getpid() % n if n else 0
+        self._slot_offsets = [(first + i) % n for i in range(min(n, _SLOT_TRIES))]
         self._poll = select.poll()
         self._poll.register(rfd, select.POLLIN)
 
@@ -246,20 +268,42 @@ class _Channel:
         ``limit`` seconds from now); its first true value, or None."""
         if not self.hot:
             return None
-        clock = time.perf_counter
-        end = self.sent_at + self.spin
-        if limit is not None:
-            end = min(end, clock() + limit)
-        while True:
-            got = ready()
-            if got:
-                return got
-            now = clock()
-            if now >= end:
-                return None
-            os.sched_yield()
-            if clock() - now > _CONTENDED:
-                return None  # something else ran on this CPU meanwhile: leave it the CPU
+        slot = self._take_slot()
+        if slot is None:
+            return None  # as many replicas as there are spare cores spin already
+        try:
+            clock = time.perf_counter
+            end = self.sent_at + self.spin
+            if limit is not None:
+                end = min(end, clock() + limit)
+            while True:
+                got = ready()
+                if got:
+                    return got
+                now = clock()
+                if now >= end:
+                    return None
+                os.sched_yield()
+                if clock() - now > _CONTENDED:
+                    return None  # something else ran on this CPU meanwhile: leave it the CPU
+        finally:
+            if slot >= 0:
+                fcntl.lockf(self._slot_fd, fcntl.LOCK_UN, 1, slot)
+
+    def _take_slot(self) -> int | None:
+        """A spinning slot (its offset, locked); -1 when spinning is unbounded;
+        None when every slot tried is taken.  The lock goes with the process,
+        so a replica that dies while spinning frees its slot."""
+        fd = self._slot_fd
+        if fd < 0:
+            return -1
+        for offset in self._slot_offsets:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+            except OSError:
+                continue
+            return offset
+        return None
 
     def woke(self) -> None:
         """A frame arrived: spin next time if it came soon after our last write."""
@@ -776,6 +820,8 @@ async def _call_maybe_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any
 
 #: cgroup.procs of the replica's cgroup, opened before any confinement
 _members_fd = -1
+#: the spinning slots' file (see ``Boot.spin_lock``), or -1
+_spin_fd = -1
 
 
 def _cgroup_members() -> list[int]:
@@ -945,7 +991,10 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
                 )
             os._exit(EXIT_STARTUP)
         global _channel
-        chan = _channel = _Channel(rfd, wfd, boot.max_frame, boot.spin)
+        spin = boot.spin if _spin_fd >= 0 or not boot.spin_lock else 0.0
+        chan = _channel = _Channel(
+            rfd, wfd, boot.max_frame, spin, (_spin_fd, boot.spin_slots if _spin_fd >= 0 else 0)
+        )
         if not _prepared:  # not forked from the zygote: nothing to share, no rehearsal
             prepare(rehearse=False)
         try:

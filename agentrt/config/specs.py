@@ -272,7 +272,9 @@ class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     long a replica that has just answered polls for its next call before it
     sleeps (waking a sleeping process costs tens of microseconds on many
     machines); it spins only while calls keep arriving that fast, yielding
-    the CPU to anything runnable; ``0`` turns it off.  ``shutdown_timeout``
+    the CPU to anything runnable, and only while it holds one of the
+    supervisor's cores - 1 spinning slots (the last core is the
+    supervisor's); ``0`` turns it off.  ``shutdown_timeout``
     is the grace after ``Shutdown`` before SIGTERM and SIGKILL, or
     :data:`BRUTAL_KILL` / :data:`INFINITY` (``"brutal_kill"`` /
     ``"infinity"`` in a config).  All durations are seconds.

@@ -43,6 +43,9 @@ class BootPlanner:
         #: ``[models.X]``: every replica's Boot carries their client configs
         self.models: dict[str, dict[str, Any]] = {}
         self.launch_dir = os.getcwd()
+        #: the replicas' spinning slots (``Boot.spin_lock``); none on a cluster
+        self.spin_lock = ""
+        self.spin_slots = 0
         #: each running agent's sandbox plan (profile resolved, limits merged)
         self._plans: dict[str, sandbox.Plan] = {}
         #: per-replica cgroups, created on the first agent whose profile asks
@@ -56,6 +59,12 @@ class BootPlanner:
         self.rundir = tempfile.mkdtemp(prefix=_RUN_PREFIX)
         with open(os.path.join(self.rundir, _OWNER), "w") as f:
             f.write(_linux.process_identity(os.getpid()) or "")
+        if not self.remote:
+            # Spinning pays only on a core nobody else needs: one is the
+            # supervisor's, the others may each have one spinning replica.
+            self.spin_slots = max(0, len(os.sched_getaffinity(0)) - 1)
+            self.spin_lock = os.path.join(self.rundir, _SPIN_LOCK)
+            os.close(os.open(self.spin_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
     async def close(self) -> None:
         if self.rundir:
@@ -189,6 +198,8 @@ class BootPlanner:
             max_frame=sup.max_frame,
             concurrency=spec.concurrency,
             spin=spec.spin,
+            spin_lock=self.spin_lock,
+            spin_slots=self.spin_slots,
             supervisor_pid=os.getpid(),
             launch_dir=self.launch_dir,
             tools=tools,
@@ -272,6 +283,8 @@ class UidPool:
 _RUN_PREFIX = RUN_PREFIX
 #: in each run directory: the pid and start time of the supervisor it belongs to
 _OWNER = "supervisor"
+#: in each run directory: the replicas' spinning slots (record locks)
+_SPIN_LOCK = "spin"
 
 
 def _sweep_run_dirs(tmp: str) -> None:

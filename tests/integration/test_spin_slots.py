@@ -1,0 +1,127 @@
+"""Spinning is bounded: a replica polls for its next call only while it holds one
+of the cores-1 spinning slots (record locks on a file of the run directory)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import psutil
+
+from agentrt import worker
+
+_HOLD = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_replica_spins_only_while_it_holds_a_slot_and_a_dead_holder_frees_it(tmp_path):
+    slots = tmp_path / "spin"
+    slots.write_bytes(b"")
+    fd = os.open(slots, os.O_RDWR | os.O_CLOEXEC)
+    r, w = os.pipe()
+    polls: list[int] = []
+
+    def ready() -> bool:
+        polls.append(1)
+        return len(polls) >= 3
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(slots)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        chan = worker._Channel(r, w, 1 << 20, spin=10.0, slots=(fd, 1))
+        chan.hot = True
+        chan.sent_at = 1e18  # the spin window never ends by itself
+        # The only slot is another process's: no spinning, ready() is never polled.
+        assert chan.spin_until(ready) is None
+        assert polls == []
+        # The holder dies (killed, as a replica may be): the kernel frees its lock.
+        holder.kill()
+        holder.wait()
+        assert chan.spin_until(ready) is True
+        assert len(polls) == 3
+        # ...and the slot went back once the spin ended: another process may take it.
+        probe = subprocess.run(
+            [sys.executable, "-c", _HOLD, str(slots)],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert probe.returncode == 0 and probe.stdout == "held\n", probe.stderr
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        assert holder.stdout is not None and holder.stdin is not None
+        holder.stdout.close()
+        holder.stdin.close()
+        for f in (fd, r, w):
+            os.close(f)
+
+
+def test_without_slots_configured_spinning_is_unbounded(tmp_path):
+    r, w = os.pipe()
+    try:
+        chan = worker._Channel(r, w, 1 << 20, spin=10.0)
+        chan.hot = True
+        chan.sent_at = 1e18
+        assert chan.spin_until(lambda: "frame") == "frame"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+async def test_spinning_replicas_hold_the_run_directorys_slots_file(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("hot", "agents:echo", replicas=2))
+        await sup.start(agent_spec("cold", "agents:echo", spin=0.0))
+        await sup.call("hot", {})
+        await sup.call("cold", {})
+        slots = os.path.join(sup._boots.rundir, "spin")
+        by_agent: dict[str, list[set[str]]] = {}
+        for st in await sup.status():
+            assert st.pid is not None
+            files = {f.path for f in psutil.Process(st.pid).open_files()}
+            by_agent.setdefault(st.agent, []).append(files)
+        assert all(slots in files for files in by_agent["hot"])
+        assert all(slots not in files for files in by_agent["cold"])
+
+
+def test_on_one_core_no_replica_spins(fixtures_dir):
+    """cores - 1 = 0 slots: replicas sleep at once after answering."""
+    code = textwrap.dedent(
+        f"""
+        import asyncio, os, psutil
+        os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
+        from agentrt import AgentSpec, Supervisor
+
+        async def main():
+            async with Supervisor(base_dir={str(fixtures_dir)!r}) as sup:
+                await sup.start(AgentSpec(name="hot", entry="agents:echo"))
+                assert await sup.call("hot", {{"x": 1}}) == {{"x": 1}}
+                (st,) = await sup.status()
+                files = [f.path for f in psutil.Process(st.pid).open_files()]
+                assert not any(p.endswith("/spin") for p in files), files
+                print("ok")
+
+        asyncio.run(main())
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
