@@ -392,6 +392,10 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     memory_rlimit: bool = True
     #: cgroup directories to join (one per v1 controller, or one v2 group)
     cgroups: list[str] = []
+    #: the limit files written in each of them, ``(file, value, required)``: a
+    #: zygote's spare, already in groups of its own, renames those to these
+    #: names and writes the same limits (no slow move between groups)
+    cgroup_writes: list[list[tuple[str, str, bool]]] = []
     #: ``"none"``: a fresh network namespace before user code
     network: str = "host"
     #: Landlock: paths readable/executable and writable; None = unconfined
@@ -446,8 +450,15 @@ class Reaped(_Msg, frozen=True, tag="reaped"):
     cpu: float
 
 
+class Spares(_Msg, frozen=True, tag="spares"):
+    """The zygote's spares: how many wait now, and how many it keeps."""
+
+    ready: int
+    target: int
+
+
 ZygoteRequest = Fork
-ZygoteReply = ZygoteHello | Forked | ForkFailed | Reaped
+ZygoteReply = ZygoteHello | Forked | ForkFailed | Reaped | Spares
 
 
 # --- control client <-> supervisor (the run's control socket) --------------

@@ -28,13 +28,23 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections import deque
 from typing import Any, NoReturn
 
 import msgspec
 
 from agentrt import _linux
-from agentrt.protocol import Boot, Fork, Forked, ForkFailed, Reaped, ZygoteHello, ZygoteReply
+from agentrt.protocol import (
+    Boot,
+    Fork,
+    Forked,
+    ForkFailed,
+    Reaped,
+    Spares,
+    ZygoteHello,
+    ZygoteReply,
+)
 
 __all__ = ["ZygoteClient", "zygote_main"]
 
@@ -50,10 +60,13 @@ def zygote_main(
     parent: int,
     rundir: str = "",
     spares: int = 0,
+    spare_cgroups: list[str] | None = None,
 ) -> None:
     """Body of the zygote process."""
-    global _parent, _rundir, _parent_fd, _spare_target
-    _parent, _rundir, _spare_target = parent, rundir, spares
+    global _parent, _rundir, _parent_fd, _spare_target, _spare_bound, _spare_cgroups
+    _parent, _rundir, _spare_bound = parent, rundir, spares
+    _spare_target = _spares_first()
+    _spare_cgroups = spare_cgroups or []
     with contextlib.suppress(OSError):
         _parent_fd = os.pidfd_open(parent)
     # SIGTERM, not SIGKILL, when the supervisor dies: the handler takes every
@@ -94,12 +107,26 @@ def zygote_main(
     poller.register(wake_r, select.POLLIN)
     own = (wake_r, wake_w)
     while True:
-        # Idle: fork spares, one at a time, while nothing is asked of us.
-        while len(_spares) < _spare_target and not poller.poll(0):
-            _fork_spare(sock, own)
+        # Spares are forked one at a time, once nothing has been asked of us
+        # for a moment: a replica's death is usually followed by the request
+        # for its replacement, which a fork in progress would hold up.
+        if len(_spares) < _spare_target:
+            timeout: float | None = _REFILL_AFTER_MS
+        elif _spare_target > _spares_first():
+            timeout = max(0.0, _last_request + _SPARE_IDLE_S - time.monotonic()) * 1e3
+        else:
+            timeout = None
         try:
-            events = poller.poll()
+            events = poller.poll(timeout)
         except InterruptedError:
+            continue
+        if not events:
+            if len(_spares) < _spare_target:
+                _fork_spare(sock, own)
+            else:
+                _shrink_spares()
+            with contextlib.suppress(OSError):
+                sock.sendall(encoder.encode(Spares(len(_spares), _spare_target)))
             continue
         for fd, _ev in events:
             if fd == wake_r:
@@ -120,8 +147,30 @@ def zygote_main(
                     os.close(f)
                 continue
             _fork_one(sock, encoder, req, fds, own, data)
-        # SIGCHLD may have raced with poll(); reaping is cheap.
-        _reap(sock, encoder)
+
+
+def _spares_first() -> int:
+    """How many spares the zygote keeps before any demand: a couple."""
+    return min(_spare_bound, _SPARES_FIRST)
+
+
+def _shrink_spares() -> None:
+    """No request for a while: halve the spares kept (never below the first few)."""
+    global _spare_target, _last_request
+    _spare_target = max(_spares_first(), _spare_target // 2)
+    _last_request = time.monotonic()
+    for pid in list(_spares)[_spare_target:]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # reaped as a spare
+
+
+def _demand(served_by_spare: bool) -> None:
+    """A request came: one no spare was left for doubles the spares kept, up to
+    the bound (``[supervisor] spares``)."""
+    global _spare_target, _last_request
+    _last_request = time.monotonic()
+    if not served_by_spare:
+        _spare_target = min(_spare_bound, max(1, _spare_target * 2))
 
 
 def _fork_spare(sock: socket.socket, own: tuple[int, int]) -> None:
@@ -154,6 +203,11 @@ def _fork_spare(sock: socket.socket, own: tuple[int, int]) -> None:
             _spares.clear()
             _forked.clear()
             _cgroups.clear()
+            _from_spare.clear()
+            # First the groups the zygote moved it to, then its request.
+            from agentrt.sandbox.confine import waiting_in
+
+            waiting_in(msgspec.json.decode(theirs.recv(_DGRAM), type=list[str]))
             data, fds = _linux.recv_with_fds(theirs, _DGRAM, 8)
             theirs.close()
             if not data or len(fds) != 3:
@@ -165,6 +219,15 @@ def _fork_spare(sock: socket.socket, own: tuple[int, int]) -> None:
         finally:
             os._exit(70)
     theirs.close()
+    joined: list[str] = []
+    if _spare_cgroups:
+        # While nobody waits: moving a process between cgroups can take
+        # milliseconds (an RCU grace period); renaming its group is quick.
+        from agentrt.sandbox.confine import join_spare_cgroups
+
+        joined = join_spare_cgroups(_spare_cgroups, pid)
+    with contextlib.suppress(OSError):  # it died already: reaped as a spare
+        ours.send(msgspec.json.encode(joined))
     _spares[pid] = ours
 
 
@@ -200,6 +263,9 @@ def _fork_one(
         sock.sendall(encoder.encode(ForkFailed(req.req, f"expected 3 fds, got {len(fds)}")))
         return
     pid = _take_spare(data, fds) if data else 0
+    _demand(served_by_spare=bool(pid))
+    if pid and _spare_cgroups:
+        _from_spare.add(pid)
     if not pid:
         try:
             pid = os.fork()
@@ -213,6 +279,7 @@ def _fork_one(
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _forked.clear()
             _cgroups.clear()
+            _from_spare.clear()
             for conn in _spares.values():
                 conn.close()
             _spares.clear()
@@ -248,20 +315,22 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
     exit through its pidfd, reads the status from /proc in the meantime,
     which it can trust only while the child is unreaped.
     """
+    orphans = False
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            return
+            break
         except InterruptedError:
             continue
         if info is None or info.si_pid == 0:
-            return
+            break
         pid = info.si_pid
         conn = _spares.pop(pid, None)
         if conn is not None:  # a spare died before serving: nobody waits for it
             conn.close()
             os.wait4(pid, 0)
+            _remove_spare_cgroups(pid)
             continue
         cpu = _linux.child_cpu(pid)
         if cpu is not None:
@@ -274,12 +343,19 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
         _pid, status, ru = os.wait4(pid, 0)  # a zombie: returns at once
         if cpu is None:
             _report(sock, encoder, pid, status, ru.ru_utime + ru.ru_stime)
+        if pid in _from_spare:
+            # groups it waited in as a spare that it did not rename (those of
+            # hierarchies its replica has no group in)
+            _from_spare.discard(pid)
+            _remove_spare_cgroups(pid)
         if pid in _forked:
             _forked.discard(pid)
             _cgroups.pop(pid, None)  # the supervisor empties and removes it
-            # Orphans that escaped into sessions of their own go too: as the
-            # subreaper, the zygote adopted them.
-            _kill_orphans()
+            orphans = True
+    if orphans:
+        # Orphans that escaped into sessions of their own go too: as the
+        # subreaper, the zygote adopted them.
+        _kill_orphans()
 
 
 def _wait_status(code: int, value: int) -> int:
@@ -298,10 +374,32 @@ def _report(sock: socket.socket, encoder: Any, pid: int, status: int, cpu: float
 _forked: set[int] = set()
 #: spares waiting for a request: pid -> the zygote's end of its socket
 _spares: dict[int, socket.socket] = {}
-#: how many spares the zygote keeps (forked while it is idle)
+#: how many spares the zygote keeps now (forked while it is idle), and at most
 _spare_target = 0
+_spare_bound = 0
+#: when the last fork request came (time.monotonic())
+_last_request = 0.0
+#: spares kept before any demand
+_SPARES_FIRST = 2
+#: idle this long (ms) before forking a spare
+_REFILL_AFTER_MS = 5.0
+#: no request for this long (s): the spares kept are halved
+_SPARE_IDLE_S = 30.0
 #: the cgroups of each of them that has some
 _cgroups: dict[int, list[str]] = {}
+#: where each spare makes groups of its own to wait in (see ``confine.wait_in_cgroups``)
+_spare_cgroups: list[str] = []
+#: replicas that were spares (and may have left a waiting group behind)
+_from_spare: set[int] = set()
+
+
+def _remove_spare_cgroups(pid: int) -> None:
+    """A spare that never served is gone: its (empty) waiting groups go too."""
+    from agentrt.sandbox.confine import spare_cgroups
+
+    for d in spare_cgroups(_spare_cgroups, pid):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
 
 
 def _kill_orphans() -> None:
@@ -365,9 +463,15 @@ class ZygoteClient:
     """The supervisor's end of the zygote socket (runs on the event loop)."""
 
     def __init__(
-        self, preload: list[str], sys_path: list[str], rundir: str = "", spares: int = 0
+        self,
+        preload: list[str],
+        sys_path: list[str],
+        rundir: str = "",
+        spares: int = 0,
+        spare_cgroups: list[str] | None = None,
     ) -> None:
         self.spares = spares
+        self.spare_cgroups = spare_cgroups or []
         self.preload = preload
         self.sys_path = sys_path
         self.rundir = rundir
@@ -385,6 +489,19 @@ class ZygoteClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pidfd = -1
         self.closed = False
+        #: the zygote's spares as it last said: waiting now, and kept
+        self.spares_ready = 0
+        self.spares_target = 0
+        self._spare_waits: list[tuple[int, asyncio.Future[int]]] = []
+
+    async def spares_forked(self, n: int) -> int:
+        """Wait until at least ``n`` spares wait (as the zygote says once it forked one)."""
+        assert self._loop is not None
+        if self.spares_ready >= n:
+            return self.spares_ready
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._spare_waits.append((n, fut))
+        return await fut
 
     def alive(self) -> bool:
         """Whether the zygote process still runs (asked of the kernel, not the socket:
@@ -410,7 +527,15 @@ class ZygoteClient:
         loop = self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         args = msgspec.json.encode(
-            [theirs.fileno(), self.preload, self.sys_path, os.getpid(), self.rundir, self.spares]
+            [
+                theirs.fileno(),
+                self.preload,
+                self.sys_path,
+                os.getpid(),
+                self.rundir,
+                self.spares,
+                self.spare_cgroups,
+            ]
         )
         exe = os.fsencode(multiprocess.spawn.get_executable())
         argv = [
@@ -485,6 +610,12 @@ class ZygoteClient:
                 case ZygoteHello():
                     if self._hello is not None and not self._hello.done():
                         self._hello.set_result(msg)
+                case Spares(ready=ready, target=target):
+                    self.spares_ready, self.spares_target = ready, target
+                    for n, waiter in self._spare_waits:
+                        if ready >= n and not waiter.done():
+                            waiter.set_result(ready)
+                    self._spare_waits = [(n, w) for n, w in self._spare_waits if not w.done()]
 
     def _lost(self, why: str) -> None:
         if self._loop is not None and self._sock is not None:
@@ -499,6 +630,10 @@ class ZygoteClient:
                 fut.set_exception(err)
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(err)
+        for _n, waiter in self._spare_waits:
+            if not waiter.done():
+                waiter.set_exception(err)
+        self._spare_waits.clear()
         self._forks.clear()
         self._exits.clear()
         self.closed = True
@@ -585,5 +720,5 @@ def _reap_pid(pid: int, grace: float) -> None:
 
 def _main(args: str) -> None:
     """Entry of the zygote interpreter (see :meth:`ZygoteClient.start`)."""
-    fd, preload, sys_path, parent, rundir, spares = msgspec.json.decode(args)
-    zygote_main(socket.socket(fileno=fd), preload, sys_path, parent, rundir, spares)
+    fd, preload, sys_path, parent, rundir, spares, spare_cgroups = msgspec.json.decode(args)
+    zygote_main(socket.socket(fileno=fd), preload, sys_path, parent, rundir, spares, spare_cgroups)

@@ -40,9 +40,10 @@ class ZygoteLauncher:
         rundir: str = "",
         may_restart: Callable[[str], bool] | None = None,
         spares: int = 0,
+        spare_cgroups: list[str] | None = None,
     ) -> None:
-        self._args = (preload, sys_path, rundir, spares)
-        self.client = ZygoteClient(preload, sys_path, rundir, spares)
+        self._args = (preload, sys_path, rundir, spares, spare_cgroups or [])
+        self.client = ZygoteClient(*self._args)
         self._may_restart = may_restart
         self._restart: asyncio.Future[None] | None = None
 
@@ -187,9 +188,11 @@ def make_launcher(
     rundir: str = "",
     may_restart: Callable[[str], bool] | None = None,
     spares: int = 0,
+    spare_cgroups: list[str] | None = None,
 ) -> Launcher:
     """The launcher for ``start_method`` (``may_restart``: whether a dead zygote
-    may be replaced; ``rundir``: removed by the zygote if it outlives us)."""
+    may be replaced; ``rundir``: removed by the zygote if it outlives us;
+    ``spare_cgroups``: where the zygote's spares wait in groups of their own)."""
     if method == "zygote":
-        return ZygoteLauncher(preload, sys_path, rundir, may_restart, spares)
+        return ZygoteLauncher(preload, sys_path, rundir, may_restart, spares, spare_cgroups)
     return MultiprocessLauncher(method, preload, sys_path)

@@ -10,7 +10,7 @@ import time
 
 from agentrt.sandbox.probe import _mounts, _own_cgroups, _read, probe
 
-__all__ = ["Cgroups"]
+__all__ = ["Cgroups", "apply_writes"]
 
 
 class Cgroups:
@@ -116,67 +116,70 @@ class Cgroups:
         memory: int | None,
         cpu: float | None,
         processes: int | None,
-    ) -> list[str]:
-        """Make the replica's group(s) with their limits; the directories to join."""
+    ) -> tuple[list[str], list[list[tuple[str, str, bool]]]]:
+        """Make the replica's group(s) with their limits: the directories to join,
+        and the limit writes made in each (``(file, value, required)``), which a
+        spare that renames its own groups to these names makes again."""
         dirs: list[str] = []
+        writes: list[list[tuple[str, str, bool]]] = []
         try:
-            if self.version == 2:
-                d = os.path.join(self._parent(ctrls[0]), leaf)
+            per_dir = (
+                [(self._parent(ctrls[0]), ctrls)]
+                if self.version == 2
+                else [(self._parent(c), [c]) for c in ctrls]
+            )
+            for parent, cs in per_dir:
+                d = os.path.join(parent, leaf)
                 os.makedirs(d, exist_ok=True)
                 dirs.append(d)
-                self._limit(d, ctrls, memory, cpu, processes)
-            else:
-                for c in ctrls:
-                    d = os.path.join(self._parent(c), leaf)
-                    os.makedirs(d, exist_ok=True)
-                    dirs.append(d)
-                    self._limit(d, [c], memory, cpu, processes)
+                w = self._writes(d, cs, memory, cpu, processes)
+                apply_writes(d, w)
+                writes.append(w)
         except OSError:
             self.remove(dirs)
             raise
-        return dirs
+        return dirs, writes
 
-    def _limit(
+    def tree_parents(self) -> list[str]:
+        """The parent directories of a replica's tree groups (made if need be)."""
+        return sorted({self._parent(c) for c in self.tree})
+
+    def _writes(
         self,
         d: str,
         ctrls: list[str],
         memory: int | None,
         cpu: float | None,
         processes: int | None,
-    ) -> None:
-        def put(name: str, value: str, required: bool = True) -> None:
-            path = os.path.join(d, name)
-            if not required and not os.path.exists(path):
-                return
-            try:
-                with open(path, "w") as f:
-                    f.write(value)
-            except OSError:
-                if required:
-                    raise
-
+    ) -> list[tuple[str, str, bool]]:
+        """The limit files of group ``d`` to write, ``(file, value, required)``."""
+        out: list[tuple[str, str, bool]] = []
         v2 = self.version == 2
         if memory is not None and "memory" in ctrls:
             if v2:
-                put("memory.max", str(memory))
-                put("memory.swap.max", "0", required=False)
+                out += [("memory.max", str(memory), True), ("memory.swap.max", "0", False)]
             else:
-                put("memory.limit_in_bytes", str(memory))
-                put("memory.memsw.limit_in_bytes", str(memory), required=False)
+                out += [
+                    ("memory.limit_in_bytes", str(memory), True),
+                    ("memory.memsw.limit_in_bytes", str(memory), False),
+                ]
         if cpu is not None and "cpu" in ctrls:
             period = 100_000
             quota = max(1000, int(cpu * period))
             if v2 and os.path.exists(os.path.join(d, "cpu.max")):
-                put("cpu.max", f"{quota} {period}")
+                out.append(("cpu.max", f"{quota} {period}", True))
             elif os.path.exists(os.path.join(d, "cpu.cfs_quota_us")):
-                put("cpu.cfs_period_us", str(period))
-                put("cpu.cfs_quota_us", str(quota))
+                out += [
+                    ("cpu.cfs_period_us", str(period), True),
+                    ("cpu.cfs_quota_us", str(quota), True),
+                ]
         if (
             processes is not None
             and "pids" in ctrls
             and os.path.exists(os.path.join(d, "pids.max"))
         ):
-            put("pids.max", str(processes))
+            out.append(("pids.max", str(processes), True))
+        return out
 
     @classmethod
     def oom_killed(cls, dirs: list[str]) -> bool:
@@ -214,6 +217,20 @@ class Cgroups:
                         self.remove([os.path.join(d, sub)])
             self.remove([d])
         self.parents.clear()
+
+
+def apply_writes(d: str, writes: list[tuple[str, str, bool]]) -> None:
+    """Write a group's limit files; raises OSError for a required one."""
+    for name, value, required in writes:
+        path = os.path.join(d, name)
+        if not required and not os.path.exists(path):
+            continue
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError:
+            if required:
+                raise
 
 
 def _v1_base(ctrl: str) -> str | None:

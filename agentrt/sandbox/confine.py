@@ -33,6 +33,7 @@ from pathlib import Path
 
 from agentrt import _linux
 from agentrt.protocol import Boot
+from agentrt.sandbox.cgroups import apply_writes
 from agentrt.sandbox.probe import (
     _FS_ABI1,
     _FS_FILE_RIGHTS,
@@ -74,10 +75,29 @@ __all__ = ["confine", "enter_cgroups", "warm"]
 
 
 def enter_cgroups(boot: Boot) -> None:
-    """First thing in the child: join the replica's cgroups."""
+    """First thing in the child: join the replica's cgroups.
+
+    A zygote's spare already waits in groups of its own under the same
+    parents (:func:`wait_in_cgroups`): it renames each to the replica's name
+    (the empty group the supervisor made goes) and writes the same limits,
+    instead of moving itself, which can take milliseconds (a move waits for
+    an RCU grace period when no other move happened just before).
+    """
     pid = str(os.getpid()).encode()
-    for d in boot.cgroups:
+    writes = boot.cgroup_writes if len(boot.cgroup_writes) == len(boot.cgroups) else []
+    for i, d in enumerate(boot.cgroups):
+        mine = _waiting.pop(os.path.dirname(d), None)
         try:
+            if mine is not None and writes:
+                try:
+                    os.rmdir(d)
+                    os.rename(mine, d)
+                except OSError:
+                    os.makedirs(d, exist_ok=True)  # joined below, as any replica's
+                else:
+                    apply_writes(d, writes[i])
+                    continue
+                apply_writes(d, writes[i])
             fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(fd, pid)
@@ -85,6 +105,46 @@ def enter_cgroups(boot: Boot) -> None:
                 os.close(fd)
         except OSError as exc:
             raise SandboxError(exc.errno, f"cannot join cgroup {d}: {exc.strerror}") from None
+
+
+#: the groups this process waits in, a zygote's spare: parent directory -> group
+_waiting: dict[str, str] = {}
+
+
+def spare_cgroups(parents: list[str], pid: int) -> list[str]:
+    """The groups spare ``pid`` makes to wait in, one under each of ``parents``."""
+    return [os.path.join(p, f"spare-{pid}") for p in parents]
+
+
+def join_spare_cgroups(parents: list[str], pid: int) -> list[str]:
+    """In the zygote, for its new spare ``pid``: make groups of the spare's own
+    under ``parents`` and move it there, for :func:`enter_cgroups` to rename
+    later; the groups it joined.
+
+    Best effort: where a group cannot be made or joined, the spare waits
+    where it is and, as a replica, joins its groups the slow way.
+    """
+    joined: list[str] = []
+    for d in spare_cgroups(parents, pid):
+        try:
+            os.mkdir(d)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+            continue
+        joined.append(d)
+    return joined
+
+
+def waiting_in(groups: list[str]) -> None:
+    """In a spare: the groups the zygote moved it to (see :func:`join_spare_cgroups`)."""
+    _waiting.clear()
+    _waiting.update((os.path.dirname(d), d) for d in groups)
 
 
 def _loopback_up() -> None:

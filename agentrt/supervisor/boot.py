@@ -59,6 +59,10 @@ class BootPlanner:
         self.rundir = tempfile.mkdtemp(prefix=_RUN_PREFIX)
         with open(os.path.join(self.rundir, _OWNER), "w") as f:
             f.write(_linux.process_identity(os.getpid()) or "")
+        if not self.remote and sandbox.probe()["cgroup"]["controllers"]:
+            # Every replica gets a group of its own where the machine allows
+            # (made now: the zygote's spares wait in groups under its parents).
+            self._cgroups = sandbox.Cgroups()
         if not self.remote:
             # Spinning pays only on a core nobody else needs: one is the
             # supervisor's, the others may each have one spinning replica.
@@ -118,13 +122,25 @@ class BootPlanner:
     def forget(self, agent: str) -> None:
         self._plans.pop(agent, None)
 
-    def _cgroups_for(self, spec: AgentSpec, leaf: str, plan: sandbox.Plan) -> list[str]:
+    def spare_cgroups(self) -> list[str]:
+        """Where a zygote's spares make groups of their own to wait in (the tree
+        groups' parents): none when this machine gives replicas no groups."""
+        if self.remote or self._cgroups is None:
+            return []
+        try:
+            return self._cgroups.tree_parents()
+        except OSError:
+            return []
+
+    def _cgroups_for(
+        self, spec: AgentSpec, leaf: str, plan: sandbox.Plan
+    ) -> tuple[list[str], list[list[tuple[str, str, bool]]]]:
         """The replica's groups: the profile's limits (``cgroup = true``: memory as
         real usage, a CPU quota, processes), or else the tree's accounting (memory
         and processes limited for the whole tree, CPU time counted)."""
         groups = self._cgroups
         if groups is None:
-            return []
+            return [], []
         lim = plan.limits
         try:
             if plan.cgroup:
@@ -134,7 +150,7 @@ class BootPlanner:
         except OSError as exc:
             if plan.cgroup and plan.profile.enforce == "strict":
                 # the child fails to join it: the replica does not start
-                return [os.path.join("/nonexistent-cgroup", leaf)]
+                return [os.path.join("/nonexistent-cgroup", leaf)], [[]]
             self.log.warning(
                 "sandbox_unenforced",
                 agent=spec.name,
@@ -142,7 +158,7 @@ class BootPlanner:
                 setting="cgroup",
                 why=f"cannot create the replica's cgroup: {exc}",
             )
-            return []
+            return [], []
 
     def boot(
         self,
@@ -161,9 +177,10 @@ class BootPlanner:
         sb: dict[str, Any] = {}
         if plan is not None:
             prof = plan.profile
-            cgroups = self._cgroups_for(spec, leaf, plan)
+            cgroups, writes = self._cgroups_for(spec, leaf, plan)
             sb = {
                 "cgroups": cgroups,
+                "cgroup_writes": writes,
                 "memory_rlimit": not (cgroups and plan.cgroup_memory is not None),
                 "network": prof.network,
                 "fs_read": list(prof.filesystem.read) if prof.filesystem is not None else None,

@@ -237,6 +237,7 @@ class Supervisor:
                 self._boots.rundir,
                 self._zygote_may_restart,
                 self.spec.spares,
+                self._boots.spare_cgroups(),
             )
         rundir = self._boots.rundir
         audit = [os.path.join(rundir, "audit.jsonl")]

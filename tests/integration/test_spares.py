@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import psutil
 import pytest
+
+from agentrt import Limits
 
 
 def _spares() -> list[psutil.Process]:
@@ -59,3 +62,69 @@ async def test_a_killed_spare_is_not_a_replica_death_and_is_replaced(
         await healthy(sup)
         await healthy(sup, "more")
         assert not logs.find("replica_died")  # no replica died: only spares did
+
+
+def _cgroup_paths(pid: int) -> dict[str, str]:
+    """Controller -> the path of ``pid``'s group (v1 lines, and v2's as "")."""
+    out: dict[str, str] = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _id, ctrls, path = line.rstrip("\n").split(":", 2)
+            for c in ctrls.split(",") if ctrls else [""]:
+                out[c] = path
+    return out
+
+
+def _read_int(path: str) -> int:
+    return int(Path(path).read_text())
+
+
+def _existing(paths: list[str]) -> list[str]:
+    return [p for p in paths if Path(p).exists()]
+
+
+def _replica_groups(sup) -> bool:
+    return bool(sup._boots.spare_cgroups())
+
+
+async def test_the_spares_kept_start_at_two_and_double_on_demand_up_to_the_bound(
+    make_supervisor, agent_spec, healthy
+):
+    async with make_supervisor(spares=3) as sup:
+        client = sup._launcher.client
+        assert await client.spares_forked(2) == 2
+        assert client.spares_target == 2 and len(_spares()) == 2
+        # A burst that finds no spare left: the zygote keeps more, never past 3.
+        await sup.start(agent_spec("echo", "agents:echo", replicas=5))
+        await healthy(sup)
+        assert await client.spares_forked(3) == 3
+        assert client.spares_target == 3 and len(_spares()) == 3
+
+
+async def test_a_spare_waits_in_groups_of_its_own_and_renames_them_to_its_replicas(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor(spares=2) as sup:
+        if not _replica_groups(sup):
+            pytest.skip("no cgroups for replicas on this machine")
+        client = sup._launcher.client
+        await client.spares_forked(2)
+        for p in _spares():
+            groups = _cgroup_paths(p.pid)
+            assert groups["memory" if "memory" in groups else ""].endswith(f"/spare-{p.pid}")
+        waiting = {p.pid for p in _spares()}
+        await sup.start(agent_spec("lim", "agents:echo", limits=Limits(memory=512 << 20)))
+        (st,) = await sup.status()
+        assert st.pid in waiting  # the replica was a spare...
+        groups = _cgroup_paths(st.pid)
+        leaf = "lim.0.0"
+        memory = groups.get("memory", groups.get(""))
+        assert memory is not None and memory.endswith("/" + leaf)  # ...now in its own group
+        boot = sup._pool.agents["lim"].slots[0].proc.boot
+        (mem_dir,) = [d for d in boot.cgroups if "/memory/" in d or len(boot.cgroups) == 1]
+        limit_file = "memory.limit_in_bytes" if "memory" in groups else "memory.max"
+        assert _read_int(os.path.join(mem_dir, limit_file)) == 512 << 20
+        assert await sup.call("lim", {"x": 1}) == {"x": 1}
+        parents = sup._boots.spare_cgroups()
+    # Nothing is left: neither the replica's groups nor any spare's.
+    assert _existing(parents) == []
