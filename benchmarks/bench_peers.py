@@ -9,8 +9,9 @@ a ratio to agentrt's (start method ``zygote``).  Runtimes: agentrt
 and actors; ``ray.init(num_cpus=2, include_dashboard=False)``, shut down at
 the end).  Floors: ``floor-pipe``, a ping-pong over two ``os.pipe`` with a
 forked child framed exactly like agentrt (msgspec MessagePack, blocking I/O;
-the approach of bench_core.py), and ``floor-fork``, forking N bare children
-that each write a byte on a pipe.  A runtime that is not installed is
+the approach of bench_core.py), ``floor-fork``, forking N bare children
+that each write a byte on a pipe, and ``floor-minimal``, the same from a
+minimal interpreter (``python -S``, nothing imported).  A runtime that is not installed is
 skipped with a note.
 
 Workloads (every figure a median over repetitions, with the min-max):
@@ -30,7 +31,8 @@ Workloads (every figure a median over repetitions, with the min-max):
 3. **payload**: ``echo(bytes)`` of 1 KiB, 64 KiB, 1 MiB, 16 MiB in sequence,
    MB/s (10^6 bytes, the payload counted once although it travels both
    ways).  The in-process runtimes pass a reference (no copy at all).
-4. **startup**: N = 1, 50, 300 isolated workers, each in a fresh pool, from
+4. **startup**: N = 1, 50, 300 (and 1,000 for agentrt-zygote and the fork
+   floors) isolated workers, each in a fresh pool, from
    creating the pool (agentrt: ``sup.start()``, its zygote already up) until
    N distinct workers have answered.  agentrt: N concurrent ``whoami()``
    calls (least-loaded dispatch gives each idle replica one).  Pools: N
@@ -67,7 +69,7 @@ Usage::
     python benchmarks/bench_peers.py [--quick] [--json FILE|-] [--only NAME[,NAME]] [--crash-reps N]
 
 Names: agentrt-zygote, agentrt-spawn, asyncio, threads, process-pool,
-mp-pool, loky, pebble, ray-tasks, ray-actors, floor-pipe, floor-fork.
+mp-pool, loky, pebble, ray-tasks, ray-actors, floor-pipe, floor-fork, floor-minimal.
 agentrt-zygote and floor-pipe always run (every ratio needs them).
 """
 
@@ -107,6 +109,7 @@ from bench_core import (  # noqa: E402
     Floor,
     fork_floor,
     latency_summary,
+    minimal_fork_floor,
     pct,
     read_smaps_rollup,
 )
@@ -128,6 +131,7 @@ FLOOR = "floor-pipe"
 ALL = [
     "floor-pipe",
     "floor-fork",
+    "floor-minimal",
     "agentrt-zygote",
     "agentrt-spawn",
     "asyncio",
@@ -192,8 +196,8 @@ FULL = Params(
     payload_reps=2,
     payload_target=16 << 20,
     payload_cap=400,
-    startup_ns=[1, 50, 300],
-    startup_reps={1: 3, 50: 2, 300: 2},
+    startup_ns=[1, 50, 300, 1000],
+    startup_reps={1: 3, 50: 2, 300: 2, 1000: 1},
     slow_cap=50,
     crash_reps=5,
     crash_timeout=10.0,
@@ -259,6 +263,8 @@ class AgentrtRuntime(Runtime):
         self.name = f"agentrt-{method}"
         if method == "spawn":
             self.max_n, self.slow = 50, True
+        else:
+            self.max_n = 1000
         self.sup: Supervisor | None = None
 
     def _sup(self) -> Supervisor:
@@ -912,7 +918,7 @@ async def run(names: list[str], p: Params, quick: bool, floor: Floor) -> dict[st
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         try:
             for name in names:
-                if name in (FLOOR, "floor-fork"):
+                if name in (FLOOR, "floor-fork", "floor-minimal"):
                     continue
                 await run_runtime(make_runtime(name), floor, p, quick, results, tmp)
         finally:
@@ -923,12 +929,12 @@ async def run(names: list[str], p: Params, quick: bool, floor: Floor) -> dict[st
     return results
 
 
-def fork_series(p: Params, quick: bool) -> dict[str, Any]:
+def fork_series(p: Params, quick: bool, floor: Callable[[int], float]) -> dict[str, Any]:
     ns = [n for n in p.startup_ns if not quick or n <= 50]
     out: dict[str, Any] = {"cap": max(ns)}
     for n in ns:
         reps = p.startup_reps[n]
-        times = [fork_floor(n) for _ in range(reps)]
+        times = [floor(n) for _ in range(reps)]
         out[str(n)] = {"n": n, "repetitions": reps, "errors": [], "ready_s": spread(times)}
     return out
 
@@ -1101,10 +1107,10 @@ def render(report: dict[str, Any]) -> str:
         if not e:
             continue
         if "error" in e:
-            rows.append((n, "ERROR", e["error"][:60], "", "", ""))
+            rows.append((n, "ERROR", e["error"][:60], "", "", "", ""))
             continue
         cells = [f"{n} (cap {e['cap']})"]
-        for k in ("1", "50", "300"):
+        for k in ("1", "50", "300", "1000"):
             x = e.get(k)
             if not x or "ready_s" not in x:
                 cells.append("ERROR" if x and x["errors"] else "-")
@@ -1120,7 +1126,7 @@ def render(report: dict[str, Any]) -> str:
         rows.append(cells)
     section(
         "4. start N isolated workers until each answered, s (x agentrt); PSS per idle worker, MiB",
-        ("runtime", "N=1", "N=50", "N=300", "PSS"),
+        ("runtime", "N=1", "N=50", "N=300", "N=1000", "PSS"),
         rows,
     )
 
@@ -1193,7 +1199,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         why = available(n)
         note = why or ""
-        if not why and n not in (FLOOR, "floor-fork"):
+        if not why and n not in (FLOOR, "floor-fork", "floor-minimal"):
             note = make_runtime(n).note
         if n == "ray-actors" and not why:
             note += "; startup capped at N=50 (each actor is a fresh Python process)"
@@ -1207,7 +1213,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _progress(f"skipping {n}: {why}")
     # Forks happen before any event loop or thread exists.
-    forks = fork_series(p, args.quick) if "floor-fork" in run_names else None
+    forks = fork_series(p, args.quick, fork_floor) if "floor-fork" in run_names else None
+    minimal = (
+        fork_series(p, args.quick, minimal_fork_floor) if "floor-minimal" in run_names else None
+    )
     floor = Floor()
     try:
         results = asyncio.run(run(run_names, p, args.quick, floor))
@@ -1215,6 +1224,8 @@ def main(argv: list[str] | None = None) -> int:
         floor.close()
     if forks is not None:
         results["startup"]["floor-fork"] = forks
+    if minimal is not None:
+        results["startup"]["floor-minimal"] = minimal
     report: dict[str, Any] = {
         "benchmark": "agentrt bench_peers",
         "quick": args.quick,

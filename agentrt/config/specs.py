@@ -425,9 +425,12 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: ``"SPREAD"``: replicas spread over the cluster's nodes
     ray_strategy: RayStrategy = "SPREAD"
     preload: list[str] = []
-    #: processes the zygote forks ahead, while it is idle, to become replicas
-    #: (Android's zygote pool): starting or replacing a replica then skips the
-    #: fork; each serves one replica only (0: fork on demand)
+    #: at most this many processes the zygote forks ahead, while it is idle, to
+    #: become replicas (Android's zygote pool): starting or replacing a replica
+    #: then skips the fork and the move between cgroups (a spare waits in
+    #: groups of its own and renames them); each serves one replica only.  The
+    #: zygote keeps 2 at first, doubles that when a start finds none left,
+    #: halves it after 30 s without starts (0: fork on demand)
     spares: int = 4
     strategy: Strategy = "one_for_one"
     intensity: int = 5

@@ -59,10 +59,10 @@ ALLOWED: dict[str, set[str]] = {
     "sandbox.probe": set(),
     "sandbox.plan": {"config", "errors", "sandbox.probe"},
     "sandbox.cgroups": {"sandbox.probe"},
-    "sandbox.confine": {"_linux", "protocol", "sandbox.probe"},
+    "sandbox.confine": {"_linux", "protocol", "sandbox.cgroups", "sandbox.probe"},
     "sandbox": {"sandbox.cgroups", "sandbox.confine", "sandbox.plan", "sandbox.probe"},
     "worker": {"_linux", "context", "errors", "protocol", "sandbox", "sandbox.confine"},
-    "zygote": {"_linux", "protocol", "worker"},
+    "zygote": {"_linux", "protocol", "sandbox.confine", "worker"},
     "process": {"_linux", "errors", "protocol"},
     # the control socket: server, client, run discovery (the supervisor serves it)
     "control": {"_linux", "errors", "protocol"},
