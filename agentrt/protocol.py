@@ -457,8 +457,21 @@ class Spares(_Msg, frozen=True, tag="spares"):
     target: int
 
 
-ZygoteRequest = Fork
-ZygoteReply = ZygoteHello | Forked | ForkFailed | Reaped | Spares
+class SpareForked(_Msg, frozen=True, tag="spare"):
+    """A spare waits: its pidfd and its end of the spare's socket travel with
+    this datagram.  The supervisor sends it a ``Fork`` when it needs a replica."""
+
+    pid: int
+
+
+class SpareTaken(_Msg, frozen=True, tag="spare_taken"):
+    """The supervisor gave spare ``pid`` a replica to become."""
+
+    pid: int
+
+
+ZygoteRequest = Fork | SpareTaken
+ZygoteReply = ZygoteHello | Forked | ForkFailed | Reaped | Spares | SpareForked
 
 
 # --- control client <-> supervisor (the run's control socket) --------------

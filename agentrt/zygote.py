@@ -41,9 +41,12 @@ from agentrt.protocol import (
     Forked,
     ForkFailed,
     Reaped,
+    SpareForked,
     Spares,
+    SpareTaken,
     ZygoteHello,
     ZygoteReply,
+    ZygoteRequest,
 )
 
 __all__ = ["ZygoteClient", "zygote_main"]
@@ -81,7 +84,7 @@ def zygote_main(
     # own: the supervisor decides when replicas stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     encoder = msgspec.msgpack.Encoder()
-    decoder = msgspec.msgpack.Decoder(Fork)
+    decoder = msgspec.msgpack.Decoder(ZygoteRequest)
     for p in reversed(sys_path):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -122,7 +125,7 @@ def zygote_main(
             continue
         if not events:
             if len(_spares) < _spare_target:
-                _fork_spare(sock, own)
+                _fork_spare(sock, encoder, own)
             else:
                 _shrink_spares()
             with contextlib.suppress(OSError):
@@ -146,7 +149,14 @@ def zygote_main(
                 for f in fds:
                     os.close(f)
                 continue
-            _fork_one(sock, encoder, req, fds, own, data)
+            if isinstance(req, SpareTaken):
+                for f in fds:
+                    os.close(f)
+                _spares.discard(req.pid)
+                _demand(served_by_spare=True)
+                continue
+            _demand(served_by_spare=False)
+            _fork_one(sock, encoder, req, fds, own)
 
 
 def _spares_first() -> int:
@@ -155,13 +165,13 @@ def _spares_first() -> int:
 
 
 def _shrink_spares() -> None:
-    """No request for a while: halve the spares kept (never below the first few)."""
+    """No request for a while: halve the spares kept (never below the first few).
+
+    The supervisor, which holds the spares, lets the ones over the new
+    target go (it closes their sockets: they exit), once told."""
     global _spare_target, _last_request
     _spare_target = max(_spares_first(), _spare_target // 2)
     _last_request = time.monotonic()
-    for pid in list(_spares)[_spare_target:]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # reaped as a spare
 
 
 def _demand(served_by_spare: bool) -> None:
@@ -173,12 +183,14 @@ def _demand(served_by_spare: bool) -> None:
         _spare_target = min(_spare_bound, max(1, _spare_target * 2))
 
 
-def _fork_spare(sock: socket.socket, own: tuple[int, int]) -> None:
+def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None:
     """Fork a spare: a child that waits for the Fork request it will serve.
 
     It becomes a replica only then (``child_main``: sandbox, limits and the
     entry, as any replica), and it serves one request: no state of one agent
-    can reach another through it.  It dies with the zygote.
+    can reach another through it.  It dies with the zygote.  Its socket goes
+    to the supervisor (``SpareForked``), which sends it the request itself:
+    starting a replica from a spare takes no round trip through the zygote.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     zygote = os.getpid()
@@ -198,12 +210,10 @@ def _fork_spare(sock: socket.socket, own: tuple[int, int]) -> None:
             ours.close()
             for f in own:
                 os.close(f)
-            for other in _spares.values():
-                other.close()
             _spares.clear()
             _forked.clear()
             _cgroups.clear()
-            _from_spare.clear()
+            _spare_born.clear()
             # First the groups the zygote moved it to, then its request.
             from agentrt.sandbox.confine import waiting_in
 
@@ -226,27 +236,23 @@ def _fork_spare(sock: socket.socket, own: tuple[int, int]) -> None:
         from agentrt.sandbox.confine import join_spare_cgroups
 
         joined = join_spare_cgroups(_spare_cgroups, pid)
-    with contextlib.suppress(OSError):  # it died already: reaped as a spare
+    # Reaped (and reported) as any replica: the supervisor may have made it one.
+    _forked.add(pid)
+    _spare_born.add(pid)
+    try:
         ours.send(msgspec.json.encode(joined))
-    _spares[pid] = ours
-
-
-def _take_spare(data: bytes, fds: list[int]) -> int:
-    """Hand the request to a spare: its pid, or 0 (none left, or it is gone)."""
-    for pid in reversed(list(_spares)):
-        if _linux.dying(pid):
-            # Killed meanwhile (its socket may still take the request): left
-            # for the reaper, which knows it as a spare.
-            continue
-        conn = _spares.pop(pid)
-        try:
-            _linux.send_with_fds(conn, data, fds)
-        except OSError:
-            continue  # it died meanwhile: its exit is reaped as a spare's
-        finally:
-            conn.close()
-        return pid
-    return 0
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        ours.close()
+        return  # it died already
+    try:
+        _linux.send_with_fds(sock, encoder.encode(SpareForked(pid)), [pidfd, ours.fileno()])
+        _spares.add(pid)
+    except OSError:
+        pass  # no supervisor to hold it: it exits at EOF of its socket
+    finally:
+        os.close(pidfd)
+        ours.close()
 
 
 def _fork_one(
@@ -255,33 +261,25 @@ def _fork_one(
     req: Fork,
     fds: list[int],
     own: tuple[int, int],
-    data: bytes = b"",
 ) -> None:
     if len(fds) != 3:
         for f in fds:
             os.close(f)
         sock.sendall(encoder.encode(ForkFailed(req.req, f"expected 3 fds, got {len(fds)}")))
         return
-    pid = _take_spare(data, fds) if data else 0
-    _demand(served_by_spare=bool(pid))
-    if pid and _spare_cgroups:
-        _from_spare.add(pid)
-    if not pid:
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            for f in fds:
-                os.close(f)
-            sock.sendall(encoder.encode(ForkFailed(req.req, f"fork failed: {exc}")))
-            return
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for f in fds:
+            os.close(f)
+        sock.sendall(encoder.encode(ForkFailed(req.req, f"fork failed: {exc}")))
+        return
     if pid == 0:  # child
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _forked.clear()
             _cgroups.clear()
-            _from_spare.clear()
-            for conn in _spares.values():
-                conn.close()
+            _spare_born.clear()
             _spares.clear()
             sock.close()
             for f in own:
@@ -326,12 +324,7 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
         if info is None or info.si_pid == 0:
             break
         pid = info.si_pid
-        conn = _spares.pop(pid, None)
-        if conn is not None:  # a spare died before serving: nobody waits for it
-            conn.close()
-            os.wait4(pid, 0)
-            _remove_spare_cgroups(pid)
-            continue
+        _spares.discard(pid)
         cpu = _linux.child_cpu(pid)
         if cpu is not None:
             # Report first: the supervisor may be waiting on this to fail the calls.
@@ -343,10 +336,11 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
         _pid, status, ru = os.wait4(pid, 0)  # a zombie: returns at once
         if cpu is None:
             _report(sock, encoder, pid, status, ru.ru_utime + ru.ru_stime)
-        if pid in _from_spare:
-            # groups it waited in as a spare that it did not rename (those of
-            # hierarchies its replica has no group in)
-            _from_spare.discard(pid)
+        if pid in _spare_born:
+            # groups it waited in as a spare and did not rename (all of them
+            # if it never served, else those of hierarchies its replica has no
+            # group in)
+            _spare_born.discard(pid)
             _remove_spare_cgroups(pid)
         if pid in _forked:
             _forked.discard(pid)
@@ -372,8 +366,9 @@ def _report(sock: socket.socket, encoder: Any, pid: int, status: int, cpu: float
 
 #: replicas forked by this zygote and not yet reaped
 _forked: set[int] = set()
-#: spares waiting for a request: pid -> the zygote's end of its socket
-_spares: dict[int, socket.socket] = {}
+#: spares waiting for a request, as far as the zygote knows (the supervisor
+#: holds their sockets, and says which it gave a replica to become)
+_spares: set[int] = set()
 #: how many spares the zygote keeps now (forked while it is idle), and at most
 _spare_target = 0
 _spare_bound = 0
@@ -389,8 +384,8 @@ _SPARE_IDLE_S = 30.0
 _cgroups: dict[int, list[str]] = {}
 #: where each spare makes groups of its own to wait in (see ``confine.wait_in_cgroups``)
 _spare_cgroups: list[str] = []
-#: replicas that were spares (and may have left a waiting group behind)
-_from_spare: set[int] = set()
+#: processes forked as spares, not reaped yet (they may leave waiting groups behind)
+_spare_born: set[int] = set()
 
 
 def _remove_spare_cgroups(pid: int) -> None:
@@ -489,19 +484,57 @@ class ZygoteClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pidfd = -1
         self.closed = False
-        #: the zygote's spares as it last said: waiting now, and kept
-        self.spares_ready = 0
+        #: spares waiting for a replica to become: pid -> (pidfd, its socket)
+        self._idle: dict[int, tuple[int, socket.socket]] = {}
+        #: how many spares the zygote keeps now (as it last said)
         self.spares_target = 0
         self._spare_waits: list[tuple[int, asyncio.Future[int]]] = []
 
+    @property
+    def spares_ready(self) -> int:
+        return len(self._idle)
+
     async def spares_forked(self, n: int) -> int:
-        """Wait until at least ``n`` spares wait (as the zygote says once it forked one)."""
+        """Wait until at least ``n`` spares wait."""
         assert self._loop is not None
         if self.spares_ready >= n:
             return self.spares_ready
         fut: asyncio.Future[int] = self._loop.create_future()
         self._spare_waits.append((n, fut))
         return await fut
+
+    def _spares_changed(self) -> None:
+        ready = len(self._idle)
+        for n, waiter in self._spare_waits:
+            if ready >= n and not waiter.done():
+                waiter.set_result(ready)
+        self._spare_waits = [(n, w) for n, w in self._spare_waits if not w.done()]
+
+    def _drop_spare(self, pid: int) -> None:
+        pidfd, conn = self._idle.pop(pid)
+        os.close(pidfd)
+        conn.close()
+
+    def _take_spare(self, boot: Boot, fds: list[int]) -> tuple[int, int] | None:
+        """Send the request to a waiting spare: ``(pid, pidfd)``, or None (none left)."""
+        while self._idle:
+            pid = next(iter(self._idle))  # the oldest: its groups are surely joined
+            pidfd, conn = self._idle.pop(pid)
+            try:
+                if select.select([pidfd], [], [], 0)[0] or _linux.dying(pid):
+                    raise ProcessLookupError(pid)  # gone, or about to be: left to the reaper
+                self._next_req += 1
+                _linux.send_with_fds(conn, self._encoder.encode(Fork(self._next_req, boot)), fds)
+            except OSError:
+                os.close(pidfd)
+                continue
+            finally:
+                conn.close()
+                self._spares_changed()
+            self._outbox.append((self._encoder.encode(SpareTaken(pid)), []))
+            self._flush_outbox()
+            return pid, pidfd
+        return None
 
     def alive(self) -> bool:
         """Whether the zygote process still runs (asked of the kernel, not the socket:
@@ -599,6 +632,10 @@ class ZygoteClient:
                     if fut is not None and not fut.done():
                         fut.set_exception(OSError(errno.EAGAIN, message))
                 case Reaped(pid=pid, status=status, cpu=cpu):
+                    if pid in self._idle:  # a spare that never served
+                        self._drop_spare(pid)
+                        self._spares_changed()
+                        continue
                     ex = self._exits.pop(pid, None)
                     if ex is not None:
                         if not ex.done():
@@ -610,12 +647,21 @@ class ZygoteClient:
                 case ZygoteHello():
                     if self._hello is not None and not self._hello.done():
                         self._hello.set_result(msg)
-                case Spares(ready=ready, target=target):
-                    self.spares_ready, self.spares_target = ready, target
-                    for n, waiter in self._spare_waits:
-                        if ready >= n and not waiter.done():
-                            waiter.set_result(ready)
-                    self._spare_waits = [(n, w) for n, w in self._spare_waits if not w.done()]
+                case SpareForked(pid=pid):
+                    if len(fds) == 2:
+                        conn = socket.socket(fileno=fds[1])
+                        conn.setblocking(False)
+                        self._idle[pid] = (fds[0], conn)
+                        self._spares_changed()
+                    else:
+                        for f in fds:
+                            os.close(f)
+                case Spares(target=target):
+                    self.spares_target = target
+                    # Fewer kept: the newest over the target go (EOF: they exit).
+                    while len(self._idle) > max(target, 0):
+                        self._drop_spare(next(reversed(self._idle)))
+                    self._spares_changed()
 
     def _lost(self, why: str) -> None:
         if self._loop is not None and self._sock is not None:
@@ -634,6 +680,8 @@ class ZygoteClient:
             if not waiter.done():
                 waiter.set_exception(err)
         self._spare_waits.clear()
+        for pid in list(self._idle):
+            self._drop_spare(pid)
         self._forks.clear()
         self._exits.clear()
         self.closed = True
@@ -642,6 +690,9 @@ class ZygoteClient:
         """Fork a replica; returns ``(pid, pidfd)``.  ``fds`` stay ours to close."""
         if self.closed or self._sock is None or self._loop is None:
             raise RuntimeError("zygote is not running")
+        spare = self._take_spare(boot, fds)
+        if spare is not None:
+            return spare
         self._next_req += 1
         req = self._next_req
         fut: asyncio.Future[tuple[int, int]] = self._loop.create_future()
