@@ -392,10 +392,13 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     memory_rlimit: bool = True
     #: cgroup directories to join (one per v1 controller, or one v2 group)
     cgroups: list[str] = []
-    #: the limit files written in each of them, ``(file, value, required)``: a
-    #: zygote's spare, already in groups of its own, renames those to these
-    #: names and writes the same limits (no slow move between groups)
+    #: the limit files to write in each of them, ``(file, value, required)``.
+    #: The replica makes its groups: a zygote's spare, already in groups of its
+    #: own, renames those (no slow move between groups); any other replica
+    #: makes them and moves in
     cgroup_writes: list[list[tuple[str, str, bool]]] = []
+    #: a group that cannot be made or joined fails the start (else: a warning)
+    cgroup_required: bool = False
     #: ``"none"``: a fresh network namespace before user code
     network: str = "host"
     #: Landlock: paths readable/executable and writable; None = unconfined

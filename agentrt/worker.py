@@ -74,6 +74,8 @@ _CONTENDED = 20e-6
 #: spinning slots a replica tries before it blocks instead (each try a syscall)
 _SLOT_TRIES = 2
 _prepared = False
+#: the replica-independent isolation steps are taken (:func:`_detach`)
+_detached = False
 
 
 class _Deadline(BaseException):
@@ -84,14 +86,13 @@ class _Deadline(BaseException):
     """
 
 
-def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
-    """Everything that must happen before user code runs."""
-    sandbox.enter_cgroups(boot)  # first: everything from here on is accounted
-    with contextlib.suppress(OSError):
-        os.setsid()
-    _linux.set_pdeathsig(signal.SIGKILL)
-    if boot.supervisor_pid and os.getppid() == 1:
-        os._exit(EXIT_STARTUP)  # parent already gone: nobody to serve
+def _detach() -> None:
+    """The steps of isolation that are the same for every replica: signals back
+    to their defaults, nothing to read on stdin, line-buffered output.  A
+    zygote's spare takes them while it waits (:func:`prepare_spare`)."""
+    global _detached
+    if _detached:
+        return
     for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
     with contextlib.suppress(ValueError, OSError):
@@ -104,6 +105,34 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    # sys.stdout/stderr will write to fds 1 and 2, the capture pipe; line
+    # buffering makes each line reach the supervisor's log promptly.
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(line_buffering=True)
+    _detached = True
+
+
+def prepare_spare() -> None:
+    """In a zygote's spare, while it waits for a replica to become: the steps
+    of isolation every replica takes, and a rehearsal, so that the pages a
+    replica writes on its way to its first answer are copied now, not while
+    a caller waits for it."""
+    _detach()
+    _rehearse(rounds=2, calls=1)  # a call each, sync and async: the pages, once
+
+
+def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
+    """Everything that must happen before user code runs."""
+    # First: everything from here on is accounted.
+    _unenforced.extend(sandbox.enter_cgroups(boot))
+    with contextlib.suppress(OSError):
+        os.setsid()
+    _linux.set_pdeathsig(signal.SIGKILL)
+    if boot.supervisor_pid and os.getppid() == 1:
+        os._exit(EXIT_STARTUP)  # parent already gone: nobody to serve
+    _detach()
     os.dup2(ofd, 1)
     os.dup2(ofd, 2)
     keep = sorted({0, 1, 2, rfd, wfd})
@@ -113,12 +142,6 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
             os.closerange(lo, fd)
             lo = fd + 1
     os.closerange(lo, 1 << 20)
-    # sys.stdout/stderr still write to fds 1 and 2, now the capture pipe;
-    # line buffering makes each line reach the supervisor's log promptly.
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None and hasattr(stream, "reconfigure"):
-            with contextlib.suppress(Exception):
-                stream.reconfigure(line_buffering=True)
     _apply_rlimits(boot)
     global _members_fd, _spin_fd
     if boot.spin and boot.spin_lock and boot.spin_slots:
@@ -822,6 +845,8 @@ async def _call_maybe_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any
 _members_fd = -1
 #: the spinning slots' file (see ``Boot.spin_lock``), or -1
 _spin_fd = -1
+#: cgroups the replica could not make or join (and may go without)
+_unenforced: list[str] = []
 
 
 def _cgroup_members() -> list[int]:
@@ -890,7 +915,7 @@ async def _rehearsal_async(**kwargs: Any) -> Any:
 _REHEARSALS = 12
 
 
-def _rehearse() -> None:
+def _rehearse(rounds: int = 2 * _REHEARSALS, calls: int = _REHEARSALS) -> None:
     """Serve a few calls in this process, before any replica is forked.
 
     Everything a replica runs to serve its first calls (the channel, the
@@ -899,18 +924,19 @@ def _rehearse() -> None:
     the first time writes to its code object (warm-up counters, inline
     caches), copying that page from the zygote; rehearsed here, those pages
     stay shared.  Output goes to a pipe that is read back and dropped.
+    ``rounds`` alternate sync and async entries, ``calls`` calls each.
     """
     boot = Boot(agent="rehearsal", replica=0, generation=0, entry="-:-", workdir="")
     enc = FrameEncoder()
-    calls = bytearray()
-    for i in range(1, _REHEARSALS + 1):
-        calls += enc.encode(Call(i, "", {"i": i}, 0.0))
-    calls += enc.encode(Shutdown())
-    for i in range(2 * _REHEARSALS):
+    frames = bytearray()
+    for i in range(1, calls + 1):
+        frames += enc.encode(Call(i, "", {"i": i}, 0.0))
+    frames += enc.encode(Shutdown())
+    for i in range(rounds):
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         try:
-            os.write(in_w, calls)
+            os.write(in_w, frames)
             # Sync and async entries both (the async loop with the spinning
             # selector, on a spin too short to matter).
             is_async = i % 2 == 1
@@ -995,6 +1021,8 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
         chan = _channel = _Channel(
             rfd, wfd, boot.max_frame, spin, (_spin_fd, boot.spin_slots if _spin_fd >= 0 else 0)
         )
+        for why in _unenforced:  # what the sandbox could not do, said now that we can
+            chan.write(Log("warning", "sandbox_unenforced", {"setting": "cgroup", "why": why}))
         if not _prepared:  # not forked from the zygote: nothing to share, no rehearsal
             prepare(rehearse=False)
         try:

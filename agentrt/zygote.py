@@ -214,10 +214,16 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
             _forked.clear()
             _cgroups.clear()
             _spare_born.clear()
-            # First the groups the zygote moved it to, then its request.
-            from agentrt.sandbox.confine import waiting_in
+            # While nobody waits: groups of its own (moving a process between
+            # cgroups can take milliseconds, an RCU grace period; renaming its
+            # group later is quick), and the steps every replica takes; then
+            # it says it is ready, and waits for its request.
+            import agentrt.worker
+            from agentrt.sandbox.confine import join_spare_cgroups, waiting_in
 
-            waiting_in(msgspec.json.decode(theirs.recv(_DGRAM), type=list[str]))
+            waiting_in(join_spare_cgroups(_spare_cgroups, os.getpid()))
+            agentrt.worker.prepare_spare()
+            theirs.send(_SPARE_READY)
             data, fds = _linux.recv_with_fds(theirs, _DGRAM, 8)
             theirs.close()
             if not data or len(fds) != 3:
@@ -229,18 +235,10 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
         finally:
             os._exit(70)
     theirs.close()
-    joined: list[str] = []
-    if _spare_cgroups:
-        # While nobody waits: moving a process between cgroups can take
-        # milliseconds (an RCU grace period); renaming its group is quick.
-        from agentrt.sandbox.confine import join_spare_cgroups
-
-        joined = join_spare_cgroups(_spare_cgroups, pid)
     # Reaped (and reported) as any replica: the supervisor may have made it one.
     _forked.add(pid)
     _spare_born.add(pid)
     try:
-        ours.send(msgspec.json.encode(joined))
         pidfd = os.pidfd_open(pid)
     except OSError:
         ours.close()
@@ -384,6 +382,8 @@ _SPARE_IDLE_S = 30.0
 _cgroups: dict[int, list[str]] = {}
 #: where each spare makes groups of its own to wait in (see ``confine.wait_in_cgroups``)
 _spare_cgroups: list[str] = []
+#: what a spare says on its socket once it is ready to become a replica
+_SPARE_READY = b"ready"
 #: processes forked as spares, not reaped yet (they may leave waiting groups behind)
 _spare_born: set[int] = set()
 
@@ -484,15 +484,35 @@ class ZygoteClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pidfd = -1
         self.closed = False
-        #: spares waiting for a replica to become: pid -> (pidfd, its socket)
+        #: spares waiting for a replica to become: pid -> (pidfd, its socket);
+        #: those ready (they said so) in ``_ready``
         self._idle: dict[int, tuple[int, socket.socket]] = {}
+        self._ready: set[int] = set()
         #: how many spares the zygote keeps now (as it last said)
         self.spares_target = 0
         self._spare_waits: list[tuple[int, asyncio.Future[int]]] = []
 
     @property
     def spares_ready(self) -> int:
-        return len(self._idle)
+        return len(self._ready)
+
+    def _spare_said(self, pid: int) -> None:
+        entry = self._idle.get(pid)
+        if entry is None:
+            return
+        try:
+            said = entry[1].recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            said = b""
+        assert self._loop is not None
+        self._loop.remove_reader(entry[1].fileno())
+        if said == _SPARE_READY:
+            self._ready.add(pid)
+        else:  # it exited (or said something else: not to be trusted with a replica)
+            self._drop_spare(pid)
+        self._spares_changed()
 
     async def spares_forked(self, n: int) -> int:
         """Wait until at least ``n`` spares wait."""
@@ -504,7 +524,7 @@ class ZygoteClient:
         return await fut
 
     def _spares_changed(self) -> None:
-        ready = len(self._idle)
+        ready = len(self._ready)
         for n, waiter in self._spare_waits:
             if ready >= n and not waiter.done():
                 waiter.set_result(ready)
@@ -512,13 +532,18 @@ class ZygoteClient:
 
     def _drop_spare(self, pid: int) -> None:
         pidfd, conn = self._idle.pop(pid)
+        if pid in self._ready:
+            self._ready.discard(pid)
+        elif self._loop is not None:
+            self._loop.remove_reader(conn.fileno())
         os.close(pidfd)
         conn.close()
 
     def _take_spare(self, boot: Boot, fds: list[int]) -> tuple[int, int] | None:
         """Send the request to a waiting spare: ``(pid, pidfd)``, or None (none left)."""
-        while self._idle:
-            pid = next(iter(self._idle))  # the oldest: its groups are surely joined
+        while self._ready:
+            pid = next(p for p in self._idle if p in self._ready)  # the oldest ready
+            self._ready.discard(pid)
             pidfd, conn = self._idle.pop(pid)
             try:
                 if select.select([pidfd], [], [], 0)[0] or _linux.dying(pid):
@@ -648,11 +673,13 @@ class ZygoteClient:
                     if self._hello is not None and not self._hello.done():
                         self._hello.set_result(msg)
                 case SpareForked(pid=pid):
-                    if len(fds) == 2:
+                    if len(fds) == 2 and self._loop is not None:
                         conn = socket.socket(fileno=fds[1])
                         conn.setblocking(False)
                         self._idle[pid] = (fds[0], conn)
-                        self._spares_changed()
+                        # Used once it says it is ready (its groups joined,
+                        # its preparation done): until then a request would wait.
+                        self._loop.add_reader(conn.fileno(), self._spare_said, pid)
                     else:
                         for f in fds:
                             os.close(f)

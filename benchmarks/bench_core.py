@@ -8,7 +8,10 @@ against a floor measured under the same conditions:
    ``FrameDecoder``: a 4-byte big-endian length and a msgspec MessagePack
    ``Call``/``Result``), with blocking reads and writes on both sides.  This
    is the least a round trip through a process boundary costs in Python.
-   p50/p99 round trip in µs.
+   p50/p99 round trip in µs.  Beside it, the **asyncio floor**: the same
+   child driven from this process's event loop (the answer read by a loop
+   reader that resolves a future, as the supervisor reads a replica): the
+   least an asyncio caller pays.  The call's aim is 1.5x of either.
 2. **call**: ``await sup.call("ping")`` in sequence on one replica (tiny
    payload), p50/p99 in µs, and its ratio to the floor.  Floor and call run
    in short alternating blocks (50 x 100 round trips each) so that both see
@@ -20,7 +23,7 @@ against a floor measured under the same conditions:
    block each time: the same agent with ``spin = 0`` (its replica sleeps at
    once after answering), what polling for the next call buys.
 3. **bulk**: 10,000 tiny calls submitted at once (``asyncio.gather``) to an
-   agent of two replicas: wall time per call in µs.
+   agent of two replicas: wall time per call in µs (aim: 10 µs).
 4. **startup**: for N = 1, 50, 300, 1,000 replicas, each in a fresh Supervisor (its
    zygote already up), the time from the start of ``sup.start()`` until all
    N replicas have answered a ping (N concurrent calls: least-loaded
@@ -85,6 +88,7 @@ from agentrt.protocol import (
 BENCH_DIR = Path(__file__).resolve().parent
 
 AIM_RTT_RATIO = 1.5
+AIM_BULK_US = 10.0
 AIM_READY_300_S = 0.5
 #: 1,000 replicas ready within this many times the minimal interpreter's fork floor
 AIM_MINIMAL_RATIO = 6.0
@@ -192,6 +196,36 @@ class Floor:
             t0 = clock()
             call(empty)
             out[i] = clock() - t0
+        return out
+
+    async def async_round_trips(self, n: int) -> list[int]:
+        """The same round trips driven from this process's event loop, as agentrt's
+        supervisor drives a replica: the answer is read by a loop reader that
+        resolves a future (the asyncio pipe ping-pong floor)."""
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[Any]] = []
+
+        def on_readable() -> None:
+            chunk = os.read(self.rfd, _READ_SIZE)
+            for msg in self.dec.feed(chunk):
+                if waiting and not waiting[0].done():
+                    waiting.pop().set_result(msg.value)
+
+        out = [0] * n
+        clock = time.perf_counter_ns
+        empty: dict[str, Any] = {}
+        loop.add_reader(self.rfd, on_readable)
+        try:
+            for i in range(n):
+                t0 = clock()
+                fut = loop.create_future()
+                waiting.append(fut)
+                self.next_id += 1
+                _write_all(self.wfd, self.enc.encode(Call(self.next_id, "", empty, 0.0)))
+                await fut
+                out[i] = clock() - t0
+        finally:
+            loop.remove_reader(self.rfd)
         return out
 
     def close(self) -> None:
@@ -543,15 +577,25 @@ async def run(
         # 1 + 2: floor and call round trips, repetitions interleaved.
         try:
             floor.round_trips(p.warmup)
+            await floor.async_round_trips(p.warmup)
             await call_round_trips(sup, "ping", p.warmup)
             await call_round_trips(sup, "ping0", p.warmup)
-            fl_reps, rt_reps, rt0_reps = [], [], []
+            fl_reps, afl_reps, rt_reps, rt0_reps = [], [], [], []
             for _ in range(p.rtt_blocks):
                 fl_reps.append(floor.round_trips(p.rtt_iters))
+                afl_reps.append(await floor.async_round_trips(p.rtt_iters))
                 rt_reps.append(await call_round_trips(sup, "ping", p.rtt_iters))
                 rt0_reps.append(await call_round_trips(sup, "ping0", p.rtt_iters))
             fl, rt = latency_summary(fl_reps), latency_summary(rt_reps)
             results["call_spin0"] = latency_summary(rt0_reps)
+            afl = results["floor_asyncio"] = latency_summary(afl_reps)
+            rt["block_ratio_asyncio_p50"] = spread(
+                [
+                    pct(sorted(r), 0.5) / pct(sorted(f), 0.5)
+                    for f, r in zip(afl_reps, rt_reps, strict=True)
+                ]
+            )
+            _progress(f"round trip: asyncio floor p50 {afl['p50_us']:.1f}us")
             rt["ratio_p50"] = rt["p50_us"] / fl["p50_us"]
             rt["ratio_p99"] = rt["p99_us"] / fl["p99_us"]
             # Each call block ran right after its floor block: their ratio is
@@ -614,6 +658,12 @@ def aims(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     ratio = results.get("call", {}).get("block_ratio_p50")
     out["rtt_within_1.5x_floor"] = None if ratio is None else ratio["median"] <= AIM_RTT_RATIO
+    aratio = results.get("call", {}).get("block_ratio_asyncio_p50")
+    out["rtt_within_1.5x_asyncio_floor"] = (
+        None if aratio is None else aratio["median"] <= AIM_RTT_RATIO
+    )
+    bulk = results.get("bulk", {}).get("us_per_call")
+    out["bulk_within_10us"] = None if bulk is None else bulk["median"] <= AIM_BULK_US
     s300 = results.get("startup", {}).get("300", {}).get("ready_s")
     out["300_ready_under_0.5s"] = None if s300 is None else s300["median"] < AIM_READY_300_S
     r1000 = results.get("startup", {}).get("1000", {}).get("ratio_to_minimal_fork_floor")
@@ -673,6 +723,21 @@ def render(report: dict[str, Any]) -> str:
             min_max(br, ".2f"),
             f"<= {AIM_RTT_RATIO}x: {met(a['rtt_within_1.5x_floor'])}",
         )
+        afl = r.get("floor_asyncio")
+        abr = rt.get("block_ratio_asyncio_p50")
+        if afl and abr:
+            row(
+                "asyncio floor round trip p50",
+                f"{afl['p50_us']:.1f} us",
+                min_max(afl["block_p50_us"], ".1f"),
+                "the floor's child driven from an event loop",
+            )
+            row(
+                "call / asyncio floor, p50 of paired blocks",
+                f"{abr['median']:.2f}x",
+                min_max(abr, ".2f"),
+                f"<= {AIM_RTT_RATIO}x: {met(a['rtt_within_1.5x_asyncio_floor'])}",
+            )
         row("call / floor, p50 / p99 of all", f"{rt['ratio_p50']:.2f}x / {rt['ratio_p99']:.2f}x")
     elif rt:
         row("call round trip", "ERROR", rt.get("error", ""))
@@ -682,7 +747,8 @@ def render(report: dict[str, Any]) -> str:
             f"bulk {b['calls']} calls, {b['replicas']} replicas",
             f"{b['us_per_call']['median']:.1f} us/call",
             min_max(b["us_per_call"], ".1f"),
-            f"({b['calls_per_s']:,.0f} calls/s)",
+            f"({b['calls_per_s']:,.0f} calls/s); <= {AIM_BULK_US:g} us: "
+            f"{met(a['bulk_within_10us'])}",
         )
     elif b:
         row("bulk", "ERROR", b["error"])

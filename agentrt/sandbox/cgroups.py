@@ -21,6 +21,8 @@ class Cgroups:
         self.version: int | None = cg["version"]
         self.bases: dict[str, str] = dict(cg["controllers"])
         self.parents: dict[str, str] = {}
+        #: parent directory -> the files of a group made under it
+        self._files: dict[str, set[str]] = {}
         if self.version == 1:
             # v1 counts CPU time in a hierarchy of its own (or mounted with cpu),
             # and freezes (pause) in another
@@ -109,7 +111,7 @@ class Cgroups:
             self.parents[key] = d
         return self.parents[key]
 
-    def create(
+    def plan(
         self,
         leaf: str,
         ctrls: list[str],
@@ -117,42 +119,48 @@ class Cgroups:
         cpu: float | None,
         processes: int | None,
     ) -> tuple[list[str], list[list[tuple[str, str, bool]]]]:
-        """Make the replica's group(s) with their limits: the directories to join,
-        and the limit writes made in each (``(file, value, required)``), which a
-        spare that renames its own groups to these names makes again."""
+        """The replica's group(s) and their limits: the directories, and the limit
+        writes to make in each (``(file, value, required)``).  The replica makes
+        them itself (:func:`agentrt.sandbox.confine.enter_cgroups`): a zygote's
+        spare by renaming the groups it waits in, which is quick, anyone else
+        by making them and moving in."""
+        per_dir = (
+            [(self._parent(ctrls[0]), ctrls)]
+            if self.version == 2
+            else [(self._parent(c), [c]) for c in ctrls]
+        )
         dirs: list[str] = []
         writes: list[list[tuple[str, str, bool]]] = []
-        try:
-            per_dir = (
-                [(self._parent(ctrls[0]), ctrls)]
-                if self.version == 2
-                else [(self._parent(c), [c]) for c in ctrls]
-            )
-            for parent, cs in per_dir:
-                d = os.path.join(parent, leaf)
-                os.makedirs(d, exist_ok=True)
-                dirs.append(d)
-                w = self._writes(d, cs, memory, cpu, processes)
-                apply_writes(d, w)
-                writes.append(w)
-        except OSError:
-            self.remove(dirs)
-            raise
+        for parent, cs in per_dir:
+            dirs.append(os.path.join(parent, leaf))
+            writes.append(self._writes(self._leaf_files(parent), cs, memory, cpu, processes))
         return dirs, writes
 
     def tree_parents(self) -> list[str]:
         """The parent directories of a replica's tree groups (made if need be)."""
         return sorted({self._parent(c) for c in self.tree})
 
+    def _leaf_files(self, parent: str) -> set[str]:
+        """The files a group made under ``parent`` has (learnt once, from a probe)."""
+        if parent not in self._files:
+            probe = os.path.join(parent, "files-probe")
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(probe)
+            try:
+                self._files[parent] = set(os.listdir(probe))
+            finally:
+                os.rmdir(probe)
+        return self._files[parent]
+
     def _writes(
         self,
-        d: str,
+        files: set[str],
         ctrls: list[str],
         memory: int | None,
         cpu: float | None,
         processes: int | None,
     ) -> list[tuple[str, str, bool]]:
-        """The limit files of group ``d`` to write, ``(file, value, required)``."""
+        """The limit files to write in a group that has ``files``: ``(file, value, required)``."""
         out: list[tuple[str, str, bool]] = []
         v2 = self.version == 2
         if memory is not None and "memory" in ctrls:
@@ -166,18 +174,14 @@ class Cgroups:
         if cpu is not None and "cpu" in ctrls:
             period = 100_000
             quota = max(1000, int(cpu * period))
-            if v2 and os.path.exists(os.path.join(d, "cpu.max")):
+            if v2 and "cpu.max" in files:
                 out.append(("cpu.max", f"{quota} {period}", True))
-            elif os.path.exists(os.path.join(d, "cpu.cfs_quota_us")):
+            elif "cpu.cfs_quota_us" in files:
                 out += [
                     ("cpu.cfs_period_us", str(period), True),
                     ("cpu.cfs_quota_us", str(quota), True),
                 ]
-        if (
-            processes is not None
-            and "pids" in ctrls
-            and os.path.exists(os.path.join(d, "pids.max"))
-        ):
+        if processes is not None and "pids" in ctrls and "pids.max" in files:
             out.append(("pids.max", str(processes), True))
         return out
 

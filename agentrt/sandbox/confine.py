@@ -74,29 +74,42 @@ from agentrt.sandbox.probe import (
 __all__ = ["confine", "enter_cgroups", "warm"]
 
 
-def enter_cgroups(boot: Boot) -> None:
-    """First thing in the child: join the replica's cgroups.
+def enter_cgroups(boot: Boot) -> list[str]:
+    """First thing in the child: make and join the replica's cgroups.
 
     A zygote's spare already waits in groups of its own under the same
-    parents (:func:`wait_in_cgroups`): it renames each to the replica's name
-    (the empty group the supervisor made goes) and writes the same limits,
-    instead of moving itself, which can take milliseconds (a move waits for
-    an RCU grace period when no other move happened just before).
+    parents (:func:`join_spare_cgroups`): it renames each to the replica's
+    name, instead of moving itself, which can take milliseconds (a move
+    waits for an RCU grace period when no other move happened just before).
+    Either way the limits are written before anything else runs.
+
+    Returns what could not be done, where ``boot.cgroup_required`` allows
+    the replica to go on without it (to be reported once it can speak).
     """
     pid = str(os.getpid()).encode()
     writes = boot.cgroup_writes if len(boot.cgroup_writes) == len(boot.cgroups) else []
+    unenforced: list[str] = []
     for i, d in enumerate(boot.cgroups):
         mine = _waiting.pop(os.path.dirname(d), None)
         try:
-            if mine is not None and writes:
+            if mine is not None:
                 try:
-                    os.rmdir(d)
                     os.rename(mine, d)
                 except OSError:
-                    os.makedirs(d, exist_ok=True)  # joined below, as any replica's
+                    pass  # moved in below, as any replica
                 else:
-                    apply_writes(d, writes[i])
-                    continue
+                    try:
+                        if writes:
+                            apply_writes(d, writes[i])
+                    except OSError:
+                        # (a memory limit below what the spare already uses)
+                        os.rename(d, mine)  # back: a fresh group, limited first
+                    else:
+                        mine = None
+                        continue
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d)  # (not its parent: the supervisor's, which went if it is gone)
+            if writes:
                 apply_writes(d, writes[i])
             fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
             try:
@@ -104,7 +117,14 @@ def enter_cgroups(boot: Boot) -> None:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise SandboxError(exc.errno, f"cannot join cgroup {d}: {exc.strerror}") from None
+            if boot.cgroup_required:
+                raise SandboxError(exc.errno, f"cannot join cgroup {d}: {exc.strerror}") from None
+            unenforced.append(f"cannot make or join the replica's cgroup {d}: {exc.strerror}")
+        finally:
+            if mine is not None:  # left for another group: empty now, or soon
+                with contextlib.suppress(OSError):
+                    os.rmdir(mine)
+    return unenforced
 
 
 #: the groups this process waits in, a zygote's spare: parent directory -> group
@@ -117,9 +137,9 @@ def spare_cgroups(parents: list[str], pid: int) -> list[str]:
 
 
 def join_spare_cgroups(parents: list[str], pid: int) -> list[str]:
-    """In the zygote, for its new spare ``pid``: make groups of the spare's own
-    under ``parents`` and move it there, for :func:`enter_cgroups` to rename
-    later; the groups it joined.
+    """In a zygote's spare ``pid``, while it waits: make groups of its own under
+    ``parents`` and move in, for :func:`enter_cgroups` to rename later; the
+    groups it joined.
 
     Best effort: where a group cannot be made or joined, the spare waits
     where it is and, as a replica, joins its groups the slow way.
@@ -142,7 +162,7 @@ def join_spare_cgroups(parents: list[str], pid: int) -> list[str]:
 
 
 def waiting_in(groups: list[str]) -> None:
-    """In a spare: the groups the zygote moved it to (see :func:`join_spare_cgroups`)."""
+    """In a spare: the groups it waits in (see :func:`join_spare_cgroups`)."""
     _waiting.clear()
     _waiting.update((os.path.dirname(d), d) for d in groups)
 

@@ -137,7 +137,8 @@ class BootPlanner:
     ) -> tuple[list[str], list[list[tuple[str, str, bool]]]]:
         """The replica's groups: the profile's limits (``cgroup = true``: memory as
         real usage, a CPU quota, processes), or else the tree's accounting (memory
-        and processes limited for the whole tree, CPU time counted)."""
+        and processes limited for the whole tree, CPU time counted).  Only
+        planned here: the replica makes them, before anything else."""
         groups = self._cgroups
         if groups is None:
             return [], []
@@ -145,8 +146,8 @@ class BootPlanner:
         try:
             if plan.cgroup:
                 ctrls = sorted({*plan.cgroup, *groups.tree})
-                return groups.create(leaf, ctrls, plan.cgroup_memory, plan.cpu, lim.processes)
-            return groups.create(leaf, groups.tree, lim.memory, None, lim.processes)
+                return groups.plan(leaf, ctrls, plan.cgroup_memory, plan.cpu, lim.processes)
+            return groups.plan(leaf, groups.tree, lim.memory, None, lim.processes)
         except OSError as exc:
             if plan.cgroup and plan.profile.enforce == "strict":
                 # the child fails to join it: the replica does not start
@@ -181,6 +182,8 @@ class BootPlanner:
             sb = {
                 "cgroups": cgroups,
                 "cgroup_writes": writes,
+                # a replica that cannot make them does not start (else it warns)
+                "cgroup_required": bool(plan.cgroup) and prof.enforce == "strict",
                 "memory_rlimit": not (cgroups and plan.cgroup_memory is not None),
                 "network": prof.network,
                 "fs_read": list(prof.filesystem.read) if prof.filesystem is not None else None,

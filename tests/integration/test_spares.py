@@ -9,7 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agentrt import Limits
+from agentrt import Limits, StartupError
+from agentrt.config import SandboxLimits, SandboxProfile
 
 
 def _spares() -> list[psutil.Process]:
@@ -128,3 +129,32 @@ async def test_a_spare_waits_in_groups_of_its_own_and_renames_them_to_its_replic
         parents = sup._boots.spare_cgroups()
     # Nothing is left: neither the replica's groups nor any spare's.
     assert _existing(parents) == []
+
+
+def _rmdir(path: str) -> None:
+    os.rmdir(path)
+
+
+async def test_a_replica_that_cannot_make_its_group_warns_and_runs_unless_required(
+    make_supervisor, agent_spec, logs
+):
+    """The replica makes its own groups; one it cannot make is a warning it
+    sends once it can speak, or, for a strict ``cgroup = true`` profile, a
+    failed start that names the group."""
+    async with make_supervisor(spares=0) as sup:
+        parents = sup._boots.spare_cgroups()
+        if not parents:
+            pytest.skip("no cgroups for replicas on this machine")
+        await sup.start(agent_spec("first", "agents:echo"))
+        await sup.stop("first")  # (its groups removed: the parents are empty)
+        gone = parents[-1]
+        _rmdir(gone)  # the supervisor's parent group of one hierarchy: gone
+        await sup.start(agent_spec("lenient", "agents:echo"))
+        assert await sup.call("lenient", {"x": 1}) == {"x": 1}
+        (warned,) = logs.find("sandbox_unenforced", agent="lenient")
+        assert warned["source"] == "agent" and warned["setting"] == "cgroup"
+        assert gone in warned["why"]
+        strict = SandboxProfile(enforce="strict", cgroup=True, limits=SandboxLimits(processes=64))
+        with pytest.raises(StartupError, match="cannot join cgroup"):
+            await sup.start(agent_spec("strict", "agents:echo", sandbox=strict))
+        assert await sup.call("lenient", {"x": 2}) == {"x": 2}
