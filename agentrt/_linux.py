@@ -385,17 +385,32 @@ def kill_started_since(root: int, since: int, members: Iterable[int] = ()) -> li
     return mine
 
 
-def reap(pids: Iterable[int], timeout: float = 1.0) -> None:
-    """Collect the killed children among ``pids`` (each waited for ``timeout`` at most)."""
+def readable(fd: int, timeout: float | None = 0.0) -> bool:
+    """Whether ``fd`` is readable within ``timeout`` seconds (None: wait).
+
+    poll(2), not select(2): a supervisor of many replicas has descriptors
+    past select's limit of 1,024."""
     import select
 
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    while True:
+        try:
+            return bool(p.poll(ms))
+        except InterruptedError:
+            continue
+
+
+def reap(pids: Iterable[int], timeout: float = 1.0) -> None:
+    """Collect the killed children among ``pids`` (each waited for ``timeout`` at most)."""
     for pid in pids:
         try:
             fd = os.pidfd_open(pid)
         except OSError:
             continue
         try:
-            if select.select([fd], [], [], timeout)[0]:
+            if readable(fd, timeout):
                 os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
         except OSError:  # not a child of ours (ChildProcessError): nothing to collect
             pass

@@ -446,7 +446,7 @@ def _die(supervisor_gone: bool = False) -> NoReturn:
     if _rundir and not supervisor_gone and _parent_fd >= 0:
         # A death signal comes when the thread that started us exits, maybe
         # before the rest of the supervisor: wait (briefly) for all of it.
-        supervisor_gone = bool(select.select([_parent_fd], [], [], 1.0)[0])
+        supervisor_gone = _linux.readable(_parent_fd, 1.0)
     if _rundir and supervisor_gone:
         import shutil
 
@@ -546,7 +546,7 @@ class ZygoteClient:
             self._ready.discard(pid)
             pidfd, conn = self._idle.pop(pid)
             try:
-                if select.select([pidfd], [], [], 0)[0] or _linux.dying(pid):
+                if _linux.readable(pidfd) or _linux.dying(pid):
                     raise ProcessLookupError(pid)  # gone, or about to be: left to the reaper
                 self._next_req += 1
                 _linux.send_with_fds(conn, self._encoder.encode(Fork(self._next_req, boot)), fds)
@@ -566,7 +566,7 @@ class ZygoteClient:
         its pidfd turns readable the moment it exits)."""
         if self._pidfd < 0:
             return not self.closed
-        if select.select([self._pidfd], [], [], 0)[0]:
+        if _linux.readable(self._pidfd):
             return False
         # Its replicas get their death signal while it is exiting, a moment
         # before its pidfd says so: PF_EXITING is set from the start of exit.
@@ -779,16 +779,13 @@ class ZygoteClient:
 
 def _reap_pid(pid: int, grace: float) -> None:
     """Wait for the zygote to exit (it does once its socket closes), else kill it."""
-    import select
-
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         pidfd = -1
     if pidfd != -1:
         try:
-            readable, _, _ = select.select([pidfd], [], [], grace)
-            if not readable:
+            if not _linux.readable(pidfd, grace):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         finally:
             os.close(pidfd)

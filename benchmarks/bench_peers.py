@@ -22,7 +22,10 @@ Workloads (every figure a median over repetitions, with the min-max):
    100 alternating with blocks of the pipe floor (min-max: the blocks' p50;
    "x floor": median over the pairs of blocks of runtime p50 / floor p50,
    which holds when the machine's speed drifts; the floor's own row pools
-   all its blocks).  The Ray actor aim compares the two raw p50s of the run.
+   all its blocks).  ``floor-asyncio``: the same child driven from the event
+   loop (a loop reader resolves a future), in blocks beside the others:
+   "x async floor" is the ratio to it, the least an asyncio caller pays.
+   The Ray actor aim compares the two raw p50s of the run.
 2. **tasks**: 10,000 tiny tasks on 2 workers, submitted one by one (awaiting
    each) and in bulk (agentrt: ``sup.map``, also shown as submit all then
    ``asyncio.gather``; the others: submit all, then gather, which is what
@@ -128,6 +131,7 @@ AIM_ONE_BY_ONE_FRACTION = 0.2
 
 REF = "agentrt-zygote"
 FLOOR = "floor-pipe"
+ASYNC_FLOOR = "floor-asyncio"
 ALL = [
     "floor-pipe",
     "floor-fork",
@@ -685,6 +689,8 @@ def make_runtime(name: str) -> Runtime:
 
 #: every block of floor round trips, from all the runtimes' pairs: the floor's figure
 FLOOR_BLOCKS: list[list[int]] = []
+#: the asyncio floor's blocks (the floor's child driven from the event loop)
+ASYNC_FLOOR_BLOCKS: list[list[int]] = []
 
 
 async def rtt(rt: Runtime, floor: Floor, p: Params) -> dict[str, Any]:
@@ -694,9 +700,12 @@ async def rtt(rt: Runtime, floor: Floor, p: Params) -> dict[str, Any]:
         await rt.call("ping")
     blocks: list[list[int]] = []
     fblocks: list[list[int]] = []
+    afblocks: list[list[int]] = []
     for _ in range(p.rtt_blocks):
         fblocks.append(floor.round_trips(iters))
         FLOOR_BLOCKS.append(fblocks[-1])
+        afblocks.append(await floor.async_round_trips(iters))
+        ASYNC_FLOOR_BLOCKS.append(afblocks[-1])
         out = [0] * iters
         for i in range(iters):
             t0 = clock()
@@ -706,6 +715,9 @@ async def rtt(rt: Runtime, floor: Floor, p: Params) -> dict[str, Any]:
     s = latency_summary(blocks)
     s["floor_block_ratio_p50"] = spread(
         [pct(sorted(r), 0.5) / pct(sorted(f), 0.5) for f, r in zip(fblocks, blocks, strict=True)]
+    )
+    s["async_floor_block_ratio_p50"] = spread(
+        [pct(sorted(r), 0.5) / pct(sorted(f), 0.5) for f, r in zip(afblocks, blocks, strict=True)]
     )
     return s
 
@@ -926,6 +938,8 @@ async def run(names: list[str], p: Params, quick: bool, floor: Floor) -> dict[st
     # The floor's own figure: all its blocks, each run right before a runtime's.
     if FLOOR_BLOCKS:
         results["rtt"][FLOOR] = latency_summary(FLOOR_BLOCKS)
+    if ASYNC_FLOOR_BLOCKS:
+        results["rtt"][ASYNC_FLOOR] = latency_summary(ASYNC_FLOOR_BLOCKS)
     return results
 
 
@@ -951,6 +965,11 @@ def aims(res: dict[str, Any]) -> dict[str, Any]:
         out[key] = {"value": value, "bound": bound, "met": met}
 
     aim("rtt_x_floor", get(res, "rtt", REF, "floor_block_ratio_p50", "median"), AIM_RTT_FLOOR)
+    aim(
+        "rtt_x_async_floor",
+        get(res, "rtt", REF, "async_floor_block_ratio_p50", "median"),
+        AIM_RTT_FLOOR,
+    )
     # The raw p50s of the same run: the pipe floor swings several-fold with
     # the vCPUs' wake-up state on a VM, more than the machine drifts between
     # the two runtimes' turns, so a ratio of floor ratios is not steadier.
@@ -985,6 +1004,7 @@ def aims(res: dict[str, Any]) -> dict[str, Any]:
 
 AIM_TEXT = {
     "rtt_x_floor": "round trip / pipe floor <= {b}x",
+    "rtt_x_async_floor": "round trip / asyncio pipe floor <= {b}x",
     "ray_actor_x": "Ray actor call / agentrt call >= {b}x (p50s)",
     "ready_300_s": "300 agents ready < {b} s",
     "pss_mib": "PSS per idle agent < {b} MiB",
@@ -1029,14 +1049,15 @@ def render(report: dict[str, Any]) -> str:
 
     rows: list[Sequence[str]] = []
     ref = get(r, "rtt", REF, "p50_us")
-    for n in order:
+    for n in [order[0], ASYNC_FLOOR, *order[1:]] if order else []:
         e = r["rtt"].get(n)
         if not e:
             continue
         if "error" in e:
-            rows.append((n, "ERROR", e["error"][:60], "", "", ""))
+            rows.append((n, "ERROR", e["error"][:60], "", "", "", ""))
             continue
         fr = e.get("floor_block_ratio_p50")
+        afr = e.get("async_floor_block_ratio_p50")
         rows.append(
             (
                 n,
@@ -1044,12 +1065,13 @@ def render(report: dict[str, Any]) -> str:
                 min_max(e["block_p50_us"], ".1f"),
                 f"{e['p99_us']:.1f}",
                 f"{fr['median']:.2f}x" if fr else "",
+                f"{afr['median']:.2f}x" if afr else "",
                 _ratio(e["p50_us"], ref),
             )
         )
     section(
         "1. round trip of a tiny call to a warm worker (us)",
-        ("runtime", "p50", "min-max", "p99", "x floor", "x agentrt"),
+        ("runtime", "p50", "min-max", "p99", "x floor", "x async floor", "x agentrt"),
         rows,
     )
 

@@ -3,7 +3,7 @@
 Everything is measured in one run, on this machine:
 
 1. **swarm**: the coordinator-and-swarm pattern.  One async coordinator
-   agent spawns N = 300 subagents at once
+   agent spawns N = 1,000 subagents at once
    (``ctx.gather(ctx.spawn("worker", i=i) ...)``); ``worker`` is a pool of
    N replicas (each subagent its own process, ``concurrency=1``) started up
    front.  Each worker makes 13 *sequential* ``await ctx.tool("io", ms=50)``
@@ -37,14 +37,15 @@ Everything is measured in one run, on this machine:
    add to the critical path).
 
 Figures are medians over repetitions with the min-max beside them.  The
-aims printed next to them: swarm parallel efficiency >= 0.8 (on 2 cores),
-DAG makespan within 10% of its critical path (plus start-up).
+aims printed next to them: swarm parallel efficiency >= 0.9 warm and >= 0.8
+with start-up counted (on 2 cores), DAG makespan within 10% of its critical
+path (plus start-up).
 
 Usage::
 
-    python benchmarks/bench_swarm.py [--quick] [--json FILE|-]
+    python benchmarks/bench_swarm.py [--quick] [--workers N] [--json FILE|-]
 
-``--quick`` uses N = 50 workers and fewer repetitions.  With ``--json -``
+``--quick`` uses N = 50 workers and fewer repetitions; ``--workers`` sets N.  With ``--json -``
 the JSON goes to stdout and the table to stderr.
 """
 
@@ -71,7 +72,8 @@ from agentrt.scheduler import Run, RunResult
 
 BENCH_DIR = Path(__file__).resolve().parent
 
-AIM_EFFICIENCY = 0.8
+AIM_EFFICIENCY = 0.9
+AIM_EFFICIENCY_STARTUP = 0.8
 AIM_DAG_SLACK = 0.10
 
 
@@ -108,7 +110,7 @@ QUICK = Params(
     dag_replicas=8,
     dag_concurrency=64,
 )
-FULL = msgspec.structs.replace(QUICK, workers=300, swarm_reps=3, dag_reps=3)
+FULL = msgspec.structs.replace(QUICK, workers=1000, swarm_reps=3, dag_reps=3)
 
 
 # --- 2: the sequential baseline ------------------------------------------------------
@@ -412,8 +414,10 @@ def aims(results: dict[str, Any]) -> dict[str, bool | None]:
     eff, eff_s = sw.get("efficiency"), sw.get("efficiency_with_startup")
     rm, rs = dg.get("ratio_makespan"), dg.get("ratio_with_startup")
     return {
-        "swarm_efficiency_ge_0.8": None if eff is None else eff >= AIM_EFFICIENCY,
-        "swarm_efficiency_with_startup_ge_0.8": None if eff_s is None else eff_s >= AIM_EFFICIENCY,
+        "swarm_efficiency_ge_0.9": None if eff is None else eff >= AIM_EFFICIENCY,
+        "swarm_efficiency_with_startup_ge_0.8": (
+            None if eff_s is None else eff_s >= AIM_EFFICIENCY_STARTUP
+        ),
         "dag_within_10pct_of_critical_path": None if rm is None else rm <= 1 + AIM_DAG_SLACK,
         "dag_within_10pct_with_startup": None if rs is None else rs <= 1 + AIM_DAG_SLACK,
     }
@@ -464,14 +468,15 @@ def render(report: dict[str, Any]) -> str:
             "  parallel efficiency ideal / makespan",
             f"{sw['efficiency']:.3f}",
             "",
-            f">= {AIM_EFFICIENCY}: {met(a['swarm_efficiency_ge_0.8'])} "
+            f">= {AIM_EFFICIENCY}: {met(a['swarm_efficiency_ge_0.9'])} "
             f"(cold: {sw['efficiency_cold']:.3f})",
         )
         row(
             "  with start-up: (ideal+start)/(start+cold)",
             f"{sw['efficiency_with_startup']:.3f}",
             "",
-            f">= {AIM_EFFICIENCY}: {met(a['swarm_efficiency_with_startup_ge_0.8'])} "
+            f">= {AIM_EFFICIENCY_STARTUP}: "
+            f"{met(a['swarm_efficiency_with_startup_ge_0.8'])} "
             f"(ideal/(start+cold): {sw['useful_fraction_with_startup']:.3f})",
         )
         if "ideal_measured_sleep_s" in sw:
@@ -599,11 +604,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout)")
     ap.add_argument("--quick", action="store_true", help="N = 50 workers, fewer repetitions")
+    ap.add_argument("--workers", type=int, metavar="N", help="N subagents in the swarm")
     args = ap.parse_args(argv)
 
     # Logging must not distort the figures: warnings and errors only.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     params = QUICK if args.quick else FULL
+    if args.workers:
+        params = msgspec.structs.replace(params, workers=args.workers)
     t0 = time.perf_counter()
     try:
         seq: dict[str, Any] = sequential_sample(params)

@@ -158,3 +158,24 @@ async def test_a_replica_that_cannot_make_its_group_warns_and_runs_unless_requir
         with pytest.raises(StartupError, match="cannot join cgroup"):
             await sup.start(agent_spec("strict", "agents:echo", sandbox=strict))
         assert await sup.call("lenient", {"x": 2}) == {"x": 2}
+
+
+async def test_spares_serve_a_supervisor_with_descriptors_past_select_limit(
+    make_supervisor, agent_spec, logs
+):
+    """A supervisor of many replicas holds more than 1,024 descriptors: a spare's
+    pidfd may be numbered past what select(2) takes."""
+    async with make_supervisor(spares=2) as sup:
+        fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+        try:
+            await sup._launcher.client.spares_forked(2)  # the start takes spares
+            await sup.start(agent_spec("many", "agents:echo", replicas=3))
+            (first, *_rest) = await sup.status()
+            os.kill(first.pid, signal.SIGKILL)
+            await logs.wait_for("replica_ready", agent="many", replica=first.replica, generation=1)
+            assert await sup.map("many", [{"i": i} for i in range(6)]) == [
+                {"i": i} for i in range(6)
+            ]
+        finally:
+            for f in fillers:
+                os.close(f)
