@@ -168,9 +168,9 @@ class Holds:
                 agent.paused = False
                 for call in agent.waiting:
                     self.ledger.release(call, now, reframe=True)
-            self.pool.dispatch(agent)
+            self.pool.dispatch(agent, rescan=True)
         for agent in {s.agent for s in slots}:
-            self.pool.dispatch(agent)
+            self.pool.dispatch(agent, rescan=True)
         for name in done:
             agent_name, _, index = name.rpartition("#")
             self.events.emit("replica_resumed", agent=agent_name, replica=int(index))

@@ -153,6 +153,9 @@ class Agent:
     last_cause: AgentDied | None = None
     #: paused as a whole: its queue's deadlines stand still, new replicas start paused
     paused: bool = False
+    #: no slot before this index is idle (a hint for dispatch: lowered whenever
+    #: a slot may have become idle; a wrong hint costs a full scan, never a call)
+    idle_hint: int = 0
 
     @property
     def name(self) -> str:
@@ -321,7 +324,7 @@ class Pool:
                 _resolve(started)
                 if slot.paused and self.on_ready is not None:
                     self.on_ready(slot)
-                self.dispatch(agent)
+                self.dispatch(agent, rescan=True)
                 # Its callers are answered from a callback on ``dead``, not
                 # after this task wakes up: two loop turns and the restart's
                 # first steps sooner.
@@ -425,19 +428,35 @@ class Pool:
 
     # --- calls ---------------------------------------------------------------------
 
-    def dispatch(self, agent: Agent) -> None:
+    def dispatch(self, agent: Agent, rescan: bool = False) -> None:
+        """Send waiting calls to the agent's replicas: an idle one (the lowest
+        first), else the least loaded with room."""
         waiting = agent.waiting
+        if rescan:
+            agent.idle_hint = 0
         cap = agent.capacity
         slots = agent.slots
+        count = len(slots)
         while waiting:
             best: Slot | None = None
-            load = cap
-            for s in slots:
-                n = len(s.inflight)
-                if n < load and (s.state == "ready" or s.state == "busy") and not s.paused:
-                    best, load = s, n
-                    if n == 0:
-                        break
+            # Idle slots from the hint on: a burst of calls to many replicas
+            # finds each next idle one at once, not after scanning the busy.
+            i = agent.idle_hint
+            while i < count:
+                s = slots[i]
+                if not s.inflight and (s.state == "ready" or s.state == "busy") and not s.paused:
+                    best = s
+                    break
+                i += 1
+            agent.idle_hint = i + 1 if best is not None else count
+            if best is None:
+                load = cap
+                for s in slots:
+                    n = len(s.inflight)
+                    if n < load and (s.state == "ready" or s.state == "busy") and not s.paused:
+                        best, load = s, n
+                        if n == 0:
+                            break
             if best is None:
                 return
             call = waiting.popleft()
@@ -517,8 +536,12 @@ class Pool:
         return handle
 
     def _after_answer(self, slot: Slot) -> None:
-        if not slot.inflight and slot.state == "busy":
-            slot.state = "ready"
+        if not slot.inflight:
+            if slot.state == "busy":
+                slot.state = "ready"
+            agent = slot.agent
+            if slot.index < agent.idle_hint:
+                agent.idle_hint = slot.index
         if slot.agent.waiting:
             self.dispatch(slot.agent)
 
@@ -659,7 +682,7 @@ class Pool:
         if agent.failed is not None:
             self.fail_waiting(agent, agent.failed)
         else:
-            self.dispatch(agent)
+            self.dispatch(agent, rescan=True)
 
     def fail_waiting(self, agent: Agent, err: BaseException) -> None:
         while agent.waiting:
