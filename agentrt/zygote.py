@@ -160,7 +160,7 @@ def zygote_main(
 
 
 def _spares_first() -> int:
-    """How many spares the zygote keeps before any demand: a couple."""
+    """How many spares the zygote keeps before any demand (and never fewer)."""
     return min(_spare_bound, _SPARES_FIRST)
 
 
@@ -373,7 +373,7 @@ _spare_bound = 0
 #: when the last fork request came (time.monotonic())
 _last_request = 0.0
 #: spares kept before any demand
-_SPARES_FIRST = 2
+_SPARES_FIRST = 4
 #: idle this long (ms) before forking a spare
 _REFILL_AFTER_MS = 5.0
 #: no request for this long (s): the spares kept are halved

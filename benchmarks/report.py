@@ -40,7 +40,7 @@ PEERS = [
     "ray-tasks",
     "ray-actors",
 ]
-ORDER = ["floor-pipe", "floor-fork", REF, *PEERS]
+ORDER = ["floor-pipe", "floor-asyncio", "floor-fork", "floor-minimal", REF, *PEERS]
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -152,7 +152,7 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
     present = [
         n
         for n in ORDER
-        if n in peers["runtimes"]
+        if (n in peers["runtimes"] or n == "floor-asyncio")
         and any(n in res.get(s, {}) for s in ("rtt", "tasks", "startup", "crash"))
     ]
     lines = [
@@ -169,7 +169,7 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
         for metric, spec in zip(HEADLINES, (".0f", ".1f", ".1f", ".0f"), strict=False):
             cells.append(_fmt(figure(res, metric[1], n), spec) + _x(res, metric, n))
         st = get(res, "startup", n) or {}
-        for k in ("50", "300"):
+        for k in ("50", "300", "1000"):
             v = get(st, k, "ready_s", "median")
             metric = ("", ["startup", "{n}", k, "ready_s", "median"], True)
             cells.append(_fmt(v, ".3f") + _x(res, metric, n))
@@ -188,6 +188,7 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
         "echo 1 MiB MB/s",
         "start 50 s",
         "start 300 s",
+        "start 1000 s",
         "PSS MiB",
         "SIGKILL→error ms",
         "→replaced ms",
@@ -234,7 +235,9 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
         lines += md_table(["runtime", "1 KiB", "64 KiB", "1 MiB", "16 MiB"], rows)
         lines.append("")
     notes = [
-        f"- {n}: {peers['runtimes'][n]['note']}" for n in present if peers["runtimes"][n]["note"]
+        f"- {n}: {peers['runtimes'][n]['note']}"
+        for n in present
+        if n in peers["runtimes"] and peers["runtimes"][n]["note"]
     ]
     skipped = [
         f"- {n}: skipped, {v['note']}" for n, v in peers["runtimes"].items() if not v["available"]
@@ -246,6 +249,7 @@ def peers_markdown(peers: dict[str, Any]) -> list[str]:
 
 AIM_TEXT = {
     "rtt_x_floor": "round trip ≤ {b}x the raw pipe floor",
+    "rtt_x_async_floor": "round trip ≤ {b}x the asyncio pipe floor",
     "ray_actor_x": "round trip ≥ {b}x faster than a Ray actor call (p50s)",
     "ready_300_s": "300 isolated agents ready in < {b} s",
     "pss_mib": "PSS per idle agent < {b} MiB",

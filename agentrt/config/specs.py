@@ -429,8 +429,8 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: become replicas (Android's zygote pool): starting or replacing a replica
     #: then skips the fork and the move between cgroups (a spare waits in
     #: groups of its own and renames them); each serves one replica only.  The
-    #: zygote keeps 2 at first, doubles that when a start finds none left,
-    #: halves it after 30 s without starts (0: fork on demand)
+    #: zygote keeps 4 at first, doubles that when a start finds none left,
+    #: halves it after 30 s without starts, down to 4 (0: fork on demand)
     spares: int = 4
     strategy: Strategy = "one_for_one"
     intensity: int = 5

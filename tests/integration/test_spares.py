@@ -88,18 +88,18 @@ def _replica_groups(sup) -> bool:
     return bool(sup._boots.spare_cgroups())
 
 
-async def test_the_spares_kept_start_at_two_and_double_on_demand_up_to_the_bound(
+async def test_the_spares_kept_start_at_four_and_double_on_demand_up_to_the_bound(
     make_supervisor, agent_spec, healthy
 ):
-    async with make_supervisor(spares=3) as sup:
+    async with make_supervisor(spares=6) as sup:
         client = sup._launcher.client
-        assert await client.spares_forked(2) == 2
-        assert client.spares_target == 2 and len(_spares()) == 2
-        # A burst that finds no spare left: the zygote keeps more, never past 3.
-        await sup.start(agent_spec("echo", "agents:echo", replicas=5))
+        assert await client.spares_forked(4) == 4
+        assert client.spares_target == 4 and len(_spares()) == 4
+        # A burst that finds no spare left: the zygote keeps more, never past 6.
+        await sup.start(agent_spec("echo", "agents:echo", replicas=8))
         await healthy(sup)
-        assert await client.spares_forked(3) == 3
-        assert client.spares_target == 3 and len(_spares()) == 3
+        assert await client.spares_forked(6) == 6
+        assert client.spares_target == 6 and len(_spares()) == 6
 
 
 async def test_a_spare_waits_in_groups_of_its_own_and_renames_them_to_its_replicas(
