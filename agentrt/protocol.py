@@ -357,9 +357,9 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int = 1
     #: seconds to poll for the next frame after answering (0: sleep at once)
     spin: float = 0.0
-    #: a file whose first ``spin_slots`` bytes are the spinning slots (POSIX
-    #: record locks): a replica spins only while it holds one, so at most that
-    #: many spin at once; "" = no bound
+    #: the spinning slots, files ``<spin_lock>.0`` to ``.<spin_slots - 1>``: a
+    #: replica spins only while it holds a lock (flock) on one, so at most
+    #: that many spin at once; "" = no bound
     spin_lock: str = ""
     spin_slots: int = 0
     supervisor_pid: int = 0
@@ -468,9 +468,11 @@ class SpareForked(_Msg, frozen=True, tag="spare"):
 
 
 class SpareTaken(_Msg, frozen=True, tag="spare_taken"):
-    """The supervisor gave spare ``pid`` a replica to become."""
+    """The supervisor gave spare ``pid`` a replica to become (whose cgroups are
+    ``cgroups``: the zygote sweeps and thaws them if it must go down)."""
 
     pid: int
+    cgroups: list[str] = []
 
 
 ZygoteRequest = Fork | SpareTaken

@@ -35,6 +35,8 @@ from collections import deque
 from collections.abc import Callable, MutableMapping
 from typing import Any, NoReturn
 
+import msgspec
+
 from agentrt import _linux, sandbox
 from agentrt.context import AgentIO, Context, SyncContext, takes_ctx
 from agentrt.errors import AgentrtError
@@ -93,7 +95,10 @@ def _detach() -> None:
     global _detached
     if _detached:
         return
-    for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM):
+    # (SIGINT stays as it is until the replica has a session of its own: a
+    # waiting spare shares the zygote's process group, which a terminal's
+    # Ctrl-C reaches, and must not die of it)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
     with contextlib.suppress(ValueError, OSError):
         signal.set_wakeup_fd(-1)
@@ -126,9 +131,15 @@ def prepare_spare() -> None:
 def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
     """Everything that must happen before user code runs."""
     # First: everything from here on is accounted.
-    _unenforced.extend(sandbox.enter_cgroups(boot))
+    unenforced, memory = sandbox.enter_cgroups(boot)
+    _unenforced.extend(unenforced)
+    if memory is not None and (boot.memory is None or not boot.memory_rlimit):
+        # the group that was to hold the memory limit could not: the address
+        # space holds it instead
+        boot = msgspec.structs.replace(boot, memory=memory, memory_rlimit=True)
     with contextlib.suppress(OSError):
         os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     _linux.set_pdeathsig(signal.SIGKILL)
     if boot.supervisor_pid and os.getppid() == 1:
         os._exit(EXIT_STARTUP)  # parent already gone: nobody to serve
@@ -143,12 +154,18 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
             lo = fd + 1
     os.closerange(lo, 1 << 20)
     _apply_rlimits(boot)
-    global _members_fd, _spin_fd
+    global _members_fd
     if boot.spin and boot.spin_lock and boot.spin_slots:
         # Opened now, as for the members below: a filesystem allowlist or
-        # run_as could keep it out of reach later.  No slot to take: no spin.
-        with contextlib.suppress(OSError):
-            _spin_fd = os.open(boot.spin_lock, os.O_RDWR | os.O_CLOEXEC)
+        # run_as could keep them out of reach later.  Read-only: a lock needs
+        # no more, and an agent gets nothing to write to.  The slots tried
+        # start at one of the pid's choosing (replicas spread over them).
+        n = boot.spin_slots
+        first = os.getpid() % n
+        for tried in range(min(n, _SLOT_TRIES)):
+            with contextlib.suppress(OSError):
+                path = f"{boot.spin_lock}.{(first + tried) % n}"
+                _spin_fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     if boot.cgroups:
         # Opened now: under a filesystem allowlist it could not be opened later,
         # and an interrupted call's leftovers are found through it.
@@ -244,7 +261,7 @@ class _Channel:
         wfd: int,
         max_frame: int,
         spin: float = 0.0,
-        slots: tuple[int, int] = (-1, 0),
+        slots: list[int] | None = None,
     ) -> None:
         self.rfd = rfd
         self.wfd = wfd
@@ -254,10 +271,8 @@ class _Channel:
         self.spin = spin
         self.hot = False  # until a frame arrives soon after an answer
         self.sent_at = 0.0
-        #: the spinning slots' file (-1: spin without one) and the offsets to try
-        self._slot_fd, n = slots
-        first = os.getpid() % n if n else 0
-        self._slot_offsets = [(first + i) % n for i in range(min(n, _SLOT_TRIES))]
+        #: the spinning slots to try (their files, read-only); None: spin without one
+        self._slots = slots
         self._poll = select.poll()
         self._poll.register(rfd, select.POLLIN)
 
@@ -311,21 +326,20 @@ class _Channel:
                     return None  # something else ran on this CPU meanwhile: leave it the CPU
         finally:
             if slot >= 0:
-                fcntl.lockf(self._slot_fd, fcntl.LOCK_UN, 1, slot)
+                fcntl.flock(slot, fcntl.LOCK_UN)
 
     def _take_slot(self) -> int | None:
-        """A spinning slot (its offset, locked); -1 when spinning is unbounded;
+        """A spinning slot (its file, locked); -1 when spinning is unbounded;
         None when every slot tried is taken.  The lock goes with the process,
         so a replica that dies while spinning frees its slot."""
-        fd = self._slot_fd
-        if fd < 0:
+        if self._slots is None:
             return -1
-        for offset in self._slot_offsets:
+        for fd in self._slots:
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue
-            return offset
+            return fd
         return None
 
     def woke(self) -> None:
@@ -843,8 +857,8 @@ async def _call_maybe_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any
 
 #: cgroup.procs of the replica's cgroup, opened before any confinement
 _members_fd = -1
-#: the spinning slots' file (see ``Boot.spin_lock``), or -1
-_spin_fd = -1
+#: the spinning slots this replica may take (see ``Boot.spin_lock``)
+_spin_fds: list[int] = []
 #: cgroups the replica could not make or join (and may go without)
 _unenforced: list[str] = []
 
@@ -1017,9 +1031,11 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
                 )
             os._exit(EXIT_STARTUP)
         global _channel
-        spin = boot.spin if _spin_fd >= 0 or not boot.spin_lock else 0.0
+        # Bounded spinning and no slot to take (one core, or none could be
+        # opened): no spinning at all.
+        spin = boot.spin if _spin_fds or not boot.spin_lock else 0.0
         chan = _channel = _Channel(
-            rfd, wfd, boot.max_frame, spin, (_spin_fd, boot.spin_slots if _spin_fd >= 0 else 0)
+            rfd, wfd, boot.max_frame, spin, _spin_fds if boot.spin_lock else None
         )
         for why in _unenforced:  # what the sandbox could not do, said now that we can
             chan.write(Log("warning", "sandbox_unenforced", {"setting": "cgroup", "why": why}))

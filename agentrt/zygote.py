@@ -114,7 +114,7 @@ def zygote_main(
         # for a moment: a replica's death is usually followed by the request
         # for its replacement, which a fork in progress would hold up.
         if len(_spares) < _spare_target:
-            timeout: float | None = _REFILL_AFTER_MS
+            timeout: float | None = _refill_after_ms
         elif _spare_target > _spares_first():
             timeout = max(0.0, _last_request + _SPARE_IDLE_S - time.monotonic()) * 1e3
         else:
@@ -153,10 +153,20 @@ def zygote_main(
                 for f in fds:
                     os.close(f)
                 _spares.discard(req.pid)
+                if req.cgroups and req.pid in _forked:
+                    _cgroups[req.pid] = req.cgroups
                 _demand(served_by_spare=True)
                 continue
             _demand(served_by_spare=False)
             _fork_one(sock, encoder, req, fds, own)
+
+
+def _spare_failed() -> None:
+    """A spare could not be forked, or died before serving: wait longer before
+    the next (up to a second), so a machine out of processes or memory is not
+    asked for one every few milliseconds."""
+    global _refill_after_ms
+    _refill_after_ms = min(_REFILL_MAX_MS, _refill_after_ms * 2)
 
 
 def _spares_first() -> int:
@@ -177,8 +187,10 @@ def _shrink_spares() -> None:
 def _demand(served_by_spare: bool) -> None:
     """A request came: one no spare was left for doubles the spares kept, up to
     the bound (``[supervisor] spares``)."""
-    global _spare_target, _last_request
+    global _spare_target, _last_request, _refill_after_ms
     _last_request = time.monotonic()
+    if served_by_spare:
+        _refill_after_ms = _REFILL_AFTER_MS  # spares work: refill promptly again
     if not served_by_spare:
         _spare_target = min(_spare_bound, max(1, _spare_target * 2))
 
@@ -192,13 +204,18 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
     to the supervisor (``SpareForked``), which sends it the request itself:
     starting a replica from a spare takes no round trip through the zygote.
     """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError:
+        _spare_failed()
+        return
     zygote = os.getpid()
     try:
         pid = os.fork()
     except OSError:
         ours.close()
         theirs.close()
+        _spare_failed()
         return
     if pid == 0:  # the spare
         try:
@@ -322,7 +339,9 @@ def _reap(sock: socket.socket, encoder: Any) -> None:
         if info is None or info.si_pid == 0:
             break
         pid = info.si_pid
-        _spares.discard(pid)
+        if pid in _spares:  # a spare that died waiting (never handed a request)
+            _spares.discard(pid)
+            _spare_failed()
         cpu = _linux.child_cpu(pid)
         if cpu is not None:
             # Report first: the supervisor may be waiting on this to fail the calls.
@@ -374,8 +393,10 @@ _spare_bound = 0
 _last_request = 0.0
 #: spares kept before any demand
 _SPARES_FIRST = 4
-#: idle this long (ms) before forking a spare
+#: idle this long (ms) before forking a spare; longer after spares failed, up to the max
 _REFILL_AFTER_MS = 5.0
+_REFILL_MAX_MS = 1000.0
+_refill_after_ms = _REFILL_AFTER_MS
 #: no request for this long (s): the spares kept are halved
 _SPARE_IDLE_S = 30.0
 #: the cgroups of each of them that has some
@@ -488,6 +509,8 @@ class ZygoteClient:
         #: those ready (they said so) in ``_ready``
         self._idle: dict[int, tuple[int, socket.socket]] = {}
         self._ready: set[int] = set()
+        #: spares let go or found dead, whose exit reports are to be ignored
+        self._dropped: set[int] = set()
         #: how many spares the zygote keeps now (as it last said)
         self.spares_target = 0
         self._spare_waits: list[tuple[int, asyncio.Future[int]]] = []
@@ -531,6 +554,8 @@ class ZygoteClient:
         self._spare_waits = [(n, w) for n, w in self._spare_waits if not w.done()]
 
     def _drop_spare(self, pid: int) -> None:
+        """Forget spare ``pid`` (gone, or let go: it exits at the EOF of its socket)."""
+        self._dropped.add(pid)  # its exit report, when it comes, is not a replica's
         pidfd, conn = self._idle.pop(pid)
         if pid in self._ready:
             self._ready.discard(pid)
@@ -551,12 +576,13 @@ class ZygoteClient:
                 self._next_req += 1
                 _linux.send_with_fds(conn, self._encoder.encode(Fork(self._next_req, boot)), fds)
             except OSError:
+                self._dropped.add(pid)
                 os.close(pidfd)
                 continue
             finally:
                 conn.close()
                 self._spares_changed()
-            self._outbox.append((self._encoder.encode(SpareTaken(pid)), []))
+            self._outbox.append((self._encoder.encode(SpareTaken(pid, list(boot.cgroups))), []))
             self._flush_outbox()
             return pid, pidfd
         return None
@@ -660,6 +686,8 @@ class ZygoteClient:
                     if pid in self._idle:  # a spare that never served
                         self._drop_spare(pid)
                         self._spares_changed()
+                    if pid in self._dropped:  # nobody waits for a spare's exit
+                        self._dropped.discard(pid)
                         continue
                     ex = self._exits.pop(pid, None)
                     if ex is not None:
@@ -709,6 +737,7 @@ class ZygoteClient:
         self._spare_waits.clear()
         for pid in list(self._idle):
             self._drop_spare(pid)
+        self._dropped.clear()
         self._forks.clear()
         self._exits.clear()
         self.closed = True

@@ -74,7 +74,7 @@ from agentrt.sandbox.probe import (
 __all__ = ["confine", "enter_cgroups", "warm"]
 
 
-def enter_cgroups(boot: Boot) -> list[str]:
+def enter_cgroups(boot: Boot) -> tuple[list[str], int | None]:
     """First thing in the child: make and join the replica's cgroups.
 
     A zygote's spare already waits in groups of its own under the same
@@ -84,11 +84,13 @@ def enter_cgroups(boot: Boot) -> list[str]:
     Either way the limits are written before anything else runs.
 
     Returns what could not be done, where ``boot.cgroup_required`` allows
-    the replica to go on without it (to be reported once it can speak).
+    the replica to go on without it (to be reported once it can speak), and
+    the memory limit a failed group was to hold (to hold as RLIMIT_AS).
     """
     pid = str(os.getpid()).encode()
     writes = boot.cgroup_writes if len(boot.cgroup_writes) == len(boot.cgroups) else []
     unenforced: list[str] = []
+    memory: int | None = None
     for i, d in enumerate(boot.cgroups):
         mine = _waiting.pop(os.path.dirname(d), None)
         try:
@@ -120,11 +122,14 @@ def enter_cgroups(boot: Boot) -> list[str]:
             if boot.cgroup_required:
                 raise SandboxError(exc.errno, f"cannot join cgroup {d}: {exc.strerror}") from None
             unenforced.append(f"cannot make or join the replica's cgroup {d}: {exc.strerror}")
+            for name, value, _required in writes[i] if writes else []:
+                if name in ("memory.limit_in_bytes", "memory.max") and value.isdigit():
+                    memory = int(value)
         finally:
             if mine is not None:  # left for another group: empty now, or soon
                 with contextlib.suppress(OSError):
                     os.rmdir(mine)
-    return unenforced
+    return unenforced, memory
 
 
 #: the groups this process waits in, a zygote's spare: parent directory -> group

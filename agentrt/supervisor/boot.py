@@ -68,7 +68,9 @@ class BootPlanner:
             # supervisor's, the others may each have one spinning replica.
             self.spin_slots = max(0, len(os.sched_getaffinity(0)) - 1)
             self.spin_lock = os.path.join(self.rundir, _SPIN_LOCK)
-            os.close(os.open(self.spin_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            for i in range(self.spin_slots):
+                path = f"{self.spin_lock}.{i}"
+                os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o400))
 
     async def close(self) -> None:
         if self.rundir:
@@ -124,8 +126,9 @@ class BootPlanner:
 
     def spare_cgroups(self) -> list[str]:
         """Where a zygote's spares make groups of their own to wait in (the tree
-        groups' parents): none when this machine gives replicas no groups."""
-        if self.remote or self._cgroups is None:
+        groups' parents): none when this machine gives replicas no groups, nor
+        on cgroup v2, which cannot rename a group (a replica moves in there)."""
+        if self.remote or self._cgroups is None or self._cgroups.version != 1:
             return []
         try:
             return self._cgroups.tree_parents()
@@ -303,7 +306,7 @@ class UidPool:
 _RUN_PREFIX = RUN_PREFIX
 #: in each run directory: the pid and start time of the supervisor it belongs to
 _OWNER = "supervisor"
-#: in each run directory: the replicas' spinning slots (record locks)
+#: in each run directory: the replicas' spinning slots, ``spin.0`` ... (flock)
 _SPIN_LOCK = "spin"
 
 

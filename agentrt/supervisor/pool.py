@@ -342,12 +342,8 @@ class Pool:
                 self.set_state(slot, "crashed")
                 return
             _resolve(started)
-            loop = asyncio.get_running_loop()
             if cause is not None:
-                # Said on the loop's next turn: by then the replacement is on
-                # its way (a spare has its request), and rendering a log line
-                # takes longer than that.  The restart's own line follows it.
-                loop.call_soon(self.log_death, slot, proc, cause)
+                self.log_death(slot, proc, cause)
             if slot.stop_requested or self.closing:
                 return
             if not await self.restarts.after_death(slot, cause):
@@ -355,17 +351,14 @@ class Pool:
             if slot.stop_requested or self.closing:
                 self.set_state(slot, "exited")
                 return
-            loop.call_soon(self._log_restart, log, slot, slot.restarts)
+            log.info("replica_restarting", restarts=slot.restarts)
+            self.events.emit("replica_restarting", agent=spec.name, replica=slot.index)
 
     async def _reap(self, proc: AgentProcess, boot: Boot) -> None:
         """Wait until the replica and its leftovers are gone, then remove its cgroups."""
         await proc.wait_closed()
         await self.boots.remove_cgroups(boot)
         self.boots.release(boot)
-
-    def _log_restart(self, log: Any, slot: Slot, restarts: int) -> None:
-        log.info("replica_restarting", restarts=restarts)
-        self.events.emit("replica_restarting", agent=slot.agent.name, replica=slot.index)
 
     def log_death(self, slot: Slot, proc: AgentProcess, cause: AgentDied) -> None:
         self.events.emit(

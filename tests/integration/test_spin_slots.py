@@ -1,5 +1,5 @@
 """Spinning is bounded: a replica polls for its next call only while it holds one
-of the cores-1 spinning slots (record locks on a file of the run directory)."""
+of the cores-1 spinning slots (flock on read-only files of the run directory)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from agentrt import worker
 
 _HOLD = """
 import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR)
-fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 print("held", flush=True)
 sys.stdin.read()
 """
 
 
 def test_a_replica_spins_only_while_it_holds_a_slot_and_a_dead_holder_frees_it(tmp_path):
-    slots = tmp_path / "spin"
+    slots = tmp_path / "spin.0"
     slots.write_bytes(b"")
-    fd = os.open(slots, os.O_RDWR | os.O_CLOEXEC)
+    fd = os.open(slots, os.O_RDONLY | os.O_CLOEXEC)
     r, w = os.pipe()
     polls: list[int] = []
 
@@ -40,7 +40,7 @@ def test_a_replica_spins_only_while_it_holds_a_slot_and_a_dead_holder_frees_it(t
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        chan = worker._Channel(r, w, 1 << 20, spin=10.0, slots=(fd, 1))
+        chan = worker._Channel(r, w, 1 << 20, spin=10.0, slots=[fd])
         chan.hot = True
         chan.sent_at = 1e18  # the spin window never ends by itself
         # The only slot is another process's: no spinning, ready() is never polled.
@@ -90,14 +90,23 @@ async def test_spinning_replicas_hold_the_run_directorys_slots_file(make_supervi
         await sup.start(agent_spec("cold", "agents:echo", spin=0.0))
         await sup.call("hot", {})
         await sup.call("cold", {})
-        slots = os.path.join(sup._boots.rundir, "spin")
+        prefix = os.path.join(sup._boots.rundir, "spin.")
         by_agent: dict[str, list[set[str]]] = {}
         for st in await sup.status():
             assert st.pid is not None
-            files = {f.path for f in psutil.Process(st.pid).open_files()}
+            opened = psutil.Process(st.pid).open_files()
+            # read-only: an agent gets no file to write to through them
+            assert all(f.mode == "r" for f in opened if f.path.startswith(prefix))
+            files = {f.path for f in opened}
             by_agent.setdefault(st.agent, []).append(files)
-        assert all(slots in files for files in by_agent["hot"])
-        assert all(slots not in files for files in by_agent["cold"])
+
+        def slots(files: set[str]) -> set[str]:
+            return {f for f in files if f.startswith(prefix)}
+
+        # cores - 1 slots here; a replica opens at most two of them, read-only
+        assert all(slots(files) for files in by_agent["hot"])
+        assert all(len(slots(files)) <= 2 for files in by_agent["hot"])
+        assert not any(slots(files) for files in by_agent["cold"])
 
 
 def test_on_one_core_no_replica_spins(fixtures_dir):
@@ -114,7 +123,7 @@ def test_on_one_core_no_replica_spins(fixtures_dir):
                 assert await sup.call("hot", {{"x": 1}}) == {{"x": 1}}
                 (st,) = await sup.status()
                 files = [f.path for f in psutil.Process(st.pid).open_files()]
-                assert not any(p.endswith("/spin") for p in files), files
+                assert not any("/spin." in p for p in files), files
                 print("ok")
 
         asyncio.run(main())
