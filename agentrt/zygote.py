@@ -110,13 +110,22 @@ def zygote_main(
     poller.register(wake_r, select.POLLIN)
     own = (wake_r, wake_w)
     while True:
-        # Spares are forked one at a time, once nothing has been asked of us
-        # for a moment: a replica's death is usually followed by the request
-        # for its replacement, which a fork in progress would hold up.
+        # Spares are forked one at a time, while nothing else waits, and only
+        # once no replica was asked for in a moment (``_refill_after_ms``): a
+        # death is usually followed by the request for its replacement, which
+        # a fork in progress would hold up.  Exits reported meanwhile do not
+        # put the refill off, or a busy pool would never get its spares back.
+        now = time.monotonic()
+        refill_at = _last_request + _refill_after_ms / 1e3
         if len(_spares) < _spare_target:
-            timeout: float | None = _refill_after_ms
+            if now >= refill_at and not poller.poll(0):
+                _fork_spare(sock, encoder, own)
+                with contextlib.suppress(OSError):
+                    sock.sendall(encoder.encode(Spares(len(_spares), _spare_target)))
+                continue
+            timeout: float | None = max(0.0, refill_at - now) * 1e3
         elif _spare_target > _spares_first():
-            timeout = max(0.0, _last_request + _SPARE_IDLE_S - time.monotonic()) * 1e3
+            timeout = max(0.0, _last_request + _SPARE_IDLE_S - now) * 1e3
         else:
             timeout = None
         try:
@@ -124,12 +133,11 @@ def zygote_main(
         except InterruptedError:
             continue
         if not events:
-            if len(_spares) < _spare_target:
-                _fork_spare(sock, encoder, own)
-            else:
+            idle = time.monotonic() >= _last_request + _SPARE_IDLE_S
+            if idle and len(_spares) >= _spare_target > _spares_first():
                 _shrink_spares()
-            with contextlib.suppress(OSError):
-                sock.sendall(encoder.encode(Spares(len(_spares), _spare_target)))
+                with contextlib.suppress(OSError):
+                    sock.sendall(encoder.encode(Spares(len(_spares), _spare_target)))
             continue
         for fd, _ev in events:
             if fd == wake_r:
