@@ -451,7 +451,7 @@ def _die(supervisor_gone: bool = False) -> NoReturn:
     """Take every replica's process group and every orphan down, then exit.
 
     When the supervisor is gone (it closed the socket, or died: the death
-    signal), the zygote outlives it and removes its run directory.
+    signal), the zygote outlives it and removes its run directory and cgroups.
     """
     for pid in list(_forked):
         _linux.kill_group(pid)
@@ -480,7 +480,32 @@ def _die(supervisor_gone: bool = False) -> NoReturn:
         import shutil
 
         shutil.rmtree(_rundir, ignore_errors=True)
+        _remove_cgroup_parents()
     os._exit(0)
+
+
+def _remove_cgroup_parents() -> None:
+    """The supervisor is gone: remove its cgroups (``agentrt-<pid>`` and the
+    groups in it), once the processes killed above have left them."""
+    parents = set(_spare_cgroups)
+    for groups in _cgroups.values():
+        parents.update(os.path.dirname(d) for d in groups)
+    deadline = time.monotonic() + 2.0
+    for parent in sorted(parents):
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for d in [os.path.join(parent, n) for n in names]:
+            while os.path.isdir(d):
+                try:
+                    os.rmdir(d)
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.005)  # a killed member has not finished exiting
+        with contextlib.suppress(OSError):
+            os.rmdir(parent)
 
 
 class ZygoteClient:

@@ -212,6 +212,34 @@ class Cgroups:
                         break
                     time.sleep(0.01)
 
+    def sweep(self) -> int:
+        """Remove the groups that supervisors now gone left behind (one killed by
+        SIGKILL cannot remove its own): each ``agentrt-<pid>`` of a pid that no
+        longer runs, when no process is left in it.  The number removed."""
+        removed = 0
+        for base in sorted(set(self.bases.values())):
+            try:
+                names = os.listdir(base)
+            except OSError:
+                continue
+            for name in names:
+                pid = name.removeprefix("agentrt-")
+                if pid == name or not pid.isdigit() or _alive(int(pid)):
+                    continue
+                d = os.path.join(base, name)
+                try:
+                    subs = [os.path.join(d, n) for n in os.listdir(d)]
+                    groups = [g for g in subs if os.path.isdir(g)]
+                    if any(_read(os.path.join(g, "cgroup.procs")).strip() for g in [d, *groups]):
+                        continue  # someone is still in it: not ours to judge
+                    for g in groups:
+                        os.rmdir(g)
+                    os.rmdir(d)
+                    removed += 1
+                except OSError:
+                    continue
+        return removed
+
     def close(self) -> None:
         """Remove the ``agentrt-<pid>`` parents (their replicas' groups are gone by now)."""
         for d in self.parents.values():
@@ -221,6 +249,16 @@ class Cgroups:
                         self.remove([os.path.join(d, sub)])
             self.remove([d])
         self.parents.clear()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (not ours to signal)
+    return True
 
 
 def apply_writes(d: str, writes: list[tuple[str, str, bool]]) -> None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from typing import Any
 
 import msgspec
@@ -52,6 +53,8 @@ class BootPlanner:
         self._cgroups: sandbox.Cgroups | None = None
         #: uids of replicas of ``run_as = "dynamic"`` profiles
         self._uids = UidPool(spec.uids)
+        #: the sweep of groups that supervisors now gone left behind
+        self._sweep: threading.Thread | None = None
 
     def open(self) -> None:
         """Make the run directory; remove those left by supervisors that are gone."""
@@ -63,6 +66,11 @@ class BootPlanner:
             # Every replica gets a group of its own where the machine allows
             # (made now: the zygote's spares wait in groups under its parents).
             self._cgroups = sandbox.Cgroups()
+            # Those that killed supervisors left go, in the background.
+            self._sweep = threading.Thread(
+                target=self._cgroups.sweep, name="agentrt-cgroup-sweep", daemon=True
+            )
+            self._sweep.start()
         if not self.remote:
             # Spinning pays only on a core nobody else needs: one is the
             # supervisor's, the others may each have one spinning replica.
@@ -73,6 +81,9 @@ class BootPlanner:
                 os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o400))
 
     async def close(self) -> None:
+        if self._sweep is not None:
+            await asyncio.to_thread(self._sweep.join)
+            self._sweep = None
         if self.rundir:
             await asyncio.to_thread(shutil.rmtree, self.rundir, True)
         if self._cgroups is not None:

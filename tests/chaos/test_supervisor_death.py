@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,16 +67,55 @@ async def test_sigkilled_supervisor_leaves_no_agent_process(method, fixtures_dir
         _gone, alive = await asyncio.to_thread(psutil.wait_procs, tree, 2)
         assert not alive, [(p.pid, p.status()) for p in alive]
         if method == "zygote":
-            # the zygote outlived the supervisor long enough to remove its run dir
+            # the zygote outlived the supervisor long enough to remove its run
+            # dir and its cgroups
             m = re.search(rb"rundir=(\S+)", await proc.stderr.read())
             assert m is not None
             d = m.group(1).decode()
             assert not await asyncio.to_thread(os.path.exists, d), os.listdir(d)
+            assert _cgroups_of(proc.pid) == []
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         await _remove_run_dir(await proc.stderr.read())
+
+
+def _cgroups_of(pid: int) -> list[str]:
+    """The cgroup directories of supervisor ``pid`` still there (v1 and v2)."""
+    return glob.glob(f"/sys/fs/cgroup/*/agentrt-{pid}") + glob.glob(f"/sys/fs/cgroup/agentrt-{pid}")
+
+
+def test_a_new_supervisor_removes_cgroups_whose_supervisor_is_gone(fixtures_dir):
+    from agentrt.sandbox import Cgroups, probe
+
+    if not probe()["cgroup"]["controllers"]:
+        pytest.skip("no cgroups for replicas on this machine")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = int(gone.stdout)
+    base = sorted(Cgroups().bases.values())[0]
+    stale = os.path.join(base, f"agentrt-{dead}")
+    os.makedirs(os.path.join(stale, "echo.0.0"), exist_ok=True)
+    mine = os.path.join(base, f"agentrt-{os.getpid()}-not-a-pid")
+    os.makedirs(mine, exist_ok=True)
+    try:
+        code = (
+            "import asyncio\nfrom agentrt import Supervisor\n"
+            "async def main():\n    async with Supervisor():\n        pass\n"
+            "asyncio.run(main())\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=fixtures_dir)
+        assert not os.path.exists(stale)
+        assert os.path.isdir(mine)  # not a supervisor's name: left alone
+    finally:
+        for d in (os.path.join(stale, "echo.0.0"), stale, mine):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
 
 
 async def _remove_run_dir(log: bytes) -> None:
