@@ -454,9 +454,8 @@ class Reaped(_Msg, frozen=True, tag="reaped"):
 
 
 class Spares(_Msg, frozen=True, tag="spares"):
-    """The zygote's spares: how many wait now, and how many it keeps."""
+    """How many spares the zygote keeps now (said when it changes)."""
 
-    ready: int
     target: int
 
 

@@ -250,9 +250,9 @@ class _Channel:
     answered.  It polls only while the calls keep coming that fast (``hot``:
     the last frame came within a few spins of the answer before it), and
     yields the CPU on every turn, so a busy machine loses nothing to it.
-    Where the supervisor bounds spinning (``slots``: the slots' file and
-    their number, cores - 1), it polls only while it holds a slot: replicas
-    that spin never crowd out the supervisor they wait for.
+    Where the supervisor bounds spinning (``slots``: the files of the
+    spinning slots it may take, of cores - 1), it polls only while it holds
+    one: replicas that spin never crowd out the supervisor they wait for.
     """
 
     def __init__(

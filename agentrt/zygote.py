@@ -109,7 +109,12 @@ def zygote_main(
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     own = (wake_r, wake_w)
+    announced = 0
     while True:
+        if announced != _spare_target:  # the supervisor lets go of spares over it
+            with contextlib.suppress(OSError):
+                sock.sendall(encoder.encode(Spares(_spare_target)))
+            announced = _spare_target
         # Spares are forked one at a time, while nothing else waits, and only
         # once no replica was asked for in a moment (``_refill_after_ms``): a
         # death is usually followed by the request for its replacement, which
@@ -120,8 +125,6 @@ def zygote_main(
         if len(_spares) < _spare_target:
             if now >= refill_at and not poller.poll(0):
                 _fork_spare(sock, encoder, own)
-                with contextlib.suppress(OSError):
-                    sock.sendall(encoder.encode(Spares(len(_spares), _spare_target)))
                 continue
             timeout: float | None = max(0.0, refill_at - now) * 1e3
         elif _spare_target > _spares_first():
@@ -136,8 +139,6 @@ def zygote_main(
             idle = time.monotonic() >= _last_request + _SPARE_IDLE_S
             if idle and len(_spares) >= _spare_target > _spares_first():
                 _shrink_spares()
-                with contextlib.suppress(OSError):
-                    sock.sendall(encoder.encode(Spares(len(_spares), _spare_target)))
             continue
         for fd, _ev in events:
             if fd == wake_r:
@@ -199,7 +200,7 @@ def _demand(served_by_spare: bool) -> None:
     _last_request = time.monotonic()
     if served_by_spare:
         _refill_after_ms = _REFILL_AFTER_MS  # spares work: refill promptly again
-    if not served_by_spare:
+    else:
         _spare_target = min(_spare_bound, max(1, _spare_target * 2))
 
 
@@ -409,7 +410,7 @@ _refill_after_ms = _REFILL_AFTER_MS
 _SPARE_IDLE_S = 30.0
 #: the cgroups of each of them that has some
 _cgroups: dict[int, list[str]] = {}
-#: where each spare makes groups of its own to wait in (see ``confine.wait_in_cgroups``)
+#: where each spare makes groups of its own to wait in (see ``confine.join_spare_cgroups``)
 _spare_cgroups: list[str] = []
 #: what a spare says on its socket once it is ready to become a replica
 _SPARE_READY = b"ready"
@@ -418,7 +419,8 @@ _spare_born: set[int] = set()
 
 
 def _remove_spare_cgroups(pid: int) -> None:
-    """A spare that never served is gone: its (empty) waiting groups go too."""
+    """Process ``pid``, forked as a spare, is gone: the groups it waited in and
+    did not rename (all of them if it never served) go too."""
     from agentrt.sandbox.confine import spare_cgroups
 
     for d in spare_cgroups(_spare_cgroups, pid):
@@ -435,7 +437,7 @@ def _kill_orphans() -> None:
     except OSError:
         return
     for pid in children:
-        if pid not in _forked and pid not in _spares:
+        if pid not in _forked:  # (spares are among them)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -457,11 +459,7 @@ def _die(supervisor_gone: bool = False) -> NoReturn:
         _linux.kill_group(pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _forked.clear()
-    for pid in list(_spares):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    _spares.clear()
+    _forked.clear()  # (spares among them)
     _kill_orphans()
     for groups in _cgroups.values():  # whatever left the trees, but not the cgroups
         with contextlib.suppress(OSError), open(os.path.join(groups[0], "cgroup.procs")) as f:
@@ -487,25 +485,14 @@ def _die(supervisor_gone: bool = False) -> NoReturn:
 def _remove_cgroup_parents() -> None:
     """The supervisor is gone: remove its cgroups (``agentrt-<pid>`` and the
     groups in it), once the processes killed above have left them."""
+    from agentrt.sandbox.cgroups import Cgroups
+
     parents = set(_spare_cgroups)
     for groups in _cgroups.values():
         parents.update(os.path.dirname(d) for d in groups)
-    deadline = time.monotonic() + 2.0
     for parent in sorted(parents):
-        try:
-            names = os.listdir(parent)
-        except OSError:
-            continue
-        for d in [os.path.join(parent, n) for n in names]:
-            while os.path.isdir(d):
-                try:
-                    os.rmdir(d)
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.005)  # a killed member has not finished exiting
         with contextlib.suppress(OSError):
-            os.rmdir(parent)
+            Cgroups.remove([os.path.join(parent, n) for n in os.listdir(parent)] + [parent])
 
 
 class ZygoteClient:

@@ -87,7 +87,7 @@ def enter_cgroups(boot: Boot) -> tuple[list[str], int | None]:
     the replica to go on without it (to be reported once it can speak), and
     the memory limit a failed group was to hold (to hold as RLIMIT_AS).
     """
-    pid = str(os.getpid()).encode()
+    pid = os.getpid()
     writes = boot.cgroup_writes if len(boot.cgroup_writes) == len(boot.cgroups) else []
     unenforced: list[str] = []
     memory: int | None = None
@@ -113,11 +113,7 @@ def enter_cgroups(boot: Boot) -> tuple[list[str], int | None]:
                 os.mkdir(d)  # (not its parent: the supervisor's, which went if it is gone)
             if writes:
                 apply_writes(d, writes[i])
-            fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
+            _move_into(d, pid)
         except OSError as exc:
             if boot.cgroup_required:
                 raise SandboxError(exc.errno, f"cannot join cgroup {d}: {exc.strerror}") from None
@@ -130,6 +126,15 @@ def enter_cgroups(boot: Boot) -> tuple[list[str], int | None]:
                 with contextlib.suppress(OSError):
                     os.rmdir(mine)
     return unenforced, memory
+
+
+def _move_into(d: str, pid: int) -> None:
+    """Move process ``pid`` into cgroup ``d``; raises OSError."""
+    fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, str(pid).encode())
+    finally:
+        os.close(fd)
 
 
 #: the groups this process waits in, a zygote's spare: parent directory -> group
@@ -156,8 +161,7 @@ def join_spare_cgroups(parents: list[str], pid: int) -> list[str]:
         except OSError:
             continue
         try:
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write(str(pid))
+            _move_into(d, pid)
         except OSError:
             with contextlib.suppress(OSError):
                 os.rmdir(d)

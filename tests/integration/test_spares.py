@@ -181,15 +181,21 @@ async def test_spares_serve_a_supervisor_with_descriptors_past_select_limit(
                 os.close(f)
 
 
+async def _signal_ready_spares(sup, sig: int) -> set[int]:
+    """Wait for the 4 spares to be ready, send each ``sig``: their pids."""
+    client = sup._launcher.client
+    await client.spares_forked(4)
+    ready = set(client._ready)
+    for pid in ready:
+        os.kill(pid, sig)
+    return ready
+
+
 async def test_waiting_spares_ignore_a_terminals_ctrl_c(make_supervisor, agent_spec, logs):
     """A spare shares the zygote's process group, which a terminal's Ctrl-C
     reaches: it must wait on, and become a replica that stops as usual."""
     async with make_supervisor(spares=4) as sup:
-        client = sup._launcher.client
-        await client.spares_forked(4)
-        waiting = set(client._ready)
-        for pid in waiting:
-            os.kill(pid, signal.SIGINT)
+        waiting = await _signal_ready_spares(sup, signal.SIGINT)
         await sup.start(agent_spec("echo", "agents:echo", replicas=2))
         pids = {s.pid for s in await sup.status()}
         assert pids <= waiting  # two of the spares, alive after the SIGINT
@@ -202,10 +208,7 @@ async def test_a_dead_spares_exit_is_not_kept_for_a_later_process(make_superviso
     later process that gets the same pid."""
     async with make_supervisor(spares=4) as sup:
         client = sup._launcher.client
-        await client.spares_forked(4)
-        killed = set(client._ready)
-        for pid in killed:
-            os.kill(pid, signal.SIGKILL)
+        killed = await _signal_ready_spares(sup, signal.SIGKILL)
         await sup.start(agent_spec("echo", "agents:echo"))  # finds them dead: forks
         # The zygote reports their exits before it forks new spares: once four
         # new ones are ready, every report of the dead ones has been read.

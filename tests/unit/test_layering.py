@@ -62,7 +62,7 @@ ALLOWED: dict[str, set[str]] = {
     "sandbox.confine": {"_linux", "protocol", "sandbox.cgroups", "sandbox.probe"},
     "sandbox": {"sandbox.cgroups", "sandbox.confine", "sandbox.plan", "sandbox.probe"},
     "worker": {"_linux", "context", "errors", "protocol", "sandbox", "sandbox.confine"},
-    "zygote": {"_linux", "protocol", "sandbox.confine", "worker"},
+    "zygote": {"_linux", "protocol", "sandbox.cgroups", "sandbox.confine", "worker"},
     "process": {"_linux", "errors", "protocol"},
     # the control socket: server, client, run discovery (the supervisor serves it)
     "control": {"_linux", "errors", "protocol"},
