@@ -6,6 +6,7 @@ of a zombie, and a sweep of ``/proc`` for the processes of a session.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stub: the C module under signal)
 import contextlib
 import ctypes
 import errno
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 __all__ = [
     "child_cpu",
     "clock_ticks",
+    "default_signals",
     "descendants",
     "kill_group",
     "kill_started_since",
@@ -44,6 +46,11 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # find_library() here, it runs a subprocess and costs milliseconds per replica.
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: prctl(2) with its argument types declared: called with plain ints (no
+#: ctypes objects made in a forked child, whose pages they would dirty)
+_prctl_call = _libc.prctl
+_prctl_call.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
+_prctl_call.restype = ctypes.c_int
 
 
 def warm() -> None:
@@ -52,9 +59,22 @@ def warm() -> None:
 
 
 def _prctl(option: int, arg: int) -> None:
-    if _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+    if _prctl_call(option, arg, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def default_signals(sigs: tuple[int, ...]) -> None:
+    """Give ``sigs`` their default action, and unblock every signal, in a
+    forked child.
+
+    Through ``_signal``: ``signal.signal`` turns the handler it replaces
+    into an enum (by way of an exception when it is a function), which
+    writes to some 60 pages a forked child would otherwise share.
+    """
+    for sig in sigs:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:

@@ -22,6 +22,7 @@ import inspect
 import signal
 import threading
 import time
+import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -234,11 +235,42 @@ def _load(entry: str) -> Any:
 
 
 def _takes_ctx(fn: Callable[..., Any]) -> bool:
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    return bool(params) and params[0].name == "ctx"
+    first = _first_parameter(fn)
+    if first is None:  # not a plain function or method: ask inspect
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            return False
+        return bool(params) and params[0].name == "ctx"
+    return first == "ctx"
+
+
+def _first_parameter(fn: Callable[..., Any]) -> str | None:
+    """The name of the first parameter of a plain function or bound method, read
+    from its code object ("" if it has none), as ``inspect.signature`` would
+    give it; None for any other callable (or one that says its signature
+    itself).  inspect is slow, and in a forked replica writes to some 80
+    pages it would otherwise share."""
+    skip = 0
+    if isinstance(fn, types.MethodType):
+        fn, skip = fn.__func__, 1
+    if not isinstance(fn, types.FunctionType) or "__wrapped__" in fn.__dict__:
+        return None
+    if "__signature__" in fn.__dict__:
+        return None
+    code = fn.__code__
+    names, positional, kwonly = code.co_varnames, code.co_argcount, code.co_kwonlyargcount
+    if positional > skip:
+        return names[skip]
+    if skip and not positional:
+        return None  # a method without self: let inspect say what binding does
+    if code.co_flags & inspect.CO_VARARGS:  # f(*args, ...): *args comes first
+        return names[positional + kwonly]
+    if kwonly:
+        return names[positional]
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        return names[positional + kwonly]
+    return ""
 
 
 def _reply_value(msg: Reply | ReplyError) -> Any:

@@ -78,6 +78,8 @@ _SLOT_TRIES = 2
 _prepared = False
 #: the replica-independent isolation steps are taken (:func:`_detach`)
 _detached = False
+#: stdin is /dev/null and the output streams line-buffered (see _set_streams)
+_streams_set = False
 
 
 class _Deadline(BaseException):
@@ -86,6 +88,13 @@ class _Deadline(BaseException):
     A BaseException so that a plain ``except Exception`` in agent code does
     not swallow it.
     """
+
+
+#: what a replica sets back to the default action (plain ints, see default_signals)
+_DEFAULT_SIGNALS = tuple(
+    int(s) for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM)
+)
+_SIGINT = (int(signal.SIGINT),)
 
 
 def _detach() -> None:
@@ -98,11 +107,22 @@ def _detach() -> None:
     # (SIGINT stays as it is until the replica has a session of its own: a
     # waiting spare shares the zygote's process group, which a terminal's
     # Ctrl-C reaches, and must not die of it)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM):
-        signal.signal(sig, signal.SIG_DFL)
+    _linux.default_signals(_DEFAULT_SIGNALS)
     with contextlib.suppress(ValueError, OSError):
         signal.set_wakeup_fd(-1)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if not _streams_set:  # (a zygote's child has its streams from the zygote)
+        _set_streams()
+    _detached = True
+
+
+def _set_streams() -> None:
+    """Nothing to read on stdin; line-buffered stdout and stderr.
+
+    A replica's sys.stdout/stderr write to fds 1 and 2, the capture pipe:
+    line buffering makes each line reach the supervisor's log promptly.  The
+    zygote sets its own once, for every replica it forks (see :func:`prepare`).
+    """
+    global _streams_set
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             if stream is not None:
@@ -110,13 +130,11 @@ def _detach() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    # sys.stdout/stderr will write to fds 1 and 2, the capture pipe; line
-    # buffering makes each line reach the supervisor's log promptly.
     for stream in (sys.stdout, sys.stderr):
         if stream is not None and hasattr(stream, "reconfigure"):
             with contextlib.suppress(Exception):
                 stream.reconfigure(line_buffering=True)
-    _detached = True
+    _streams_set = True
 
 
 def prepare_spare() -> None:
@@ -139,7 +157,7 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
         boot = msgspec.structs.replace(boot, memory=memory, memory_rlimit=True)
     with contextlib.suppress(OSError):
         os.setsid()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _linux.default_signals(_SIGINT)
     _linux.set_pdeathsig(signal.SIGKILL)
     if boot.supervisor_pid and os.getppid() == 1:
         os._exit(EXIT_STARTUP)  # parent already gone: nobody to serve
@@ -214,12 +232,14 @@ def _apply_rlimits(boot: Boot) -> None:
 def _load_entry(entry: str) -> tuple[Any, dict[str, Callable[..., Any]]]:
     """Import ``module:attr``; a class is instantiated once per replica."""
     mod_name, _, attr = entry.partition(":")
-    module = importlib.import_module(mod_name)
+    # (a preloaded module is taken as it is: import_module is Python code,
+    # and in a forked replica every page it touches is copied)
+    module = sys.modules.get(mod_name) or importlib.import_module(mod_name)
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part)
     targets: dict[str, Callable[..., Any]] = {}
-    if inspect.isclass(obj):
+    if isinstance(obj, type):
         instance = obj()
         for name in dir(instance):
             if name.startswith("_"):
@@ -990,7 +1010,8 @@ def prepare(rehearse: bool = True) -> None:
     FrameDecoder(SupervisorMessage)
     _linux.warm()
     warm_confinement()
-    if rehearse:
+    if rehearse:  # the zygote: its children inherit its streams
+        _set_streams()
         _rehearse()
     gc.collect()
     gc.freeze()

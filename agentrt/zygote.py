@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import importlib
 import os
@@ -30,6 +31,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import msgspec
@@ -64,10 +66,17 @@ def zygote_main(
     rundir: str = "",
     spares: int = 0,
     spare_cgroups: list[str] | None = None,
+    fork_hooks: list[dict[str, Callable[[], object]]] | None = None,
 ) -> None:
-    """Body of the zygote process."""
-    global _parent, _rundir, _parent_fd, _spare_target, _spare_bound, _spare_cgroups
-    _parent, _rundir, _spare_bound = parent, rundir, spares
+    """Body of the zygote process.
+
+    ``fork_hooks`` are the ``os.register_at_fork`` calls made in this process
+    so far, and it goes on recording them (``_main`` wraps the function
+    before anything is imported): where all are known, replicas are forked
+    without the interpreter's own (:func:`_fork`).
+    """
+    global _parent, _rundir, _parent_fd, _spare_target, _spare_bound, _spare_cgroups, _zygote
+    _parent, _rundir, _spare_bound, _zygote = parent, rundir, spares, os.getpid()
     _spare_target = _spares_first()
     _spare_cgroups = spare_cgroups or []
     with contextlib.suppress(OSError):
@@ -101,6 +110,9 @@ def zygote_main(
     if error:
         os._exit(1)
     agentrt.worker.prepare()
+    if fork_hooks is not None:
+        global _lean
+        _lean = _LeanFork(fork_hooks)
 
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -218,9 +230,8 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
     except OSError:
         _spare_failed()
         return
-    zygote = os.getpid()
     try:
-        pid = os.fork()
+        pid = _fork()
     except OSError:
         ours.close()
         theirs.close()
@@ -228,18 +239,16 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
         return
     if pid == 0:  # the spare
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _linux.default_signals(_SIGTERM)
             _linux.set_pdeathsig(signal.SIGKILL)
-            if os.getppid() != zygote:
+            if os.getppid() != _zygote:
                 os._exit(0)
+            # (the zygote's sets of children stay as they are: a child never
+            # reads them, and emptying them would copy their pages)
             sock.close()
             ours.close()
             for f in own:
                 os.close(f)
-            _spares.clear()
-            _forked.clear()
-            _cgroups.clear()
-            _spare_born.clear()
             # While nobody waits: groups of its own (moving a process between
             # cgroups can take milliseconds, an RCU grace period; renaming its
             # group later is quick), and the steps every replica takes; then
@@ -292,7 +301,7 @@ def _fork_one(
         sock.sendall(encoder.encode(ForkFailed(req.req, f"expected 3 fds, got {len(fds)}")))
         return
     try:
-        pid = os.fork()
+        pid = _fork()
     except OSError as exc:
         for f in fds:
             os.close(f)
@@ -300,11 +309,7 @@ def _fork_one(
         return
     if pid == 0:  # child
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _forked.clear()
-            _cgroups.clear()
-            _spare_born.clear()
-            _spares.clear()
+            _linux.default_signals(_SIGTERM)
             sock.close()
             for f in own:
                 os.close(f)
@@ -327,6 +332,117 @@ def _fork_one(
         _linux.send_with_fds(sock, encoder.encode(Forked(req.req, pid)), [pidfd])
     finally:
         os.close(pidfd)
+
+
+class _LeanFork:
+    """How :func:`_fork` forks: libc's fork, and the at-fork hooks it runs itself.
+
+    Made once the zygote has imported what it preloads, from the
+    ``os.register_at_fork`` calls recorded since it started: threading's,
+    logging's and concurrent.futures' are not needed, random's is done
+    directly, the others run as os.fork would run them.
+    """
+
+    def __init__(self, hooks: list[dict[str, Callable[[], object]]]) -> None:
+        import _random
+        import _thread
+
+        #: the recorded calls (the list goes on growing), and how many are sorted
+        self.hooks = hooks
+        self.sorted = 0
+        #: random's generator, reseeded in each child (what its hook does)
+        self.random: Any = None
+        self.seed = _random.Random.seed
+        #: os.fork's order: "before" hooks the last registered first
+        self.before: list[Callable[[], object]] = []
+        self.child: list[Callable[[], object]] = []
+        self.parent: list[Callable[[], object]] = []
+        #: Python threads other than this one (os.fork is needed then)
+        self.threads = _thread._count
+        fork = ctypes.PyDLL(None, use_errno=True).fork  # the GIL held throughout
+        fork.restype, fork.argtypes = ctypes.c_int, []
+        self.fork: Callable[[], int] = fork
+        self.sort()
+
+    def sort(self) -> None:
+        """Sort the hooks recorded so far (again, when more were recorded)."""
+        skip: list[Callable[[], object]] = []
+        th = sys.modules.get("threading")
+        if th is not None:
+            skip.append(th._after_fork)
+        lg = sys.modules.get("logging")
+        if lg is not None:
+            skip += [lg._acquireLock, lg._releaseLock, lg._after_at_fork_child_reinit_locks]
+        cf = sys.modules.get("concurrent.futures.thread")
+        if cf is not None:
+            lock = cf._global_shutdown_lock
+            skip += [lock.acquire, lock.release, lock._at_fork_reinit]
+        rnd = sys.modules.get("random")
+        self.random = rnd._inst if rnd is not None else None
+        if rnd is not None:
+            skip.append(rnd._inst.seed)
+        hooks = list(self.hooks)
+        for key, into, order in (
+            ("before", self.before, -1),
+            ("after_in_child", self.child, 1),
+            ("after_in_parent", self.parent, 1),
+        ):
+            into.clear()
+            for kw in hooks[::order]:
+                hook = kw.get(key)
+                if hook is not None and not any(hook == known for known in skip):
+                    into.append(hook)
+        self.sorted = len(hooks)
+
+
+def _fork() -> int:
+    """``os.fork()``, less the interpreter's at-fork work a replica does not need.
+
+    os.fork runs every hook registered with ``os.register_at_fork``, and
+    the interpreter's own reinitialisation after it.  In the zygote's single
+    thread, with no lock held, threading's bookkeeping and the locks that
+    logging and concurrent.futures take and reinitialise are as a child
+    needs them already; only random's reseed matters.  Yet that work writes
+    to about 170 pages in each child (of the ~740 it wrote before its first
+    answer): pages copied, a third of the child's start and of its private
+    memory.  So the zygote calls libc's fork itself (the child resumes in
+    this thread), reseeds random in the child, and runs every other
+    recorded hook, a preloaded module's, as os.fork would (see
+    :class:`_LeanFork`).  A zygote with a second thread, or that could not
+    record the hooks, forks with os.fork.
+    """
+    lean = _lean
+    if lean is None or lean.threads() != 0:
+        return os.fork()
+    if len(lean.hooks) != lean.sorted:  # a module imported since registered one
+        lean.sort()
+    sys.audit("os.fork")
+    for hook in lean.before:
+        _run_hook(hook)
+    pid = lean.fork()
+    if pid == 0:
+        if lean.random is not None:
+            lean.seed(lean.random)  # Random.seed(None): from the OS's randomness
+            lean.random.gauss_next = None
+        for hook in lean.child:
+            _run_hook(hook)
+        return 0
+    err = ctypes.get_errno()
+    for hook in lean.parent:
+        _run_hook(hook)
+    if pid < 0:
+        raise OSError(err, os.strerror(err))
+    return pid
+
+
+def _run_hook(hook: Callable[[], object]) -> None:
+    """An at-fork hook's exception is reported, not raised (as os.fork does)."""
+    try:
+        hook()
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
 
 
 def _reap(sock: socket.socket, encoder: Any) -> None:
@@ -392,6 +508,13 @@ def _report(sock: socket.socket, encoder: Any, pid: int, status: int, cpu: float
 
 #: replicas forked by this zygote and not yet reaped
 _forked: set[int] = set()
+#: what a forked child sets back to its default action first (plain ints: an
+#: enum's attributes are Python code, and touch pages)
+_SIGTERM = (int(signal.SIGTERM),)
+#: this process's pid (a forked child's differs)
+_zygote = 0
+#: how replicas are forked once the zygote's at-fork hooks are known (see _fork)
+_lean: _LeanFork | None = None
 #: spares waiting for a request, as far as the zygote knows (the supervisor
 #: holds their sockets, and says which it gave a replica to become)
 _spares: set[int] = set()
@@ -454,7 +577,13 @@ def _die(supervisor_gone: bool = False) -> NoReturn:
 
     When the supervisor is gone (it closed the socket, or died: the death
     signal), the zygote outlives it and removes its run directory and cgroups.
+    A child that gets SIGTERM before it set its own handler dies of it, as it
+    would have with the default one.
     """
+    if os.getpid() != _zygote:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(128 + signal.SIGTERM)
     for pid in list(_forked):
         _linux.kill_group(pid)
         with contextlib.suppress(ProcessLookupError):
@@ -646,7 +775,7 @@ class ZygoteClient:
             os.fsdecode(exe),
             *multiprocess.util._args_from_interpreter_flags(),
             "-c",
-            f"from agentrt.zygote import _main; _main({args.decode()!r})",
+            _BOOTSTRAP.format(args=args.decode()),
         ]
         # A fresh interpreter (never a fork of our threads), and unlike a
         # multiprocess "spawn" child it does not re-import the user's __main__.
@@ -842,7 +971,32 @@ def _reap_pid(pid: int, grace: float) -> None:
         os.waitpid(pid, 0)
 
 
-def _main(args: str) -> None:
+def _main(args: str, fork_hooks: list[dict[str, Callable[[], object]]] | None = None) -> None:
     """Entry of the zygote interpreter (see :meth:`ZygoteClient.start`)."""
     fd, preload, sys_path, parent, rundir, spares, spare_cgroups = msgspec.json.decode(args)
-    zygote_main(socket.socket(fileno=fd), preload, sys_path, parent, rundir, spares, spare_cgroups)
+    zygote_main(
+        socket.socket(fileno=fd),
+        preload,
+        sys_path,
+        parent,
+        rundir,
+        spares,
+        spare_cgroups,
+        fork_hooks,
+    )
+
+
+#: what the zygote interpreter runs (``-c``): ``os.register_at_fork`` is
+#: wrapped before anything is imported, so that the zygote knows every hook
+#: (see :func:`_fork`)
+_BOOTSTRAP = """\
+import os
+_hooks = []
+_register = os.register_at_fork
+def _record(**kw):
+    _register(**kw)
+    _hooks.append(kw)
+os.register_at_fork = _record
+from agentrt.zygote import _main
+_main({args!r}, _hooks)
+"""

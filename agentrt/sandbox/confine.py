@@ -452,7 +452,12 @@ def confine(boot: Boot) -> None:
             ) from None
         with contextlib.suppress(OSError):
             _loopback_up()
-    os.makedirs(boot.workdir, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(boot.workdir, 0o700)  # (os.makedirs is Python, and dirties pages)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(boot.workdir, mode=0o700, exist_ok=True)
     if boot.run_uid is not None:
         os.chown(boot.workdir, boot.run_uid, boot.run_gid if boot.run_gid is not None else -1)
     os.chdir(boot.workdir)

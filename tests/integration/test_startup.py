@@ -253,3 +253,30 @@ async def test_an_agent_may_log_while_it_starts(make_supervisor, agent_spec, log
     assert entry["source"] == "agent" and entry["cache"] == "cold" and entry["agent"] == "warm"
     (odd,) = logs.find("odd_fields")
     assert odd["source"] == "agent" and odd.get("pid") != 1  # its own fields cannot pose
+
+
+# --- how the zygote forks ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preload", ["fork_hooks", "fork_hooks_threaded"])
+async def test_replicas_run_preloaded_at_fork_hooks_and_get_their_own_random_state(
+    preload, make_supervisor, agent_spec
+):
+    # The zygote forks without the interpreter's own at-fork work where it is
+    # alone in its process, and with os.fork where a preloaded module left a
+    # thread: either way a user's hooks run, random is reseeded in each
+    # replica, and the replica's threading is that of a single thread.
+    async with make_supervisor(preload=[preload], spares=0) as sup:
+        await sup.start(agent_spec("f", f"{preload}:state", replicas=4))
+        states = await asyncio.gather(*(sup.call("f") for _ in range(16)))
+        pids = {s["pid"] for s in states}
+        assert len(pids) == 4
+        for s in states:
+            assert s["hook_ran_in"] == s["pid"]  # after_in_child, in the replica itself
+            assert s["before_forks"] >= 1  # before, in the zygote ahead of each fork
+            assert s["threads"] == 1
+            assert s["main"] and s["ident"]
+        # (each replica's sequence its own: inherited unseeded, every replica
+        # would give the same numbers)
+        randoms = [s["random"] for s in states]
+        assert len(set(randoms)) == len(randoms), randoms
