@@ -254,9 +254,15 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
             # group later is quick), and the steps every replica takes; then
             # it says it is ready, and waits for its request.
             import agentrt.worker
-            from agentrt.sandbox.confine import join_spare_cgroups, waiting_in
+            from agentrt.sandbox.confine import (
+                join_spare_cgroups,
+                make_spare_workdir,
+                waiting_in,
+            )
 
             waiting_in(join_spare_cgroups(_spare_cgroups, os.getpid()))
+            if _rundir:
+                make_spare_workdir(_rundir, os.getpid())
             agentrt.worker.prepare_spare()
             theirs.send(_SPARE_READY)
             data, fds = _linux.recv_with_fds(theirs, _DGRAM, 8)
@@ -543,12 +549,16 @@ _spare_born: set[int] = set()
 
 def _remove_spare_cgroups(pid: int) -> None:
     """Process ``pid``, forked as a spare, is gone: the groups it waited in and
-    did not rename (all of them if it never served) go too."""
-    from agentrt.sandbox.confine import spare_cgroups
+    did not rename (all of them if it never served) go too, and so does the
+    workdir it made if it never became a replica."""
+    from agentrt.sandbox.confine import spare_cgroups, spare_workdir
 
     for d in spare_cgroups(_spare_cgroups, pid):
         with contextlib.suppress(OSError):
             os.rmdir(d)
+    if _rundir:  # and the workdir it made, if it never became a replica's
+        with contextlib.suppress(OSError):
+            os.rmdir(spare_workdir(_rundir, pid))
 
 
 def _kill_orphans() -> None:

@@ -139,6 +139,8 @@ def _move_into(d: str, pid: int) -> None:
 
 #: the groups this process waits in, a zygote's spare: parent directory -> group
 _waiting: dict[str, str] = {}
+#: the directory a zygote's spare made to be its replica's workdir ("": none)
+_waiting_workdir = ""
 
 
 def spare_cgroups(parents: list[str], pid: int) -> list[str]:
@@ -168,6 +170,42 @@ def join_spare_cgroups(parents: list[str], pid: int) -> list[str]:
             continue
         joined.append(d)
     return joined
+
+
+def make_spare_workdir(rundir: str, pid: int) -> None:
+    """In a zygote's spare ``pid``, while it waits: make the directory its
+    replica will work in, for :func:`confine` to rename to the replica's
+    name (a rename allocates no inode; a mkdir can take a millisecond on a
+    filesystem busy with other creations and removals).  Best effort."""
+    global _waiting_workdir
+    d = spare_workdir(rundir, pid)
+    with contextlib.suppress(OSError):
+        os.mkdir(d, 0o700)
+        _waiting_workdir = d
+
+
+def spare_workdir(rundir: str, pid: int) -> str:
+    """Where spare ``pid`` waits with its workdir (see :func:`make_spare_workdir`)."""
+    return os.path.join(rundir, f"spare-{pid}")
+
+
+def _make_workdir(path: str) -> None:
+    """Make the replica's working directory: the spare's renamed, or a new one."""
+    global _waiting_workdir
+    mine, _waiting_workdir = _waiting_workdir, ""
+    if mine:
+        try:
+            os.rename(mine, path)
+            return
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.rmdir(mine)
+    try:
+        os.mkdir(path, 0o700)  # (os.makedirs is Python, and dirties pages)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, mode=0o700, exist_ok=True)
 
 
 def waiting_in(groups: list[str]) -> None:
@@ -452,12 +490,7 @@ def confine(boot: Boot) -> None:
             ) from None
         with contextlib.suppress(OSError):
             _loopback_up()
-    try:
-        os.mkdir(boot.workdir, 0o700)  # (os.makedirs is Python, and dirties pages)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(boot.workdir, mode=0o700, exist_ok=True)
+    _make_workdir(boot.workdir)
     if boot.run_uid is not None:
         os.chown(boot.workdir, boot.run_uid, boot.run_gid if boot.run_gid is not None else -1)
     os.chdir(boot.workdir)

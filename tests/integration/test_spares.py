@@ -215,3 +215,27 @@ async def test_a_dead_spares_exit_is_not_kept_for_a_later_process(make_superviso
         await client.spares_forked(4)
         assert not killed & set(client._ready)
         assert not killed & set(client._early)
+
+
+async def test_a_spare_waits_with_its_replicas_workdir_made(make_supervisor, agent_spec):
+    """A spare makes its replica's working directory while it waits (renamed
+    to the replica's name when it becomes one); a spare that dies waiting
+    leaves none behind."""
+    async with make_supervisor(spares=4) as sup:
+        client = sup._launcher.client
+        await client.spares_forked(4)
+        rundir = sup._boots.rundir
+        made = {
+            pid: os.stat(os.path.join(rundir, f"spare-{pid}")).st_ino for pid in client._ready
+        }
+        await sup.start(agent_spec("w", "agents:whoami"))
+        info = await sup.call("w")
+        assert info["pid"] in made
+        assert os.stat(info["cwd"]).st_ino == made[info["pid"]]  # the spare's, renamed
+        assert os.path.basename(info["cwd"]) == "w.0.0"
+        killed = await _signal_ready_spares(sup, signal.SIGKILL)
+        await sup.start(agent_spec("echo", "agents:echo"))  # finds them dead: forks
+        await client.spares_forked(4)  # (their exits were handled before)
+        left = {name for name in os.listdir(rundir) if name.startswith("spare-")}
+        assert not left & {f"spare-{pid}" for pid in killed}
+        assert left == {f"spare-{pid}" for pid in client._ready}
