@@ -15,7 +15,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = [
     "child_cpu",
@@ -33,6 +34,7 @@ __all__ = [
     "recv_with_fds",
     "send_with_fds",
     "set_child_subreaper",
+    "set_handler",
     "set_pdeathsig",
     "set_pipe_size",
     "warm",
@@ -64,9 +66,9 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def default_signals(sigs: tuple[int, ...]) -> None:
-    """Give ``sigs`` their default action, and unblock every signal, in a
-    forked child.
+def default_signals(sigs: tuple[int, ...], unblock: bool = True) -> None:
+    """Give ``sigs`` their default action, and unblock every signal (unless
+    the parent is known to block none), in a forked child.
 
     Through ``_signal``: ``signal.signal`` turns the handler it replaces
     into an enum (by way of an exception when it is a function), which
@@ -74,7 +76,14 @@ def default_signals(sigs: tuple[int, ...]) -> None:
     """
     for sig in sigs:
         _signal.signal(sig, _signal.SIG_DFL)
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+    if unblock:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+
+
+def set_handler(sig: int, handler: Callable[[int, Any], None]) -> None:
+    """``signal.signal`` without turning the old handler into an enum (see
+    :func:`default_signals`)."""
+    _signal.signal(sig, handler)
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:

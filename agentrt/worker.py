@@ -95,6 +95,7 @@ _DEFAULT_SIGNALS = tuple(
     int(s) for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM)
 )
 _SIGINT = (int(signal.SIGINT),)
+_SIGALRM = int(signal.SIGALRM)
 
 
 def _detach() -> None:
@@ -107,7 +108,8 @@ def _detach() -> None:
     # (SIGINT stays as it is until the replica has a session of its own: a
     # waiting spare shares the zygote's process group, which a terminal's
     # Ctrl-C reaches, and must not die of it)
-    _linux.default_signals(_DEFAULT_SIGNALS)
+    # (a zygote blocks no signal: nothing to unblock in what it forks)
+    _linux.default_signals(_DEFAULT_SIGNALS, unblock=not _prepared)
     with contextlib.suppress(ValueError, OSError):
         signal.set_wakeup_fd(-1)
     if not _streams_set:  # (a zygote's child has its streams from the zygote)
@@ -615,7 +617,7 @@ class _Worker:
                 return
             raise _Deadline
 
-        signal.signal(signal.SIGALRM, on_alarm)
+        _linux.set_handler(_SIGALRM, on_alarm)
         # Each result is written before the next call starts: a call that
         # kills the process must not take an earlier call's result with it.
         while True:
@@ -989,6 +991,15 @@ def _rehearse(rounds: int = 2 * _REHEARSALS, calls: int = _REHEARSALS) -> None:
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
+def _warm_environ() -> None:
+    """Set and unset a variable past CPython's specialisation warm-up: each
+    replica sets its own (``AGENTRT_AGENT``...), and finds that code ready
+    instead of writing to it (and copying its pages)."""
+    for _ in range(12):
+        os.environ["AGENTRT_WARMING"] = "1"
+        del os.environ["AGENTRT_WARMING"]
+
+
 def prepare(rehearse: bool = True) -> None:
     """Work every replica would repeat, done once in the process that forks them.
 
@@ -1010,8 +1021,10 @@ def prepare(rehearse: bool = True) -> None:
     FrameDecoder(SupervisorMessage)
     _linux.warm()
     warm_confinement()
-    if rehearse:  # the zygote: its children inherit its streams
+    if rehearse:  # the zygote: its children inherit its streams and signal mask
         _set_streams()
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        _warm_environ()
         _rehearse()
     gc.collect()
     gc.freeze()

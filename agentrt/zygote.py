@@ -239,7 +239,7 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
         return
     if pid == 0:  # the spare
         try:
-            _linux.default_signals(_SIGTERM)
+            _linux.default_signals(_SIGTERM, unblock=False)
             _linux.set_pdeathsig(signal.SIGKILL)
             if os.getppid() != _zygote:
                 os._exit(0)
@@ -315,10 +315,9 @@ def _fork_one(
         return
     if pid == 0:  # child
         try:
-            _linux.default_signals(_SIGTERM)
-            sock.close()
-            for f in own:
-                os.close(f)
+            # (the zygote's socket and own descriptors close with all others
+            # in child_main, before anything else runs)
+            _linux.default_signals(_SIGTERM, unblock=False)
             from agentrt.worker import child_main
 
             child_main(req.boot, fds[0], fds[1], fds[2])

@@ -225,9 +225,7 @@ async def test_a_spare_waits_with_its_replicas_workdir_made(make_supervisor, age
         client = sup._launcher.client
         await client.spares_forked(4)
         rundir = sup._boots.rundir
-        made = {
-            pid: os.stat(os.path.join(rundir, f"spare-{pid}")).st_ino for pid in client._ready
-        }
+        made = {pid: os.stat(os.path.join(rundir, f"spare-{pid}")).st_ino for pid in client._ready}
         await sup.start(agent_spec("w", "agents:whoami"))
         info = await sup.call("w")
         assert info["pid"] in made
