@@ -64,6 +64,7 @@ from agentrt.protocol import (
     SupervisorMessage,
     describe_unencodable,
 )
+from agentrt.sandbox.confine import keep_domain_rulesets, kept_rulesets
 from agentrt.sandbox.confine import warm as warm_confinement
 
 __all__ = ["child_main", "exit_code_of"]
@@ -166,7 +167,7 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
     _detach()
     os.dup2(ofd, 1)
     os.dup2(ofd, 2)
-    keep = sorted({0, 1, 2, rfd, wfd})
+    keep = sorted({0, 1, 2, rfd, wfd, *kept_rulesets()})  # (confine closes these)
     lo = 3
     for fd in keep:
         if fd >= lo:
@@ -1025,6 +1026,7 @@ def prepare(rehearse: bool = True) -> None:
         _set_streams()
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         _warm_environ()
+        keep_domain_rulesets()
         _rehearse()
     gc.collect()
     gc.freeze()

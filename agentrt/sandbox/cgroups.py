@@ -264,12 +264,14 @@ def _alive(pid: int) -> bool:
 def apply_writes(d: str, writes: list[tuple[str, str, bool]]) -> None:
     """Write a group's limit files; raises OSError for a required one."""
     for name, value, required in writes:
-        path = os.path.join(d, name)
-        if not required and not os.path.exists(path):
-            continue
+        # (os calls, not open(): a replica writes these before anything else,
+        # and io objects would dirty pages it shares with the zygote)
         try:
-            with open(path, "w") as f:
-                f.write(value)
+            fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
         except OSError:
             if required:
                 raise

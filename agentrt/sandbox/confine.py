@@ -425,23 +425,63 @@ def _domain(scope: bool) -> None:
     (a domain refuses cross-directory renames otherwise); a replica then
     cannot change mounts either.  Needs no_new_privs without CAP_SYS_ADMIN.
     """
-    abi = landlock_abi()
-    if abi < 2:
-        raise SandboxError(
-            errno.ENOSYS, f"a Landlock domain without filesystem rules needs ABI >= 2 (here: {abi})"
-        )
-    if abi >= SCOPE_ABI:
-        rfd = _ruleset(0, _SCOPE_ABSTRACT_UNIX_SOCKET | _scopes(scope, abi))
-    else:
-        rfd = _ruleset(_FS_MAKE_BLOCK | _FS_REFER, _scopes(scope, abi))
+    rfd = _kept.pop(scope, -1)
+    if rfd < 0:
+        abi = landlock_abi()
+        if abi < 2:
+            raise SandboxError(
+                errno.ENOSYS,
+                f"a Landlock domain without filesystem rules needs ABI >= 2 (here: {abi})",
+            )
+        rfd = _domain_ruleset(scope, abi)
     try:
-        if abi < SCOPE_ABI:
-            _add_rule(rfd, "/", _FS_REFER)
         if os.geteuid() != 0 or not has_cap_sys_admin():
             _prctl_nnp()
         _restrict(rfd)
     finally:
         os.close(rfd)
+
+
+def _domain_ruleset(scope: bool, abi: int) -> int:
+    """The ruleset of :func:`_domain` (``abi`` >= 2)."""
+    if abi >= SCOPE_ABI:
+        return _ruleset(0, _SCOPE_ABSTRACT_UNIX_SOCKET | _scopes(scope, abi))
+    rfd = _ruleset(_FS_MAKE_BLOCK | _FS_REFER, _scopes(scope, abi))
+    try:
+        _add_rule(rfd, "/", _FS_REFER)
+    except BaseException:
+        os.close(rfd)
+        raise
+    return rfd
+
+
+def keep_domain_rulesets() -> None:
+    """In the zygote: make the rulesets of :func:`_domain` once, for every
+    replica it forks to apply (it inherits them; making one is Python and
+    ctypes work that writes to some 40 pages the child would otherwise
+    share).  A replica closes them all in :func:`confine`, before any user
+    code runs: a ruleset can still be added to, and they are its siblings'."""
+    abi = landlock_abi()
+    if abi < 2:
+        return
+    for scope in (False, True) if abi >= SCOPE_ABI else (False,):
+        if scope not in _kept:
+            with contextlib.suppress(SandboxError):
+                _kept[scope] = _domain_ruleset(scope, abi)
+
+
+def kept_rulesets() -> list[int]:
+    """The descriptors of the zygote's rulesets (see :func:`keep_domain_rulesets`)."""
+    return list(_kept.values())
+
+
+def _drop_kept() -> None:
+    while _kept:
+        os.close(_kept.popitem()[1])
+
+
+#: the zygote's domain rulesets, by scope (see keep_domain_rulesets)
+_kept: dict[bool, int] = {}
 
 
 def warm() -> None:
@@ -481,6 +521,13 @@ def confine(boot: Boot) -> None:
 
     Creates and enters ``boot.workdir`` as well (chowned to ``run_as``).
     """
+    try:
+        _confine(boot)
+    finally:
+        _drop_kept()  # (none reaches the agent)
+
+
+def _confine(boot: Boot) -> None:
     if boot.network == "none":
         try:
             _unshare_net()

@@ -367,3 +367,28 @@ def test_doctor_says_which_mechanism_isolates_replicas(capsys):
         "run_as.import_paths",
     ):
         assert setting in out, setting
+
+
+# --- what a replica inherits ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spares", [0, 4])
+@pytest.mark.parametrize("profile", ["default", "strict"])
+async def test_a_replica_holds_none_of_the_zygotes_descriptors(
+    profile, spares, make_supervisor, agent_spec
+):
+    """The zygote keeps Landlock rulesets for its replicas to apply: one left
+    open could be added to, weakening a sibling's domain.  A replica (a spare
+    or a fresh fork) starts its agent with its pipes, /dev/null and the files
+    the runtime opened for it, nothing of the zygote's."""
+    if profile != "default":
+        _enforceable(profile)
+    async with make_supervisor(spares=spares) as sup:
+        if spares:
+            await sup._launcher.client.spares_forked(spares)
+        await sup.start(agent_spec("fds", "sandboxed:descriptors", sandbox=profile, replicas=2))
+        for _ in range(4):
+            fds = await sup.call("fds")
+            # (the channel's pipes, /dev/null, the spin slot files and the
+            # group's member list: no socket, no anonymous inode)
+            assert set(fds.values()) <= {"pipe", "char", "file"}, fds
