@@ -355,7 +355,7 @@ class _LeanFork:
         #: the recorded calls (the list goes on growing), and how many are sorted
         self.hooks = hooks
         self.sorted = 0
-        #: random's generator, reseeded in each child (what its hook does)
+        #: random's generator, reseeded for each child (what its hook does)
         self.random: Any = None
         self.seed = _random.Random.seed
         #: os.fork's order: "before" hooks the last registered first
@@ -411,8 +411,9 @@ def _fork() -> int:
     to about 170 pages in each child (of the ~740 it wrote before its first
     answer): pages copied, a third of the child's start and of its private
     memory.  So the zygote calls libc's fork itself (the child resumes in
-    this thread), reseeds random in the child, and runs every other
-    recorded hook, a preloaded module's, as os.fork would (see
+    this thread), reseeds random just before (each child inherits a state
+    of its own), and runs every other recorded hook, a preloaded module's,
+    as os.fork would (see
     :class:`_LeanFork`).  A zygote with a second thread, or that could not
     record the hooks, forks with os.fork.
     """
@@ -424,11 +425,14 @@ def _fork() -> int:
     sys.audit("os.fork")
     for hook in lean.before:
         _run_hook(hook)
+    if lean.random is not None:
+        # What random's own hook does in the child (Random.seed(None): from
+        # the OS's randomness), done here: each child starts from a state of
+        # its own all the same, and writes none of its pages to get it.
+        lean.seed(lean.random)
+        lean.random.gauss_next = None
     pid = lean.fork()
     if pid == 0:
-        if lean.random is not None:
-            lean.seed(lean.random)  # Random.seed(None): from the OS's randomness
-            lean.random.gauss_next = None
         for hook in lean.child:
             _run_hook(hook)
         return 0
