@@ -256,7 +256,7 @@ def _first_parameter(fn: Callable[..., Any]) -> str | None:
         fn, skip = fn.__func__, 1
     if not isinstance(fn, types.FunctionType) or "__wrapped__" in fn.__dict__:
         return None
-    if "__signature__" in fn.__dict__:
+    if {"__signature__", "_partialmethod", "__partialmethod__"} & fn.__dict__.keys():
         return None
     code = fn.__code__
     names, positional, kwonly = code.co_varnames, code.co_argcount, code.co_kwonlyargcount

@@ -67,13 +67,15 @@ def zygote_main(
     spares: int = 0,
     spare_cgroups: list[str] | None = None,
     fork_hooks: list[dict[str, Callable[[], object]]] | None = None,
+    imported: list[str] | None = None,
 ) -> None:
     """Body of the zygote process.
 
     ``fork_hooks`` are the ``os.register_at_fork`` calls made in this process
     so far, and it goes on recording them (``_main`` wraps the function
-    before anything is imported): where all are known, replicas are forked
-    without the interpreter's own (:func:`_fork`).
+    before anything is imported; ``imported`` were the modules then): where
+    all are known, replicas are forked without the interpreter's own
+    (:func:`_fork`).
     """
     global _parent, _rundir, _parent_fd, _spare_target, _spare_bound, _spare_cgroups, _zygote
     _parent, _rundir, _spare_bound, _zygote = parent, rundir, spares, os.getpid()
@@ -110,7 +112,7 @@ def zygote_main(
     if error:
         os._exit(1)
     agentrt.worker.prepare()
-    if fork_hooks is not None:
+    if fork_hooks is not None and _lean_possible(imported or []):
         global _lean
         _lean = _LeanFork(fork_hooks)
 
@@ -316,7 +318,7 @@ def _fork_one(
     if pid == 0:  # child
         try:
             # (the zygote's socket and own descriptors close with all others
-            # in child_main, before anything else runs)
+            # in child_main, before any user code runs)
             _linux.default_signals(_SIGTERM, unblock=False)
             from agentrt.worker import child_main
 
@@ -343,14 +345,14 @@ class _LeanFork:
     """How :func:`_fork` forks: libc's fork, and the at-fork hooks it runs itself.
 
     Made once the zygote has imported what it preloads, from the
-    ``os.register_at_fork`` calls recorded since it started: threading's,
-    logging's and concurrent.futures' are not needed, random's is done
-    directly, the others run as os.fork would run them.
+    ``os.register_at_fork`` calls recorded since it started: a registration
+    whose every hook is threading's, logging's, concurrent.futures' or
+    random's is not needed (random's reseed is done directly), the others
+    run as os.fork would run them.
     """
 
     def __init__(self, hooks: list[dict[str, Callable[[], object]]]) -> None:
         import _random
-        import _thread
 
         #: the recorded calls (the list goes on growing), and how many are sorted
         self.hooks = hooks
@@ -362,42 +364,70 @@ class _LeanFork:
         self.before: list[Callable[[], object]] = []
         self.child: list[Callable[[], object]] = []
         self.parent: list[Callable[[], object]] = []
-        #: Python threads other than this one (os.fork is needed then)
-        self.threads = _thread._count
-        fork = ctypes.PyDLL(None, use_errno=True).fork  # the GIL held throughout
+        libc = ctypes.PyDLL(None, use_errno=True)  # the GIL held throughout
+        fork = libc.fork
         fork.restype, fork.argtypes = ctypes.c_int, []
         self.fork: Callable[[], int] = fork
+        # Every signal blocked across the fork: a signal the zygote has taken
+        # but not handled yet would be handled in the child too (os.fork
+        # clears those flags in the child; a libc fork cannot).
+        mask = libc.pthread_sigmask
+        mask.restype, mask.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        self.sigmask: Callable[[int, int | None, int | None], int] = mask
+        self._sets = [ctypes.create_string_buffer(128) for _ in range(2)]  # sigset_t
+        libc.sigfillset(self._sets[0])
+        self.all_signals, self.saved = (ctypes.addressof(b) for b in self._sets)
+        self.check_signals = ctypes.pythonapi.PyErr_CheckSignals
+        #: /proc/self/stat, for the number of threads (field 20): any thread
+        #: at all, a C extension's too, and os.fork it is
+        self.stat = os.open(f"/proc/{os.getpid()}/stat", os.O_RDONLY | os.O_CLOEXEC)
         self.sort()
+
+    def alone(self) -> bool:
+        """Whether the zygote has a single thread."""
+        try:
+            stat = os.pread(self.stat, 1024, 0)
+            return stat[stat.rindex(b")") + 2 :].split()[17] == b"1"
+        except (OSError, ValueError, IndexError):
+            return False
 
     def sort(self) -> None:
         """Sort the hooks recorded so far (again, when more were recorded)."""
-        skip: list[Callable[[], object]] = []
-        th = sys.modules.get("threading")
-        if th is not None:
-            skip.append(th._after_fork)
-        lg = sys.modules.get("logging")
-        if lg is not None:
-            skip += [lg._acquireLock, lg._releaseLock, lg._after_at_fork_child_reinit_locks]
+        known: list[object] = []
+        for module, names in (
+            ("threading", ("_after_fork",)),
+            (
+                "logging",  # (3.13 renamed the first two)
+                ("_acquireLock", "_releaseLock", "_prepareFork", "_afterFork"),
+            ),
+            ("logging", ("_after_at_fork_child_reinit_locks",)),
+        ):
+            mod = sys.modules.get(module)
+            known += [getattr(mod, name, None) for name in names if mod is not None]
         cf = sys.modules.get("concurrent.futures.thread")
-        if cf is not None:
-            lock = cf._global_shutdown_lock
-            skip += [lock.acquire, lock.release, lock._at_fork_reinit]
+        lock = getattr(cf, "_global_shutdown_lock", None)
+        if lock is not None:
+            known += [lock.acquire, lock.release, getattr(lock, "_at_fork_reinit", None)]
         rnd = sys.modules.get("random")
-        self.random = rnd._inst if rnd is not None else None
-        if rnd is not None:
-            skip.append(rnd._inst.seed)
-        hooks = list(self.hooks)
+        self.random = getattr(rnd, "_inst", None)
+        if self.random is not None:
+            known.append(self.random.seed)
+        known = [k for k in known if k is not None]
+
+        def unneeded(kw: dict[str, Callable[[], object]]) -> bool:
+            # (only a whole registration: a lock taken before the fork must be
+            # released after it, by the same module's hooks)
+            return all(any(hook == k for k in known) for hook in kw.values())
+
+        hooks = [kw for kw in list(self.hooks) if not unneeded(kw)]
         for key, into, order in (
             ("before", self.before, -1),
             ("after_in_child", self.child, 1),
             ("after_in_parent", self.parent, 1),
         ):
             into.clear()
-            for kw in hooks[::order]:
-                hook = kw.get(key)
-                if hook is not None and not any(hook == known for known in skip):
-                    into.append(hook)
-        self.sorted = len(hooks)
+            into += [kw[key] for kw in hooks[::order] if kw.get(key) is not None]
+        self.sorted = len(self.hooks)
 
 
 def _fork() -> int:
@@ -413,12 +443,11 @@ def _fork() -> int:
     memory.  So the zygote calls libc's fork itself (the child resumes in
     this thread), reseeds random just before (each child inherits a state
     of its own), and runs every other recorded hook, a preloaded module's,
-    as os.fork would (see
-    :class:`_LeanFork`).  A zygote with a second thread, or that could not
-    record the hooks, forks with os.fork.
+    as os.fork would (see :class:`_LeanFork`).  A zygote with a second
+    thread, or whose hooks could not all be recorded, forks with os.fork.
     """
     lean = _lean
-    if lean is None or lean.threads() != 0:
+    if lean is None or not lean.alone():
         return os.fork()
     if len(lean.hooks) != lean.sorted:  # a module imported since registered one
         lean.sort()
@@ -431,12 +460,19 @@ def _fork() -> int:
         # its own all the same, and writes none of its pages to get it.
         lean.seed(lean.random)
         lean.random.gauss_next = None
+    lean.sigmask(_SIG_SETMASK, lean.all_signals, lean.saved)
+    try:
+        lean.check_signals()  # (handlers of signals already taken: here, not in the child)
+    except BaseException:
+        lean.sigmask(_SIG_SETMASK, lean.saved, None)
+        raise
     pid = lean.fork()
+    err = ctypes.get_errno()
+    lean.sigmask(_SIG_SETMASK, lean.saved, None)
     if pid == 0:
         for hook in lean.child:
             _run_hook(hook)
         return 0
-    err = ctypes.get_errno()
     for hook in lean.parent:
         _run_hook(hook)
     if pid < 0:
@@ -448,10 +484,25 @@ def _run_hook(hook: Callable[[], object]) -> None:
     """An at-fork hook's exception is reported, not raised (as os.fork does)."""
     try:
         hook()
-    except Exception:
+    except BaseException:
         import traceback
 
         traceback.print_exc()
+
+
+def _lean_possible(imported: list[str]) -> bool:
+    """Whether the hooks recorded from the zygote's first line are all of them:
+    nothing but the standard library (and site's own finders) was imported
+    before the recording started (a ``.pth`` file or sitecustomize may
+    register hooks of its own)."""
+    for name in imported:
+        top = name.partition(".")[0]
+        if top in sys.stdlib_module_names or top in ("__main__", "_distutils_hack"):
+            continue
+        if top.startswith("__editable__"):  # an editable install's finder
+            continue
+        return False
+    return True
 
 
 def _reap(sock: socket.socket, encoder: Any) -> None:
@@ -522,6 +573,8 @@ _forked: set[int] = set()
 _SIGTERM = (int(signal.SIGTERM),)
 #: this process's pid (a forked child's differs)
 _zygote = 0
+#: sigprocmask's "set the mask"
+_SIG_SETMASK = 2
 #: how replicas are forked once the zygote's at-fork hooks are known (see _fork)
 _lean: _LeanFork | None = None
 #: spares waiting for a request, as far as the zygote knows (the supervisor
@@ -984,7 +1037,11 @@ def _reap_pid(pid: int, grace: float) -> None:
         os.waitpid(pid, 0)
 
 
-def _main(args: str, fork_hooks: list[dict[str, Callable[[], object]]] | None = None) -> None:
+def _main(
+    args: str,
+    fork_hooks: list[dict[str, Callable[[], object]]] | None = None,
+    imported: list[str] | None = None,
+) -> None:
     """Entry of the zygote interpreter (see :meth:`ZygoteClient.start`)."""
     fd, preload, sys_path, parent, rundir, spares, spare_cgroups = msgspec.json.decode(args)
     zygote_main(
@@ -996,6 +1053,7 @@ def _main(args: str, fork_hooks: list[dict[str, Callable[[], object]]] | None = 
         spares,
         spare_cgroups,
         fork_hooks,
+        imported,
     )
 
 
@@ -1003,7 +1061,8 @@ def _main(args: str, fork_hooks: list[dict[str, Callable[[], object]]] | None = 
 #: wrapped before anything is imported, so that the zygote knows every hook
 #: (see :func:`_fork`)
 _BOOTSTRAP = """\
-import os
+import os, sys
+_imported = list(sys.modules)
 _hooks = []
 _register = os.register_at_fork
 def _record(**kw):
@@ -1011,5 +1070,5 @@ def _record(**kw):
     _hooks.append(kw)
 os.register_at_fork = _record
 from agentrt.zygote import _main
-_main({args!r}, _hooks)
+_main({args!r}, _hooks, _imported)
 """

@@ -269,7 +269,9 @@ def apply_writes(d: str, writes: list[tuple[str, str, bool]]) -> None:
         try:
             fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.write(fd, value.encode())
+                data = value.encode()
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.EIO, f"short write to {name}")
             finally:
                 os.close(fd)
         except OSError:

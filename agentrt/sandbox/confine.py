@@ -539,7 +539,12 @@ def _confine(boot: Boot) -> None:
             _loopback_up()
     _make_workdir(boot.workdir)
     if boot.run_uid is not None:
-        os.chown(boot.workdir, boot.run_uid, boot.run_gid if boot.run_gid is not None else -1)
+        os.chown(
+            boot.workdir,
+            boot.run_uid,
+            boot.run_gid if boot.run_gid is not None else -1,
+            follow_symlinks=False,
+        )
     os.chdir(boot.workdir)
     # (what the interpreter needs to read: worked out only where it is confined)
     imports = _import_paths(boot) if boot.fs_read is not None or boot.run_uid is not None else []
