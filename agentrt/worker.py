@@ -160,7 +160,7 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
         boot = msgspec.structs.replace(boot, memory=memory, memory_rlimit=True)
     with contextlib.suppress(OSError):
         os.setsid()
-    _linux.default_signals(_SIGINT)
+    _linux.default_signals(_SIGINT, unblock=False)  # (the mask: _detach's)
     _linux.set_pdeathsig(signal.SIGKILL)
     if boot.supervisor_pid and os.getppid() == 1:
         os._exit(EXIT_STARTUP)  # parent already gone: nobody to serve

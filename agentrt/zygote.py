@@ -397,10 +397,15 @@ class _LeanFork:
         for module, names in (
             ("threading", ("_after_fork",)),
             (
-                "logging",  # (3.13 renamed the first two)
-                ("_acquireLock", "_releaseLock", "_prepareFork", "_afterFork"),
+                "logging",  # (3.13 renamed _acquireLock/_releaseLock _prepareFork/_afterFork)
+                (
+                    "_acquireLock",
+                    "_releaseLock",
+                    "_prepareFork",
+                    "_afterFork",
+                    "_after_at_fork_child_reinit_locks",
+                ),
             ),
-            ("logging", ("_after_at_fork_child_reinit_locks",)),
         ):
             mod = sys.modules.get(module)
             known += [getattr(mod, name, None) for name in names if mod is not None]
