@@ -7,6 +7,7 @@ of a zombie, and a sweep of ``/proc`` for the processes of a session.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # (no stub: the C module under signal)
+import array
 import contextlib
 import ctypes
 import errno
@@ -125,9 +126,18 @@ def send_with_fds(sock: socket.socket, data: bytes, fds: Iterable[int]) -> None:
     socket.send_fds(sock, [data], list(fds))
 
 
-def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
-    """One datagram and the fds attached to it; ``b""`` at end of stream."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, bufsize, maxfds)
+def recv_with_fds(
+    sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
+) -> tuple[bytes, list[int]]:
+    """One datagram and the fds attached to it; ``b""`` at end of stream.
+
+    ``flags`` as for recvmsg(2) (socket.recv_fds drops them before 3.12).
+    """
+    data, ancdata, _flags, _addr = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * 4), flags)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += array.array("i", payload[: len(payload) - len(payload) % 4])
     return data, fds
 
 

@@ -54,6 +54,8 @@ from agentrt.protocol import (
 __all__ = ["ZygoteClient", "zygote_main"]
 
 _DGRAM = 1 << 16
+#: fork requests read from the socket before any is forked, at most
+_FORK_BATCH = 8
 #: /proc/<pid>/stat flags: the process is exiting
 _PF_EXITING = 0x4
 
@@ -160,28 +162,37 @@ def zygote_main(
                     os.read(wake_r, 4096)
                 _reap(sock, encoder)
                 continue
-            try:
-                data, fds = _linux.recv_with_fds(sock, _DGRAM, 8)
-            except InterruptedError:
-                continue
-            if not data:
-                _die(supervisor_gone=True)  # it closed the socket (or exited)
-            try:
-                req = decoder.decode(data)
-            except msgspec.DecodeError:
-                for f in fds:
-                    os.close(f)
-                continue
-            if isinstance(req, SpareTaken):
-                for f in fds:
-                    os.close(f)
-                _spares.discard(req.pid)
-                if req.cgroups and req.pid in _forked:
-                    _cgroups[req.pid] = req.cgroups
-                _demand(served_by_spare=True)
-                continue
-            _demand(served_by_spare=False)
-            _fork_one(sock, encoder, req, fds, own)
+            # The requests waiting, read before forking any: forked one after
+            # another, the zygote writes to few of its pages between forks
+            # (each fork makes them all copy-on-write again).
+            batch: list[tuple[Fork, list[int]]] = []
+            flags = 0
+            while len(batch) < _FORK_BATCH:
+                try:
+                    data, fds = _linux.recv_with_fds(sock, _DGRAM, 8, flags)
+                except (BlockingIOError, InterruptedError):
+                    break
+                flags = socket.MSG_DONTWAIT
+                if not data:
+                    _die(supervisor_gone=True)  # it closed the socket (or exited)
+                try:
+                    req = decoder.decode(data)
+                except msgspec.DecodeError:
+                    for f in fds:
+                        os.close(f)
+                    continue
+                if isinstance(req, SpareTaken):
+                    for f in fds:
+                        os.close(f)
+                    _spares.discard(req.pid)
+                    if req.cgroups and req.pid in _forked:
+                        _cgroups[req.pid] = req.cgroups
+                    _demand(served_by_spare=True)
+                    continue
+                _demand(served_by_spare=False)
+                batch.append((req, fds))
+            if batch:
+                _fork_batch(sock, encoder, batch)
 
 
 def _spare_failed() -> None:
@@ -296,49 +307,62 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
         ours.close()
 
 
-def _fork_one(
-    sock: socket.socket,
-    encoder: Any,
-    req: Fork,
-    fds: list[int],
-    own: tuple[int, int],
-) -> None:
-    if len(fds) != 3:
+def _fork_batch(sock: socket.socket, encoder: Any, batch: list[tuple[Fork, list[int]]]) -> None:
+    """Fork a replica for each request, then tell the supervisor of each."""
+    ready: list[tuple[Fork, list[int]]] = []
+    for req, fds in batch:
+        if len(fds) == 3:
+            ready.append((req, fds))
+            continue
         for f in fds:
             os.close(f)
         sock.sendall(encoder.encode(ForkFailed(req.req, f"expected 3 fds, got {len(fds)}")))
-        return
-    try:
-        pid = _fork()
-    except OSError as exc:
+    forked: list[int | OSError] = []
+    # One look for a second thread, for the whole batch: nothing between two
+    # forks but the fork (each would make the zygote's pages copy-on-write again).
+    alone = _lean is not None and _lean.alone()
+    for req, fds in ready:
+        try:
+            pid = _fork(alone)
+        except OSError as exc:
+            forked.append(exc)
+            continue
+        if pid == 0:
+            _become_replica(req, fds)
+        forked.append(pid)
+    for (req, fds), got in zip(ready, forked, strict=True):
         for f in fds:
             os.close(f)
-        sock.sendall(encoder.encode(ForkFailed(req.req, f"fork failed: {exc}")))
-        return
-    if pid == 0:  # child
+        if isinstance(got, OSError):
+            sock.sendall(encoder.encode(ForkFailed(req.req, f"fork failed: {got}")))
+            continue
+        pid = got
+        _forked.add(pid)
+        if req.boot.cgroups:
+            _cgroups[pid] = req.boot.cgroups
         try:
-            # (the zygote's socket and own descriptors close with all others
-            # in child_main, before any user code runs)
-            _linux.default_signals(_SIGTERM, unblock=False)
-            from agentrt.worker import child_main
-
-            child_main(req.boot, fds[0], fds[1], fds[2])
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            sock.sendall(encoder.encode(ForkFailed(req.req, f"pidfd_open failed: {exc}")))
+            continue
+        try:
+            _linux.send_with_fds(sock, encoder.encode(Forked(req.req, pid)), [pidfd])
         finally:
-            os._exit(70)
-    _forked.add(pid)
-    if req.boot.cgroups:
-        _cgroups[pid] = req.boot.cgroups
-    for f in fds:
-        os.close(f)
+            os.close(pidfd)
+
+
+def _become_replica(req: Fork, fds: list[int]) -> NoReturn:
+    """The child of a fork request: the replica (never returns)."""
     try:
-        pidfd = os.pidfd_open(pid)
-    except OSError as exc:
-        sock.sendall(encoder.encode(ForkFailed(req.req, f"pidfd_open failed: {exc}")))
-        return
-    try:
-        _linux.send_with_fds(sock, encoder.encode(Forked(req.req, pid)), [pidfd])
+        # (the zygote's socket and own descriptors, and the other requests'
+        # of its batch, close with all others in child_main, before any user
+        # code runs)
+        _linux.default_signals(_SIGTERM, unblock=False)
+        from agentrt.worker import child_main
+
+        child_main(req.boot, fds[0], fds[1], fds[2])
     finally:
-        os.close(pidfd)
+        os._exit(70)
 
 
 class _LeanFork:
@@ -381,6 +405,7 @@ class _LeanFork:
         #: /proc/self/stat, for the number of threads (field 20): any thread
         #: at all, a C extension's too, and os.fork it is
         self.stat = os.open(f"/proc/{os.getpid()}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        self.quiet = False
         self.sort()
 
     def alone(self) -> bool:
@@ -433,9 +458,11 @@ class _LeanFork:
             into.clear()
             into += [kw[key] for kw in hooks[::order] if kw.get(key) is not None]
         self.sorted = len(self.hooks)
+        #: no hook runs at a fork: nothing can start a thread between two forks
+        self.quiet = not (self.before or self.child or self.parent)
 
 
-def _fork() -> int:
+def _fork(alone: bool | None = None) -> int:
     """``os.fork()``, less the interpreter's at-fork work a replica does not need.
 
     os.fork runs every hook registered with ``os.register_at_fork``, and
@@ -450,12 +477,16 @@ def _fork() -> int:
     of its own), and runs every other recorded hook, a preloaded module's,
     as os.fork would (see :class:`_LeanFork`).  A zygote with a second
     thread, or whose hooks could not all be recorded, forks with os.fork.
+    ``alone``: what :meth:`_LeanFork.alone` said just before, for a fork that
+    follows another with nothing run in between (no hook to run: ``quiet``).
     """
     lean = _lean
-    if lean is None or not lean.alone():
+    if lean is None:
         return os.fork()
     if len(lean.hooks) != lean.sorted:  # a module imported since registered one
         lean.sort()
+    if not (alone if alone is not None and lean.quiet else lean.alone()):
+        return os.fork()
     sys.audit("os.fork")
     for hook in lean.before:
         _run_hook(hook)

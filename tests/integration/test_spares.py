@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -63,6 +64,34 @@ async def test_a_killed_spare_is_not_a_replica_death_and_is_replaced(
         await healthy(sup)
         await healthy(sup, "more")
         assert not logs.find("replica_died")  # no replica died: only spares did
+
+
+async def test_replicas_forked_in_one_batch_each_have_channels_of_their_own(
+    make_supervisor, agent_spec, logs
+):
+    """Without spares a burst is forked in batches (the zygote reads the
+    requests waiting before it forks any, and each child briefly holds its
+    siblings' pipes): each replica still answers and writes on pipes of its
+    own, and a death is its own alone."""
+    n = 16
+    async with make_supervisor(spares=0, intensity=100) as sup:
+        await sup.start(agent_spec("talk", "agents:say_pid", replicas=n))
+        before = {s.replica: s.pid for s in await sup.status()}
+        assert len(set(before.values())) == n
+        answered = set(await asyncio.gather(*(sup.call("talk") for _ in range(4 * n))))
+        assert answered <= set(before.values())
+        for pid in answered:  # each line logged as the output of the replica that printed it
+            await logs.wait_for("agent_output", agent="talk", line=f"pid {pid}", pid=pid)
+        assert all(e["line"] == f"pid {e['pid']}" for e in logs.find("agent_output"))
+        victim = min(before)
+        os.kill(before[victim], signal.SIGKILL)
+        await logs.wait_for("replica_ready", agent="talk", replica=victim, generation=1)
+        after = {s.replica: s.pid for s in await sup.status()}
+        assert after[victim] != before[victim]
+        assert {r: p for r, p in after.items() if r != victim} == {
+            r: p for r, p in before.items() if r != victim
+        }
+        assert [e["replica"] for e in logs.find("replica_died")] == [victim]
 
 
 def _cgroup_paths(pid: int) -> dict[str, str]:

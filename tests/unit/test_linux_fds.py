@@ -1,0 +1,52 @@
+"""Descriptors passed over the zygote's socket (SCM_RIGHTS), and the flags of
+a receive: the zygote reads the fork requests waiting without blocking, so
+that it can fork them one after another."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from agentrt import _linux
+
+pytestmark = pytest.mark.timeout(10)  # (a receive that ignores MSG_DONTWAIT would block)
+
+
+def test_a_datagram_and_its_descriptors_arrive_together() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        _linux.send_with_fds(a, b"fork", [r, w])
+        data, fds = _linux.recv_with_fds(b, 1 << 16, 8)
+        assert data == b"fork" and len(fds) == 2
+        os.write(fds[1], b"x")  # the same pipe, under new numbers
+        assert os.read(r, 1) == b"x"
+        for f in fds:
+            os.close(f)
+    finally:
+        for f in (r, w):
+            os.close(f)
+        a.close()
+        b.close()
+
+
+def test_a_receive_without_waiting_takes_what_is_there_and_stops_when_nothing_is() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        for i in range(3):
+            _linux.send_with_fds(a, b"req%d" % i, [])
+        got = []
+        while True:
+            try:
+                data, fds = _linux.recv_with_fds(b, 1 << 16, 8, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            assert fds == []
+            got.append(data)
+        assert got == [b"req0", b"req1", b"req2"]
+        assert b.getblocking()  # (the socket itself still blocks)
+    finally:
+        a.close()
+        b.close()
