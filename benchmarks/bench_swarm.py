@@ -36,6 +36,14 @@ Everything is measured in one run, on this machine:
    DAG as plain asyncio tasks in this process (what asyncio's timers alone
    add to the critical path).
 
+4. **process floor**: the swarm without agentrt, in the same run: N plain
+   processes forked from this one, each with its asyncio loop made, released
+   together on a pipe, each awaiting 13 sequential ``asyncio.sleep(0.05)``
+   and reporting on another pipe: what the 13 x N timer wake-ups of N
+   processes cost on this machine's cores with no runtime around them (their
+   timers all fire together, where the swarm's workers start over the
+   fan-out).  The swarm's makespan is also given as a ratio to it.
+
 Figures are medians over repetitions with the min-max beside them.  The
 aims printed next to them: swarm parallel efficiency >= 0.9 warm and >= 0.8
 with start-up counted (on 2 cores), DAG makespan within 10% of its critical
@@ -54,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import statistics
 import sys
@@ -139,6 +148,63 @@ def sequential_sample(p: Params) -> dict[str, Any]:
     _progress(
         f"sequential: {p.seq_sample} sleeps of {p.tool_ms:g} ms took {measured:.3f}s "
         f"-> {total} extrapolated to {out['extrapolated_s']:.1f}s"
+    )
+    return out
+
+
+# --- 4: the process floor ------------------------------------------------------------
+
+
+async def _floor_worker(calls: int, ms: float) -> None:
+    for _ in range(calls):
+        await asyncio.sleep(ms / 1000.0)
+
+
+def _floor_once(p: Params) -> float:
+    """Seconds for ``p.workers`` forked plain-asyncio processes, released
+    together, to each finish ``p.tool_calls`` sequential sleeps."""
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pids: list[int] = []
+    try:
+        for _ in range(p.workers):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(go_w)
+                    os.close(done_r)
+                    loop = asyncio.new_event_loop()
+                    loop.run_until_complete(asyncio.sleep(0))
+                    if os.read(go_r, 1):
+                        loop.run_until_complete(_floor_worker(p.tool_calls, p.tool_ms))
+                        os.write(done_w, b"x")
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        t0 = time.perf_counter()
+        os.write(go_w, b"g" * p.workers)
+        got = 0
+        while got < p.workers:
+            chunk = os.read(done_r, p.workers)
+            if not chunk:
+                raise RuntimeError("a floor process exited early")
+            got += len(chunk)
+        return time.perf_counter() - t0
+    finally:
+        for fd in (go_r, go_w, done_r, done_w):
+            os.close(fd)
+        for pid in pids:
+            os.waitpid(pid, 0)
+
+
+def process_floor(p: Params) -> dict[str, Any]:
+    """The swarm as bare processes (see the module's docstring, 4)."""
+    ms = [_floor_once(p) for _ in range(p.swarm_reps)]
+    ideal = p.tool_calls * p.tool_ms / 1000.0
+    out = {"makespan_s": spread(ms), "efficiency": ideal / statistics.median(ms)}
+    _progress(
+        f"process floor: {p.workers} bare processes x {p.tool_calls} sleeps: "
+        f"{out['makespan_s']['median']:.3f}s (efficiency {out['efficiency']:.3f})"
     )
     return out
 
@@ -479,6 +545,17 @@ def render(report: dict[str, Any]) -> str:
             f"{met(a['swarm_efficiency_with_startup_ge_0.8'])} "
             f"(ideal/(start+cold): {sw['useful_fraction_with_startup']:.3f})",
         )
+        fl = r.get("process_floor", {})
+        if "error" in fl:
+            row("  process floor", "ERROR", fl["error"])
+        elif fl:
+            row(
+                f"  process floor: {n} bare asyncio processes",
+                f"{fl['makespan_s']['median']:.3f} s",
+                min_max(fl["makespan_s"], ".3f"),
+                f"efficiency {fl['efficiency']:.3f}; swarm makespan / floor: "
+                f"{sw['makespan_over_floor']:.2f}x",
+            )
         if "ideal_measured_sleep_s" in sw:
             row(
                 "  ideal with the measured sleep (sequential)",
@@ -617,8 +694,15 @@ def main(argv: list[str] | None = None) -> int:
         seq: dict[str, Any] = sequential_sample(params)
     except Exception as exc:
         seq = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        floor: dict[str, Any] = process_floor(params)
+    except Exception as exc:
+        floor = {"error": f"{type(exc).__name__}: {exc}"}
     results = asyncio.run(run(params))
+    results["process_floor"] = floor
     sw = results.get("swarm", {})
+    if "makespan_s" in floor and "makespan_s" in sw:
+        sw["makespan_over_floor"] = sw["makespan_s"]["median"] / floor["makespan_s"]["median"]
     if "extrapolated_s" in seq and "makespan_s" in sw:
         seq["speedup"] = seq["extrapolated_s"] / sw["makespan_s"]["median"]
         # the ideal with this machine's real 50 ms sleep (asyncio overshoots it)

@@ -356,6 +356,16 @@ def swarm_markdown(swarm: dict[str, Any]) -> list[str]:
                 f"(ideal {sw.get('ideal_s')} s), start-up {_fmt(sw.get('startup_s'), '.3f')} s",
             ]
         )
+    fl = r.get("process_floor", {})
+    if "efficiency" in fl and "makespan_over_floor" in sw:
+        rows.append(
+            [
+                f"the same swarm as {sw.get('workers')} bare asyncio processes (floor)",
+                f"makespan {_fmt(get(fl, 'makespan_s', 'median'), '.3f')} s, efficiency "
+                f"{_fmt(fl.get('efficiency'), '.3f')}; agentrt's makespan "
+                f"{_fmt(sw.get('makespan_over_floor'), '.2f')}x the floor",
+            ]
+        )
     seq = r.get("sequential", {})
     if "speedup" in seq:
         rows.append(
