@@ -126,6 +126,7 @@ AIM_READY_300_S = 0.3
 AIM_PSS_MIB = 2.0
 AIM_CRASH_ERROR_MS = 2.0
 AIM_CRASH_REPLACED_MS = 5.0
+AIM_CRASH_AFTER_ERROR_MS = 2.0
 AIM_BULK_US = 10.0
 AIM_ONE_BY_ONE_FRACTION = 0.2
 
@@ -851,6 +852,14 @@ async def crash(rt: Runtime, p: Params, tmp: str) -> dict[str, Any]:
         served = [rec["replaced_ms"] for rec in recs if "replaced_ms" in rec]
         if served:
             e["replaced_ms"] = spread(served)
+        # from the caller's error (the death noticed) to the replacement's answer
+        after = [
+            rec["replaced_ms"] - rec["error_ms"]
+            for rec in recs
+            if "replaced_ms" in rec and "error_ms" in rec
+        ]
+        if after:
+            e["after_error_ms"] = spread(after)
         notes = sorted({rec["replacement"] for rec in recs if "replacement" in rec})
         if notes:
             e["replacement"] = "; ".join(notes)
@@ -991,6 +1000,12 @@ def aims(res: dict[str, Any]) -> dict[str, Any]:
         None if None in reps or not reps else max(reps),
         AIM_CRASH_REPLACED_MS,
     )
+    after = [get(crash, m, "after_error_ms", "median") for m in MODES]
+    aim(
+        "crash_after_error_ms",
+        None if None in after or not after else max(after),
+        AIM_CRASH_AFTER_ERROR_MS,
+    )
     aim("bulk_us", get(res, "tasks", REF, "bulk_us", "median"), AIM_BULK_US)
     one = get(res, "tasks", REF, "one_by_one_us", "median")
     ppe = get(res, "tasks", "process-pool", "one_by_one_us", "median")
@@ -1010,6 +1025,7 @@ AIM_TEXT = {
     "pss_mib": "PSS per idle agent < {b} MiB",
     "crash_error_ms": "crash to typed error < {b} ms (worst mode)",
     "crash_replaced_ms": "crash to served replacement < {b} ms (worst mode)",
+    "crash_after_error_ms": "caller's error to served replacement <= {b} ms (worst mode)",
     "bulk_us": "bulk per-task overhead < {b} us",
     "one_by_one_x_process_pool": "one by one / ProcessPoolExecutor's <= {b}",
 }

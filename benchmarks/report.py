@@ -255,6 +255,7 @@ AIM_TEXT = {
     "pss_mib": "PSS per idle agent < {b} MiB",
     "crash_error_ms": "crash to typed error < {b} ms (worst death)",
     "crash_replaced_ms": "crash to served replacement < {b} ms (worst death)",
+    "crash_after_error_ms": "caller's error (death noticed) to served replacement ≤ {b} ms",
     "bulk_us": "per-task overhead in bulk < {b} µs",
     "one_by_one_x_process_pool": "one by one ≤ {b}x ProcessPoolExecutor's",
 }
