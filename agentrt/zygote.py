@@ -316,11 +316,12 @@ def _fork_batch(sock: socket.socket, encoder: Any, batch: list[tuple[Fork, list[
             continue
         for f in fds:
             os.close(f)
-        sock.sendall(encoder.encode(ForkFailed(req.req, f"expected 3 fds, got {len(fds)}")))
+        _fork_failed(sock, encoder, req, f"expected 3 fds, got {len(fds)}")
     forked: list[int | OSError] = []
-    # One look for a second thread, for the whole batch: nothing between two
-    # forks but the fork (each would make the zygote's pages copy-on-write again).
-    alone = _lean is not None and _lean.alone()
+    # Where no at-fork hook runs, nothing but the fork comes between two forks
+    # (each would make the zygote's pages copy-on-write again): one look for a
+    # second thread does for the whole batch.
+    alone = _lean.alone() if _lean is not None and _lean.quiet else None
     for req, fds in ready:
         try:
             pid = _fork(alone)
@@ -334,7 +335,7 @@ def _fork_batch(sock: socket.socket, encoder: Any, batch: list[tuple[Fork, list[
         for f in fds:
             os.close(f)
         if isinstance(got, OSError):
-            sock.sendall(encoder.encode(ForkFailed(req.req, f"fork failed: {got}")))
+            _fork_failed(sock, encoder, req, f"fork failed: {got}")
             continue
         pid = got
         _forked.add(pid)
@@ -343,12 +344,16 @@ def _fork_batch(sock: socket.socket, encoder: Any, batch: list[tuple[Fork, list[
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
-            sock.sendall(encoder.encode(ForkFailed(req.req, f"pidfd_open failed: {exc}")))
+            _fork_failed(sock, encoder, req, f"pidfd_open failed: {exc}")
             continue
         try:
             _linux.send_with_fds(sock, encoder.encode(Forked(req.req, pid)), [pidfd])
         finally:
             os.close(pidfd)
+
+
+def _fork_failed(sock: socket.socket, encoder: Any, req: Fork, why: str) -> None:
+    sock.sendall(encoder.encode(ForkFailed(req.req, why)))
 
 
 def _become_replica(req: Fork, fds: list[int]) -> NoReturn:
@@ -477,15 +482,17 @@ def _fork(alone: bool | None = None) -> int:
     of its own), and runs every other recorded hook, a preloaded module's,
     as os.fork would (see :class:`_LeanFork`).  A zygote with a second
     thread, or whose hooks could not all be recorded, forks with os.fork.
-    ``alone``: what :meth:`_LeanFork.alone` said just before, for a fork that
-    follows another with nothing run in between (no hook to run: ``quiet``).
+    ``alone``: what :meth:`_LeanFork.alone` said before a batch of forks
+    with no hook to run between them (``quiet``); None: look now.
     """
     lean = _lean
     if lean is None:
         return os.fork()
     if len(lean.hooks) != lean.sorted:  # a module imported since registered one
         lean.sort()
-    if not (alone if alone is not None and lean.quiet else lean.alone()):
+    if alone is None or not lean.quiet:
+        alone = lean.alone()
+    if not alone:
         return os.fork()
     sys.audit("os.fork")
     for hook in lean.before:

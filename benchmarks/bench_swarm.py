@@ -181,6 +181,10 @@ def _floor_once(p: Params) -> float:
                 finally:
                     os._exit(0)
             pids.append(pid)
+        # the children's ends: one that exits early is an end of file, not a hang
+        os.close(go_r)
+        os.close(done_w)
+        go_r = done_w = -1
         t0 = time.perf_counter()
         os.write(go_w, b"g" * p.workers)
         got = 0
@@ -192,7 +196,8 @@ def _floor_once(p: Params) -> float:
         return time.perf_counter() - t0
     finally:
         for fd in (go_r, go_w, done_r, done_w):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         for pid in pids:
             os.waitpid(pid, 0)
 
