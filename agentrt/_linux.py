@@ -24,6 +24,7 @@ __all__ = [
     "clock_ticks",
     "default_signals",
     "descendants",
+    "get_name",
     "kill_group",
     "kill_started_since",
     "kill_tree",
@@ -36,6 +37,7 @@ __all__ = [
     "send_with_fds",
     "set_child_subreaper",
     "set_handler",
+    "set_name",
     "set_pdeathsig",
     "set_pipe_size",
     "warm",
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_PR_GET_NAME = 16
 _PR_SET_CHILD_SUBREAPER = 36
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # The symbols already loaded into this process (libc among them): no
@@ -90,6 +94,22 @@ def set_handler(sig: int, handler: Callable[[int, Any], None]) -> None:
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent thread dies."""
     _prctl(_PR_SET_PDEATHSIG, int(sig))
+
+
+def get_name() -> ctypes.Array[ctypes.c_char]:
+    """This thread's name (``/proc/self/comm``), in a buffer :func:`set_name` takes."""
+    buf = ctypes.create_string_buffer(16)
+    _prctl(_PR_GET_NAME, ctypes.addressof(buf))
+    return buf
+
+
+def set_name(buf: ctypes.Array[ctypes.c_char]) -> None:
+    """Name this thread (``/proc/self/comm``, what ``ps`` shows; 15 bytes at most).
+
+    The buffer is made beforehand (:func:`get_name`, ``create_string_buffer``):
+    a forked child that renames itself makes no object whose page it would copy.
+    """
+    _prctl(_PR_SET_NAME, ctypes.addressof(buf))
 
 
 def set_child_subreaper() -> None:

@@ -83,6 +83,9 @@ def zygote_main(
     _parent, _rundir, _spare_bound, _zygote = parent, rundir, spares, os.getpid()
     _spare_target = _spares_first()
     _spare_cgroups = spare_cgroups or []
+    global _name
+    with contextlib.suppress(OSError):
+        _name = _linux.get_name()
     with contextlib.suppress(OSError):
         _parent_fd = os.pidfd_open(parent)
     # SIGTERM, not SIGKILL, when the supervisor dies: the handler takes every
@@ -276,12 +279,22 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
             waiting_in(join_spare_cgroups(_spare_cgroups, os.getpid()))
             if _rundir:
                 make_spare_workdir(_rundir, os.getpid())
+            # A session of its own now, as every replica has: the kernel makes
+            # it a scheduling group too, which can take most of a millisecond
+            # (``_isolate``'s own setsid then finds nothing left to do).  Named
+            # while it waits, so that ``ps`` tells spares from replicas.
+            with contextlib.suppress(OSError):
+                os.setsid()
+            with contextlib.suppress(OSError):
+                _linux.set_name(_SPARE_NAME)
             agentrt.worker.prepare_spare()
             theirs.send(_SPARE_READY)
             data, fds = _linux.recv_with_fds(theirs, _DGRAM, 8)
             theirs.close()
             if not data or len(fds) != 3:
                 os._exit(0)
+            with contextlib.suppress(OSError):
+                _linux.set_name(_name)  # a replica is named as the zygote is
             req = msgspec.msgpack.decode(data, type=Fork)
             from agentrt.worker import child_main
 
@@ -642,6 +655,10 @@ _cgroups: dict[int, list[str]] = {}
 _spare_cgroups: list[str] = []
 #: what a spare says on its socket once it is ready to become a replica
 _SPARE_READY = b"ready"
+#: the name (``/proc/PID/comm``) of a spare while it waits, and of the zygote
+#: (which its replicas keep): buffers made here, not in each child
+_SPARE_NAME = ctypes.create_string_buffer(b"agentrt-spare", 16)
+_name = ctypes.create_string_buffer(b"python", 16)
 #: processes forked as spares, not reaped yet (they may leave waiting groups behind)
 _spare_born: set[int] = set()
 

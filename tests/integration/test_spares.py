@@ -15,13 +15,13 @@ from agentrt.config import SandboxLimits, SandboxProfile
 
 
 def _spares() -> list[psutil.Process]:
-    """The zygote's idle spares: its children with no session of their own."""
+    """The zygote's idle spares: its children named ``agentrt-spare``."""
     me = psutil.Process()
     zygotes = {p.pid for p in me.children()}
     out = []
     for p in me.children(recursive=True):
         try:
-            if p.ppid() in zygotes and os.getsid(p.pid) != p.pid:
+            if p.ppid() in zygotes and p.name() == "agentrt-spare":
                 out.append(p)
         except (psutil.Error, ProcessLookupError):
             pass
@@ -220,9 +220,31 @@ async def _signal_ready_spares(sup, sig: int) -> set[int]:
     return ready
 
 
+async def test_a_spare_waits_in_a_session_of_its_own_named_and_its_replica_is_not(
+    make_supervisor, agent_spec
+):
+    """A spare leaves the zygote's session as it is forked (the replica it
+    becomes has a session of its own), named ``agentrt-spare`` while it
+    waits; the replica it becomes is named as the zygote is."""
+    async with make_supervisor(spares=2) as sup:
+        client = sup._launcher.client
+        await client.spares_forked(2)
+        zygote = psutil.Process(client.pid)
+        waiting = set(client._ready)
+        assert {p.pid for p in _spares()} == waiting
+        for pid in waiting:
+            assert os.getsid(pid) == os.getpgid(pid) == pid != os.getsid(zygote.pid)
+        await sup.start(agent_spec("w", "agents:whoami"))
+        info = await sup.call("w")
+        assert info["pid"] in waiting  # the replica was a spare
+        assert info["sid"] == info["pgid"] == info["pid"]
+        assert psutil.Process(info["pid"]).name() == zygote.name() != "agentrt-spare"
+
+
 async def test_waiting_spares_ignore_a_terminals_ctrl_c(make_supervisor, agent_spec, logs):
-    """A spare shares the zygote's process group, which a terminal's Ctrl-C
-    reaches: it must wait on, and become a replica that stops as usual."""
+    """A spare is forked in the zygote's process group, which a terminal's
+    Ctrl-C reaches, and anyone may signal it: it must wait on, and become a
+    replica that stops as usual."""
     async with make_supervisor(spares=4) as sup:
         waiting = await _signal_ready_spares(sup, signal.SIGINT)
         await sup.start(agent_spec("echo", "agents:echo", replicas=2))

@@ -17,13 +17,13 @@ from agentrt import ConfigError, StartupError, SupervisorClosed
 
 def _descendants() -> set[int]:
     """Our descendants, less the zygote's idle spares (its children that have not
-    become replicas yet: a replica has a session of its own)."""
+    become replicas yet, named ``agentrt-spare`` while they wait)."""
     me = psutil.Process()
     zygotes = {p.pid for p in me.children()}
     out: set[int] = set()
     for p in me.children(recursive=True):
         try:
-            if p.ppid() in zygotes and os.getsid(p.pid) != p.pid:
+            if p.ppid() in zygotes and p.name() == "agentrt-spare":
                 continue  # a spare: the zygote's, forked ahead and replaced as used
         except (psutil.Error, ProcessLookupError):
             continue
