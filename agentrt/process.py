@@ -222,14 +222,30 @@ class AgentProcess:
 
     # --- start -------------------------------------------------------------
 
-    async def start(self, launcher: Launcher, startup_timeout: float) -> None:
-        """Start the child and wait for ``Ready``; raises :class:`StartupError`."""
+    async def start(
+        self,
+        launcher: Launcher,
+        startup_timeout: float,
+        serving: Callable[[], None] | None = None,
+    ) -> None:
+        """Start the child and wait for ``Ready``; raises :class:`StartupError`.
+
+        ``serving`` is called once its pipes are set up, before ``Ready``:
+        from then on frames may be sent (:meth:`send_bytes`), and the child
+        reads them once it is ready.
+        """
         self._start_called = True
         if launcher.remote:
             await self._start_remote(launcher, startup_timeout)
         else:
             await self._start_local(launcher)
-        await self._serve(startup_timeout)
+        await self._serve(startup_timeout, serving)
+
+    @property
+    def said_ready(self) -> bool:
+        """Whether it sent ``Ready`` (so it may have run calls since)."""
+        ready = self._ready
+        return ready.done() and not ready.cancelled() and ready.exception() is None
 
     async def _start_remote(self, launcher: Launcher, startup_timeout: float) -> None:
         try:
@@ -287,7 +303,7 @@ class AgentProcess:
                     os.close(fd)
         self._adopt(launched)
 
-    async def _serve(self, startup_timeout: float) -> None:
+    async def _serve(self, startup_timeout: float, serving: Callable[[], None] | None) -> None:
         """Listen to the replica's stream and output; wait for ``Ready``."""
         for fd in (self._rfd, self._wfd, self._ofd):
             os.set_blocking(fd, False)
@@ -297,6 +313,8 @@ class AgentProcess:
         if self._pidfd is not None:
             loop.add_reader(self._pidfd, self._on_pidfd)
         self._watch = loop.create_task(self._watch_exit(), name=f"watch-{self.pid}")
+        if serving is not None:
+            serving()
         try:
             async with asyncio.timeout(startup_timeout):
                 await asyncio.shield(self._ready)

@@ -130,6 +130,9 @@ class Slot:
     innocent: bool = False
     #: paused (see ``holds.py``): nothing is dispatched to it, its process is frozen
     paused: bool = False
+    #: a replacement starting, its pipes up: it takes one waiting call before
+    #: its ``Ready`` (see :meth:`Pool.dispatch`)
+    early: bool = False
     #: since when (``time.monotonic()``)
     paused_at: float = 0.0
 
@@ -312,12 +315,19 @@ class Pool:
             self.set_state(slot, "starting")
             cause: AgentDied | None
             try:
-                await proc.start(self.launcher, spec.startup_timeout)
+                await proc.start(
+                    self.launcher, spec.startup_timeout, functools.partial(self._serving, slot)
+                )
             except StartupError as exc:
+                slot.early = False
                 cause = self._replica_dead(slot, boot, proc, exc)
             else:
+                slot.early = False
                 if not slot.stop_requested:
-                    self.set_state(slot, "ready")
+                    self.set_state(slot, "busy" if slot.inflight else "ready")
+                    for call in slot.inflight.values():
+                        if call.future.done() and call.timer is None and not slot.paused:
+                            self.arm_grace(call, proc)  # withdrawn before Ready: see withdraw
                 log.info("replica_ready", pid=proc.pid, generation=slot.generation)
                 self.events.emit("replica_ready", agent=spec.name, replica=slot.index, pid=proc.pid)
                 _resolve(slot.first_start)
@@ -419,11 +429,25 @@ class Pool:
             )
         return cause
 
+    def _serving(self, slot: Slot) -> None:
+        """A replica's pipes are up; its ``Ready`` is still to come.
+
+        A replacement (its slot has started before) takes a waiting call
+        now: the call is in its pipe when it becomes ready, and is answered
+        without a round trip through the supervisor first.  A first start
+        does not: the start waits for every replica's ``Ready`` anyway.
+        """
+        if (slot.first_start is None or slot.first_start.done()) and not slot.stop_requested:
+            slot.early = True
+            if slot.agent.waiting:
+                self.dispatch(slot.agent)
+
     # --- calls ---------------------------------------------------------------------
 
     def dispatch(self, agent: Agent, rescan: bool = False) -> None:
         """Send waiting calls to the agent's replicas: an idle one (the lowest
-        first), else the least loaded with room."""
+        first), else the least loaded with room, a replacement still starting
+        counting as one with room for one call (``Slot.early``)."""
         waiting = agent.waiting
         if rescan:
             agent.idle_hint = 0
@@ -446,10 +470,13 @@ class Pool:
                 load = cap
                 for s in slots:
                     n = len(s.inflight)
-                    if n < load and (s.state == "ready" or s.state == "busy") and not s.paused:
-                        best, load = s, n
-                        if n == 0:
-                            break
+                    if n < load and not s.paused:
+                        st = s.state
+                        early = s.early and st == "starting" and not n
+                        if st == "ready" or st == "busy" or early:
+                            best, load = s, n
+                            if n == 0:
+                                break
             if best is None:
                 return
             call = waiting.popleft()
@@ -598,7 +625,9 @@ class Pool:
             return
         proc = slot.proc
         proc.send(Cancel(call.id))
-        if not slot.paused:  # else once resumed: a frozen replica cannot answer
+        # Else once resumed (a frozen replica cannot answer), or once ready (a
+        # replacement reads its calls only then: the start has its own timeout).
+        if not slot.paused and proc.said_ready:
             self.arm_grace(call, proc)
 
     def arm_grace(self, call: LedgerCall[Slot], proc: AgentProcess) -> None:
@@ -634,8 +663,8 @@ class Pool:
         """A replica is gone: each call it held is retried, requeued or failed.
 
         Calls past the first ``concurrency`` in arrival order had not started
-        (the replica starts them in order), so they go back to the queue
-        without using an attempt.
+        (the replica starts them in order), nor had any call of a replica that
+        never said ``Ready``: they go back to the queue without using an attempt.
         """
         agent = slot.agent
         calls = list(slot.inflight.values())
@@ -643,8 +672,10 @@ class Pool:
         innocent, slot.innocent = slot.innocent, False
         if not calls:
             return
-        # Killed on purpose for one call (settled already): none of these is to blame.
-        conc = 0 if innocent else agent.spec.concurrency
+        # Killed on purpose for one call (settled already), or before it could
+        # run any: none of these is to blame.
+        began = slot.proc is not None and slot.proc.said_ready
+        conc = agent.spec.concurrency if began and not innocent else 0
         requeue: list[LedgerCall[Slot]] = []
         for i, call in enumerate(calls):
             call.slot = None

@@ -1,0 +1,83 @@
+"""A replacement takes a call waiting for its agent before it says Ready.
+
+The call is in its pipe when it becomes ready, so the first answer after a
+crash costs no round trip through the supervisor; a replacement that never
+becomes ready ran none of its calls, which go back to the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from agentrt import CallTimeout
+
+
+async def _held_replacement(sup, agent_spec, report, gate, **fields):
+    """Start ``h`` (one replica), kill it, wait until its replacement waits at
+    ``gate`` (from a spare: its pipes were up before it ran a line): its pid."""
+    await sup.start(
+        agent_spec(
+            "h",
+            "agents:HeldReplacement",
+            env={"REPORT": report.path, "GATE": gate.path},
+            **fields,
+        )
+    )
+    await sup._launcher.client.spares_forked(1)
+    (first,) = await sup.status()
+    os.kill(first.pid, signal.SIGKILL)
+    line = await report.read_line()
+    assert line.startswith("starting ")
+    return int(line.split()[1])
+
+
+async def test_a_replacement_takes_a_waiting_call_before_it_is_ready(
+    make_supervisor, agent_spec, make_gate
+):
+    report, gate = make_gate("report"), make_gate("gate")
+    async with make_supervisor(spares=2, intensity=100) as sup:
+        pid = await _held_replacement(sup, agent_spec, report, gate)
+        answer = sup.submit("h")
+        (st,) = await sup.status()
+        assert (st.state, st.pid, st.inflight) == ("starting", pid, 1)  # in its pipe already
+        gate.release("go")
+        assert await answer == pid
+        (st,) = await sup.status()
+        assert (st.state, st.inflight) == ("ready", 0)
+
+
+async def test_a_call_sent_to_a_replacement_that_fails_to_start_is_requeued_unspent(
+    make_supervisor, agent_spec, make_gate, logs
+):
+    """It never said Ready, so it ran none of its calls: a call with no
+    retries left goes back to the queue, and the next replacement answers it."""
+    report, gate = make_gate("report"), make_gate("gate")
+    async with make_supervisor(spares=2, intensity=100) as sup:
+        failing = await _held_replacement(sup, agent_spec, report, gate, retries=0)
+        answer = sup.submit("h")
+        gate.release("no")  # its start fails
+        await logs.wait_for("replica_died", agent="h", cause="StartupError", pid=failing)
+        assert not answer.done()
+        line = await report.read_line()  # the next replacement waits in turn
+        gate.release("go")
+        assert await answer == int(line.split()[1])
+
+
+async def test_a_call_past_its_deadline_does_not_kill_a_replacement_still_starting(
+    make_supervisor, agent_spec, make_gate, logs
+):
+    """``cancel_grace`` counts from the replica's Ready: before it, it has not
+    read the call, so it cannot be ignoring the Cancel."""
+    report, gate = make_gate("report"), make_gate("gate")
+    async with make_supervisor(spares=2, intensity=100) as sup:
+        pid = await _held_replacement(sup, agent_spec, report, gate, cancel_grace=0.01)
+        with pytest.raises(CallTimeout):
+            await sup.call("h", timeout=0.05)
+        (slot,) = sup._pool.agents["h"].slots
+        assert [c.timer for c in slot.inflight.values()] == [None]  # no grace running yet
+        gate.release("go")
+        assert await sup.call("h") == pid  # the same process: it was not killed
+        assert not logs.find("replica_killed_for_deadline")
