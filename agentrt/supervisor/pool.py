@@ -80,6 +80,10 @@ T = TypeVar("T")
 #: Failure kinds that are a limit of the replica, and the Boot field that holds it
 _LIMIT_KINDS = {"memory": "memory", "open_files": "open_files", "file_size": "file_size"}
 _LIMIT_UNITS = {"memory": "bytes", "open_files": "files", "file_size": "bytes"}
+#: a replacement takes a call before its Ready only where the slot's last start
+#: took at most this long (s) once launched: a slow start (an agent that loads
+#: something first) must not hold a call another replica may be free for sooner
+_EARLY_WITHIN = 0.05
 
 #: an agent's ``ctx`` request (routed by the supervisor's request handler)
 Request = Spawn | ToolCall | Send | Receive | Submit | Count | Approve
@@ -131,8 +135,12 @@ class Slot:
     #: paused (see ``holds.py``): nothing is dispatched to it, its process is frozen
     paused: bool = False
     #: a replacement starting, its pipes up: it takes one waiting call before
-    #: its ``Ready`` (see :meth:`Pool.dispatch`)
+    #: its ``Ready`` (see :meth:`Pool._serving`)
     early: bool = False
+    #: when its process was launched (pipes up), and how long its last start
+    #: took from then to its ``Ready`` (s)
+    launched_at: float = 0.0
+    start_took: float = 0.0
     #: since when (``time.monotonic()``)
     paused_at: float = 0.0
 
@@ -323,6 +331,7 @@ class Pool:
                 cause = self._replica_dead(slot, boot, proc, exc)
             else:
                 slot.early = False
+                slot.start_took = time.monotonic() - slot.launched_at
                 if not slot.stop_requested:
                     self.set_state(slot, "busy" if slot.inflight else "ready")
                     for call in slot.inflight.values():
@@ -432,12 +441,15 @@ class Pool:
     def _serving(self, slot: Slot) -> None:
         """A replica's pipes are up; its ``Ready`` is still to come.
 
-        A replacement (its slot has started before) takes a waiting call
-        now: the call is in its pipe when it becomes ready, and is answered
-        without a round trip through the supervisor first.  A first start
-        does not: the start waits for every replica's ``Ready`` anyway.
+        A replacement (its slot has started before, within ``_EARLY_WITHIN``
+        the last time) takes a waiting call now: the call is in its pipe when
+        it becomes ready, and is answered without a round trip through the
+        supervisor first.  A first start does not: the start waits for every
+        replica's ``Ready`` anyway.
         """
-        if (slot.first_start is None or slot.first_start.done()) and not slot.stop_requested:
+        slot.launched_at = time.monotonic()
+        replacing = slot.first_start is None or slot.first_start.done()
+        if replacing and slot.start_took <= _EARLY_WITHIN and not slot.stop_requested:
             slot.early = True
             if slot.agent.waiting:
                 self.dispatch(slot.agent)

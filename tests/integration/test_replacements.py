@@ -2,7 +2,10 @@
 
 The call is in its pipe when it becomes ready, so the first answer after a
 crash costs no round trip through the supervisor; a replacement that never
-becomes ready ran none of its calls, which go back to the queue.
+becomes ready ran none of its calls, which go back to the queue.  Only a
+replica that started quickly last time does so (``_EARLY_WITHIN``): these
+tests set that bound, so that a loaded machine's slow first start decides
+nothing here.
 """
 
 from __future__ import annotations
@@ -13,6 +16,12 @@ import signal
 import pytest
 
 from agentrt import CallTimeout
+from agentrt.supervisor import pool
+
+
+@pytest.fixture(autouse=True)
+def _any_start_is_quick(monkeypatch):
+    monkeypatch.setattr(pool, "_EARLY_WITHIN", 3600.0)
 
 
 async def _held_replacement(sup, agent_spec, report, gate, **fields):
@@ -81,3 +90,19 @@ async def test_a_call_past_its_deadline_does_not_kill_a_replacement_still_starti
         gate.release("go")
         assert await sup.call("h") == pid  # the same process: it was not killed
         assert not logs.find("replica_killed_for_deadline")
+
+
+async def test_a_replacement_whose_last_start_was_slow_takes_no_call_before_ready(
+    make_supervisor, agent_spec, make_gate, monkeypatch
+):
+    """An agent that takes long to start must not hold a call that another
+    replica may be free for sooner: the call waits in the queue."""
+    monkeypatch.setattr(pool, "_EARLY_WITHIN", 0.0)  # every start is slower than this
+    report, gate = make_gate("report"), make_gate("gate")
+    async with make_supervisor(spares=2, intensity=100) as sup:
+        pid = await _held_replacement(sup, agent_spec, report, gate)
+        answer = sup.submit("h")
+        (st,) = await sup.status()
+        assert (st.state, st.pid, st.inflight) == ("starting", pid, 0)
+        gate.release("go")
+        assert await answer == pid
