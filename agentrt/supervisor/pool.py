@@ -323,14 +323,15 @@ class Pool:
             self.set_state(slot, "starting")
             cause: AgentDied | None
             try:
-                await proc.start(
-                    self.launcher, spec.startup_timeout, functools.partial(self._serving, slot)
-                )
+                try:
+                    await proc.start(
+                        self.launcher, spec.startup_timeout, functools.partial(self._serving, slot)
+                    )
+                finally:
+                    slot.early = False  # ready or not, it takes no more calls as a starter
             except StartupError as exc:
-                slot.early = False
                 cause = self._replica_dead(slot, boot, proc, exc)
             else:
-                slot.early = False
                 slot.start_took = time.monotonic() - slot.launched_at
                 if not slot.stop_requested:
                     self.set_state(slot, "busy" if slot.inflight else "ready")
