@@ -901,7 +901,7 @@ class ZygoteClient:
             os.fsdecode(exe),
             *multiprocess.util._args_from_interpreter_flags(),
             "-c",
-            _BOOTSTRAP.format(args=args.decode()),
+            _BOOTSTRAP.format(args=args.decode(), root=_ROOT),
         ]
         # A fresh interpreter (never a fork of our threads), and unlike a
         # multiprocess "spawn" child it does not re-import the user's __main__.
@@ -1117,9 +1117,13 @@ def _main(
     )
 
 
+#: the directory this agentrt package was imported from
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: what the zygote interpreter runs (``-c``): ``os.register_at_fork`` is
 #: wrapped before anything is imported, so that the zygote knows every hook
-#: (see :func:`_fork`)
+#: (see :func:`_fork`).  agentrt is imported from where the supervisor's came
+#: from: ``-c`` puts the working directory first on ``sys.path``, and an
+#: ``agentrt`` there (a checkout, another version) must not answer instead.
 _BOOTSTRAP = """\
 import os, sys
 _imported = list(sys.modules)
@@ -1129,6 +1133,9 @@ def _record(**kw):
     _register(**kw)
     _hooks.append(kw)
 os.register_at_fork = _record
+sys.path.insert(0, {root!r})
+import agentrt
+sys.path.remove({root!r})
 from agentrt.zygote import _main
 _main({args!r}, _hooks, _imported)
 """

@@ -245,6 +245,39 @@ print("ok")
     assert proc.stdout.strip() == "ok"
 
 
+def test_a_supervisor_run_among_another_agentrt_forks_replicas_of_its_own(tmp_path) -> None:
+    """Run from a directory that holds another ``agentrt`` (a checkout, an older
+    version), as a console script is: the zygote imports the supervisor's
+    agentrt, not the one in the working directory."""
+    here = tmp_path / "project"
+    (here / "agentrt").mkdir(parents=True)
+    (here / "agentrt" / "__init__.py").write_text('raise ImportError("the other agentrt")\n')
+    script = tmp_path / "bin" / "run.py"
+    script.parent.mkdir()
+    script.write_text(
+        """
+import asyncio, os, agentrt
+from agentrt import AgentSpec, Supervisor
+async def main():
+    async with Supervisor(spares=0) as sup:
+        await sup.start(AgentSpec(name="w", entry="os:getpid"))
+        pid = await sup.call("w")
+        print(pid != os.getpid(), os.path.dirname(agentrt.__file__) != os.path.abspath("agentrt"))
+asyncio.run(main())
+"""
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "True"]
+
+
 async def test_an_agent_may_log_while_it_starts(make_supervisor, agent_spec, logs):
     async with make_supervisor() as sup:
         await sup.start(agent_spec("warm", "agents:LogsWhileStarting"))
