@@ -140,6 +140,10 @@ def _set_streams() -> None:
     _streams_set = True
 
 
+#: what every replica sets in its environment (_isolate)
+_BOOT_VARIABLES = ("AGENTRT_AGENT", "AGENTRT_REPLICA", "AGENTRT_GENERATION", "AGENTRT_LAUNCH_DIR")
+
+
 def prepare_spare() -> None:
     """In a zygote's spare, while it waits for a replica to become: the steps
     of isolation every replica takes, and a rehearsal, so that the pages a
@@ -147,6 +151,14 @@ def prepare_spare() -> None:
     a caller waits for it."""
     _detach()
     _rehearse(rounds=2, calls=1)  # a call each, sync and async: the pages, once
+    # What _isolate and child_main write that the rehearsal does not: the
+    # environment (os.environ's dict, libc's array), sys.path, inspect.
+    for k in _BOOT_VARIABLES:
+        os.environ[k] = ""
+        del os.environ[k]
+    sys.path.insert(0, "")
+    del sys.path[0]
+    inspect.iscoroutinefunction(prepare_spare)
 
 
 def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
