@@ -228,7 +228,8 @@ class AgentProcess:
         startup_timeout: float,
         serving: Callable[[], None] | None = None,
     ) -> None:
-        """Start the child and wait for ``Ready``; raises :class:`StartupError`.
+        """Start the child and wait for ``Ready``; raises :class:`StartupError`
+        (or the :class:`AgentDied` it was killed with before its ``Ready``).
 
         ``serving`` is called once its pipes are set up, before ``Ready``:
         from then on frames may be sent (:meth:`send_bytes`), and the child
@@ -327,7 +328,7 @@ class AgentProcess:
             cause = await self.dead
             assert cause is not None
             raise cause from None
-        except StartupError:
+        except AgentDied:  # a StartupError, or what it was killed for before its Ready
             await self.dead
             raise
         except asyncio.CancelledError:

@@ -197,8 +197,8 @@ class Holds:
         for call in list(slot.inflight.values()):
             if call.finished_at is None:
                 self.ledger.release(call, now, reframe=False)
-            elif call.timer is None and proc is not None:
-                self.pool.arm_grace(call, proc)
+            elif call.timer is None and proc is not None and proc.said_ready:
+                self.pool.arm_grace(call, proc)  # (else once ready: see Pool.withdraw)
 
     def release_all(self) -> None:
         """Thaw everything without moving deadlines (the supervisor is stopping)."""

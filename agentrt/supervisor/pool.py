@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import copy
 import functools
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -329,11 +330,12 @@ class Pool:
                     )
                 finally:
                     slot.early = False  # ready or not, it takes no more calls as a starter
-            except StartupError as exc:
+            except AgentDied as exc:  # (a StartupError, or killed for a reason before Ready)
+                slot.start_took = math.inf  # a failed start is not a quick one
                 cause = self._replica_dead(slot, boot, proc, exc)
             else:
                 slot.start_took = time.monotonic() - slot.launched_at
-                if not slot.stop_requested:
+                if not slot.stop_requested and not proc.dead.done() and proc.reason is None:
                     self.set_state(slot, "busy" if slot.inflight else "ready")
                     for call in slot.inflight.values():
                         if call.future.done() and call.timer is None and not slot.paused:
@@ -431,7 +433,10 @@ class Pool:
             why = "replica stopped"
             if self.closing and self.close_error is not None:
                 why = f"replica stopped: {self.close_error}"  # who stopped the run, and why
-            self.requeue_or_fail(slot, cause or CallCancelled(why, agent=name))
+            err = cause
+            if isinstance(err, StartupError) and not proc.said_ready:
+                err = None  # stopped while starting: its calls were stopped, not failed
+            self.requeue_or_fail(slot, err or CallCancelled(why, agent=name))
         else:
             self.set_state(slot, "exited" if normal_end(cause) else "crashed")
             self.requeue_or_fail(
@@ -450,7 +455,10 @@ class Pool:
         """
         slot.launched_at = time.monotonic()
         replacing = slot.first_start is None or slot.first_start.done()
-        if replacing and slot.start_took <= _EARLY_WITHIN and not slot.stop_requested:
+        # Not on a cluster: whether a remote replica said Ready before its
+        # death is known only from a stream that may still be in transit.
+        local = slot.proc is not None and slot.proc.remote is None
+        if replacing and local and slot.start_took <= _EARLY_WITHIN and not slot.stop_requested:
             slot.early = True
             if slot.agent.waiting:
                 self.dispatch(slot.agent)

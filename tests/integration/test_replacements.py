@@ -10,12 +10,13 @@ nothing here.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
 import pytest
 
-from agentrt import CallTimeout
+from agentrt import CallCancelled, CallTimeout, SupervisorClosed
 from agentrt.supervisor import pool
 
 
@@ -71,8 +72,48 @@ async def test_a_call_sent_to_a_replacement_that_fails_to_start_is_requeued_unsp
         await logs.wait_for("replica_died", agent="h", cause="StartupError", pid=failing)
         assert not answer.done()
         line = await report.read_line()  # the next replacement waits in turn
+        # A failed start is not a quick one: the next takes no call before its Ready.
+        (st,) = await sup.status()
+        assert (st.state, st.pid, st.inflight) == ("starting", int(line.split()[1]), 0)
         gate.release("go")
         assert await answer == int(line.split()[1])
+
+
+async def test_a_replacement_killed_before_ready_leaves_its_call_to_the_next(
+    make_supervisor, agent_spec, make_gate, logs
+):
+    """Killed for what it sent before its Ready (a frame that cannot be read):
+    the slot goes on restarting, and the call it held is answered by the next."""
+    report, gate = make_gate("report"), make_gate("gate")
+    async with make_supervisor(spares=2, intensity=100) as sup:
+        garbled = await _held_replacement(sup, agent_spec, report, gate, retries=0)
+        answer = sup.submit("h")
+        gate.release("garbage")
+        await logs.wait_for("replica_died", agent="h", cause="ProtocolViolation", pid=garbled)
+        line = await report.read_line()
+        gate.release("go")
+        async with asyncio.timeout(30):
+            assert await answer == int(line.split()[1])
+        assert not logs.find("replica_loop_failed")
+
+
+async def test_a_resume_starts_no_cancel_grace_for_a_replacement_still_starting(
+    make_supervisor, agent_spec, make_gate
+):
+    report, gate = make_gate("report"), make_gate("gate")
+    async with make_supervisor(spares=2, intensity=100) as sup:
+        pid = await _held_replacement(sup, agent_spec, report, gate, cancel_grace=1.0)
+        answer = sup.submit("h")
+        await sup.pause("h")
+        answer.cancel()  # withdrawn: a Cancel follows the call into its pipe
+        await asyncio.sleep(0)  # (one loop turn: the cancellation's callback settles it)
+        (slot,) = sup._pool.agents["h"].slots
+        (call,) = slot.inflight.values()
+        assert call.finished_at is not None and call.timer is None
+        await sup.resume("h")
+        assert call.timer is None  # no grace started before its Ready
+        gate.release("go")
+        assert await sup.call("h") == pid  # the same process: it was not killed
 
 
 async def test_a_call_past_its_deadline_does_not_kill_a_replacement_still_starting(
@@ -82,7 +123,7 @@ async def test_a_call_past_its_deadline_does_not_kill_a_replacement_still_starti
     read the call, so it cannot be ignoring the Cancel."""
     report, gate = make_gate("report"), make_gate("gate")
     async with make_supervisor(spares=2, intensity=100) as sup:
-        pid = await _held_replacement(sup, agent_spec, report, gate, cancel_grace=0.01)
+        pid = await _held_replacement(sup, agent_spec, report, gate, cancel_grace=1.0)
         with pytest.raises(CallTimeout):
             await sup.call("h", timeout=0.05)
         (slot,) = sup._pool.agents["h"].slots
@@ -106,3 +147,18 @@ async def test_a_replacement_whose_last_start_was_slow_takes_no_call_before_read
         assert (st.state, st.pid, st.inflight) == ("starting", pid, 0)
         gate.release("go")
         assert await answer == pid
+
+
+async def test_closing_while_a_replacement_holds_a_call_cancels_the_call(
+    make_supervisor, agent_spec, make_gate
+):
+    """Its replica was stopped, not failed: the caller is told so, as are the
+    callers whose calls still waited in the queue."""
+    report, gate = make_gate("report"), make_gate("gate")
+    async with make_supervisor(spares=2, intensity=100) as sup:
+        await _held_replacement(sup, agent_spec, report, gate)
+        held, queued = sup.submit("h"), sup.submit("h")
+        (st,) = await sup.status()
+        assert st.inflight == 1
+    for answer in (held, queued):
+        assert isinstance(answer.exception(), CallCancelled | SupervisorClosed)
