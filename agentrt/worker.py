@@ -106,9 +106,9 @@ def _detach() -> None:
     global _detached
     if _detached:
         return
-    # (SIGINT stays as it is until the replica has a session of its own: a
-    # waiting spare shares the zygote's process group, which a terminal's
-    # Ctrl-C reaches, and must not die of it)
+    # (SIGINT stays ignored until the replica is isolated: a spare is forked
+    # in the zygote's process group, which a terminal's Ctrl-C reaches, and
+    # anyone may signal a waiting spare: it must not die of it)
     # (a zygote blocks no signal: nothing to unblock in what it forks)
     _linux.default_signals(_DEFAULT_SIGNALS, unblock=not _prepared)
     with contextlib.suppress(ValueError, OSError):

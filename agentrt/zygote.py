@@ -255,6 +255,10 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
         return
     if pid == 0:  # the spare
         try:
+            # Named first, so that ``ps`` tells spares from replicas (until
+            # its setsid below a spare is also in the zygote's session).
+            with contextlib.suppress(OSError):
+                _linux.set_name(_SPARE_NAME)
             _linux.default_signals(_SIGTERM, unblock=False)
             _linux.set_pdeathsig(signal.SIGKILL)
             if os.getppid() != _zygote:
@@ -281,12 +285,9 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
                 make_spare_workdir(_rundir, os.getpid())
             # A session of its own now, as every replica has: the kernel makes
             # it a scheduling group too, which can take most of a millisecond
-            # (``_isolate``'s own setsid then finds nothing left to do).  Named
-            # while it waits, so that ``ps`` tells spares from replicas.
+            # (``_isolate``'s own setsid then finds nothing left to do).
             with contextlib.suppress(OSError):
                 os.setsid()
-            with contextlib.suppress(OSError):
-                _linux.set_name(_SPARE_NAME)
             agentrt.worker.prepare_spare()
             theirs.send(_SPARE_READY)
             data, fds = _linux.recv_with_fds(theirs, _DGRAM, 8)

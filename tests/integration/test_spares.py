@@ -14,14 +14,20 @@ from agentrt import Limits, StartupError
 from agentrt.config import SandboxLimits, SandboxProfile
 
 
+def _not_own_session(p: psutil.Process) -> bool:
+    return os.getsid(p.pid) != p.pid
+
+
 def _spares() -> list[psutil.Process]:
-    """The zygote's idle spares: its children named ``agentrt-spare``."""
+    """The zygote's idle spares: its children named ``agentrt-spare`` (from
+    their first step), or not yet in a session of their own (a replica forked
+    without a spare, in its first steps)."""
     me = psutil.Process()
     zygotes = {p.pid for p in me.children()}
     out = []
     for p in me.children(recursive=True):
         try:
-            if p.ppid() in zygotes and p.name() == "agentrt-spare":
+            if p.ppid() in zygotes and (p.name() == "agentrt-spare" or _not_own_session(p)):
                 out.append(p)
         except (psutil.Error, ProcessLookupError):
             pass

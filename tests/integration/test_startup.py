@@ -15,15 +15,20 @@ from structlog.testing import capture_logs
 from agentrt import ConfigError, StartupError, SupervisorClosed
 
 
+def _not_own_session(p: psutil.Process) -> bool:
+    return os.getsid(p.pid) != p.pid
+
+
 def _descendants() -> set[int]:
     """Our descendants, less the zygote's idle spares (its children that have not
-    become replicas yet, named ``agentrt-spare`` while they wait)."""
+    become replicas yet: named ``agentrt-spare`` while they wait, or not yet
+    in a session of their own)."""
     me = psutil.Process()
     zygotes = {p.pid for p in me.children()}
     out: set[int] = set()
     for p in me.children(recursive=True):
         try:
-            if p.ppid() in zygotes and p.name() == "agentrt-spare":
+            if p.ppid() in zygotes and (p.name() == "agentrt-spare" or _not_own_session(p)):
                 continue  # a spare: the zygote's, forked ahead and replaced as used
         except (psutil.Error, ProcessLookupError):
             continue
