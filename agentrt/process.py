@@ -229,7 +229,7 @@ class AgentProcess:
         serving: Callable[[], None] | None = None,
     ) -> None:
         """Start the child and wait for ``Ready``; raises :class:`StartupError`
-        (or the :class:`AgentDied` it was killed with before its ``Ready``).
+        (its ``__cause__`` what the child was killed for, if it was).
 
         ``serving`` is called once its pipes are set up, before ``Ready``:
         from then on frames may be sent (:meth:`send_bytes`), and the child
@@ -327,15 +327,26 @@ class AgentProcess:
             )
             cause = await self.dead
             assert cause is not None
-            raise cause from None
-        except AgentDied:  # a StartupError, or what it was killed for before its Ready
+            if isinstance(cause, StartupError):
+                raise cause from None
+            raise self._startup_error(cause) from cause
+        except StartupError:
             await self.dead
             raise
+        except AgentDied as exc:  # killed for what it did before its Ready
+            await self.dead
+            raise self._startup_error(exc) from exc
         except asyncio.CancelledError:
             self.kill()
             await asyncio.shield(self.dead)
             raise
         self.ready_at = time.monotonic()
+
+    def _startup_error(self, exc: AgentDied) -> StartupError:
+        """A death before ``Ready`` as the StartupError it is to a start's caller."""
+        return StartupError(
+            f"died before Ready: {type(exc).__name__}: {exc}", agent=self.boot.agent, pid=self.pid
+        )
 
     # --- frames in ---------------------------------------------------------
 

@@ -330,7 +330,7 @@ class Pool:
                     )
                 finally:
                     slot.early = False  # ready or not, it takes no more calls as a starter
-            except AgentDied as exc:  # (a StartupError, or killed for a reason before Ready)
+            except StartupError as exc:
                 slot.start_took = math.inf  # a failed start is not a quick one
                 cause = self._replica_dead(slot, boot, proc, exc)
             else:

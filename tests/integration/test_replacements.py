@@ -89,7 +89,8 @@ async def test_a_replacement_killed_before_ready_leaves_its_call_to_the_next(
         garbled = await _held_replacement(sup, agent_spec, report, gate, retries=0)
         answer = sup.submit("h")
         gate.release("garbage")
-        await logs.wait_for("replica_died", agent="h", cause="ProtocolViolation", pid=garbled)
+        died = await logs.wait_for("replica_died", agent="h", cause="StartupError", pid=garbled)
+        assert "ProtocolViolation" in died["reason"]
         line = await report.read_line()
         gate.release("go")
         async with asyncio.timeout(30):

@@ -111,6 +111,16 @@ async def test_import_that_blocks_past_startup_timeout_raises_startup_error(
         await _assert_failed_start_left_nothing(sup, "slow", before, healthy)
 
 
+async def test_a_replica_killed_for_what_it_sent_before_ready_is_a_startup_error(
+    make_supervisor, agent_spec, logs
+):
+    async with make_supervisor() as sup:
+        with pytest.raises(StartupError, match="ProtocolViolation") as err:
+            await sup.start(agent_spec("g", "agents:Garbled"))
+        assert type(err.value.__cause__).__name__ == "ProtocolViolation"
+        assert not logs.find("replica_loop_failed")
+
+
 async def test_starting_an_agent_twice_is_a_config_error(make_supervisor, agent_spec):
     async with make_supervisor() as sup:
         await sup.start(agent_spec("echo", "agents:echo"))
