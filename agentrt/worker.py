@@ -140,7 +140,7 @@ def _set_streams() -> None:
     _streams_set = True
 
 
-#: what every replica sets in its environment (_isolate)
+#: what every replica sets in its environment (_isolate), in this order
 _BOOT_VARIABLES = ("AGENTRT_AGENT", "AGENTRT_REPLICA", "AGENTRT_GENERATION", "AGENTRT_LAUNCH_DIR")
 
 
@@ -210,12 +210,11 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
     sandbox.confine(boot)
     for k, v in boot.env.items():
         os.environ[k] = v
-    os.environ["AGENTRT_AGENT"] = boot.agent
-    os.environ["AGENTRT_REPLICA"] = str(boot.replica)
-    os.environ["AGENTRT_GENERATION"] = str(boot.generation)
-    # Replicas run in private directories: where the supervisor was started
-    # is how an agent resolves a user's relative output path.
-    os.environ["AGENTRT_LAUNCH_DIR"] = boot.launch_dir
+    # (replicas run in private directories: where the supervisor was started,
+    # AGENTRT_LAUNCH_DIR, is how an agent resolves a user's relative output path)
+    ours = (boot.agent, str(boot.replica), str(boot.generation), boot.launch_dir)
+    for k, v in zip(_BOOT_VARIABLES, ours, strict=True):
+        os.environ[k] = v
     for p in reversed(boot.sys_path):
         if p not in sys.path:
             sys.path.insert(0, p)
