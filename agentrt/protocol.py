@@ -29,6 +29,7 @@ __all__ = [
     "Approve",
     "Boot",
     "Call",
+    "CallMany",
     "Cancel",
     "ControlReply",
     "ControlRequest",
@@ -57,6 +58,7 @@ __all__ = [
     "Heartbeat",
     "Held",
     "Log",
+    "Part",
     "Ready",
     "Reaped",
     "Receive",
@@ -120,6 +122,23 @@ class Call(_Msg, frozen=True, tag="call"):
     deadline: float = 0.0
 
 
+class CallMany(_Msg, frozen=True, tag="call_many"):
+    """Run ``target`` once per item of ``items`` (keyword arguments), in order:
+    one frame for many small calls of a ``Supervisor.map``.
+
+    Each item is answered by a :class:`Part` (or a :class:`Failure` naming
+    its ``part``), written before the next item starts; the whole by a
+    :class:`Result` whose value is the seconds the items took (a float),
+    or by a :class:`Failure` with ``part = -1`` (its deadline passed, or it
+    was cancelled: the items not answered did not run to their end).
+    """
+
+    id: int
+    target: str
+    items: list[dict[str, Any]]
+    deadline: float = 0.0
+
+
 class Cancel(_Msg, frozen=True, tag="cancel"):
     """Cancel call ``id`` if it is still running."""
 
@@ -163,6 +182,14 @@ class Result(_Msg, frozen=True, tag="result"):
     value: Any
 
 
+class Part(_Msg, frozen=True, tag="part"):
+    """Item ``index`` of :class:`CallMany` ``id`` returned ``value``."""
+
+    id: int
+    index: int
+    value: Any
+
+
 class Failure(_Msg, frozen=True, tag="failure"):
     """Call ``id`` failed.
 
@@ -180,6 +207,8 @@ class Failure(_Msg, frozen=True, tag="failure"):
     #: a typed agentrt error the agent let through (a failed subagent or tool
     #: call it did not handle), as ``to_dict()``: re-raised typed, not wrapped
     error: dict[str, Any] | None = None
+    #: the item of a :class:`CallMany` that failed; ``-1``: the call as a whole
+    part: int = -1
 
 
 class Log(_Msg, frozen=True, tag="log"):
@@ -314,12 +343,13 @@ class ReplyError(_Msg, frozen=True, tag="reply_error"):
     error: dict[str, Any]
 
 
-SupervisorMessage = Call | Cancel | Shutdown | Heartbeat | Reply | ReplyError | Held
+SupervisorMessage = Call | CallMany | Cancel | Shutdown | Heartbeat | Reply | ReplyError | Held
 #: messages with a ``msgspec.Raw`` field (decoded from a buffer of their own)
 _KEEPS_RAW: frozenset[type] = frozenset({Send})
 AgentMessage = (
     Ready
     | StartupFailed
+    | Part
     | Result
     | Failure
     | Log

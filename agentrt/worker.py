@@ -47,6 +47,7 @@ from agentrt.protocol import (
     EXIT_STARTUP,
     Boot,
     Call,
+    CallMany,
     Cancel,
     Failure,
     FrameDecoder,
@@ -55,6 +56,7 @@ from agentrt.protocol import (
     Heartbeat,
     Held,
     Log,
+    Part,
     Ready,
     Reply,
     ReplyError,
@@ -81,6 +83,10 @@ _prepared = False
 _detached = False
 #: stdin is /dev/null and the output streams line-buffered (see _set_streams)
 _streams_set = False
+
+
+#: how often the items of a ``CallMany`` stop to read what came meanwhile (seconds)
+_LOOK_EVERY = 0.001
 
 
 class _Deadline(BaseException):
@@ -305,6 +311,9 @@ class _Channel:
         self.spin = spin
         self.hot = False  # until a frame arrives soon after an answer
         self.sent_at = 0.0
+        #: a frame is being written: a SIGALRM handler must not raise now
+        #: (a frame cut in half would break the stream)
+        self.writing = False
         #: the spinning slots to try (their files, read-only); None: spin without one
         self._slots = slots
         self._poll = select.poll()
@@ -319,7 +328,10 @@ class _Channel:
             if call_id is None:
                 raise
             where = describe_unencodable(getattr(msg, "value", None), "result") or str(exc)
-            return self.encoder.encode(Failure(call_id, type(exc).__name__, where, "", "error"))
+            part = msg.index if isinstance(msg, Part) else -1
+            return self.encoder.encode(
+                Failure(call_id, type(exc).__name__, where, "", "error", None, part)
+            )
 
     def write(self, msg: Any) -> None:
         self.write_bytes(self.frame(msg))
@@ -329,9 +341,13 @@ class _Channel:
             self.big = True
             _linux.set_pipe_size(self.wfd, 1 << 20)
         view = memoryview(data)
-        while view:
-            n = os.write(self.wfd, view)
-            view = view[n:]
+        self.writing = True
+        try:
+            while view:
+                n = os.write(self.wfd, view)
+                view = view[n:]
+        finally:
+            self.writing = False
         if self.spin:
             self.sent_at = time.perf_counter()
 
@@ -408,10 +424,10 @@ class _Channel:
                 return msgs
 
 
-def _failure(call_id: int, exc: BaseException, kind: str = "error") -> Failure:
+def _failure(call_id: int, exc: BaseException, kind: str = "error", part: int = -1) -> Failure:
     tb = "".join(traceback.format_exception(exc))
     typed = exc.to_dict() if isinstance(exc, AgentrtError) else None
-    return Failure(call_id, type(exc).__qualname__, str(exc), tb, kind, typed)
+    return Failure(call_id, type(exc).__qualname__, str(exc), tb, kind, typed, part)
 
 
 class _Running:
@@ -490,7 +506,7 @@ class _Worker:
         held = self.io.held
         backlog = self.backlog
         for msg in msgs:
-            if type(msg) is Call:  # the common case first
+            if type(msg) is Call or type(msg) is CallMany:  # the common case first
                 if held:
                     self.bases[msg.id] = held
                 backlog.append(msg)
@@ -511,7 +527,7 @@ class _Worker:
     def _drop_waiting(self, call_id: int) -> bool:
         """A call cancelled before it started never runs: answered as cancelled."""
         for msg in self.backlog:
-            if isinstance(msg, Call) and msg.id == call_id:
+            if isinstance(msg, Call | CallMany) and msg.id == call_id:
                 self.backlog.remove(msg)
                 self.bases.pop(call_id, None)
                 # written by the main loop (this may run in a signal handler,
@@ -584,7 +600,7 @@ class _Worker:
             if self.selecting:
                 raise _Woken
 
-    def resolve(self, call: Call) -> Callable[..., Any]:
+    def resolve(self, call: Call | CallMany) -> Callable[..., Any]:
         fn = self.targets.get(call.target)
         if fn is None:
             known = ", ".join(repr(t) for t in sorted(self.targets) if t) or "none"
@@ -622,6 +638,9 @@ class _Worker:
         io = self.io
 
         def on_alarm(signum: int, frame: Any) -> None:
+            if chan.writing:  # an item's answer is half written: look again soon
+                signal.setitimer(signal.ITIMER_REAL, 0.001)
+                return
             left = io.alarm_left(self.deadline, self.base)
             if left is None or left > 0:  # not yet read what the supervisor said, or paused
                 signal.setitimer(signal.ITIMER_REAL, 0.01 if left is None else left)
@@ -647,6 +666,12 @@ class _Worker:
                     result = self.run_sync(msg)
                     self.current = 0
                     chan.write(result)
+                case CallMany():
+                    self.current = msg.id
+                    ended = self.run_many_sync(msg)
+                    self.current = 0
+                    if ended is not None:
+                        chan.write(ended)
                 case Shutdown():
                     return 0
                 case Cancel() | Heartbeat():
@@ -691,6 +716,82 @@ class _Worker:
             if timed:
                 signal.setitimer(signal.ITIMER_REAL, 0)
 
+    def run_many_sync(self, call: CallMany) -> Result | Failure | None:
+        """Each item in turn, its answer written before the next starts; the
+        whole's answer (None: an item hit a limit, the replica is replaced)."""
+        timed = False
+        since = _linux.clock_ticks()
+        self.deadline = call.deadline
+        self.base = self.bases.pop(call.id, 0.0) if self.bases else 0.0
+        write = self.chan.write
+        start = time.perf_counter()
+        try:
+            fn = self.resolve(call)
+            if call.deadline:
+                left = call.deadline + (self.io.held - self.base) - time.monotonic()
+                if left <= 0:
+                    return Failure(
+                        call.id, "TimeoutError", "deadline passed before start", "", "timeout"
+                    )
+                signal.setitimer(signal.ITIMER_REAL, left)
+                timed = True
+            with_ctx = self.with_ctx.get(fn)
+            looked = start
+            for i, args in enumerate(call.items):
+                now = time.perf_counter()
+                if now - looked >= _LOOK_EVERY:
+                    looked = now
+                    self.look()  # its Cancel, a pause: read between two items
+                try:
+                    if with_ctx:
+                        ctx = SyncContext(self.io, call.id, call.deadline or None, self.base)
+                        value = fn(ctx, **args)
+                    else:
+                        value = fn(**args)
+                    if inspect.isawaitable(value):
+                        value = asyncio.run(_awaitable(value))
+                except Exception as exc:
+                    kind = self.error_kind(exc)
+                    write(_failure(call.id, exc, kind, i))
+                    if kind != "error":
+                        return None
+                    continue
+                write(Part(call.id, i, value))
+            if timed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                timed = False
+            return Result(call.id, time.perf_counter() - start)
+        except _Deadline:
+            timed = False
+            self.kill_leftovers(since)
+            return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")
+        except _Cancelled:
+            self.kill_leftovers(since)
+            return Failure(call.id, "CancelledError", "cancelled", "", "cancelled")
+        except Exception as exc:
+            return _failure(call.id, exc, self.error_kind(exc))
+        finally:
+            if timed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def look(self) -> None:
+        """Sync mode, between two items of a ``CallMany``: take the frames
+        already in the pipe (raises :class:`_Cancelled` on its Cancel)."""
+        chan = self.chan
+        if not chan._ready():
+            return
+        self.reading = True
+        try:
+            msgs = chan.read_ready()
+        except EOFError:
+            raise _Cancelled from None
+        finally:
+            self.reading = False
+        try:
+            self.take(msgs)
+        finally:
+            self.flush()
+
     def kill_leftovers(self, since: int) -> None:
         """An interrupted call ends with what it started: the processes of this
         replica's tree, and of its cgroup, that started during the call (from
@@ -728,13 +829,19 @@ class _Worker:
         os.set_blocking(chan.rfd, False)
         stop: asyncio.Future[None] = loop.create_future()
         running: dict[int, asyncio.Task[None]] = {}
-        waiting: deque[Call] = deque()
+        waiting: deque[Call | CallMany] = deque()
         free = self.boot.concurrency
 
-        async def run_one(call: Call) -> None:
-            chan.write(await self.run_async(call))
+        async def run_one(call: Call | CallMany) -> None:
+            if type(call) is Call:
+                chan.write(await self.run_async(call))
+                return
+            assert isinstance(call, CallMany)
+            ended = await self.run_many_async(call)
+            if ended is not None:
+                chan.write(ended)
 
-        def finished(call: Call, task: asyncio.Task[None]) -> None:
+        def finished(call: Call | CallMany, task: asyncio.Task[None]) -> None:
             nonlocal free
             running.pop(call.id, None)
             free += 1
@@ -757,7 +864,7 @@ class _Worker:
 
         def handle(msg: Any) -> None:
             match msg:
-                case Call():
+                case Call() | CallMany():
                     if io.held:
                         self.bases[msg.id] = io.held
                     waiting.append(msg)
@@ -821,6 +928,71 @@ class _Worker:
             return await self._run_async(call, me)
         finally:
             self.running.discard(me)
+
+    async def run_many_async(self, call: CallMany) -> Result | Failure | None:
+        """:meth:`run_many_sync` for an async replica: the items one after another."""
+        me = _Running(_linux.clock_ticks())
+        for other in self.running:
+            other.alone = me.alone = False
+        self.running.add(me)
+        io = self.io
+        base = self.bases.pop(call.id, 0.0) if self.bases else 0.0
+        start = time.perf_counter()
+        try:
+            fn = self.resolve(call)
+            with_ctx = self.with_ctx.get(fn)
+            if call.deadline:
+                bound = asyncio.timeout_at(call.deadline + (io.held - base))
+                io.timeouts.add(bound)  # a pause moves it
+                try:
+                    async with bound:
+                        limited = await self._run_items(call, fn, with_ctx, base)
+                finally:
+                    io.timeouts.discard(bound)
+            else:
+                limited = await self._run_items(call, fn, with_ctx, base)
+            if limited:
+                return None
+            return Result(call.id, time.perf_counter() - start)
+        except TimeoutError as exc:
+            if call.deadline and time.monotonic() >= call.deadline + (io.held - base):
+                if me.alone:
+                    self.kill_leftovers(me.since)
+                return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")
+            return _failure(call.id, exc)
+        except asyncio.CancelledError:
+            if me.alone:
+                self.kill_leftovers(me.since)
+            return Failure(call.id, "CancelledError", "cancelled", "", "cancelled")
+        except Exception as exc:
+            return _failure(call.id, exc, self.error_kind(exc))
+        finally:
+            self.running.discard(me)
+
+    async def _run_items(
+        self, call: CallMany, fn: Callable[..., Any], with_ctx: bool | None, base: float
+    ) -> bool:
+        """The items of ``call`` in turn, each answered as it ends; True when
+        one hit a limit of the replica (the rest do not run)."""
+        write = self.chan.write
+        looked = time.perf_counter()
+        for i, args in enumerate(call.items):
+            now = time.perf_counter()
+            if now - looked >= _LOOK_EVERY:
+                looked = now
+                await asyncio.sleep(0)  # its Cancel: the loop reads between two items
+            try:
+                if with_ctx:
+                    args = {**args, "ctx": Context(self.io, call.id, call.deadline or None, base)}
+                value = await _call_maybe_async(fn, args)
+            except Exception as exc:
+                kind = self.error_kind(exc)
+                write(_failure(call.id, exc, kind, i))
+                if kind != "error":
+                    return True
+                continue
+            write(Part(call.id, i, value))
+        return False
 
     async def _run_async(self, call: Call, me: _Running) -> Result | Failure:
         io = self.io

@@ -37,12 +37,16 @@ from agentrt.protocol import HEADER, summarize
 from agentrt.protocol import Call as WireCall
 from agentrt.supervisor.events import EventHub
 
-__all__ = ["UNLIMITED", "Batch", "Budget", "Call", "Ledger", "RunHost"]
+__all__ = ["UNLIMITED", "Batch", "Budget", "Call", "Ledger", "PartSink", "Parts", "RunHost"]
 
 #: where a call runs (the pool's replica slot); the ledger only asks whether it runs
 S = TypeVar("S")
-#: ``encode(call_id, agent, target, args, deadline)``: the call's frame, or EncodeError
-Encoder = Callable[[int, str, str, Mapping[str, Any], float | None], bytes | bytearray]
+#: ``encode(call_id, agent, target, args, deadline, items)``: the call's frame
+#: (a ``CallMany`` of ``items`` when they are given), or EncodeError
+Encoder = Callable[
+    [int, str, str, Mapping[str, Any], float | None, "list[dict[str, Any]] | None"],
+    bytes | bytearray,
+]
 
 
 class RunHost(Protocol):
@@ -125,6 +129,30 @@ class Batch:
             self.done.set_result(None)
 
 
+class PartSink(Protocol):
+    """Where the items of a many-item call are answered (a bulk map)."""
+
+    def part(self, pos: int, value: Any) -> None: ...
+
+    def part_failed(self, pos: int, error: CallError) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class Parts:
+    """The items one call carries (a ``CallMany`` frame), answered one by one.
+
+    The replica runs them in order and answers each before the next starts,
+    so ``answered`` is also the item that runs: the one to blame when the
+    replica dies in the middle.
+    """
+
+    items: list[dict[str, Any]]
+    #: the position of ``items[0]`` among the map's items
+    start: int
+    sink: PartSink
+    answered: int = 0
+
+
 @dataclass(eq=False, slots=True)
 class Call(Generic[S]):
     """One call to an agent, from submission to its outcome."""
@@ -160,6 +188,8 @@ class Call(Generic[S]):
     held_at: float | None = None
     #: the approval request it waits for, until answered (then it is queued)
     approval: str | None = None
+    #: many items in one call (a bulk map's chunk): where each is answered
+    parts: Parts | None = None
 
     def clear_timer(self) -> None:
         if self.timer is not None:
@@ -198,6 +228,7 @@ class Ledger(Generic[S]):
         run: RunHost | None = None,
         batch: Batch | None = None,
         armed: bool = True,
+        parts: Parts | None = None,
     ) -> Call[S]:
         """A new call; a child never outlives its parent's deadline.
 
@@ -209,7 +240,8 @@ class Ledger(Generic[S]):
         loop = asyncio.get_running_loop()
         deadline, timeout = self._deadline(timeout, parent) if armed else (None, timeout)
         cid = next(self._ids)
-        frame = self._encode(cid, agent, target, args or {}, deadline)
+        items = None if parts is None else parts.items
+        frame = self._encode(cid, agent, target, args or {}, deadline, items)
         call: Call[S] = Call(
             cid,
             agent,
@@ -237,6 +269,8 @@ class Ledger(Generic[S]):
         if batch is not None:
             call.batch = batch
             batch.left += 1
+        if parts is not None:
+            call.parts = parts
         if deadline is not None:
             call.timer = loop.call_at(deadline, self._on_deadline, call)
         return call
@@ -269,9 +303,15 @@ class Ledger(Generic[S]):
 
     def reframe(self, call: Call[S], args: Mapping[str, Any] | None = None) -> None:
         """Encode the call's frame again, with its deadline as it is now (and ``args``)."""
+        parts = call.parts
+        if parts is not None:
+            call.frame = self._encode(
+                call.id, call.agent, call.target, {}, call.deadline, parts.items
+            )
+            return
         if args is None:
             args = msgspec.msgpack.decode(memoryview(call.frame)[HEADER:], type=WireCall).args
-        call.frame = self._encode(call.id, call.agent, call.target, args, call.deadline)
+        call.frame = self._encode(call.id, call.agent, call.target, args, call.deadline, None)
 
     def hold(self, call: Call[S], now: float) -> None:
         """Its agent or replica is paused: its deadline stands still from ``now``."""

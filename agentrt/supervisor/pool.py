@@ -60,6 +60,7 @@ from agentrt.protocol import (
     Failure,
     Heartbeat,
     Log,
+    Part,
     Receive,
     Result,
     Send,
@@ -72,7 +73,7 @@ from agentrt.supervisor import policy, watchdog
 from agentrt.supervisor.boot import BootPlanner
 from agentrt.supervisor.events import EventHub
 from agentrt.supervisor.ledger import Call as LedgerCall
-from agentrt.supervisor.ledger import Ledger
+from agentrt.supervisor.ledger import Ledger, Parts
 
 __all__ = ["Agent", "Pool", "ReplicaStatus", "Request", "Restarts", "Slot"]
 
@@ -168,6 +169,9 @@ class Agent:
     #: no slot before this index is idle (a hint for dispatch: lowered whenever
     #: a slot may have become idle; a wrong hint costs a full scan, never a call)
     idle_hint: int = 0
+    #: seconds one item of a bulk map takes in a replica (a moving average of
+    #: what its replicas report); None until one has been measured
+    item_time: float | None = None
 
     @property
     def name(self) -> str:
@@ -524,15 +528,38 @@ class Pool:
 
         def handle(proc: AgentProcess, msg: Any) -> None:
             match msg:
+                case Part(id=cid, index=index, value=value):
+                    call = slot.inflight.get(cid)
+                    if call is not None:  # else settled already (its map ended)
+                        parts = self._next_part(call, index)
+                        parts.sink.part(parts.start + index, value)
                 case Result(id=cid, value=value):
                     call = slot.inflight.pop(cid, None)
                     if call is not None:
+                        if call.parts is not None and call.parts.answered < len(call.parts.items):
+                            slot.inflight[cid] = call  # killed below, as a violation
+                            raise ValueError(
+                                f"call {cid} answered after {call.parts.answered} "
+                                f"of its {len(call.parts.items)} items"
+                            )
                         call.slot = None
                         if call.timer is not None:  # its deadline, or a withdrawn call's grace
                             call.timer.cancel()
                             call.timer = None
                         settle(call, value)
                         self._after_answer(slot)
+                case Failure(part=index) if index >= 0:
+                    call = slot.inflight.get(msg.id)
+                    if call is not None:
+                        parts = self._next_part(call, index)
+                        err = self._failure_error(slot, proc, call, msg)
+                        parts.sink.part_failed(parts.start + index, err)
+                        if isinstance(err, LimitExceeded):
+                            # The rest of its items did not run: back to its map.
+                            del slot.inflight[msg.id]
+                            call.slot = None
+                            settle(call, None)
+                            self.recycle(slot, proc, err, call.id)
                 case Failure():
                     call = slot.inflight.pop(msg.id, None)
                     if call is not None:
@@ -575,6 +602,19 @@ class Pool:
                     pass
 
         return handle
+
+    @staticmethod
+    def _next_part(call: LedgerCall[Slot], index: int) -> Parts:
+        """The items of ``call``, checked to have ``index`` as the next to answer
+        (a replica answers them in order, each once)."""
+        parts = call.parts
+        if parts is None or index != parts.answered or index >= len(parts.items):
+            raise ValueError(
+                f"item {index} of call {call.id} answered out of turn"
+                + ("" if parts is None else f" (next: {parts.answered} of {len(parts.items)})")
+            )
+        parts.answered = index + 1
+        return parts
 
     def _after_answer(self, slot: Slot) -> None:
         if not slot.inflight:
@@ -705,6 +745,12 @@ class Pool:
                 self.ledger.settle(call, error=copy.copy(cause))  # no-op once settled
                 continue
             if i >= conc:
+                if call.parts is not None and call.parts.answered:
+                    # Its first items are answered, the rest never ran (the
+                    # replica was recycled for another call): they go back
+                    # to its map, which sends them again; nothing to blame.
+                    self.ledger.settle(call, None)
+                    continue
                 call.attempts -= 1
                 requeue.append(call)
             elif call.attempts <= call.retries and not self.closing and not slot.stop_requested:

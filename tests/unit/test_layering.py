@@ -106,6 +106,7 @@ ALLOWED: dict[str, set[str]] = {
         "supervisor.pool",
     },
     "supervisor.oversight": {"config", "errors", "protocol", "supervisor.events"},
+    "supervisor.bulk": {"errors", "supervisor.ledger", "supervisor.pool"},
     "supervisor.holds": {
         "_linux",
         "errors",
@@ -137,6 +138,7 @@ ALLOWED: dict[str, set[str]] = {
         "process",
         "protocol",
         "supervisor.boot",
+        "supervisor.bulk",
         "supervisor.console",
         "supervisor.events",
         "supervisor.holds",

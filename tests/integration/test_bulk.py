@@ -1,0 +1,175 @@
+"""A bulk map: many items to a frame, each item still a call of its own.
+
+Each test first runs a map of quick items so that the agent's item time is
+measured: the items of the map under test then go many to a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentrt import Limits
+from agentrt.errors import (
+    AgentCrashed,
+    CallTimeout,
+    EncodeError,
+    LimitExceeded,
+    ProtocolViolation,
+    RemoteError,
+)
+
+
+async def _warm(sup, name, n=300):
+    """Quick items first: the agent's item time is measured, chunks grow."""
+    got = await sup.map(name, [{"i": -1}] * n)
+    assert len(got) == n
+
+
+async def test_a_map_of_quick_items_goes_many_to_a_frame(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("c", "agents:chunk_of", replicas=2))
+        await _warm(sup, "c")
+        got = await sup.map("c", [{"i": i} for i in range(2000)])
+        assert [g["i"] for g in got] == list(range(2000))
+        calls = {g["call"] for g in got}
+        # Many items to one call (a chunk): far fewer calls than items.
+        assert len(calls) <= 2000 // 8
+        assert len({g["pid"] for g in got}) == 2  # both replicas served
+        # A call of its own still goes one to a frame.
+        assert (await sup.call("c", {"i": 7}))["call"] not in calls
+
+
+async def test_an_item_that_raises_fails_alone(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("f", "agents:item"))
+        await _warm(sup, "f")
+        items = [{"i": i, "fail_at": 5} for i in range(20)]
+        got = await sup.map("f", items, return_exceptions=True)
+        assert isinstance(got[5], RemoteError) and "item 5 fails" in str(got[5])
+        assert [g["i"] for k, g in enumerate(got) if k != 5] == [i for i in range(20) if i != 5]
+        assert len({g["pid"] for k, g in enumerate(got) if k != 5}) == 1  # no restart
+        with pytest.raises(RemoteError, match="item 5 fails"):
+            await sup.map("f", items)
+        assert await sup.map("f", [{"i": 1}, {"i": 2}]) == [
+            {"i": 1, "pid": got[0]["pid"]},
+            {"i": 2, "pid": got[0]["pid"]},
+        ]
+
+
+async def test_a_death_blames_the_item_it_ran_and_the_rest_are_served(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("d", "agents:item"))
+        await _warm(sup, "d")
+        first = (await sup.call("d", {"i": 0}))["pid"]
+        got = await sup.map(
+            "d", [{"i": i, "crash_at": 5} for i in range(20)], return_exceptions=True
+        )
+        assert isinstance(got[5], AgentCrashed)
+        # Answered before the death: kept.  After it: never ran, sent again
+        # to the replacement, not failed with it.
+        assert [g["pid"] for g in got[:5]] == [first] * 5
+        later = {g["pid"] for g in got[6:]}
+        assert len(later) == 1 and first not in later
+        assert [g["i"] for g in got[6:]] == list(range(6, 20))
+
+
+async def test_retries_apply_to_the_item_that_died(make_supervisor, agent_spec, tmp_path):
+    marker = tmp_path / "crashed"
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("d", "agents:item", retries=1))
+        await _warm(sup, "d")
+        items = [{"i": i, "crash_at": 5, "marker": str(marker)} for i in range(20)]
+        got = await sup.map("d", items)
+        assert [g["i"] for g in got] == list(range(20))
+        assert got[5]["pid"] != int(marker.read_text())  # served by the replacement
+        assert [r.restarts for r in await sup.status() if r.agent == "d"] == [1]
+
+
+async def test_the_deadline_ends_the_items_not_answered(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("s", "agents:item"))
+        await _warm(sup, "s")
+        items = [{"i": i, "sleep_at": 5} for i in range(20)]
+        got = await sup.map("s", items, timeout=1.0, return_exceptions=True)
+        assert [g["i"] for g in got[:5]] == list(range(5))
+        assert all(isinstance(g, CallTimeout) for g in got[5:])
+        # The replica stays (it ended the sleeping item itself).
+        assert await sup.call("s", {"i": 1}) == {"i": 1, "pid": got[0]["pid"]}
+
+
+async def test_an_item_over_a_limit_fails_alone_and_the_replica_is_replaced(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("m", "agents:item", limits=Limits(memory="256MiB")))
+        await _warm(sup, "m")
+        got = await sup.map("m", [{"i": i, "hog_at": 5} for i in range(20)], return_exceptions=True)
+        assert isinstance(got[5], LimitExceeded) and got[5].limit == "memory"
+        assert len({g["pid"] for g in got[:5]}) == 1
+        later = {g["pid"] for g in got[6:]}
+        assert len(later) == 1 and later != {got[0]["pid"]}
+        assert [g["i"] for g in got[6:]] == list(range(6, 20))
+
+
+@pytest.mark.parametrize("what", ["part", "again", "result"])
+async def test_answers_out_of_turn_are_a_protocol_violation(make_supervisor, agent_spec, what):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("h", "agents:forge_answer"))
+        await _warm(sup, "h")
+        items = [{"i": i, "at": 3, "what": what} for i in range(12)]
+        got = await sup.map("h", items, return_exceptions=True)
+        assert isinstance(got[3], ProtocolViolation)
+        assert "out of turn" in str(got[3]) or "answered after" in str(got[3])
+        assert [g["i"] for k, g in enumerate(got) if k != 3] == [i for i in range(12) if i != 3]
+        assert all(g != "x" for g in got)
+
+
+async def test_an_item_that_cannot_be_sent_fails_alone(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("e", "agents:item"))
+        await _warm(sup, "e")
+        items = [{"i": i} for i in range(20)]
+        items[7] = {"i": object()}
+        got = await sup.map("e", items, return_exceptions=True)
+        assert isinstance(got[7], EncodeError)
+        assert [g["i"] for k, g in enumerate(got) if k != 7] == [i for i in range(20) if i != 7]
+        with pytest.raises(EncodeError):
+            await sup.map("e", items)
+
+
+async def test_cancelling_a_map_cancels_the_item_running(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        # A long cancel_grace: the replica itself must end the sleeping item.
+        await sup.start(agent_spec("s", "agents:aitem", cancel_grace=30))
+        await _warm(sup, "s")
+        task = asyncio.create_task(sup.map("s", [{"i": i, "sleep_at": 0} for i in range(8)]))
+        # Its chunk is in the replica (sent as the map starts).
+        await asyncio.sleep(0)
+        assert [r.inflight for r in await sup.status() if r.agent == "s"] == [1]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        got = await sup.call("s", {"i": 1})
+        assert got["i"] == 1
+        assert [(r.restarts, r.inflight) for r in await sup.status() if r.agent == "s"] == [(0, 0)]
+
+
+async def test_a_sync_replica_reads_its_cancel_between_items(
+    make_supervisor, agent_spec, make_gate
+):
+    report = make_gate("report")
+    async with make_supervisor() as sup:
+        # The 10 items take a second; the replica is killed if it has not
+        # answered the Cancel within 0.3 s (it reads it after the item running).
+        await sup.start(agent_spec("s", "agents:slow_item", cancel_grace=0.3))
+        await _warm(sup, "s")
+        items = [{"i": i, "seconds": 0.1, "report": report.path} for i in range(10)]
+        task = asyncio.create_task(sup.map("s", items))
+        assert await report.read_line() == "started"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pid = (await sup.call("s", {"i": 1}))["pid"]
+        assert [(r.pid, r.restarts) for r in await sup.status() if r.agent == "s"] == [(pid, 0)]
