@@ -22,8 +22,9 @@ reports the seconds its items took, and the next chunks carry about
 ``_CHUNK_SECONDS`` of work (at most ``_MAX_ITEMS`` items).  A map of long
 calls (a model, a tool) sends one item per chunk, so no replica holds work
 another one is free for; a map of tiny ones pays the supervisor's cost once
-per chunk.  At most as many chunks are out as the replicas have room for,
-so each new chunk is sized from what the last ones measured.
+per chunk.  At most as many chunks are out as the replicas have room for
+(``concurrency + queue`` each), so each new chunk is sized from what the
+last ones measured.  The time is kept per agent and method.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class BulkMap:
     def __init__(
         self,
         agent: Agent,
+        method: str,
         items: list[dict[str, Any]],
         submit: Submit,
         settle: Callable[[Call[Any], BaseException], None],
@@ -80,6 +82,7 @@ class BulkMap:
         fail_fast: bool,
     ) -> None:
         self._agent = agent
+        self._method = method
         self._items = items
         self._submit = submit
         self._settle = settle
@@ -146,7 +149,7 @@ class BulkMap:
         return self.out
 
     def _chunk_size(self) -> int:
-        t = self._agent.item_time
+        t = self._agent.item_times.get(self._method)
         if t is None:
             return 1
         return max(1, min(_MAX_ITEMS, int(_CHUNK_SECONDS / max(t, 1e-7))))
@@ -154,7 +157,7 @@ class BulkMap:
     def _send(self) -> None:
         """Chunks out, while the replicas have room for them."""
         ag = self._agent
-        room = max(1, ag.capacity * len(ag.slots))
+        room = max(1, ag.capacity * len(ag.slots))  # as many as single calls
         todo = self._todo
         while todo and len(self._out) < room:
             if self._fail_fast and self.errors:
@@ -241,8 +244,8 @@ class BulkMap:
         self._poke()
 
     def _measured(self, seconds: float) -> None:
-        ag = self._agent
         if not math.isfinite(seconds):
             return
-        t = ag.item_time
-        ag.item_time = seconds if t is None else t + _SMOOTH * (seconds - t)
+        times = self._agent.item_times
+        t = times.get(self._method)
+        times[self._method] = seconds if t is None else t + _SMOOTH * (seconds - t)

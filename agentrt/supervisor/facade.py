@@ -671,6 +671,7 @@ class Supervisor:
             if self._bulk_ok(ag):
                 bulk = BulkMap(
                     ag,
+                    method,
                     [{} if a is None else dict(a) for a in items],
                     functools.partial(self._submit_parts, agent, method),
                     self._cancel_parts,

@@ -169,9 +169,9 @@ class Agent:
     #: no slot before this index is idle (a hint for dispatch: lowered whenever
     #: a slot may have become idle; a wrong hint costs a full scan, never a call)
     idle_hint: int = 0
-    #: seconds one item of a bulk map takes in a replica (a moving average of
-    #: what its replicas report); None until one has been measured
-    item_time: float | None = None
+    #: seconds one item of a bulk map takes in a replica, by method (a moving
+    #: average of what its replicas report; a method is there once measured)
+    item_times: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -528,11 +528,6 @@ class Pool:
 
         def handle(proc: AgentProcess, msg: Any) -> None:
             match msg:
-                case Part(id=cid, index=index, value=value):
-                    call = slot.inflight.get(cid)
-                    if call is not None:  # else settled already (its map ended)
-                        parts = self._next_part(call, index)
-                        parts.sink.part(parts.start + index, value)
                 case Result(id=cid, value=value):
                     call = slot.inflight.pop(cid, None)
                     if call is not None:
@@ -548,6 +543,11 @@ class Pool:
                             call.timer = None
                         settle(call, value)
                         self._after_answer(slot)
+                case Part(id=cid, index=index, value=value):
+                    call = slot.inflight.get(cid)
+                    if call is not None:  # else settled already (its map ended)
+                        parts = self._next_part(call, index)
+                        parts.sink.part(parts.start + index, value)
                 case Failure(part=index) if index >= 0:
                     call = slot.inflight.get(msg.id)
                     if call is not None:

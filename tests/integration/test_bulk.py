@@ -173,3 +173,13 @@ async def test_a_sync_replica_reads_its_cancel_between_items(
             await task
         pid = (await sup.call("s", {"i": 1}))["pid"]
         assert [(r.pid, r.restarts) for r in await sup.status() if r.agent == "s"] == [(pid, 0)]
+
+
+async def test_a_slow_method_is_not_chunked_by_a_quick_ones_time(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("x", "agents:Mixed"))
+        quick = await sup.map("x", [{"i": i} for i in range(300)], method="quick")
+        assert len(set(quick)) < 300 // 8  # measured quick: many to a frame
+        # The slow method has no time of its own yet: one item to a frame.
+        slow = await sup.map("x", [{"i": i} for i in range(6)], method="slow")
+        assert len(set(slow)) == 6
