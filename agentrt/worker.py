@@ -103,6 +103,7 @@ _DEFAULT_SIGNALS = tuple(
 )
 _SIGINT = (int(signal.SIGINT),)
 _SIGALRM = int(signal.SIGALRM)
+_SIGALRM_SET = (_SIGALRM,)
 
 
 def _detach() -> None:
@@ -638,7 +639,7 @@ class _Worker:
         io = self.io
 
         def on_alarm(signum: int, frame: Any) -> None:
-            if chan.writing:  # an item's answer is half written: look again soon
+            if chan.writing:  # an answer is half written: look again soon
                 signal.setitimer(signal.ITIMER_REAL, 0.001)
                 return
             left = io.alarm_left(self.deadline, self.base)
@@ -776,21 +777,22 @@ class _Worker:
 
     def look(self) -> None:
         """Sync mode, between two items of a ``CallMany``: take the frames
-        already in the pipe (raises :class:`_Cancelled` on its Cancel)."""
+        already in the pipe (raises :class:`_Cancelled` on its Cancel).
+        The deadline's SIGALRM waits until they are all in the backlog: a
+        frame read but not yet taken would be lost."""
         chan = self.chan
         if not chan._ready():
             return
-        self.reading = True
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGALRM_SET)
         try:
-            msgs = chan.read_ready()
-        except EOFError:
-            raise _Cancelled from None
-        finally:
-            self.reading = False
-        try:
+            try:
+                msgs = chan.read_ready()
+            except EOFError:
+                raise _Cancelled from None
             self.take(msgs)
         finally:
             self.flush()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGALRM_SET)
 
     def kill_leftovers(self, since: int) -> None:
         """An interrupted call ends with what it started: the processes of this

@@ -87,6 +87,9 @@ class BulkMap:
         self._submit = submit
         self._settle = settle
         self._deadline = None if timeout is None else time.monotonic() + timeout
+        #: its agent's paused seconds when it began: a pause of the agent moves
+        #: the items not sent yet as it moves the deadlines of waiting calls
+        self._held0 = agent.held_now()
         self._timeout = timeout
         self._retries = retries
         self._fail_fast = fail_fast
@@ -104,6 +107,8 @@ class BulkMap:
     # --- answers (from the pool, as frames arrive) --------------------------
 
     def part(self, pos: int, value: Any) -> None:
+        if self.out[pos] is not _UNANSWERED or pos in self.errors:
+            return  # each item has one outcome, the first
         self.out[pos] = value
         self._left -= 1
         if not self._left:
@@ -113,10 +118,21 @@ class BulkMap:
         self._fail(pos, error)
 
     def _fail(self, pos: int, error: BaseException) -> None:
+        if self.out[pos] is not _UNANSWERED or pos in self.errors:
+            return
         self.errors[pos] = error
         self._left -= 1
         if not self._left or self._fail_fast:
             self._poke()
+
+    def cancel(self, error: CallError) -> None:
+        """Every call of its agent is cancelled: so are the items not sent yet
+        (those sent end with the calls that carry them)."""
+        while self._todo:
+            start, stop = self._todo.popleft()
+            for pos in range(start, stop):
+                self._fail(pos, copy.copy(error))
+        self._poke()
 
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -127,6 +143,7 @@ class BulkMap:
     async def run(self) -> list[Any]:
         """Every item's value (errors in place when not failing fast)."""
         loop = asyncio.get_running_loop()
+        self._agent.maps.add(self)
         try:
             while True:
                 self._send()
@@ -135,6 +152,7 @@ class BulkMap:
                 self._wake = loop.create_future()
                 await self._wake
         finally:
+            self._agent.maps.discard(self)
             # The map ended: what still runs is cancelled (not a chunk whose
             # items are all answered: only its own answer is still to come).
             for call in list(self._out):
@@ -163,7 +181,7 @@ class BulkMap:
             if self._fail_fast and self.errors:
                 return
             start, end = todo.popleft()
-            if self._deadline is not None and time.monotonic() >= self._deadline:
+            if self._time_left() == 0.0:
                 self._time_out(start, end)
                 continue
             stop = min(end, start + self._chunk_size())
@@ -173,9 +191,8 @@ class BulkMap:
 
     def _send_chunk(self, start: int, stop: int) -> None:
         parts = Parts(self._items[start:stop], start, self)
-        left = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
         try:
-            call = self._submit(parts, left)
+            call = self._submit(parts, self._time_left())
         except EncodeError as exc:
             if stop - start > 1:
                 # One of them cannot be sent, or together they are too big for
@@ -199,6 +216,13 @@ class BulkMap:
         self._sent = True
         self._out.add(call)
         call.future.add_done_callback(functools.partial(self._chunk_done, call))
+
+    def _time_left(self) -> float | None:
+        """Seconds to the map's deadline (None: none), its agent's pauses counted."""
+        if self._deadline is None:
+            return None
+        held = self._agent.held_now() - self._held0
+        return max(0.0, self._deadline + held - time.monotonic())
 
     def _time_out(self, start: int, stop: int) -> None:
         for pos in range(start, stop):
@@ -236,9 +260,11 @@ class BulkMap:
                 self._fail(first, exc)
                 if first + 1 < end:
                     self._todo.appendleft((first + 1, end))
+        elif isinstance(exc, CallTimeout):
+            self._time_out(first, end)  # with the map's timeout, not the chunk's rest
         else:
-            # Its deadline, a cancellation, the supervisor closing: every item
-            # not answered ends with it.
+            # A cancellation, the supervisor closing: every item not answered
+            # ends with it.
             for pos in range(first, end):
                 self._fail(pos, exc if pos == first else copy.copy(exc))
         self._poke()

@@ -898,6 +898,8 @@ class Supervisor:
             # A replica's calls newest first: its Cancel frames then reach a sync
             # replica before that of the call it is running, so none of those
             # still queued in it starts once the running one has ended.
+            for bulk in list(ag.maps):  # items not sent yet are its calls too
+                bulk.cancel(CallCancelled(why, agent=target))
             calls = [
                 *ag.waiting,
                 *(c for s in ag.slots for c in reversed(list(s.inflight.values()))),

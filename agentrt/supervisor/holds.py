@@ -88,6 +88,7 @@ class Holds:
         for agent in agents:
             if not agent.paused:
                 agent.paused = True
+                agent.paused_at = now
                 for call in agent.waiting:
                     self.ledger.hold(call, now)
         todo = [s for s in slots if not s.paused]
@@ -117,6 +118,7 @@ class Holds:
         if self.all:
             agent.paused = True
             now = time.monotonic()
+            agent.paused_at = now
             for slot in agent.slots:
                 slot.paused, slot.paused_at = True, now
 
@@ -166,6 +168,7 @@ class Holds:
         for agent in agents:
             if agent.paused:
                 agent.paused = False
+                agent.held_for += now - agent.paused_at
                 for call in agent.waiting:
                     self.ledger.release(call, now, reframe=True)
             self.pool.dispatch(agent, rescan=True)

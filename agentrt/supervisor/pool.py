@@ -151,6 +151,12 @@ class Slot:
         return f"{self.agent.name}#{self.index}"
 
 
+class BulkRun(Protocol):
+    """A bulk map going on (:class:`agentrt.supervisor.bulk.BulkMap`)."""
+
+    def cancel(self, error: CallError) -> None: ...
+
+
 @dataclass(eq=False, slots=True)
 class Agent:
     """An agent's pool: its spec, slots (replicas), queue and restart window."""
@@ -172,6 +178,18 @@ class Agent:
     #: seconds one item of a bulk map takes in a replica, by method (a moving
     #: average of what its replicas report; a method is there once measured)
     item_times: dict[str, float] = field(default_factory=dict)
+    #: the bulk maps going on to it (cancelled with its calls)
+    maps: set[BulkRun] = field(default_factory=set)
+    #: paused as a whole since (time.monotonic()), and the seconds of its
+    #: earlier pauses: what its waiting calls' deadlines stood still for
+    paused_at: float = 0.0
+    held_for: float = 0.0
+
+    def held_now(self) -> float:
+        """Seconds its queue has stood still so far, the pause going on counted."""
+        if self.paused:
+            return self.held_for + time.monotonic() - self.paused_at
+        return self.held_for
 
     @property
     def name(self) -> str:
@@ -545,15 +563,17 @@ class Pool:
                         self._after_answer(slot)
                 case Part(id=cid, index=index, value=value):
                     call = slot.inflight.get(cid)
-                    if call is not None:  # else settled already (its map ended)
+                    if call is not None:
                         parts = self._next_part(call, index)
-                        parts.sink.part(parts.start + index, value)
+                        if call.finished_at is None:  # else its map has ended it
+                            parts.sink.part(parts.start + index, value)
                 case Failure(part=index) if index >= 0:
                     call = slot.inflight.get(msg.id)
                     if call is not None:
                         parts = self._next_part(call, index)
                         err = self._failure_error(slot, proc, call, msg)
-                        parts.sink.part_failed(parts.start + index, err)
+                        if call.finished_at is None:
+                            parts.sink.part_failed(parts.start + index, err)
                         if isinstance(err, LimitExceeded):
                             # The rest of its items did not run: back to its map.
                             del slot.inflight[msg.id]

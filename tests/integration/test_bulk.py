@@ -13,6 +13,7 @@ import pytest
 from agentrt import Limits
 from agentrt.errors import (
     AgentCrashed,
+    CallCancelled,
     CallTimeout,
     EncodeError,
     LimitExceeded,
@@ -183,3 +184,50 @@ async def test_a_slow_method_is_not_chunked_by_a_quick_ones_time(make_supervisor
         # The slow method has no time of its own yet: one item to a frame.
         slow = await sup.map("x", [{"i": i} for i in range(6)], method="slow")
         assert len(set(slow)) == 6
+
+
+async def test_cancelling_the_agents_calls_ends_the_map(make_supervisor, agent_spec, make_gate):
+    report = make_gate("report")
+    async with make_supervisor() as sup:
+        # Not measured: one item to a chunk, five chunks out, the rest not
+        # sent.  The item running answers after its Cancel (within the grace).
+        await sup.start(agent_spec("s", "agents:slow_item", cancel_grace=5))
+        items = [{"i": i, "seconds": 0.3, "report": report.path} for i in range(20)]
+        task = asyncio.create_task(sup.map("s", items, return_exceptions=True))
+        assert await report.read_line() == "started"
+        await sup.cancel("s", scope="agent")
+        got = await task
+        # The item running ends cancelled although its answer comes after;
+        # the items not sent yet are cancelled with the agent's calls.
+        assert all(isinstance(g, CallCancelled) for g in got)
+        assert (await sup.call("s", {"i": 1}))["i"] == 1
+
+
+async def test_a_pause_of_the_agent_moves_the_maps_deadline(make_supervisor, agent_spec, make_gate):
+    report = make_gate("report")
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("s", "agents:slow_item"))
+        items = [{"i": i, "seconds": 0.02, "report": report.path} for i in range(12)]
+        task = asyncio.create_task(sup.map("s", items, timeout=1.0))
+        assert await report.read_line() == "started"
+        await sup.pause("s")
+        await asyncio.sleep(1.5)  # longer than the map's whole timeout
+        await sup.resume("s")
+        assert [g["i"] for g in await task] == list(range(12))
+
+
+async def test_an_item_answered_after_its_call_was_cancelled_keeps_its_outcome(
+    make_supervisor, agent_spec, make_gate
+):
+    report = make_gate("report")
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("s", "agents:first_slow", cancel_grace=5))
+        items = [{"i": i, "report": report.path} for i in range(20)]
+        task = asyncio.create_task(sup.map("s", items, return_exceptions=True))
+        call = await report.read_line()
+        assert await sup.cancel(call) == [call]
+        got = await task
+        # Item 0's answer came after the cancel: counted once, as cancelled;
+        # the map still waits for and returns every other item.
+        assert isinstance(got[0], CallCancelled)
+        assert [g["i"] for g in got[1:]] == list(range(1, 20))
