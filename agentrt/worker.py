@@ -563,17 +563,28 @@ class _Worker:
             return
         if chan.spin:
             chan.woke()
-        self.reading = True
+        self._take_ready()
+
+    def _take_ready(self) -> None:
+        """Sync mode: take the frames already in the pipe into the backlog
+        (raises :class:`_Cancelled` on the running call's Cancel).  The
+        deadline's SIGALRM waits until they are all in: raised between the
+        read and the take, it would lose the frames read."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGALRM_SET)
         try:
-            msgs = self.chan.read_ready()
-        except EOFError:
-            raise _Cancelled from None
-        finally:
-            self.reading = False
-        try:
+            self.reading = True
+            try:
+                msgs = self.chan.read_ready()
+            except EOFError:
+                raise _Cancelled from None
+            finally:
+                self.reading = False
             self.take(msgs)
         finally:
-            self.flush()
+            try:
+                self.flush()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGALRM_SET)
 
     def catch_up(self) -> bool:
         """Sync mode, from a SIGALRM handler: take the frames already in the pipe
@@ -776,23 +787,10 @@ class _Worker:
                 signal.setitimer(signal.ITIMER_REAL, 0)
 
     def look(self) -> None:
-        """Sync mode, between two items of a ``CallMany``: take the frames
-        already in the pipe (raises :class:`_Cancelled` on its Cancel).
-        The deadline's SIGALRM waits until they are all in the backlog: a
-        frame read but not yet taken would be lost."""
-        chan = self.chan
-        if not chan._ready():
-            return
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGALRM_SET)
-        try:
-            try:
-                msgs = chan.read_ready()
-            except EOFError:
-                raise _Cancelled from None
-            self.take(msgs)
-        finally:
-            self.flush()
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGALRM_SET)
+        """Sync mode, between two items of a ``CallMany``: take what came
+        meanwhile (raises :class:`_Cancelled` on its Cancel)."""
+        if self.chan._ready():
+            self._take_ready()
 
     def kill_leftovers(self, since: int) -> None:
         """An interrupted call ends with what it started: the processes of this
