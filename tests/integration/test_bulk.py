@@ -36,7 +36,7 @@ async def test_a_map_of_quick_items_goes_many_to_a_frame(make_supervisor, agent_
         assert [g["i"] for g in got] == list(range(2000))
         calls = {g["call"] for g in got}
         # Many items to one call (a chunk): far fewer calls than items.
-        assert len(calls) <= 2000 // 8
+        assert len(calls) <= 2000 // 4
         assert len({g["pid"] for g in got}) == 2  # both replicas served
         # A call of its own still goes one to a frame.
         assert (await sup.call("c", {"i": 7}))["call"] not in calls
@@ -114,7 +114,8 @@ async def test_an_item_over_a_limit_fails_alone_and_the_replica_is_replaced(
         assert [g["i"] for g in got[6:]] == list(range(6, 20))
 
 
-@pytest.mark.parametrize("what", ["part", "again", "result"])
+# An item answered twice is out of turn too: tests/unit/test_parts.py.
+@pytest.mark.parametrize("what", ["part", "result"])
 async def test_answers_out_of_turn_are_a_protocol_violation(make_supervisor, agent_spec, what):
     async with make_supervisor() as sup:
         await sup.start(agent_spec("h", "agents:forge_answer"))
@@ -146,9 +147,9 @@ async def test_cancelling_a_map_cancels_the_item_running(make_supervisor, agent_
         await sup.start(agent_spec("s", "agents:aitem", cancel_grace=30))
         await _warm(sup, "s")
         task = asyncio.create_task(sup.map("s", [{"i": i, "sleep_at": 0} for i in range(8)]))
-        # Its chunk is in the replica (sent as the map starts).
+        # Its chunks are in the replica (sent as the map starts).
         await asyncio.sleep(0)
-        assert [r.inflight for r in await sup.status() if r.agent == "s"] == [1]
+        assert [r.inflight >= 1 for r in await sup.status() if r.agent == "s"] == [True]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -180,7 +181,7 @@ async def test_a_slow_method_is_not_chunked_by_a_quick_ones_time(make_supervisor
     async with make_supervisor() as sup:
         await sup.start(agent_spec("x", "agents:Mixed"))
         quick = await sup.map("x", [{"i": i} for i in range(300)], method="quick")
-        assert len(set(quick)) < 300 // 8  # measured quick: many to a frame
+        assert len(set(quick)) < 300 // 4  # measured quick: many to a frame
         # The slow method has no time of its own yet: one item to a frame.
         slow = await sup.map("x", [{"i": i} for i in range(6)], method="slow")
         assert len(set(slow)) == 6
