@@ -32,7 +32,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any, NoReturn
 
 import msgspec
@@ -673,23 +673,18 @@ class _Worker:
                 continue
             msg = backlog.popleft()
             match msg:
-                case Call():
+                case Call() | CallMany():
                     self.current = msg.id
-                    result = self.run_sync(msg)
+                    ended = self.run_sync(msg)
                     self.current = 0
-                    chan.write(result)
-                case CallMany():
-                    self.current = msg.id
-                    ended = self.run_many_sync(msg)
-                    self.current = 0
-                    if ended is not None:
+                    if ended is not None:  # None: an item hit a limit (see _items_sync)
                         chan.write(ended)
                 case Shutdown():
                     return 0
                 case Cancel() | Heartbeat():
                     pass  # nothing runs between calls in sync mode
 
-    def run_sync(self, call: Call) -> Result | Failure:
+    def run_sync(self, call: Call | CallMany) -> Result | Failure | None:
         timed = False
         since = _linux.clock_ticks()
         self.deadline = call.deadline
@@ -704,17 +699,21 @@ class _Worker:
                     )
                 signal.setitimer(signal.ITIMER_REAL, left)
                 timed = True
-            if self.with_ctx.get(fn):
-                ctx = SyncContext(self.io, call.id, call.deadline or None, self.base)
-                value = fn(ctx, **call.args)
+            if isinstance(call, CallMany):
+                ended = self._items_sync(call, fn)
             else:
-                value = fn(**call.args)
-            if inspect.isawaitable(value):
-                value = asyncio.run(_awaitable(value))
+                if self.with_ctx.get(fn):
+                    ctx = SyncContext(self.io, call.id, call.deadline or None, self.base)
+                    value = fn(ctx, **call.args)
+                else:
+                    value = fn(**call.args)
+                if inspect.isawaitable(value):
+                    value = asyncio.run(_awaitable(value))
+                ended = Result(call.id, value)
             if timed:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 timed = False
-            return Result(call.id, value)
+            return ended
         except _Deadline:
             timed = False
             self.kill_leftovers(since)
@@ -728,63 +727,34 @@ class _Worker:
             if timed:
                 signal.setitimer(signal.ITIMER_REAL, 0)
 
-    def run_many_sync(self, call: CallMany) -> Result | Failure | None:
-        """Each item in turn, its answer written before the next starts; the
-        whole's answer (None: an item hit a limit, the replica is replaced)."""
-        timed = False
-        since = _linux.clock_ticks()
-        self.deadline = call.deadline
-        self.base = self.bases.pop(call.id, 0.0) if self.bases else 0.0
+    def _items_sync(self, call: CallMany, fn: Callable[..., Any]) -> Result | None:
+        """The items of ``call`` in turn (inside :meth:`run_sync`), each answered
+        before the next starts; the whole's answer, or None when an item hit a
+        limit of the replica (it is replaced: the rest do not run)."""
         write = self.chan.write
-        start = time.perf_counter()
-        try:
-            fn = self.resolve(call)
-            if call.deadline:
-                left = call.deadline + (self.io.held - self.base) - time.monotonic()
-                if left <= 0:
-                    return Failure(
-                        call.id, "TimeoutError", "deadline passed before start", "", "timeout"
-                    )
-                signal.setitimer(signal.ITIMER_REAL, left)
-                timed = True
-            with_ctx = self.with_ctx.get(fn)
-            looked = start
-            for i, args in enumerate(call.items):
-                now = time.perf_counter()
-                if now - looked >= _LOOK_EVERY:
-                    looked = now
-                    self.look()  # its Cancel, a pause: read between two items
-                try:
-                    if with_ctx:
-                        ctx = SyncContext(self.io, call.id, call.deadline or None, self.base)
-                        value = fn(ctx, **args)
-                    else:
-                        value = fn(**args)
-                    if inspect.isawaitable(value):
-                        value = asyncio.run(_awaitable(value))
-                except Exception as exc:
-                    kind = self.error_kind(exc)
-                    write(_failure(call.id, exc, kind, i))
-                    if kind != "error":
-                        return None
-                    continue
-                write(Part(call.id, i, value))
-            if timed:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                timed = False
-            return Result(call.id, time.perf_counter() - start)
-        except _Deadline:
-            timed = False
-            self.kill_leftovers(since)
-            return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")
-        except _Cancelled:
-            self.kill_leftovers(since)
-            return Failure(call.id, "CancelledError", "cancelled", "", "cancelled")
-        except Exception as exc:
-            return _failure(call.id, exc, self.error_kind(exc))
-        finally:
-            if timed:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+        with_ctx = self.with_ctx.get(fn)
+        start = looked = time.perf_counter()
+        for i, args in enumerate(call.items):
+            now = time.perf_counter()
+            if now - looked >= _LOOK_EVERY:
+                looked = now
+                self.look()  # its Cancel, a pause: read between two items
+            try:
+                if with_ctx:
+                    ctx = SyncContext(self.io, call.id, call.deadline or None, self.base)
+                    value = fn(ctx, **args)
+                else:
+                    value = fn(**args)
+                if inspect.isawaitable(value):
+                    value = asyncio.run(_awaitable(value))
+            except Exception as exc:
+                kind = self.error_kind(exc)
+                write(_failure(call.id, exc, kind, i))
+                if kind != "error":
+                    return None
+                continue
+            write(Part(call.id, i, value))
+        return Result(call.id, time.perf_counter() - start)
 
     def look(self) -> None:
         """Sync mode, between two items of a ``CallMany``: take what came
@@ -833,12 +803,8 @@ class _Worker:
         free = self.boot.concurrency
 
         async def run_one(call: Call | CallMany) -> None:
-            if type(call) is Call:
-                chan.write(await self.run_async(call))
-                return
-            assert isinstance(call, CallMany)
-            ended = await self.run_many_async(call)
-            if ended is not None:
+            ended = await self.run_async(call)
+            if ended is not None:  # None: an item hit a limit (see _items_async)
                 chan.write(ended)
 
         def finished(call: Call | CallMany, task: asyncio.Task[None]) -> None:
@@ -917,7 +883,7 @@ class _Worker:
             await asyncio.gather(*running.values(), return_exceptions=True)
         return 0
 
-    async def run_async(self, call: Call) -> Result | Failure:
+    async def run_async(self, call: Call | CallMany) -> Result | Failure | None:
         # Which processes were this call's can only be told when no other call
         # ran beside it: ``alone`` turns False as soon as one does.
         me = _Running(_linux.clock_ticks())
@@ -929,53 +895,13 @@ class _Worker:
         finally:
             self.running.discard(me)
 
-    async def run_many_async(self, call: CallMany) -> Result | Failure | None:
-        """:meth:`run_many_sync` for an async replica: the items one after another."""
-        me = _Running(_linux.clock_ticks())
-        for other in self.running:
-            other.alone = me.alone = False
-        self.running.add(me)
-        io = self.io
-        base = self.bases.pop(call.id, 0.0) if self.bases else 0.0
-        start = time.perf_counter()
-        try:
-            fn = self.resolve(call)
-            with_ctx = self.with_ctx.get(fn)
-            if call.deadline:
-                bound = asyncio.timeout_at(call.deadline + (io.held - base))
-                io.timeouts.add(bound)  # a pause moves it
-                try:
-                    async with bound:
-                        limited = await self._run_items(call, fn, with_ctx, base)
-                finally:
-                    io.timeouts.discard(bound)
-            else:
-                limited = await self._run_items(call, fn, with_ctx, base)
-            if limited:
-                return None
-            return Result(call.id, time.perf_counter() - start)
-        except TimeoutError as exc:
-            if call.deadline and time.monotonic() >= call.deadline + (io.held - base):
-                if me.alone:
-                    self.kill_leftovers(me.since)
-                return Failure(call.id, "TimeoutError", "call deadline passed", "", "timeout")
-            return _failure(call.id, exc)
-        except asyncio.CancelledError:
-            if me.alone:
-                self.kill_leftovers(me.since)
-            return Failure(call.id, "CancelledError", "cancelled", "", "cancelled")
-        except Exception as exc:
-            return _failure(call.id, exc, self.error_kind(exc))
-        finally:
-            self.running.discard(me)
-
-    async def _run_items(
-        self, call: CallMany, fn: Callable[..., Any], with_ctx: bool | None, base: float
-    ) -> bool:
-        """The items of ``call`` in turn, each answered as it ends; True when
-        one hit a limit of the replica (the rest do not run)."""
+    async def _items_async(
+        self, call: CallMany, fn: Callable[..., Any], base: float
+    ) -> Result | None:
+        """:meth:`_items_sync` for an async replica (inside :meth:`_run_async`)."""
         write = self.chan.write
-        looked = time.perf_counter()
+        with_ctx = self.with_ctx.get(fn)
+        start = looked = time.perf_counter()
         for i, args in enumerate(call.items):
             now = time.perf_counter()
             if now - looked >= _LOOK_EVERY:
@@ -989,29 +915,36 @@ class _Worker:
                 kind = self.error_kind(exc)
                 write(_failure(call.id, exc, kind, i))
                 if kind != "error":
-                    return True
+                    return None
                 continue
             write(Part(call.id, i, value))
-        return False
+        return Result(call.id, time.perf_counter() - start)
 
-    async def _run_async(self, call: Call, me: _Running) -> Result | Failure:
+    async def _run_async(self, call: Call | CallMany, me: _Running) -> Result | Failure | None:
         io = self.io
         base = self.bases.pop(call.id, 0.0) if self.bases else 0.0
         try:
             fn = self.resolve(call)
-            args = call.args
-            if self.with_ctx.get(fn):
-                args = {**args, "ctx": Context(io, call.id, call.deadline or None, base)}
+            work: Coroutine[Any, Any, Any]
+            if isinstance(call, CallMany):
+                work = self._items_async(call, fn, base)
+            else:
+                args = call.args
+                if self.with_ctx.get(fn):
+                    args = {**args, "ctx": Context(io, call.id, call.deadline or None, base)}
+                work = _call_maybe_async(fn, args)
             if call.deadline:
                 bound = asyncio.timeout_at(call.deadline + (io.held - base))
                 io.timeouts.add(bound)  # a pause moves it
                 try:
                     async with bound:
-                        value = await _call_maybe_async(fn, args)
+                        value = await work
                 finally:
                     io.timeouts.discard(bound)
             else:
-                value = await _call_maybe_async(fn, args)
+                value = await work
+            if type(call) is CallMany:
+                return value
             return Result(call.id, value)
         except TimeoutError as exc:
             if call.deadline and time.monotonic() >= call.deadline + (io.held - base):
