@@ -130,6 +130,9 @@ class Slot:
     gone: bool = False  # its task ended: this slot will not serve again
     psutil_proc: Any = None
     reaping: asyncio.Task[None] | None = None  # sweep + cgroup removal of the last process
+    #: the last dead process, and its Boot, whose leftovers are still to remove
+    #: (see :meth:`Pool.remove_leftovers`)
+    leftovers: tuple[AgentProcess, Boot] | None = None
     dead_proc: AgentProcess | None = None  # the last process whose death was answered
     dead_cause: AgentDied | None = None  # and why it died (None: asked to stop)
     #: the supervisor is killing its process for one call's sake: the others are requeued
@@ -329,77 +332,96 @@ class Pool:
         spec = agent.spec
         log = self.log.bind(agent=spec.name, replica=slot.index)
         assert self.launcher is not None and self.restarts is not None
-        while True:
-            started = slot.started  # this start's, if a group restart waits for it
-            boot = self.boots.boot(
-                spec,
-                slot.index,
-                slot.generation,
-                self.tools(),
-                self.tool_timeouts(),
-                self.tool_approvals(),
-                self.isolated_entries(),
-            )
-            proc = AgentProcess(boot, self._handler(slot), log)
-            slot.proc = proc
-            slot.psutil_proc = None
-            self.set_state(slot, "starting")
-            cause: AgentDied | None
-            try:
+        try:
+            while True:
+                started = slot.started  # this start's, if a group restart waits for it
+                boot = self.boots.boot(
+                    spec,
+                    slot.index,
+                    slot.generation,
+                    self.tools(),
+                    self.tool_timeouts(),
+                    self.tool_approvals(),
+                    self.isolated_entries(),
+                )
+                proc = AgentProcess(boot, self._handler(slot), log)
+                slot.proc = proc
+                slot.psutil_proc = None
+                self.set_state(slot, "starting")
+                cause: AgentDied | None
                 try:
-                    await proc.start(
-                        self.launcher, spec.startup_timeout, functools.partial(self._serving, slot)
+                    try:
+                        await proc.start(
+                            self.launcher,
+                            spec.startup_timeout,
+                            functools.partial(self._serving, slot),
+                        )
+                    finally:
+                        slot.early = False  # ready or not, it takes no more calls as a starter
+                        self.remove_leftovers(slot)
+                except StartupError as exc:
+                    slot.start_took = math.inf  # a failed start is not a quick one
+                    cause = self._replica_dead(slot, boot, proc, exc)
+                else:
+                    slot.start_took = time.monotonic() - slot.launched_at
+                    if not slot.stop_requested and not proc.dead.done() and proc.reason is None:
+                        self.set_state(slot, "busy" if slot.inflight else "ready")
+                        for call in slot.inflight.values():
+                            if call.future.done() and call.timer is None and not slot.paused:
+                                self.arm_grace(call, proc)  # withdrawn before Ready: see withdraw
+                    log.info("replica_ready", pid=proc.pid, generation=slot.generation)
+                    self.events.emit(
+                        "replica_ready", agent=spec.name, replica=slot.index, pid=proc.pid
                     )
-                finally:
-                    slot.early = False  # ready or not, it takes no more calls as a starter
-            except StartupError as exc:
-                slot.start_took = math.inf  # a failed start is not a quick one
-                cause = self._replica_dead(slot, boot, proc, exc)
-            else:
-                slot.start_took = time.monotonic() - slot.launched_at
-                if not slot.stop_requested and not proc.dead.done() and proc.reason is None:
-                    self.set_state(slot, "busy" if slot.inflight else "ready")
-                    for call in slot.inflight.values():
-                        if call.future.done() and call.timer is None and not slot.paused:
-                            self.arm_grace(call, proc)  # withdrawn before Ready: see withdraw
-                log.info("replica_ready", pid=proc.pid, generation=slot.generation)
-                self.events.emit("replica_ready", agent=spec.name, replica=slot.index, pid=proc.pid)
-                _resolve(slot.first_start)
+                    _resolve(slot.first_start)
+                    _resolve(started)
+                    if slot.paused and self.on_ready is not None:
+                        self.on_ready(slot)
+                    self.dispatch(agent, rescan=True)
+                    # Its callers are answered from a callback on ``dead``, not
+                    # after this task wakes up: two loop turns and the restart's
+                    # first steps sooner.
+                    proc.dead.add_done_callback(functools.partial(self._on_exit, slot, boot, proc))
+                    cause = self._replica_dead(slot, boot, proc, await asyncio.shield(proc.dead))
+                slot.leftovers = (proc, boot)
+                if cause is not None:
+                    agent.last_cause = cause
+                if slot.first_start is not None and not slot.first_start.done():
+                    assert cause is not None
+                    slot.first_start.set_exception(cause)
+                    self.set_state(slot, "crashed")
+                    return
                 _resolve(started)
-                if slot.paused and self.on_ready is not None:
-                    self.on_ready(slot)
-                self.dispatch(agent, rescan=True)
-                # Its callers are answered from a callback on ``dead``, not
-                # after this task wakes up: two loop turns and the restart's
-                # first steps sooner.
-                proc.dead.add_done_callback(functools.partial(self._on_exit, slot, boot, proc))
-                cause = self._replica_dead(slot, boot, proc, await asyncio.shield(proc.dead))
-            # After the callers have their answers: the threads these start
-            # would otherwise delay the wake-up of the first.
-            self.spawn(self.boots.remove_workdir(boot))
-            slot.reaping = self.spawn(self._reap(proc, boot))
-            if cause is not None:
-                agent.last_cause = cause
-            if slot.first_start is not None and not slot.first_start.done():
-                assert cause is not None
-                slot.first_start.set_exception(cause)
-                self.set_state(slot, "crashed")
-                return
-            _resolve(started)
-            if cause is not None:
-                self.log_death(slot, proc, cause)
-            if slot.stop_requested or self.closing:
-                return
-            if not await self.restarts.after_death(slot, cause):
-                return
-            if slot.stop_requested or self.closing:
-                self.set_state(slot, "exited")
-                return
-            # After the death's line, and off the restart's path (see log_death).
-            asyncio.get_running_loop().call_soon(
-                functools.partial(log.info, "replica_restarting", restarts=slot.restarts)
-            )
-            self.events.emit("replica_restarting", agent=spec.name, replica=slot.index)
+                if cause is not None:
+                    self.log_death(slot, proc, cause)
+                if slot.stop_requested or self.closing:
+                    return
+                if not await self.restarts.after_death(slot, cause):
+                    return
+                if slot.stop_requested or self.closing:
+                    self.set_state(slot, "exited")
+                    return
+                # After the death's line, and off the restart's path (see log_death).
+                asyncio.get_running_loop().call_soon(
+                    functools.partial(log.info, "replica_restarting", restarts=slot.restarts)
+                )
+                self.events.emit("replica_restarting", agent=spec.name, replica=slot.index)
+        finally:
+            self.remove_leftovers(slot)
+
+    def remove_leftovers(self, slot: Slot) -> None:
+        """Remove the slot's last dead process's working directory and cgroups.
+
+        Once its replacement has started (or the slot waits, or is done):
+        the threads that remove them would otherwise compete with the
+        replacement's start for the cores, half a millisecond of it here.
+        """
+        if slot.leftovers is None:
+            return
+        proc, boot = slot.leftovers
+        slot.leftovers = None
+        self.spawn(self.boots.remove_workdir(boot))
+        slot.reaping = self.spawn(self._reap(proc, boot))
 
     async def _reap(self, proc: AgentProcess, boot: Boot) -> None:
         """Wait until the replica and its leftovers are gone, then remove its cgroups."""

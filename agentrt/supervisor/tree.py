@@ -109,6 +109,7 @@ class Tree:
         slot.restarts += 1
         slot.generation += 1
         if delay > 0:
+            pool.remove_leftovers(slot)  # (not kept for the backoff's length)
             pool.set_state(slot, "backoff")
             pool.log.info(
                 "replica_backoff", agent=agent.name, replica=slot.index, delay=round(delay, 4)
@@ -119,6 +120,7 @@ class Tree:
     async def _held(self, slot: Slot) -> bool:
         hold = slot.hold
         assert hold is not None
+        self.pool.remove_leftovers(slot)  # (a group restart takes its time)
         try:
             again = await hold
         finally:
