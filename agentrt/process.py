@@ -494,6 +494,16 @@ class AgentProcess:
             self._wrote_at = time.perf_counter()
             self._on_writable()
 
+    def send_soon(self, msg: Any) -> None:
+        """Queue one frame for the start of the next loop iteration, written with
+        what is sent until then (one wake-up of the child for them all)."""
+        if self._wfd == -1:
+            return
+        self._wbuf += self._encoder.encode(msg)
+        if not self._flush_soon and not self._writer_armed:
+            self._flush_soon = True
+            self._loop.call_soon(self._end_burst)
+
     def encode(self, msg: Any) -> bytearray:
         return self._encoder.encode(msg)
 

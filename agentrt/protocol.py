@@ -27,6 +27,7 @@ __all__ = [
     "HEADER",
     "AgentMessage",
     "Approve",
+    "Become",
     "Boot",
     "Call",
     "CallMany",
@@ -156,6 +157,15 @@ class Held(_Msg, frozen=True, tag="held"):
     replica is resumed, so it is read before any call sent after."""
 
     seconds: float
+
+
+class Become(_Msg, frozen=True, tag="become"):
+    """To a standby (``Boot.standby``), its first frame: it is replica
+    ``replica`` of its agent now, in ``generation``, and serves the calls
+    that follow."""
+
+    replica: int
+    generation: int
 
 
 # --- agent -> supervisor ----------------------------------------------------
@@ -343,7 +353,9 @@ class ReplyError(_Msg, frozen=True, tag="reply_error"):
     error: dict[str, Any]
 
 
-SupervisorMessage = Call | CallMany | Cancel | Shutdown | Heartbeat | Reply | ReplyError | Held
+SupervisorMessage = (
+    Call | CallMany | Cancel | Shutdown | Heartbeat | Reply | ReplyError | Held | Become
+)
 #: messages with a ``msgspec.Raw`` field (decoded from a buffer of their own)
 _KEEPS_RAW: frozenset[type] = frozenset({Send})
 AgentMessage = (
@@ -447,6 +459,10 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     scope: bool = False
     #: False: PR_SET_DUMPABLE 0 (its /proc entries owned by root, no core dumps)
     dumpable: bool = True
+    #: a standby (``[agents.X] standby``): confined and its entry imported, it
+    #: says Ready, then waits for ``Become`` (its replica and generation; their
+    #: variables are unset until then) before it serves
+    standby: bool = False
 
 
 class ZygoteHello(_Msg, frozen=True, tag="hello"):

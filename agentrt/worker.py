@@ -45,6 +45,7 @@ from agentrt.protocol import (
     EXIT_MEMORY,
     EXIT_PROTOCOL,
     EXIT_STARTUP,
+    Become,
     Boot,
     Call,
     CallMany,
@@ -149,6 +150,8 @@ def _set_streams() -> None:
 
 #: what every replica sets in its environment (_isolate), in this order
 _BOOT_VARIABLES = ("AGENTRT_AGENT", "AGENTRT_REPLICA", "AGENTRT_GENERATION", "AGENTRT_LAUNCH_DIR")
+#: those a standby learns only when it becomes a replica (``Become``)
+_IDENTITY = ("AGENTRT_REPLICA", "AGENTRT_GENERATION")
 
 
 def prepare_spare() -> None:
@@ -221,7 +224,10 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
     # AGENTRT_LAUNCH_DIR, is how an agent resolves a user's relative output path)
     ours = (boot.agent, str(boot.replica), str(boot.generation), boot.launch_dir)
     for k, v in zip(_BOOT_VARIABLES, ours, strict=True):
-        os.environ[k] = v
+        if boot.standby and k in _IDENTITY:
+            os.environ.pop(k, None)  # (set once it becomes a replica)
+        else:
+            os.environ[k] = v
     for p in reversed(boot.sys_path):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -853,6 +859,9 @@ class _Worker:
                 case Heartbeat():
                     pass
 
+        while self.backlog:  # a standby's: what came with its Become
+            handle(self.backlog.popleft())
+
         def on_readable() -> None:
             try:
                 chunk = os.read(chan.rfd, _READ_SIZE)
@@ -1164,6 +1173,30 @@ def exit_code_of(exc: SystemExit) -> int:
     return 1
 
 
+def _stand_by(boot: Boot, chan: _Channel) -> tuple[Boot, list[Any]]:
+    """A standby, ready: wait for ``Become``, the first frame; the Boot of the
+    replica it becomes, and the frames that came with it.
+
+    Shutdown, or the end of the pipe, ends it (exit 0); any other frame is a
+    protocol error.
+    """
+    try:
+        msgs = chan.read()
+    except EOFError:  # the supervisor let it go
+        raise SystemExit(0) from None
+    first, rest = msgs[0], msgs[1:]
+    if isinstance(first, Shutdown):
+        raise SystemExit(0)
+    if not isinstance(first, Become):
+        raise FrameError(f"a standby's first frame must be Become, not {type(first).__name__}")
+    for k, v in zip(_IDENTITY, (str(first.replica), str(first.generation)), strict=True):
+        os.environ[k] = v
+    boot = msgspec.structs.replace(
+        boot, replica=first.replica, generation=first.generation, standby=False
+    )
+    return boot, rest
+
+
 def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
     """Entry point of every replica, whatever started it.  Never returns.
 
@@ -1200,8 +1233,13 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
             with contextlib.suppress(OSError):
                 chan.write(StartupFailed(type(exc).__qualname__, str(exc), tb))
             os._exit(EXIT_MEMORY if isinstance(exc, MemoryError) else EXIT_STARTUP)
-        worker = _Worker(boot, chan, targets)
         chan.write(Ready(os.getpid()))
+        early: list[Any] = []
+        if boot.standby:
+            boot, early = _stand_by(boot, chan)
+        worker = _Worker(boot, chan, targets)
+        if early:
+            worker.take(early)  # (the calls sent right after Become, in order)
         is_async = any(
             inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
             for fn in targets.values()

@@ -301,6 +301,9 @@ class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     sandbox: str | SandboxProfile = "default"
     #: ``"required"``: every call to it (a task, a subagent call) waits for approval
     approval: Approval = "none"
+    #: keep one more process ready (confined, its entry imported) to take the
+    #: place of the next replica that dies: served at once, not started then
+    standby: bool = False
 
     _BOUNDS = {
         "replicas": (1, 10_000),

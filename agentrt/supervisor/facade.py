@@ -425,6 +425,7 @@ class Supervisor:
             self._boots.forget(spec.name)
             raise err
         self.log.info("agent_started", agent=spec.name, replicas=spec.replicas)
+        pool.keep_standby(agent)
 
     async def stop(self, name: str) -> None:
         """Stop one agent's replicas; its waiting calls fail with :class:`CallCancelled`."""

@@ -54,6 +54,7 @@ from agentrt.errors import (
 from agentrt.process import AgentProcess, Launcher, log_from_agent
 from agentrt.protocol import (
     Approve,
+    Become,
     Boot,
     Cancel,
     Count,
@@ -130,9 +131,9 @@ class Slot:
     gone: bool = False  # its task ended: this slot will not serve again
     psutil_proc: Any = None
     reaping: asyncio.Task[None] | None = None  # sweep + cgroup removal of the last process
-    #: the last dead process, and its Boot, whose leftovers are still to remove
+    #: dead processes, with their Boots, whose leftovers are still to remove
     #: (see :meth:`Pool.remove_leftovers`)
-    leftovers: tuple[AgentProcess, Boot] | None = None
+    leftovers: list[tuple[AgentProcess, Boot]] = field(default_factory=list)
     dead_proc: AgentProcess | None = None  # the last process whose death was answered
     dead_cause: AgentDied | None = None  # and why it died (None: asked to stop)
     #: the supervisor is killing its process for one call's sake: the others are requeued
@@ -187,6 +188,16 @@ class Agent:
     #: earlier pauses: what its waiting calls' deadlines stood still for
     paused_at: float = 0.0
     held_for: float = 0.0
+    #: ``standby = true``: a replica confined and its entry imported, waiting
+    #: to take a dead one's place (see :meth:`Pool.keep_standby`); the one
+    #: starting; the Boot inputs it was made with; how many were made; its
+    #: leftovers' removal once gone; no more standbys (one failed, or stopping)
+    standby: AgentProcess | None = None
+    standby_task: asyncio.Task[None] | None = None
+    standby_inputs: tuple[Any, ...] = ()
+    standbys: int = 0
+    standby_reaping: asyncio.Task[None] | None = None
+    standby_off: bool = False
 
     def held_now(self) -> float:
         """Seconds its queue has stood still so far, the pause going on counted."""
@@ -335,30 +346,31 @@ class Pool:
         try:
             while True:
                 started = slot.started  # this start's, if a group restart waits for it
-                boot = self.boots.boot(
-                    spec,
-                    slot.index,
-                    slot.generation,
-                    self.tools(),
-                    self.tool_timeouts(),
-                    self.tool_approvals(),
-                    self.isolated_entries(),
-                )
-                proc = AgentProcess(boot, self._handler(slot), log)
-                slot.proc = proc
-                slot.psutil_proc = None
-                self.set_state(slot, "starting")
                 cause: AgentDied | None
+                standby = self._take_standby(slot, log)
+                if standby is not None:
+                    proc, boot = standby, standby.boot
+                    # (once it has served its first calls: see remove_leftovers)
+                    asyncio.get_running_loop().call_later(
+                        _STANDBY_AFTER, self.remove_leftovers, slot
+                    )
+                else:
+                    boot = self.boots.boot(spec, slot.index, slot.generation, *self._boot_inputs())
+                    proc = AgentProcess(boot, self._handler(slot), log)
+                    slot.proc = proc
+                    slot.psutil_proc = None
+                    self.set_state(slot, "starting")
                 try:
-                    try:
-                        await proc.start(
-                            self.launcher,
-                            spec.startup_timeout,
-                            functools.partial(self._serving, slot),
-                        )
-                    finally:
-                        slot.early = False  # ready or not, it takes no more calls as a starter
-                        self.remove_leftovers(slot)
+                    if standby is None:
+                        try:
+                            await proc.start(
+                                self.launcher,
+                                spec.startup_timeout,
+                                functools.partial(self._serving, slot),
+                            )
+                        finally:
+                            slot.early = False  # ready or not, it takes no more calls early
+                            self.remove_leftovers(slot)
                 except StartupError as exc:
                     slot.start_took = math.inf  # a failed start is not a quick one
                     cause = self._replica_dead(slot, boot, proc, exc)
@@ -369,7 +381,12 @@ class Pool:
                         for call in slot.inflight.values():
                             if call.future.done() and call.timer is None and not slot.paused:
                                 self.arm_grace(call, proc)  # withdrawn before Ready: see withdraw
-                    log.info("replica_ready", pid=proc.pid, generation=slot.generation)
+                    log.info(
+                        "replica_ready",
+                        pid=proc.pid,
+                        generation=slot.generation,
+                        standby=standby is not None,
+                    )
                     self.events.emit(
                         "replica_ready", agent=spec.name, replica=slot.index, pid=proc.pid
                     )
@@ -383,7 +400,7 @@ class Pool:
                     # first steps sooner.
                     proc.dead.add_done_callback(functools.partial(self._on_exit, slot, boot, proc))
                     cause = self._replica_dead(slot, boot, proc, await asyncio.shield(proc.dead))
-                slot.leftovers = (proc, boot)
+                slot.leftovers.append((proc, boot))
                 if cause is not None:
                     agent.last_cause = cause
                 if slot.first_start is not None and not slot.first_start.done():
@@ -410,18 +427,151 @@ class Pool:
             self.remove_leftovers(slot)
 
     def remove_leftovers(self, slot: Slot) -> None:
-        """Remove the slot's last dead process's working directory and cgroups.
+        """Remove the working directories and cgroups of the slot's dead processes.
 
-        Once its replacement has started (or the slot waits, or is done):
+        Once the replacement has started (or the slot waits, or is done):
         the threads that remove them would otherwise compete with the
         replacement's start for the cores, half a millisecond of it here.
         """
-        if slot.leftovers is None:
+        if not slot.leftovers:
             return
-        proc, boot = slot.leftovers
-        slot.leftovers = None
-        self.spawn(self.boots.remove_workdir(boot))
-        slot.reaping = self.spawn(self._reap(proc, boot))
+        gone, slot.leftovers = slot.leftovers, []
+        for _proc, boot in gone:
+            self.spawn(self.boots.remove_workdir(boot))
+        slot.reaping = self.spawn(self._reap_all(gone))
+
+    async def _reap_all(self, gone: list[tuple[AgentProcess, Boot]]) -> None:
+        await asyncio.gather(*(self._reap(proc, boot) for proc, boot in gone))
+
+    # --- standbys ------------------------------------------------------------------
+
+    def _boot_inputs(
+        self,
+    ) -> tuple[
+        dict[str, str],
+        dict[str, float],
+        dict[str, list[dict[str, list[str]]]],
+        dict[str, str],
+    ]:
+        """What a replica's Boot is made of besides its agent's spec (tools, ...)."""
+        return self.tools(), self.tool_timeouts(), self.tool_approvals(), self.isolated_entries()
+
+    def keep_standby(self, agent: Agent) -> None:
+        """Start the agent's standby in the background, where it keeps one
+        (``standby = true``, local replicas) and has none.
+
+        A standby is a replica of the agent made ahead of need: launched,
+        confined, limited and its entry imported as any, it says Ready and
+        then waits.  When one of the agent's replicas dies and is restarted,
+        the standby takes its place (``Become``: its replica number and
+        generation) instead of a new process being started, and serves the
+        next call at once; another standby is then made.  The restart is the
+        same restart for the supervision tree (its restart type, intensity,
+        backoff and strategy decide first).  A standby that fails to start
+        or dies while it waits is not made again (the agent's replicas then
+        restart as without one).
+        """
+        if (
+            not agent.spec.standby
+            or agent.standby is not None
+            or agent.standby_task is not None
+            or agent.standby_off
+            or agent.failed is not None
+            or agent.all_gone
+            or self.closing
+            or self.launcher is None
+            or self.launcher.remote
+        ):
+            return
+        agent.standby_task = self.spawn(self._start_standby(agent))
+
+    async def _start_standby(self, agent: Agent) -> None:
+        assert self.launcher is not None
+        spec = agent.spec
+        inputs = self._boot_inputs()
+        agent.standbys += 1
+        # (replica -1: its cgroup and directory are named "<agent>.-1.<n>")
+        boot = self.boots.boot(spec, -1, agent.standbys, *inputs)
+        boot = msgspec.structs.replace(boot, standby=True)
+        log = self.log.bind(agent=spec.name, standby=agent.standbys)
+        proc = AgentProcess(boot, _standby_frame, log)
+        proc.dead.add_done_callback(functools.partial(self._standby_gone, agent, proc))
+        try:
+            await proc.start(self.launcher, spec.startup_timeout)
+        except StartupError:
+            return  # (said by _standby_gone)
+        finally:
+            agent.standby_task = None
+        if agent.standby_off or self.closing or agent.failed is not None:
+            await proc.stop(spec.shutdown_timeout)
+            return
+        agent.standby, agent.standby_inputs = proc, inputs
+        log.info("standby_ready", pid=proc.pid)
+
+    def _standby_gone(
+        self, agent: Agent, proc: AgentProcess, dead: asyncio.Future[AgentDied | None]
+    ) -> None:
+        if not proc.boot.standby:
+            return  # it became a replica: its slot saw to its death
+        if agent.standby is proc:
+            agent.standby = None
+        if not proc.stopping and not self.closing and not agent.standby_off:
+            cause = dead.result()
+            agent.standby_off = True
+            self.log.warning(
+                "standby_died",
+                agent=agent.name,
+                pid=proc.pid,
+                reason=str(cause) if cause is not None else "exited",
+                note="the agent's replicas restart without a standby from now on",
+            )
+        agent.standby_reaping = self.spawn(self._reap_standby(proc))
+
+    async def _reap_standby(self, proc: AgentProcess) -> None:
+        await self.boots.remove_workdir(proc.boot)
+        await self._reap(proc, proc.boot)
+
+    def _take_standby(self, slot: Slot, log: Any) -> AgentProcess | None:
+        """The agent's standby, now replica ``slot`` (``Become`` sent); None if
+        it has none fit to (a first start takes none; nor does a standby made
+        before the agent's tools changed: it is stopped, and another made)."""
+        agent = slot.agent
+        proc = agent.standby
+        if proc is None or slot.first_start is None or not slot.first_start.done():
+            return None
+        agent.standby = None
+        if proc.dead.done() or proc.reason is not None or slot.stop_requested:
+            return None
+        if agent.standby_inputs != self._boot_inputs():
+            self.spawn(proc.stop(agent.spec.shutdown_timeout))
+            asyncio.get_running_loop().call_later(_STANDBY_AFTER, self.keep_standby, agent)
+            return None
+        proc.boot = msgspec.structs.replace(
+            proc.boot, replica=slot.index, generation=slot.generation, standby=False
+        )
+        proc.handler = self._handler(slot)
+        proc.log = log.bind(pid=proc.pid)
+        proc.send_soon(Become(slot.index, slot.generation))  # (the first calls with it)
+        proc.ready_at = slot.launched_at = time.monotonic()
+        slot.proc = proc
+        slot.psutil_proc = None
+        # The next standby once this one has served its first calls: made now,
+        # it would compete with them for the cores.
+        asyncio.get_running_loop().call_later(_STANDBY_AFTER, self.keep_standby, agent)
+        return proc
+
+    async def drop_standby(self, agent: Agent) -> None:
+        """Stop the agent's standby, and the one starting: none is made again."""
+        agent.standby_off = True
+        task = agent.standby_task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        proc, agent.standby = agent.standby, None
+        if proc is not None:
+            await proc.stop(agent.spec.shutdown_timeout)
+        if agent.standby_reaping is not None:
+            await asyncio.wait({agent.standby_reaping})
 
     async def _reap(self, proc: AgentProcess, boot: Boot) -> None:
         """Wait until the replica and its leftovers are gone, then remove its cgroups."""
@@ -852,6 +1002,8 @@ class Pool:
                 procs.append(slot.proc)
         leaders = [p.pid for p in procs if p.pid and p.local] if sweep else []
         left = await asyncio.to_thread(_linux.descendants, leaders) if leaders else []
+        chosen = set(map(id, slots))
+        whole = {id(s.agent): s.agent for s in slots if all(id(o) in chosen for o in s.agent.slots)}
 
         async def stop_slot(slot: Slot) -> None:
             proc = slot.proc
@@ -875,7 +1027,11 @@ class Pool:
             if slot.hold is not None and not slot.hold.done():
                 slot.hold.set_result(False)
 
-        results = await asyncio.gather(*(stop_slot(s) for s in slots), return_exceptions=True)
+        results = await asyncio.gather(
+            *(stop_slot(s) for s in slots),
+            *(self.drop_standby(a) for a in whole.values()),
+            return_exceptions=True,
+        )
         for r in results:
             if isinstance(r, Exception):
                 self.log.error("replica_stop_failed", error=repr(r))
@@ -921,6 +1077,18 @@ class Pool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+#: seconds after a standby took a replica's place before the next is made
+_STANDBY_AFTER = 0.005
+
+
+def _standby_frame(proc: AgentProcess, msg: Any) -> None:
+    """What a standby may send while it waits: its log events, nothing else."""
+    if isinstance(msg, Log):
+        log_from_agent(proc.log, msg)
+        return
+    raise ValueError(f"a standby sent {type(msg).__name__} before it became a replica")
 
 
 def normal_end(cause: AgentDied | None) -> bool:

@@ -280,6 +280,7 @@ class Tree:
             _release(s, False)
             if s.proc is not None and not s.proc.dead.done():
                 pool.spawn(s.proc.stop(spec.shutdown_timeout))
+        pool.spawn(pool.drop_standby(agent))
         pool.fail_waiting(agent, agent.failed)
         self._on_agent_failed(agent)
 

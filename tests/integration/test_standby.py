@@ -1,0 +1,133 @@
+"""``standby = true``: a replica made ahead takes the place of the next one that dies.
+
+The standby is launched, confined and has imported its agent's module before
+any replica dies; when one does and is restarted, the standby becomes it
+(``Become``) instead of a process being started then.  Each test tells a
+standby from a replica started for its slot by what the module saw when it
+was imported: a standby does not know its replica number yet
+(``IMPORTED_AS`` is None).
+"""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+import pytest
+
+from agentrt import AgentFailed, ConfigError, ToolSpec
+from agentrt.config import AgentSpec
+from agentrt.supervisor import pool
+
+E = "standby_agents"
+
+
+@pytest.fixture(autouse=True)
+def _next_standby_at_once(monkeypatch):
+    monkeypatch.setattr(pool, "_STANDBY_AFTER", 0.0)
+
+
+@pytest.mark.parametrize("entry", ["who", "awho"])
+async def test_a_standby_takes_the_place_of_a_dead_replica(
+    make_supervisor, agent_spec, logs, entry
+):
+    async with make_supervisor(intensity=10) as sup:
+        await sup.start(agent_spec("s", f"{E}:{entry}", standby=True))
+        await logs.wait_for("standby_ready", agent="s")
+        first = await sup.call("s")
+        assert (first["replica"], first["generation"], first["imported_as"]) == ("0", "0", "0")
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        # The call made right after the death is the standby's first: it comes
+        # in the same read as its Become (an async agent's loop takes both).
+        second = await sup.call("s")
+        assert second["pid"] != first["pid"]
+        assert (second["replica"], second["generation"]) == ("0", "1")
+        assert second["imported_as"] is None  # imported before it knew: the standby
+        ready = logs.find("replica_ready", agent="s", generation=1)
+        assert [e["standby"] for e in ready] == [True]
+        (st,) = await sup.status()
+        assert (st.pid, st.restarts, st.state) == (second["pid"], 1, "ready")
+        # Another standby is made for the next death.
+        await logs.wait_for("standby_ready", agent="s", standby=2)
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        third = await sup.call("s")
+        assert (third["generation"], third["imported_as"]) == ("2", None)
+        assert third["pid"] not in (first["pid"], second["pid"])
+
+
+async def test_without_standby_a_replacement_is_started_for_its_slot(make_supervisor, agent_spec):
+    async with make_supervisor(intensity=10) as sup:
+        await sup.start(agent_spec("s", f"{E}:who"))
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        again = await sup.call("s")
+        assert (again["generation"], again["imported_as"]) == ("1", "0")
+
+
+async def test_the_restart_intensity_still_decides(make_supervisor, agent_spec, logs):
+    async with make_supervisor(intensity=1, period=60) as sup:
+        await sup.start(agent_spec("s", f"{E}:who", standby=True))
+        await logs.wait_for("standby_ready", agent="s")
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        assert (await sup.call("s"))["imported_as"] is None
+        await logs.wait_for("standby_ready", agent="s", standby=2)
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        with pytest.raises(AgentFailed):
+            await sup.call("s")
+    # (no process left: the failed agent's standby was stopped with it)
+
+
+async def test_stopping_the_agent_stops_its_standby(make_supervisor, agent_spec, logs):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("s", f"{E}:who", standby=True))
+        ready = await logs.wait_for("standby_ready", agent="s")
+        standby = ready["pid"]
+        await sup.stop("s")
+        with pytest.raises(ProcessLookupError):
+            os.kill(standby, 0)  # stopped and reaped
+        await sup.start(agent_spec("t", f"{E}:who"))
+        assert (await sup.call("t"))["imported_as"] == "0"
+
+
+async def test_a_standby_that_died_is_not_used_nor_made_again(make_supervisor, agent_spec, logs):
+    async with make_supervisor(intensity=10) as sup:
+        await sup.start(agent_spec("s", f"{E}:who", standby=True))
+        ready = await logs.wait_for("standby_ready", agent="s")
+        os.kill(ready["pid"], 9)
+        died = await logs.wait_for("standby_died", agent="s")
+        assert died["pid"] == ready["pid"]
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        again = await sup.call("s")
+        assert (again["generation"], again["imported_as"]) == ("1", "0")  # started for it
+        assert len(logs.find("standby_ready", agent="s")) == 1
+
+
+async def test_a_standby_made_before_a_tool_was_added_is_not_used(
+    make_supervisor, agent_spec, logs
+):
+    async with make_supervisor(intensity=10) as sup:
+        await sup.start(agent_spec("s", f"{E}:use_tool", standby=True))
+        await logs.wait_for("standby_ready", agent="s")
+        # Agents restarted after add_tool can call it: the standby cannot.
+        await sup.add_tool(ToolSpec(name="upper", entry=f"{E}:upper"))
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        assert await sup.call("s") == {"imported_as": "0", "tool": "OK"}
+        # A standby with the tool is made instead, and used at the next death.
+        await logs.wait_for("standby_ready", agent="s", standby=2)
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        assert await sup.call("s") == {"imported_as": None, "tool": "OK"}
+
+
+def test_standby_is_a_typed_agent_setting():
+    spec = msgspec.convert({"name": "a", "entry": "m:f", "standby": True}, AgentSpec)
+    assert spec.standby is True
+    assert AgentSpec(name="a", entry="m:f").standby is False
+    with pytest.raises((msgspec.ValidationError, ConfigError), match="standby"):
+        msgspec.convert({"name": "a", "entry": "m:f", "standby": "yes"}, AgentSpec)
