@@ -216,6 +216,8 @@ class AgentProcess:
         #: stops many replicas and sweeps them in one pass
         self.sweep = True
         self.stopping = False
+        #: called as its ``Ready`` is read, before the frames after it
+        self.on_ready: Callable[[], None] | None = None
         #: set while the replica is paused (frozen): thaws it; a kill or a stop
         #: thaws it too (a frozen process dies only once thawed)
         self.thaw: Callable[[], None] | None = None
@@ -390,6 +392,8 @@ class AgentProcess:
                     return
             elif isinstance(msg, Ready):
                 ready.set_result(None)
+                if self.on_ready is not None:
+                    self.on_ready()  # (before the frames that follow it are handled)
             elif isinstance(msg, Log):  # logging while it starts (a class agent's __init__)
                 log_from_agent(self.log, msg)
             elif isinstance(msg, StartupFailed):
@@ -597,6 +601,12 @@ class AgentProcess:
     @property
     def alive(self) -> bool:
         return self.pid != 0 and not self.dead.done() and not self._gone.is_set()
+
+    def exiting(self) -> bool:
+        """Whether the kernel says it has exited (its pidfd readable), its
+        exit handled or not yet."""
+        pidfd = self._pidfd
+        return pidfd is not None and _linux.readable(pidfd)
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the replica and its whole process group."""

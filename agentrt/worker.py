@@ -464,6 +464,8 @@ class _Worker:
         self.with_ctx = {fn: takes_ctx(fn) for fn in set(targets.values())}
         self.stopping = False
         self.backlog: deque[Any] = deque()
+        #: the frames read with a standby's Become (see _stand_by)
+        self.early: list[Any] = []
         #: sync mode: answers to write once outside a signal handler
         self.outbox: deque[Any] = deque()
         self.current = 0  # id of the sync call running now
@@ -667,6 +669,9 @@ class _Worker:
             raise _Deadline
 
         _linux.set_handler(_SIGALRM, on_alarm)
+        if self.early:  # what came with a standby's Become
+            early, self.early = self.early, []
+            self.take(early)
         # Each result is written before the next call starts: a call that
         # kills the process must not take an earlier call's result with it.
         while True:
@@ -859,8 +864,9 @@ class _Worker:
                 case Heartbeat():
                     pass
 
-        while self.backlog:  # a standby's: what came with its Become
-            handle(self.backlog.popleft())
+        for msg in self.early:  # what came with a standby's Become, in order
+            handle(msg)
+        self.early = []
 
         def on_readable() -> None:
             try:
@@ -1238,8 +1244,7 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
         if boot.standby:
             boot, early = _stand_by(boot, chan)
         worker = _Worker(boot, chan, targets)
-        if early:
-            worker.take(early)  # (the calls sent right after Become, in order)
+        worker.early = early  # (what came with a standby's Become: taken first)
         is_async = any(
             inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
             for fn in targets.values()

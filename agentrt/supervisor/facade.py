@@ -397,11 +397,14 @@ class Supervisor:
         if spec.name in pool.agents:
             raise ConfigError(f"agents.{spec.name}", "an agent of that name is already running")
         limit = self.spec.max_agents if self.spec.max_agents is not None else default_max_agents()
-        live = sum(len(a.slots) for a in pool.agents.values() if a.failed is None)
-        if live + spec.replicas > limit:
+        # (a standby is one more process of its agent)
+        live = sum(len(a.slots) + a.spec.standby for a in pool.agents.values() if a.failed is None)
+        wanted = spec.replicas + spec.standby
+        if live + wanted > limit:
             raise BudgetExceeded(
-                f"starting {spec.replicas} replica(s) of {spec.name!r} would make "
-                f"{live + spec.replicas} live agent processes (max_agents={limit})",
+                f"starting {spec.replicas} replica(s) of {spec.name!r}"
+                f"{' and its standby' if spec.standby else ''} would make "
+                f"{live + wanted} live agent processes (max_agents={limit})",
                 budget="max_agents",
                 limit=limit,
                 agent=spec.name,

@@ -189,14 +189,17 @@ class Agent:
     paused_at: float = 0.0
     held_for: float = 0.0
     #: ``standby = true``: a replica confined and its entry imported, waiting
-    #: to take a dead one's place (see :meth:`Pool.keep_standby`); the one
-    #: starting; the Boot inputs it was made with; how many were made; its
-    #: leftovers' removal once gone; no more standbys (one failed, or stopping)
+    #: to take a dead one's place (see :meth:`Pool.keep_standby`); the task
+    #: making the next; the Boot inputs it was made with; how many were made
     standby: AgentProcess | None = None
     standby_task: asyncio.Task[None] | None = None
     standby_inputs: tuple[Any, ...] = ()
     standbys: int = 0
-    standby_reaping: asyncio.Task[None] | None = None
+    #: every standby process not yet a replica, until reaped (stopped with the
+    #: agent), and the removals of their leftovers going on
+    standby_procs: set[AgentProcess] = field(default_factory=set)
+    standby_reaping: set[asyncio.Task[None]] = field(default_factory=set)
+    #: no more standbys: one failed, or the agent is stopping
     standby_off: bool = False
 
     def held_now(self) -> float:
@@ -357,6 +360,7 @@ class Pool:
                 else:
                     boot = self.boots.boot(spec, slot.index, slot.generation, *self._boot_inputs())
                     proc = AgentProcess(boot, self._handler(slot), log)
+                    proc.on_ready = functools.partial(self._said_ready, slot, proc)
                     slot.proc = proc
                     slot.psutil_proc = None
                     self.set_state(slot, "starting")
@@ -438,10 +442,21 @@ class Pool:
         gone, slot.leftovers = slot.leftovers, []
         for _proc, boot in gone:
             self.spawn(self.boots.remove_workdir(boot))
-        slot.reaping = self.spawn(self._reap_all(gone))
+        slot.reaping = self.spawn(self._reap_all(gone, slot.reaping))
 
-    async def _reap_all(self, gone: list[tuple[AgentProcess, Boot]]) -> None:
-        await asyncio.gather(*(self._reap(proc, boot) for proc, boot in gone))
+    async def _reap_all(
+        self, gone: list[tuple[AgentProcess, Boot]], earlier: asyncio.Task[None] | None
+    ) -> None:
+        """Reap ``gone``; return once the earlier removal is done too (what a
+        stop waits for: ``slot.reaping``)."""
+        results = await asyncio.gather(
+            *(self._reap(proc, boot) for proc, boot in gone), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, Exception):
+                self.log.error("replica_cleanup_failed", error=repr(r))
+        if earlier is not None:
+            await asyncio.wait({earlier})
 
     # --- standbys ------------------------------------------------------------------
 
@@ -469,7 +484,7 @@ class Pool:
         same restart for the supervision tree (its restart type, intensity,
         backoff and strategy decide first).  A standby that fails to start
         or dies while it waits is not made again (the agent's replicas then
-        restart as without one).
+        restart as without one), unless its zygote's death took it.
         """
         if (
             not agent.spec.standby
@@ -488,13 +503,20 @@ class Pool:
     async def _start_standby(self, agent: Agent) -> None:
         assert self.launcher is not None
         spec = agent.spec
-        inputs = self._boot_inputs()
         agent.standbys += 1
-        # (replica -1: its cgroup and directory are named "<agent>.-1.<n>")
-        boot = self.boots.boot(spec, -1, agent.standbys, *inputs)
-        boot = msgspec.structs.replace(boot, standby=True)
         log = self.log.bind(agent=spec.name, standby=agent.standbys)
+        try:
+            inputs = self._boot_inputs()
+            # (replica -1: its cgroup and directory are named "<agent>.-1.<n>")
+            boot = self.boots.boot(spec, -1, agent.standbys, *inputs)
+        except Exception as exc:  # e.g. no dynamic uid left
+            agent.standby_task = None
+            agent.standby_off = True
+            log.warning("standby_not_made", reason=f"{type(exc).__name__}: {exc}")
+            return
+        boot = msgspec.structs.replace(boot, standby=True)
         proc = AgentProcess(boot, _standby_frame, log)
+        agent.standby_procs.add(proc)
         proc.dead.add_done_callback(functools.partial(self._standby_gone, agent, proc))
         try:
             await proc.start(self.launcher, spec.startup_timeout)
@@ -502,7 +524,7 @@ class Pool:
             return  # (said by _standby_gone)
         finally:
             agent.standby_task = None
-        if agent.standby_off or self.closing or agent.failed is not None:
+        if agent.standby_off or self.closing or agent.failed is not None or agent.all_gone:
             await proc.stop(spec.shutdown_timeout)
             return
         agent.standby, agent.standby_inputs = proc, inputs
@@ -511,11 +533,12 @@ class Pool:
     def _standby_gone(
         self, agent: Agent, proc: AgentProcess, dead: asyncio.Future[AgentDied | None]
     ) -> None:
-        if not proc.boot.standby:
+        if proc not in agent.standby_procs:
             return  # it became a replica: its slot saw to its death
         if agent.standby is proc:
             agent.standby = None
-        if not proc.stopping and not self.closing and not agent.standby_off:
+        orphaned = proc.orphaned()  # its zygote died and took it along
+        if not proc.stopping and not self.closing and not agent.standby_off and not orphaned:
             cause = dead.result()
             agent.standby_off = True
             self.log.warning(
@@ -525,11 +548,18 @@ class Pool:
                 reason=str(cause) if cause is not None else "exited",
                 note="the agent's replicas restart without a standby from now on",
             )
-        agent.standby_reaping = self.spawn(self._reap_standby(proc))
+        task = self.spawn(self._reap_standby(agent, proc, again=orphaned))
+        agent.standby_reaping.add(task)
+        task.add_done_callback(agent.standby_reaping.discard)
 
-    async def _reap_standby(self, proc: AgentProcess) -> None:
-        await self.boots.remove_workdir(proc.boot)
-        await self._reap(proc, proc.boot)
+    async def _reap_standby(self, agent: Agent, proc: AgentProcess, again: bool) -> None:
+        try:
+            await self.boots.remove_workdir(proc.boot)
+            await self._reap(proc, proc.boot)
+        finally:
+            agent.standby_procs.discard(proc)
+        if again:
+            self.keep_standby(agent)  # (from the new zygote)
 
     def _take_standby(self, slot: Slot, log: Any) -> AgentProcess | None:
         """The agent's standby, now replica ``slot`` (``Become`` sent); None if
@@ -539,13 +569,21 @@ class Pool:
         proc = agent.standby
         if proc is None or slot.first_start is None or not slot.first_start.done():
             return None
+        if slot.stop_requested:
+            return None
         agent.standby = None
-        if proc.dead.done() or proc.reason is not None or slot.stop_requested:
+        loop = asyncio.get_running_loop()
+        if not proc.alive or proc.reason is not None or proc.exiting():
+            # Gone, or going (its exit not handled yet: its zygote's death
+            # took it too, say): calls sent to it would fail as if begun.
+            self.spawn(proc.stop(0))
+            loop.call_later(_STANDBY_AFTER, self.keep_standby, agent)
             return None
         if agent.standby_inputs != self._boot_inputs():
             self.spawn(proc.stop(agent.spec.shutdown_timeout))
-            asyncio.get_running_loop().call_later(_STANDBY_AFTER, self.keep_standby, agent)
+            loop.call_later(_STANDBY_AFTER, self.keep_standby, agent)
             return None
+        agent.standby_procs.discard(proc)
         proc.boot = msgspec.structs.replace(
             proc.boot, replica=slot.index, generation=slot.generation, standby=False
         )
@@ -557,21 +595,26 @@ class Pool:
         slot.psutil_proc = None
         # The next standby once this one has served its first calls: made now,
         # it would compete with them for the cores.
-        asyncio.get_running_loop().call_later(_STANDBY_AFTER, self.keep_standby, agent)
+        loop.call_later(_STANDBY_AFTER, self.keep_standby, agent)
         return proc
 
     async def drop_standby(self, agent: Agent) -> None:
-        """Stop the agent's standby, and the one starting: none is made again."""
+        """Stop the agent's standbys (the one waiting, one starting, stale ones
+        being stopped) and wait until they and their leftovers are gone; none
+        is made again."""
         agent.standby_off = True
         task = agent.standby_task
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
-        proc, agent.standby = agent.standby, None
-        if proc is not None:
-            await proc.stop(agent.spec.shutdown_timeout)
-        if agent.standby_reaping is not None:
-            await asyncio.wait({agent.standby_reaping})
+        agent.standby = None
+        procs = list(agent.standby_procs)
+        await asyncio.gather(
+            *(p.stop(agent.spec.shutdown_timeout) for p in procs), return_exceptions=True
+        )
+        await asyncio.gather(*(p.wait_closed() for p in procs))
+        while agent.standby_reaping:
+            await asyncio.wait(set(agent.standby_reaping))
 
     async def _reap(self, proc: AgentProcess, boot: Boot) -> None:
         """Wait until the replica and its leftovers are gone, then remove its cgroups."""
@@ -649,6 +692,12 @@ class Pool:
                 slot, cause or AgentCrashed("replica exited", agent=name, exit_code=0)
             )
         return cause
+
+    def _said_ready(self, slot: Slot, proc: AgentProcess) -> None:
+        """Its Ready read: the slot is ready (or busy) before the answers that
+        follow it in the stream are handled, not once its task wakes up."""
+        if slot.proc is proc and not slot.stop_requested and proc.reason is None:
+            self.set_state(slot, "busy" if slot.inflight else "ready")
 
     def _serving(self, slot: Slot) -> None:
         """A replica's pipes are up; its ``Ready`` is still to come.

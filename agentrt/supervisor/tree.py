@@ -142,6 +142,7 @@ class Tree:
         agent.slot_gone(slot)
         if agent.all_gone:
             self.pool.fail_waiting(agent, agent.no_replica())
+            self.pool.spawn(self.pool.drop_standby(agent))  # (nothing left to replace)
 
     # --- group restarts (one_for_all, rest_for_one) --------------------------------------
 

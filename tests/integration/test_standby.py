@@ -15,7 +15,7 @@ import os
 import msgspec
 import pytest
 
-from agentrt import AgentFailed, ConfigError, ToolSpec
+from agentrt import AgentFailed, ConfigError, ToolSpec, _linux
 from agentrt.config import AgentSpec
 from agentrt.supervisor import pool
 
@@ -131,3 +131,94 @@ def test_standby_is_a_typed_agent_setting():
     assert AgentSpec(name="a", entry="m:f").standby is False
     with pytest.raises((msgspec.ValidationError, ConfigError), match="standby"):
         msgspec.convert({"name": "a", "entry": "m:f", "standby": "yes"}, AgentSpec)
+
+
+_CHILD = """
+import sys, msgspec
+from agentrt.protocol import Boot
+from agentrt.worker import child_main
+boot = msgspec.msgpack.decode(bytes.fromhex(sys.argv[1]), type=Boot)
+child_main(boot, int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+"""
+
+
+@pytest.mark.parametrize("entry", ["nap", "anap"])
+def test_the_frames_read_with_become_are_served_in_order(fixtures_dir, tmp_path, entry):
+    """A standby's Become, a call and the call's Cancel in one read: the call
+    is answered as cancelled (in a sync and in an async replica), and the
+    next call runs as the replica it became."""
+    import subprocess
+    import sys
+    import time
+
+    from agentrt.protocol import (
+        AgentMessage,
+        Become,
+        Boot,
+        Call,
+        Cancel,
+        Failure,
+        FrameDecoder,
+        FrameEncoder,
+        Ready,
+        Result,
+        Shutdown,
+    )
+
+    boot = Boot(
+        agent="s",
+        replica=-1,
+        generation=1,
+        entry=f"{E}:{entry}",
+        workdir=str(tmp_path / "w"),
+        sys_path=[str(fixtures_dir)],
+        standby=True,
+    )
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    out_r, out_w = os.pipe()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            msgspec.msgpack.encode(boot).hex(),
+            *map(str, (to_r, from_w, out_w)),
+        ],
+        pass_fds=(to_r, from_w, out_w),
+    )
+    for fd in (to_r, from_w, out_w):
+        os.close(fd)
+    enc, dec = FrameEncoder(), FrameDecoder(AgentMessage)
+    got: list[object] = []
+
+    def until(kind: type) -> object:
+        while not any(isinstance(m, kind) for m in got):
+            assert _linux.readable(from_r, 10.0), f"no {kind.__name__} frame within 10s: {got}"
+            chunk = os.read(from_r, 65536)
+            assert chunk, f"the replica exited before a {kind.__name__} frame: {got}"
+            got.extend(dec.feed(chunk))
+        return next(m for m in got if isinstance(m, kind))
+
+    try:
+        assert isinstance(until(Ready), Ready)
+        far = time.monotonic() + 30
+        os.write(
+            to_w,
+            enc.encode(Become(0, 1))
+            + enc.encode(Call(1, "", {"seconds": 5.0}, far))
+            + enc.encode(Cancel(1)),
+        )
+        failure = until(Failure)
+        assert (failure.id, failure.kind) == (1, "cancelled")
+        os.write(to_w, enc.encode(Call(2, "", {"seconds": 0.0}, far)))
+        result = until(Result)
+        assert (result.id, result.value) == (2, "slept")
+        os.write(to_w, enc.encode(Shutdown()))
+        assert child.wait(timeout=10) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for fd in (to_w, from_r, out_r):
+            os.close(fd)
