@@ -131,6 +131,9 @@ AIM_BULK_US = 10.0
 AIM_ONE_BY_ONE_FRACTION = 0.2
 
 REF = "agentrt-zygote"
+#: agentrt-zygote's agents with ``standby = true``: crash figures only, taken
+#: right after agentrt-zygote's, on its supervisor
+STANDBY = "agentrt-zygote+standby"
 FLOOR = "floor-pipe"
 ASYNC_FLOOR = "floor-asyncio"
 ALL = [
@@ -138,6 +141,7 @@ ALL = [
     "floor-fork",
     "floor-minimal",
     "agentrt-zygote",
+    "agentrt-zygote+standby",
     "agentrt-spawn",
     "asyncio",
     "threads",
@@ -266,6 +270,8 @@ class AgentrtRuntime(Runtime):
     def __init__(self, method: str) -> None:
         self.method = method
         self.name = f"agentrt-{method}"
+        #: the crash test's agents keep a standby (see STANDBY)
+        self.standby = False
         if method == "spawn":
             self.max_n, self.slow = 50, True
         else:
@@ -317,8 +323,12 @@ class AgentrtRuntime(Runtime):
         sup = self.sup
         assert sup is not None
         name = f"die-{mode}-{os.path.basename(stamp)}"
-        await sup.start(AgentSpec(name=name, entry="peer_tasks:die", replicas=1))
+        await sup.start(
+            AgentSpec(name=name, entry="peer_tasks:die", replicas=1, standby=self.standby)
+        )
         await sup.call(name, {"mode": "ok"})  # warm
+        if self.standby:
+            await asyncio.sleep(0.02)  # (its standby is made meanwhile)
         rec: dict[str, Any] = {}
         try:
             await sup.call(name, {"mode": mode, "stamp": stamp}, timeout=p.crash_timeout)
@@ -672,6 +682,7 @@ def available(name: str) -> str | None:
 def make_runtime(name: str) -> Runtime:
     makers: dict[str, Callable[[], Runtime]] = {
         "agentrt-zygote": lambda: AgentrtRuntime("zygote"),
+        STANDBY: lambda: AgentrtRuntime("zygote"),
         "agentrt-spawn": lambda: AgentrtRuntime("spawn"),
         "asyncio": AsyncioRuntime,
         "threads": ThreadsRuntime,
@@ -880,7 +891,13 @@ def _record_error(results: dict[str, Any], section: str, name: str, exc: BaseExc
 
 
 async def run_runtime(
-    rt: Runtime, floor: Floor, p: Params, quick: bool, results: dict[str, Any], tmp: str
+    rt: Runtime,
+    floor: Floor,
+    p: Params,
+    quick: bool,
+    results: dict[str, Any],
+    tmp: str,
+    standby: bool = False,
 ) -> None:
     t0 = time.perf_counter()
     try:
@@ -916,6 +933,14 @@ async def run_runtime(
                 results["crash"][rt.name] = await crash(rt, p, tmp)
             except Exception as exc:
                 _record_error(results, "crash", rt.name, exc)
+        if standby and isinstance(rt, AgentrtRuntime):
+            rt.standby = True
+            try:
+                results["crash"][STANDBY] = await crash(rt, p, tmp)
+            except Exception as exc:
+                _record_error(results, "crash", STANDBY, exc)
+            finally:
+                rt.standby = False
     finally:
         await rt.close()
     if rt.isolated and rt.name != "ray-tasks":
@@ -939,9 +964,10 @@ async def run(names: list[str], p: Params, quick: bool, floor: Floor) -> dict[st
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         try:
             for name in names:
-                if name in (FLOOR, "floor-fork", "floor-minimal"):
+                if name in (FLOOR, "floor-fork", "floor-minimal", STANDBY):
                     continue
-                await run_runtime(make_runtime(name), floor, p, quick, results, tmp)
+                also = name == REF and STANDBY in names
+                await run_runtime(make_runtime(name), floor, p, quick, results, tmp, also)
         finally:
             RayRuntime.shutdown_ray()
     # The floor's own figure: all its blocks, each run right before a runtime's.
@@ -1006,6 +1032,13 @@ def aims(res: dict[str, Any]) -> dict[str, Any]:
         None if None in after or not after else max(after),
         AIM_CRASH_AFTER_ERROR_MS,
     )
+    warm = get(res, "crash", STANDBY) or {}
+    after = [get(warm, m, "after_error_ms", "median") for m in MODES]
+    aim(
+        "crash_after_error_standby_ms",
+        None if None in after or not after else max(after),
+        AIM_CRASH_AFTER_ERROR_MS,
+    )
     aim("bulk_us", get(res, "tasks", REF, "bulk_us", "median"), AIM_BULK_US)
     one = get(res, "tasks", REF, "one_by_one_us", "median")
     ppe = get(res, "tasks", "process-pool", "one_by_one_us", "median")
@@ -1026,6 +1059,7 @@ AIM_TEXT = {
     "crash_error_ms": "crash to typed error < {b} ms (worst mode)",
     "crash_replaced_ms": "crash to served replacement < {b} ms (worst mode)",
     "crash_after_error_ms": "caller's error to served replacement <= {b} ms (worst mode)",
+    "crash_after_error_standby_ms": "... with standby = true <= {b} ms (worst mode)",
     "bulk_us": "bulk per-task overhead < {b} us",
     "one_by_one_x_process_pool": "one by one / ProcessPoolExecutor's <= {b}",
 }
@@ -1243,6 +1277,8 @@ def main(argv: list[str] | None = None) -> int:
             note += "; startup capped at N=50 (each actor is a fresh Python process)"
         if n == "ray-tasks" and not why:
             note += "; no startup figure (tasks share Ray's worker pool)"
+        if n == STANDBY:
+            note = "agentrt-zygote with standby = true: crash figures only, on its supervisor"
         if n in ("loky", "agentrt-spawn"):
             note = (note + "; " if note else "") + "startup capped at N=50 (spawn: slow here)"
         runtimes[n] = {"available": why is None, "note": note}

@@ -40,7 +40,9 @@ PEERS = [
     "ray-tasks",
     "ray-actors",
 ]
-ORDER = ["floor-pipe", "floor-asyncio", "floor-fork", "floor-minimal", REF, *PEERS]
+#: agentrt-zygote's agents with ``standby = true`` (crash figures only)
+STANDBY = "agentrt-zygote+standby"
+ORDER = ["floor-pipe", "floor-asyncio", "floor-fork", "floor-minimal", REF, STANDBY, *PEERS]
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -256,6 +258,7 @@ AIM_TEXT = {
     "crash_error_ms": "crash to typed error < {b} ms (worst death)",
     "crash_replaced_ms": "crash to served replacement < {b} ms (worst death)",
     "crash_after_error_ms": "caller's error (death noticed) to served replacement ≤ {b} ms",
+    "crash_after_error_standby_ms": "… the same with `standby = true` ≤ {b} ms",
     "bulk_us": "per-task overhead in bulk < {b} µs",
     "one_by_one_x_process_pool": "one by one ≤ {b}x ProcessPoolExecutor's",
 }
