@@ -394,3 +394,34 @@ def _stop_multiprocess_helpers() -> None:
         forkserver._forkserver._stop()
     with contextlib.suppress(Exception):
         resource_tracker._resource_tracker._stop()
+
+
+async def test_deaths_at_once_share_one_sweep(make_supervisor, agent_spec, monkeypatch, logs):
+    """The leftovers of replicas that die together are swept in one pass over
+    /proc (each pass reads every process), off the replacements' way."""
+    from agentrt import _linux, process
+
+    passes: list[list[int]] = []
+    real = _linux.kill_tree
+
+    def spy(leaders, extra=()):
+        passes.append(sorted(leaders))
+        return real(leaders, extra)
+
+    monkeypatch.setattr(_linux, "kill_tree", spy)
+    monkeypatch.setattr(process, "_SWEEP_AFTER", 0.5)  # both deaths fall within it
+    async with make_supervisor(intensity=10) as sup:
+        await sup.start(agent_spec("w", "agents:whoami", replicas=2))
+        pids = sorted(s.pid for s in await sup.status())
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for i in (0, 1):
+            await logs.wait_for("replica_ready", agent="w", replica=i, generation=1)
+        slots = sup._pool.agents["w"].slots
+        for slot in slots:
+            assert slot.dead_proc is not None and slot.dead_proc.pid in pids
+            await slot.dead_proc.wait_closed()  # its sweep is done
+        got = {r["pid"] for r in await asyncio.gather(*(sup.call("w") for _ in range(8)))}
+        assert got and not got & set(pids)
+    assert pids in passes  # one pass for the two
+    assert not any(len(p) == 1 and p[0] in pids for p in passes)
