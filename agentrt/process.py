@@ -183,54 +183,83 @@ class _Sweeps:
     process here, on a thread that holds the GIL for most of it, so with a
     thousand processes alive a death cost 20 ms of CPU, right when the
     replacement starts.  Each waits ``_SWEEP_AFTER``, off the replacement's
-    way, and the deaths of that moment share one pass.
+    way, and the deaths of that moment share one pass; :meth:`flush` starts
+    the pass at once (for whoever waits on a death: a group restart).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.loop = weakref.ref(loop)  # (no cycle: the loop is the dict's key)
         self.leaders: list[int] = []
         self.extra: list[int] = []
         self.done: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.passes: set[asyncio.Task[None]] = set()
 
-    def add(self, pid: int, extra: list[int]) -> asyncio.Future[None]:
+    def add(
+        self, loop: asyncio.AbstractEventLoop, pid: int, extra: list[int]
+    ) -> asyncio.Future[None]:
         self.leaders.append(pid)
         self.extra += extra
         if self.done is None:
-            self.done = self.loop.create_future()
-            self.loop.call_later(_SWEEP_AFTER, self._start)
+            self.done = loop.create_future()
+            self.timer = loop.call_later(_SWEEP_AFTER, self.flush)
         return self.done
 
-    def _start(self) -> None:
-        task = self.loop.create_task(self._pass())
+    def flush(self) -> None:
+        """Start the pass of the deaths waiting for one, now."""
+        loop, done = self.loop(), self.done
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if done is None or loop is None:
+            return
+        batch = (self.leaders, self.extra, done)
+        self.leaders, self.extra, self.done = [], [], None
+        task = loop.create_task(self._pass(*batch))
         self.passes.add(task)  # (a task nothing refers to may be collected)
         task.add_done_callback(self.passes.discard)
+        task.add_done_callback(lambda _t: done.cancel())  # (never left pending)
 
-    async def _pass(self) -> None:
-        leaders, extra, done = self.leaders, self.extra, self.done
-        self.leaders, self.extra, self.done = [], [], None
-        assert done is not None
+    @staticmethod
+    async def _pass(leaders: list[int], extra: list[int], done: asyncio.Future[None]) -> None:
         try:
             await asyncio.to_thread(_linux.kill_tree, leaders, extra)
-        except asyncio.CancelledError:  # the loop is being torn down
-            done.cancel()
-            raise
-        except Exception as exc:
-            done.set_exception(exc)
-        else:
+        except Exception as exc:  # e.g. no fd left to read /proc: said once, not per death
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": f"sweeping what replicas {leaders} left failed", "exception": exc}
+            )
+        if not done.done():
             done.set_result(None)
 
 
 _sweeps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeps] = weakref.WeakKeyDictionary()
 
 
-async def _sweep_later(loop: asyncio.AbstractEventLoop, pid: int, extra: list[int]) -> None:
+async def _sweep_later(
+    loop: asyncio.AbstractEventLoop, pid: int, extra: list[int], now: bool = False
+) -> None:
     """Kill what the dead replica ``pid`` left (its group, session, ``extra``),
-    in the next shared pass (see :class:`_Sweeps`)."""
+    in the next shared pass (see :class:`_Sweeps`; ``now``: at once)."""
     sweeps = _sweeps.get(loop)
     if sweeps is None:
         sweeps = _sweeps[loop] = _Sweeps(loop)
-    await asyncio.shield(sweeps.add(pid, extra))
+    done = sweeps.add(loop, pid, extra)
+    if now:
+        sweeps.flush()
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        if sweeps.done is done:  # torn down before its pass began: swept here
+            with contextlib.suppress(Exception):
+                _linux.kill_tree([pid], extra)
+        raise
+
+
+def sweep_now() -> None:
+    """Start the pending sweep of dead replicas' leftovers now (see :class:`_Sweeps`)."""
+    sweeps = _sweeps.get(asyncio.get_running_loop())
+    if sweeps is not None:
+        sweeps.flush()
 
 
 class AgentProcess:
@@ -274,6 +303,8 @@ class AgentProcess:
         self._exited: Awaitable[ExitInfo] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._descendants: list[int] = []
+        #: someone waits on its sweep (``wait_closed(now=True)``): no delay
+        self._sweep_now = False
         #: sweep the replica's leftovers when it dies; off when the owner
         #: stops many replicas and sweeps them in one pass
         self.sweep = True
@@ -751,7 +782,7 @@ class AgentProcess:
         # members, and the descendants seen while it was alive.
         if self.sweep and self.local:
             descendants, self._descendants = self._descendants, []
-            await _sweep_later(self._loop, self.pid, descendants)
+            await _sweep_later(self._loop, self.pid, descendants, self._sweep_now)
 
     def _settle(self, info: ExitInfo) -> None:
         """The process is gone: read its last frames, close, classify, resolve ``dead``.
@@ -772,8 +803,12 @@ class AgentProcess:
             self._ready.exception()  # retrieved: nobody may be waiting any more
         self.dead.set_result(self.cause)
 
-    async def wait_closed(self) -> None:
-        """Wait until the process is reaped and its leftovers are swept."""
+    async def wait_closed(self, now: bool = False) -> None:
+        """Wait until the process is reaped and its leftovers are swept
+        (``now``: the sweep does not wait for others to share its pass)."""
+        if now:
+            self._sweep_now = True
+            sweep_now()
         if self._watch is not None:
             # wait(), not shield(): a watcher cancelled by loop teardown must
             # not cancel the caller (close() still has work to do).

@@ -258,6 +258,16 @@ class Runtime:
         raise NotImplementedError
 
 
+async def standby_ready(sup: Supervisor, name: str, within: float = 5.0) -> None:
+    """Wait until agent ``name``'s standby is ready (its start is in the background)."""
+    agent = sup._pool.agents[name]
+    deadline = time.monotonic() + within
+    while agent.standby is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: no standby within {within:g}s")
+        await asyncio.sleep(0.002)
+
+
 def _hold(n: int) -> float:
     return 0.25 if n >= 300 else 0.1 if n > 1 else 0.0
 
@@ -328,7 +338,7 @@ class AgentrtRuntime(Runtime):
         )
         await sup.call(name, {"mode": "ok"})  # warm
         if self.standby:
-            await asyncio.sleep(0.02)  # (its standby is made meanwhile)
+            await standby_ready(sup, name)
         rec: dict[str, Any] = {}
         try:
             await sup.call(name, {"mode": mode, "stamp": stamp}, timeout=p.crash_timeout)

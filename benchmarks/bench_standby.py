@@ -36,13 +36,26 @@ from agentrt import AgentSpec, Supervisor  # noqa: E402
 MODES = ("kill", "exit", "segv")
 
 
+async def standby_ready(sup: Supervisor, name: str, within: float = 5.0) -> None:
+    """Wait until agent ``name``'s standby is ready (its start is in the background)."""
+    agent = sup._pool.agents[name]
+    deadline = time.monotonic() + within
+    while agent.standby is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: no standby within {within:g}s")
+        await asyncio.sleep(0.002)
+
+
 async def crash_once(
     sup: Supervisor, name: str, mode: str, stamp: str, standby: bool
 ) -> tuple[float, float]:
     await sup.start(AgentSpec(name=name, entry="peer_tasks:die", standby=standby))
     try:
         await sup.call(name, {"mode": "ok"})
-        await asyncio.sleep(0.02)
+        if standby:
+            await standby_ready(sup, name)
+        else:
+            await asyncio.sleep(0.02)  # (as long as a standby takes to be made)
         try:
             await sup.call(name, {"mode": mode, "stamp": stamp}, timeout=5)
             raise RuntimeError(f"{mode}: the call returned")

@@ -380,11 +380,15 @@ class Pool:
                     cause = self._replica_dead(slot, boot, proc, exc)
                 else:
                     slot.start_took = time.monotonic() - slot.launched_at
-                    if not slot.stop_requested and not proc.dead.done() and proc.reason is None:
+                    if _serves(slot, proc):
                         self.set_state(slot, "busy" if slot.inflight else "ready")
                         for call in slot.inflight.values():
                             if call.future.done() and call.timer is None and not slot.paused:
                                 self.arm_grace(call, proc)  # withdrawn before Ready: see withdraw
+                    elif slot.state in ("ready", "busy") and slot.hold is None:
+                        # ready as its Ready was read (_said_ready), gone since: no
+                        # call is to go to it (its death is handled below)
+                        self.set_state(slot, "starting")
                     log.info(
                         "replica_ready",
                         pid=proc.pid,
@@ -576,8 +580,8 @@ class Pool:
         if not proc.alive or proc.reason is not None or proc.exiting():
             # Gone, or going (its exit not handled yet: its zygote's death
             # took it too, say): calls sent to it would fail as if begun.
-            self.spawn(proc.stop(0))
-            loop.call_later(_STANDBY_AFTER, self.keep_standby, agent)
+            # Its death is _standby_gone's to judge (a new one, or none).
+            proc.kill()
             return None
         if agent.standby_inputs != self._boot_inputs():
             self.spawn(proc.stop(agent.spec.shutdown_timeout))
@@ -696,7 +700,7 @@ class Pool:
     def _said_ready(self, slot: Slot, proc: AgentProcess) -> None:
         """Its Ready read: the slot is ready (or busy) before the answers that
         follow it in the stream are handled, not once its task wakes up."""
-        if slot.proc is proc and not slot.stop_requested and proc.reason is None:
+        if _serves(slot, proc):
             self.set_state(slot, "busy" if slot.inflight else "ready")
 
     def _serving(self, slot: Slot) -> None:
@@ -1060,7 +1064,7 @@ class Pool:
                 self.set_state(slot, "stopping")
                 await proc.stop(slot.agent.spec.shutdown_timeout)
             if proc is not None:
-                await proc.wait_closed()
+                await proc.wait_closed(now=True)
             if slot.task is not None:
                 slot.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -1130,6 +1134,18 @@ class Pool:
 
 #: seconds after a standby took a replica's place before the next is made
 _STANDBY_AFTER = 0.005
+
+
+def _serves(slot: Slot, proc: AgentProcess) -> bool:
+    """Whether ``proc``, ready, is the slot's replica to send calls to: alive,
+    not being stopped or killed, the slot not claimed by a group restart."""
+    return (
+        slot.proc is proc
+        and proc.alive
+        and proc.reason is None
+        and not slot.stop_requested
+        and slot.hold is None
+    )
 
 
 def _standby_frame(proc: AgentProcess, msg: Any) -> None:

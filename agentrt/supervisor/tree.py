@@ -202,7 +202,7 @@ class Tree:
             await asyncio.gather(*(self._terminate(s, crashed) for s in batch))
         dead = crashed.dead_proc
         if dead is not None:
-            await dead.wait_closed()  # its leftovers are gone too
+            await dead.wait_closed(now=True)  # its leftovers are gone too
         # 2. the crashed replica's backoff
         delay = self._backoff(crashed, time.monotonic())
         if delay > 0 and not pool.closing:
@@ -243,7 +243,7 @@ class Tree:
         if proc is None:
             return
         if proc.dead.done():
-            await proc.wait_closed()  # dead already: its leftovers must be gone too
+            await proc.wait_closed(now=True)  # dead already: its leftovers must be gone too
             return
         strategy = self.spec.strategy
         self.pool.log.info(
@@ -261,7 +261,7 @@ class Tree:
         )
         self.pool.set_state(slot, "stopping")
         await proc.stop(slot.agent.spec.shutdown_timeout)
-        await proc.wait_closed()
+        await proc.wait_closed(now=True)
 
     # --- failure -------------------------------------------------------------------------
 
