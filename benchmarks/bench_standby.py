@@ -10,7 +10,10 @@ writes ``time.monotonic_ns()`` just before.  Reported, medians and min-max
 over the repetitions, in ms: death to the caller's error, the caller's error
 to the next call's answer (the replacement's), and death to that answer.
 
-    python benchmarks/bench_standby.py [--reps 15]
+``--pool N`` starts an agent of N more replicas first (``peer_tasks:whoami``):
+what a death costs with that many processes alive.
+
+    python benchmarks/bench_standby.py [--reps 15] [--pool 0]
 """
 
 from __future__ import annotations
@@ -74,10 +77,17 @@ def _fmt(xs: list[float]) -> str:
     return f"{statistics.median(xs):5.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
 
-async def main(reps: int) -> None:
+async def main(reps: int, pool: int) -> None:
     tmp = tempfile.mkdtemp()
     rows: dict[tuple[str, bool], list[tuple[float, float]]] = {}
-    async with Supervisor(preload=["peer_tasks"], intensity=1000, log_level="error") as sup:
+    settings = {"intensity": 1000, "log_level": "error", "max_agents": pool + 100}
+    async with Supervisor(preload=["peer_tasks"], **settings) as sup:
+        if pool:
+            await sup.start(
+                AgentSpec(
+                    name="pool", entry="peer_tasks:whoami", replicas=pool, startup_timeout=120
+                )
+            )
         for r in range(reps):
             for mode in MODES:
                 order = (False, True) if r % 2 == 0 else (True, False)
@@ -87,7 +97,7 @@ async def main(reps: int) -> None:
                     rows.setdefault((mode, standby), []).append(
                         await crash_once(sup, name, mode, stamp, standby)
                     )
-    print(f"{reps} crashes per row, ms: median (min-max)")
+    print(f"{reps} crashes per row, {pool} other replicas alive, ms: median (min-max)")
     heads = ("death->error", "error->served", "death->served")
     print(f"{'death':5s} {'standby':8s} " + " ".join(f"{h:>22s}" for h in heads))
     for (mode, standby), recs in rows.items():
@@ -100,4 +110,6 @@ async def main(reps: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
-    asyncio.run(main(ap.parse_args().reps))
+    ap.add_argument("--pool", type=int, default=0, help="replicas of another agent alive")
+    args = ap.parse_args()
+    asyncio.run(main(args.reps, args.pool))
