@@ -640,6 +640,10 @@ class AgentProcess:
             self._wbuf += memoryview(data)[n:]
             self._arm_writer()
 
+    def flush(self) -> None:
+        """Write what is queued now (not at the next loop iteration)."""
+        self._end_burst()
+
     def _end_burst(self) -> None:
         self._flush_soon = False
         if self._wbuf and not self._writer_armed:

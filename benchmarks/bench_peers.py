@@ -59,7 +59,11 @@ Workloads (every figure a median over repetitions, with the min-max):
    new pool, counted in the time.  ``multiprocessing.Pool`` never reports a
    lost task: after a timeout it is recorded as "never (hangs)", and its next
    call is submitted right after the fatal one.  In-process runtimes are not
-   isolated: a crash takes the whole process down (n/a).
+   isolated: a crash takes the whole process down (n/a).  agentrt-zygote+standby:
+   the same test on agentrt-zygote's supervisor with ``standby = true``; each
+   agent's warm call waits until its standby is ready (the zygote may still
+   be refilling its spares when it dies: ``bench_standby.py`` lets both
+   variants settle alike).
 
 The aims printed next to agentrt's figures: round trip within 1.5x the pipe
 floor and at least 8x faster than a Ray actor call; 300 agents ready in

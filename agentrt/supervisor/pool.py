@@ -403,6 +403,8 @@ class Pool:
                     if slot.paused and self.on_ready is not None:
                         self.on_ready(slot)
                     self.dispatch(agent, rescan=True)
+                    if standby is not None:
+                        proc.flush()  # its Become and first calls, now, in one write
                     # Its callers are answered from a callback on ``dead``, not
                     # after this task wakes up: two loop turns and the restart's
                     # first steps sooner.
