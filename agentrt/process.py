@@ -195,9 +195,8 @@ class _Sweeps:
         self.timer: asyncio.TimerHandle | None = None
         self.passes: set[asyncio.Task[None]] = set()
 
-    def add(
-        self, loop: asyncio.AbstractEventLoop, pid: int, extra: list[int]
-    ) -> asyncio.Future[None]:
+    def add(self, pid: int, extra: list[int]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
         self.leaders.append(pid)
         self.extra += extra
         if self.done is None:
@@ -235,15 +234,14 @@ class _Sweeps:
 _sweeps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeps] = weakref.WeakKeyDictionary()
 
 
-async def _sweep_later(
-    loop: asyncio.AbstractEventLoop, pid: int, extra: list[int], now: bool = False
-) -> None:
+async def _sweep_later(pid: int, extra: list[int], now: bool = False) -> None:
     """Kill what the dead replica ``pid`` left (its group, session, ``extra``),
     in the next shared pass (see :class:`_Sweeps`; ``now``: at once)."""
+    loop = asyncio.get_running_loop()
     sweeps = _sweeps.get(loop)
     if sweeps is None:
         sweeps = _sweeps[loop] = _Sweeps(loop)
-    done = sweeps.add(loop, pid, extra)
+    done = sweeps.add(pid, extra)
     if now:
         sweeps.flush()
     try:
@@ -786,7 +784,7 @@ class AgentProcess:
         # members, and the descendants seen while it was alive.
         if self.sweep and self.local:
             descendants, self._descendants = self._descendants, []
-            await _sweep_later(self._loop, self.pid, descendants, self._sweep_now)
+            await _sweep_later(self.pid, descendants, self._sweep_now)
 
     def _settle(self, info: ExitInfo) -> None:
         """The process is gone: read its last frames, close, classify, resolve ``dead``.

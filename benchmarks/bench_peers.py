@@ -120,7 +120,7 @@ from bench_core import (  # noqa: E402
     pct,
     read_smaps_rollup,
 )
-from common import emit, get, machine, min_max, spread  # noqa: E402
+from common import emit, get, machine, min_max, spread, standby_ready  # noqa: E402
 
 from agentrt import AgentSpec, Supervisor  # noqa: E402
 
@@ -260,16 +260,6 @@ class Runtime:
 
     async def crash(self, mode: str, stamp: str, p: Params) -> dict[str, Any]:
         raise NotImplementedError
-
-
-async def standby_ready(sup: Supervisor, name: str, within: float = 5.0) -> None:
-    """Wait until agent ``name``'s standby is ready (its start is in the background)."""
-    agent = sup._pool.agents[name]
-    deadline = time.monotonic() + within
-    while agent.standby is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name}: no standby within {within:g}s")
-        await asyncio.sleep(0.002)
 
 
 def _hold(n: int) -> float:

@@ -34,19 +34,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH", "")) if p
 )
 
+from common import standby_ready  # noqa: E402
+
 from agentrt import AgentSpec, Supervisor  # noqa: E402
 
 MODES = ("kill", "exit", "segv")
-
-
-async def standby_ready(sup: Supervisor, name: str, within: float = 5.0) -> None:
-    """Wait until agent ``name``'s standby is ready (its start is in the background)."""
-    agent = sup._pool.agents[name]
-    deadline = time.monotonic() + within
-    while agent.standby is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name}: no standby within {within:g}s")
-        await asyncio.sleep(0.002)
 
 
 async def crash_once(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -72,3 +74,14 @@ def min_max(d: dict[str, float] | None, fmt: str) -> str:
 def met(flag: bool | None) -> str:
     """An aim's verdict for a table cell."""
     return {True: "yes", False: "NO", None: "n/a"}[flag]
+
+
+async def standby_ready(sup: Any, name: str, within: float = 5.0) -> None:
+    """Wait until agent ``name``'s standby is ready (it is made in the
+    background after the agent's start): a bounded poll of the pool's state."""
+    agent = sup._pool.agents[name]
+    deadline = time.monotonic() + within
+    while agent.standby is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: no standby within {within:g}s")
+        await asyncio.sleep(0.002)

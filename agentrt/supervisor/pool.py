@@ -350,6 +350,7 @@ class Pool:
             while True:
                 started = slot.started  # this start's, if a group restart waits for it
                 cause: AgentDied | None
+                failed: StartupError | None = None
                 standby = self._take_standby(slot, log)
                 if standby is not None:
                     proc, boot = standby, standby.boot
@@ -360,24 +361,10 @@ class Pool:
                 else:
                     boot = self.boots.boot(spec, slot.index, slot.generation, *self._boot_inputs())
                     proc = AgentProcess(boot, self._handler(slot), log)
-                    proc.on_ready = functools.partial(self._said_ready, slot, proc)
-                    slot.proc = proc
-                    slot.psutil_proc = None
-                    self.set_state(slot, "starting")
-                try:
-                    if standby is None:
-                        try:
-                            await proc.start(
-                                self.launcher,
-                                spec.startup_timeout,
-                                functools.partial(self._serving, slot),
-                            )
-                        finally:
-                            slot.early = False  # ready or not, it takes no more calls early
-                            self.remove_leftovers(slot)
-                except StartupError as exc:
+                    failed = await self._launch(slot, proc)
+                if failed is not None:
                     slot.start_took = math.inf  # a failed start is not a quick one
-                    cause = self._replica_dead(slot, boot, proc, exc)
+                    cause = self._replica_dead(slot, boot, proc, failed)
                 else:
                     slot.start_took = time.monotonic() - slot.launched_at
                     if _serves(slot, proc):
@@ -435,6 +422,27 @@ class Pool:
                 self.events.emit("replica_restarting", agent=spec.name, replica=slot.index)
         finally:
             self.remove_leftovers(slot)
+
+    async def _launch(self, slot: Slot, proc: AgentProcess) -> StartupError | None:
+        """Start ``proc`` as the slot's replica and wait for its Ready; the
+        StartupError if it never became ready."""
+        assert self.launcher is not None
+        proc.on_ready = functools.partial(self._said_ready, slot, proc)
+        slot.proc = proc
+        slot.psutil_proc = None
+        self.set_state(slot, "starting")
+        try:
+            await proc.start(
+                self.launcher,
+                slot.agent.spec.startup_timeout,
+                functools.partial(self._serving, slot),
+            )
+        except StartupError as exc:
+            return exc
+        finally:
+            slot.early = False  # ready or not, it takes no more calls early
+            self.remove_leftovers(slot)
+        return None
 
     def remove_leftovers(self, slot: Slot) -> None:
         """Remove the working directories and cgroups of the slot's dead processes.

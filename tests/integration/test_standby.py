@@ -15,8 +15,7 @@ import os
 import msgspec
 import pytest
 
-from agentrt import AgentFailed, ConfigError, ToolSpec, _linux
-from agentrt.config import AgentSpec
+from agentrt import AgentFailed, ToolSpec, _linux
 from agentrt.supervisor import pool
 
 E = "standby_agents"
@@ -123,14 +122,6 @@ async def test_a_standby_made_before_a_tool_was_added_is_not_used(
         with pytest.raises(Exception, match="exited with code 3"):
             await sup.call("s", {"die": "exit"})
         assert await sup.call("s") == {"imported_as": None, "tool": "OK"}
-
-
-def test_standby_is_a_typed_agent_setting():
-    spec = msgspec.convert({"name": "a", "entry": "m:f", "standby": True}, AgentSpec)
-    assert spec.standby is True
-    assert AgentSpec(name="a", entry="m:f").standby is False
-    with pytest.raises((msgspec.ValidationError, ConfigError), match="standby"):
-        msgspec.convert({"name": "a", "entry": "m:f", "standby": "yes"}, AgentSpec)
 
 
 _CHILD = """

@@ -100,6 +100,7 @@ def _agent(**kw: object) -> dict[str, object]:
             "agents.echo.spin",
             "at most 10ms",
         ),
+        (_agent(standby="yes"), "agents.echo.standby", "expected `bool`, got `str`"),
     ],
 )
 def test_config_errors_name_the_key_path(doc: dict[str, object], path: str, fragment: str) -> None:
@@ -163,3 +164,10 @@ def test_agent_spec_from_python_validates_entry() -> None:
 def test_ray_addresses_in_each_documented_form_are_accepted(address: str) -> None:
     cfg = parse_config({"supervisor": {"backend": "ray", "address": address}})
     assert (cfg.supervisor.backend, cfg.supervisor.address) == ("ray", address)
+
+
+def test_standby_is_read_from_a_config_file(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "config.toml"
+    cfg_file.write_text('[agents.a]\nentry = "m:f"\nstandby = true\n[agents.b]\nentry = "m:f"\n')
+    agents = load_config(cfg_file).agents
+    assert (agents["a"].standby, agents["b"].standby) == (True, False)
