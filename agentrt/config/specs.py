@@ -274,7 +274,9 @@ class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     machines); it spins only while calls keep arriving that fast, yielding
     the CPU to anything runnable, and only while it holds one of the
     supervisor's cores - 1 spinning slots (the last core is the
-    supervisor's); ``0`` turns it off.  ``shutdown_timeout``
+    supervisor's).  The supervisor polls for a replica's answer as long,
+    when the last one came that fast and its loop has nothing else ready;
+    ``0`` turns both off.  ``shutdown_timeout``
     is the grace after ``Shutdown`` before SIGTERM and SIGKILL, or
     :data:`BRUTAL_KILL` / :data:`INFINITY` (``"brutal_kill"`` /
     ``"infinity"`` in a config).  All durations are seconds.

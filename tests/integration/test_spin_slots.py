@@ -3,6 +3,7 @@ of the cores-1 spinning slots (flock on read-only files of the run directory).""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import textwrap
 
 import psutil
 
-from agentrt import worker
+from agentrt import process, worker
 
 _HOLD = """
 import fcntl, os, sys
@@ -129,6 +130,12 @@ def test_on_one_core_no_replica_spins(fixtures_dir):
                 (st,) = await sup.status()
                 files = [f.path for f in psutil.Process(st.pid).open_files()]
                 assert not any("/spin." in p for p in files), files
+                # ...and the supervisor does not poll for answers either
+                for i in range(10):
+                    assert await sup.call("hot", {{"x": i}}) == {{"x": i}}
+                from agentrt import process
+                spinner = process._spinners.get(asyncio.get_running_loop())
+                assert spinner is None or spinner.spun == 0, spinner.spun
                 print("ok")
 
         asyncio.run(main())
@@ -139,3 +146,53 @@ def test_on_one_core_no_replica_spins(fixtures_dir):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+# --- the supervisor's side: a hot replica's answer is polled for ------------------------
+
+
+async def test_the_supervisor_polls_for_a_hot_replicas_answer(
+    make_supervisor, agent_spec, monkeypatch
+):
+    # (a yield that gives the CPU away, on a busy machine, ends a spin early:
+    # not what is tested here)
+    monkeypatch.setattr(process, "_CONTENDED", 3600.0)
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("hot", "agents:echo", spin="5ms"))
+        await sup.start(agent_spec("cold", "agents:echo", spin=0))
+        spinner = process._spinner(asyncio.get_running_loop())
+        for i in range(20):
+            assert await sup.call("cold", {"i": i}) == {"i": i}
+        assert (spinner.spun, spinner.caught) == (0, 0)  # spin = 0: never polled for
+        for i in range(20):
+            assert await sup.call("hot", {"i": i}) == {"i": i}
+        # the first answer makes the replica hot; later ones are read by polling
+        assert spinner.caught >= 1
+        assert not spinner.armed
+
+
+async def test_the_supervisor_never_polls_while_other_work_is_ready(
+    make_supervisor, agent_spec, monkeypatch
+):
+    monkeypatch.setattr(process, "_CONTENDED", 3600.0)
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("hot", "agents:echo", spin="5ms"))
+        spinner = process._spinner(asyncio.get_running_loop())
+        stop = asyncio.Event()
+
+        async def busy() -> int:
+            turns = 0
+            while not stop.is_set():
+                await asyncio.sleep(0)  # always ready: the loop is never idle
+                turns += 1
+            return turns
+
+        task = asyncio.create_task(busy())
+        try:
+            for i in range(20):
+                assert await sup.call("hot", {"i": i}) == {"i": i}
+        finally:
+            stop.set()
+            turns = await task
+        assert turns > 0
+        assert spinner.spun == 0
