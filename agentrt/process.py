@@ -266,32 +266,36 @@ _CONTENDED = 20e-6
 
 
 class _Spinner:
-    """The supervisor's side of spinning: a call written to a replica that
-    answered its last one within its ``spin`` is waited for by polling, not
-    by sleeping in the event loop's selector.
+    """The supervisor's side of spinning: while a hot replica's answer is due
+    (a call written to a replica that answered its last one within its
+    ``spin``), the event loop polls its selector instead of sleeping in it.
 
     Waking a sleeping process costs tens of microseconds on many machines
     (an inter-processor interrupt; on a virtual machine, an exit of the
     vCPU), more than a tiny call takes.  The poll runs as one loop callback,
     and only when the loop has nothing else ready, never past its next timer
-    nor past ``spin`` after the write; it yields the CPU on every turn and
-    stops as soon as a yield took long (something else needed this CPU).
-    It stops at the first answer, from any of the replicas waited for, and
-    hands it to the replica's reader as the selector would have.
+    nor past ``spin`` after the write.  Anything the loop waits for ends it:
+    the answers waited for are read at once, as the replica's reader would
+    read them; anything else (another replica's frame, a file the
+    application's loop watches) is left to the loop, which sees it again in
+    its next select.  It yields the CPU on every turn and stops as soon as a
+    yield took long (something else needed this CPU).
 
-    It uses the loop's ready queue and timer heap (asyncio's own event
-    loops); on a loop without them (uvloop) it never spins.
+    It uses the loop's selector (its epoll fd), ready queue and timer heap
+    (asyncio's own event loops); on a loop without them (uvloop) it never
+    spins.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = weakref.ref(loop)  # (no cycle: the loop is the dict's key)
         #: the replicas whose answers the next :meth:`run` waits for, by read fd
         self.armed: dict[int, AgentProcess] = {}
-        #: runs that polled, and runs that read an answer (for tests, debugging)
+        #: runs that polled, and runs that saw something ready (for tests, debugging)
         self.spun = 0
         self.caught = 0
 
     def arm(self, proc: AgentProcess) -> None:
+        """Poll for ``proc``'s answer in the next loop iteration."""
         if not self.armed:
             proc._loop.call_soon(self.run)
         self.armed[proc._rfd] = proc
@@ -299,15 +303,17 @@ class _Spinner:
     def run(self) -> None:
         armed, self.armed = self.armed, {}
         loop = self.loop()
-        if loop is None or getattr(loop, "_ready", True):
-            return  # other work is ready (or no queue to tell): the selector waits
+        # the loop's epoll fd is readable when anything the loop waits for is
+        selector = getattr(loop, "_selector", None)
+        fileno = getattr(selector, "fileno", None)
+        if loop is None or fileno is None or getattr(loop, "_ready", True):
+            return  # other work is ready (or no way to tell): the selector waits
         poll = select.poll()
-        end = 0.0
-        for fd, proc in armed.items():
-            if proc._rfd == fd:  # (not closed since)
-                poll.register(fd, select.POLLIN)
-                end = max(end, proc._wrote_at + proc.spin)
+        poll.register(fileno(), select.POLLIN)
+        for fd in armed:
+            poll.register(fd, select.POLLIN)
         clock = time.perf_counter
+        end = max(p._wrote_at + p.spin for p in armed.values())
         timers: list[asyncio.TimerHandle] = getattr(loop, "_scheduled", [])
         if timers:
             end = min(end, clock() + timers[0].when() - loop.time())
@@ -317,10 +323,10 @@ class _Spinner:
             if ready:
                 self.caught += 1
                 for fd, _ev in ready:
-                    proc = armed[fd]
-                    if proc._rfd == fd:  # (not closed by an answer handled before it)
+                    proc = armed.get(fd)
+                    if proc is not None and proc._rfd == fd:  # (not closed meanwhile)
                         proc._on_readable()
-                return
+                return  # (anything else: the loop's next select sees it again)
             now = clock()
             if now >= end:
                 return

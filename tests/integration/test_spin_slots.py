@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -196,3 +197,49 @@ async def test_the_supervisor_never_polls_while_other_work_is_ready(
             turns = await task
         assert turns > 0
         assert spinner.spun == 0
+
+
+async def test_anything_else_the_loop_waits_for_ends_the_supervisors_poll(
+    make_supervisor, agent_spec, monkeypatch
+):
+    monkeypatch.setattr(process, "_CONTENDED", 3600.0)
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("hot", "agents:sleep", spin="10ms"))
+        loop = asyncio.get_running_loop()
+        spinner = process._spinner(loop)
+        # hot: an answer came within its spin, so the next call was polled for
+        for _ in range(50):
+            assert await sup.call("hot", {"seconds": 0}) == 0
+            if spinner.spun:
+                break
+        assert spinner.spun
+        r, w = socket.socketpair()
+        seen: list[bool] = []
+        slow: asyncio.Future[object] | None = None
+
+        def on_readable() -> None:
+            loop.remove_reader(r.fileno())
+            assert slow is not None
+            seen.append(slow.done())  # handled while the hot call still runs
+
+        real_yield = os.sched_yield
+
+        def first_yield() -> None:  # something the loop watches becomes ready mid-poll
+            if w.fileno() != -1:
+                w.send(b"x")
+                w.close()
+            real_yield()
+
+        loop.add_reader(r.fileno(), on_readable)
+        monkeypatch.setattr(process.os, "sched_yield", first_yield)
+        try:
+            caught = spinner.caught
+            slow = sup.submit("hot", {"seconds": 0.5})
+            assert await slow == 0.5
+        finally:
+            monkeypatch.undo()
+            loop.remove_reader(r.fileno())
+            r.close()
+            w.close()
+        assert seen == [False]
+        assert spinner.caught == caught + 1
