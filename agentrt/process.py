@@ -287,9 +287,12 @@ class _Spinner:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = weakref.ref(loop)  # (no cycle: the loop is the dict's key)
+        # Weak references only, to the loop and to the replicas: the loop is
+        # the key of this spinner's entry in ``_spinners``, and a loop closed
+        # before a run must not be kept alive by it.
+        self.loop = weakref.ref(loop)
         #: the replicas whose answers the next :meth:`run` waits for, by read fd
-        self.armed: dict[int, AgentProcess] = {}
+        self.armed: dict[int, weakref.ref[AgentProcess]] = {}
         #: runs that polled, and runs that saw something ready (for tests, debugging)
         self.spun = 0
         self.caught = 0
@@ -298,15 +301,26 @@ class _Spinner:
         """Poll for ``proc``'s answer in the next loop iteration."""
         if not self.armed:
             proc._loop.call_soon(self.run)
-        self.armed[proc._rfd] = proc
+        self.armed[proc._rfd] = proc._weak
 
     def run(self) -> None:
-        armed, self.armed = self.armed, {}
+        armed: dict[int, AgentProcess] = {}
+        for fd, ref in self.armed.items():
+            proc = ref()
+            if proc is not None and proc._rfd == fd and proc._listening():
+                armed[fd] = proc
+        self.armed = {}
         loop = self.loop()
         # the loop's epoll fd is readable when anything the loop waits for is
         selector = getattr(loop, "_selector", None)
         fileno = getattr(selector, "fileno", None)
-        if loop is None or fileno is None or getattr(loop, "_ready", True):
+        if (
+            not armed
+            or loop is None
+            or fileno is None
+            or getattr(loop, "_ready", True)
+            or getattr(loop, "_stopping", True)
+        ):
             return  # other work is ready (or no way to tell): the selector waits
         poll = select.poll()
         poll.register(fileno(), select.POLLIN)
@@ -324,7 +338,8 @@ class _Spinner:
                 self.caught += 1
                 for fd, _ev in ready:
                     proc = armed.get(fd)
-                    if proc is not None and proc._rfd == fd:  # (not closed meanwhile)
+                    # (not closed, or past its end, by an answer handled before it)
+                    if proc is not None and proc._rfd == fd and proc._listening():
                         proc._on_readable()
                 return  # (anything else: the loop's next select sees it again)
             now = clock()
@@ -374,6 +389,7 @@ class AgentProcess:
         self.spin = boot.spin if boot.spin_slots else 0.0
         #: its last frame came within ``spin`` of the write before it
         self._hot = False
+        self._weak = weakref.ref(self)
         self._writer_armed = False
         self._encoder = FrameEncoder(boot.max_frame)
         self._decoder = FrameDecoder(AgentMessage, boot.max_frame)
@@ -600,6 +616,10 @@ class AgentProcess:
             self._loop.remove_reader(self._rfd)
         self.kill(ProtocolViolation(what, agent=self.boot.agent, pid=self.pid))
 
+    def _listening(self) -> bool:
+        """Its stream is still read (not at its end, not broken off)."""
+        return not self._eof and not self._broken
+
     def _on_eof(self) -> None:
         self._loop.remove_reader(self._rfd)
         self._eof = True
@@ -732,7 +752,7 @@ class AgentProcess:
         if n < len(data):
             self._wbuf += memoryview(data)[n:]
             self._arm_writer()
-        elif self._hot:
+        elif self._hot and self._listening():
             _spinner(self._loop).arm(self)
 
     def flush(self) -> None:
