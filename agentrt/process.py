@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from agentrt import _linux
 from agentrt.errors import (
@@ -234,14 +234,25 @@ class _Sweeps:
 
 _sweeps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeps] = weakref.WeakKeyDictionary()
 
+_T = TypeVar("_T")
+
+
+def _of_loop(
+    registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _T],
+    make: Callable[[asyncio.AbstractEventLoop], _T],
+    loop: asyncio.AbstractEventLoop,
+) -> _T:
+    """``loop``'s entry in ``registry`` (made by ``make`` the first time)."""
+    obj = registry.get(loop)
+    if obj is None:
+        obj = registry[loop] = make(loop)
+    return obj
+
 
 async def _sweep_later(pid: int, extra: list[int], now: bool = False) -> None:
     """Kill what the dead replica ``pid`` left (its group, session, ``extra``),
     in the next shared pass (see :class:`_Sweeps`; ``now``: at once)."""
-    loop = asyncio.get_running_loop()
-    sweeps = _sweeps.get(loop)
-    if sweeps is None:
-        sweeps = _sweeps[loop] = _Sweeps(loop)
+    sweeps = _of_loop(_sweeps, _Sweeps, asyncio.get_running_loop())
     done = sweeps.add(pid, extra)
     if now:
         sweeps.flush()
@@ -356,10 +367,7 @@ _spinners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Spinner] = (
 
 
 def _spinner(loop: asyncio.AbstractEventLoop) -> _Spinner:
-    spinner = _spinners.get(loop)
-    if spinner is None:
-        spinner = _spinners[loop] = _Spinner(loop)
-    return spinner
+    return _of_loop(_spinners, _Spinner, loop)
 
 
 class AgentProcess:
@@ -752,8 +760,8 @@ class AgentProcess:
         if n < len(data):
             self._wbuf += memoryview(data)[n:]
             self._arm_writer()
-        elif self._hot and self._listening():
-            _spinner(self._loop).arm(self)
+        elif self._hot:
+            _spinner(self._loop).arm(self)  # (one no longer listened to: not polled)
 
     def flush(self) -> None:
         """Write what is queued now (not at the next loop iteration)."""
