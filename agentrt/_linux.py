@@ -24,6 +24,7 @@ __all__ = [
     "clock_ticks",
     "default_signals",
     "descendants",
+    "exit_started",
     "get_name",
     "kill_group",
     "kill_started_since",
@@ -187,15 +188,11 @@ def pidfd_alive(pidfd: int) -> bool:
         return False
 
 
-def _exit_stat(pid: int) -> tuple[bytes, int, float] | None:
-    """``(state, exit_code, cpu seconds)`` from ``/proc/<pid>/stat``; None if unreadable.
-
-    ``exit_code`` is field 52, the status as waitpid(2) reports it (Linux >=
-    3.5); the CPU time is fields 14-17 (utime, stime and those of the reaped
-    children, in clock ticks), what wait4(2)'s rusage counts.
-    """
+def _stat_fields(path: str) -> list[bytes] | None:
+    """The fields of a ``/proc/.../stat`` file from field 3 (state) on, after
+    the parenthesised comm; None if unreadable or short."""
     try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -204,15 +201,65 @@ def _exit_stat(pid: int) -> tuple[bytes, int, float] | None:
         return None
     finally:
         os.close(fd)
-    # Fields after the parenthesised comm (field 2), from field 3 (state) on.
     rest = stat[stat.rfind(b")") + 2 :].split()
-    if len(rest) < 50:
+    return rest if len(rest) >= 50 else None
+
+
+def _exit_stat(pid: int, rest: list[bytes] | None = None) -> tuple[bytes, int, float] | None:
+    """``(state, exit_code, cpu seconds)`` from ``/proc/<pid>/stat``; None if unreadable.
+
+    ``exit_code`` is field 52, the status as waitpid(2) reports it (Linux >=
+    3.5); the CPU time is fields 14-17 (utime, stime and those of the reaped
+    children, in clock ticks), what wait4(2)'s rusage counts.
+    """
+    if rest is None:
+        rest = _stat_fields(f"/proc/{pid}/stat")
+    if rest is None:
         return None
     try:
         ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
         return rest[0], int(rest[49]), ticks / _CLK_TCK
     except ValueError:
         return None
+
+
+#: /proc/<pid>/stat flags (field 9): the task has begun to exit
+PF_EXITING = 0x4
+
+
+def exit_started(pid: int, pidfd: int) -> tuple[int, float] | None:
+    """``(raw wait status, cpu seconds)`` of a process every thread of which
+    has begun to exit, read from ``/proc`` while its memory may still be torn
+    down; None where that is not so or cannot be trusted.
+
+    A thread with ``PF_EXITING`` runs no user code again, so once all of them
+    have it nothing more reaches the process's pipes.  The kernel sets the
+    exit status (field 52) before that teardown.  As :func:`zombie_status`:
+    trusted only while ``pidfd`` (checked after the reads) still refers to an
+    unreaped process, and a status of 0 is left to the parent's report.
+    """
+    rest = _stat_fields(f"/proc/{pid}/stat")
+    if rest is None:
+        return None
+    try:
+        flags, threads = int(rest[6]), int(rest[17])
+    except ValueError:
+        return None
+    if rest[0] not in (b"Z", b"X") and not flags & PF_EXITING:
+        return None
+    if threads > 1:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return None
+        for tid in tids:
+            task = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+            if task is not None and not int(task[6]) & PF_EXITING:
+                return None  # (a task gone meanwhile has exited)
+    found = _exit_stat(pid, rest)
+    if found is None or found[1] <= 0 or not pidfd_alive(pidfd):
+        return None
+    return found[1], found[2]
 
 
 def zombie_status(pid: int, pidfd: int) -> tuple[int, float] | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import select
@@ -31,7 +32,9 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import msgspec
 
 from agentrt import _linux
 from agentrt.errors import (
@@ -54,6 +57,9 @@ from agentrt.protocol import (
     Ready,
     StartupFailed,
 )
+
+if TYPE_CHECKING:
+    from agentrt.deathwatch import DeathWatch
 
 __all__ = ["AgentProcess", "ExitInfo", "Launched", "Launcher", "log_from_agent"]
 
@@ -158,6 +164,11 @@ class Launcher(Protocol):
 
     name: str
     remote: bool
+
+    @property
+    def deaths(self) -> DeathWatch | None:
+        """Where replicas it starts hold a slot whose death is noticed early
+        (the zygote's); None elsewhere."""
 
     async def start(self) -> None: ...
 
@@ -429,6 +440,9 @@ class AgentProcess:
         #: set while the replica is paused (frozen): thaws it; a kill or a stop
         #: thaws it too (a frozen process dies only once thawed)
         self.thaw: Callable[[], None] | None = None
+        #: its slot in the launcher's DeathWatch (see :meth:`_exit_began`)
+        self._deaths: DeathWatch | None = None
+        self._death_slot = -1
 
     # --- start -------------------------------------------------------------
 
@@ -498,12 +512,17 @@ class AgentProcess:
         to_child_r, to_child_w, from_child_r, from_child_w, out_r, out_w = made
         child_fds = [to_child_r, from_child_w, out_w]
         self._rfd, self._wfd, self._ofd = from_child_r, to_child_w, out_r
+        deaths = launcher.deaths
+        if deaths is not None and (slot := deaths.take()) >= 0:
+            self._deaths, self._death_slot = deaths, slot
+            self.boot = msgspec.structs.replace(self.boot, death_slot=slot)
         try:
             launched = await launcher.launch(self.boot, child_fds)
         except BaseException as exc:
             for fd in (*child_fds, from_child_r, to_child_w, out_r):
                 os.close(fd)
             self._rfd = self._wfd = self._ofd = -1
+            self._give_back_slot()
             self.cause = StartupError(f"could not start: {exc}", agent=self.boot.agent)
             self.dead.set_result(self.cause)
             raise self.cause from exc
@@ -602,6 +621,9 @@ class AgentProcess:
                     return
             elif isinstance(msg, Ready):
                 ready.set_result(None)
+                if self._deaths is not None:  # it holds its slot's mutex now
+                    report = functools.partial(self._loop.call_soon_threadsafe, self._exit_began)
+                    self._deaths.arm(self._death_slot, self.pid, report)
                 if self.on_ready is not None:
                     self.on_ready()  # (before the frames that follow it are handled)
             elif isinstance(msg, Log):  # logging while it starts (a class agent's __init__)
@@ -794,6 +816,26 @@ class AgentProcess:
 
     # --- death -------------------------------------------------------------
 
+    def _exit_began(self) -> None:
+        """Its DeathWatch slot changed: settle now if ``/proc`` agrees that it
+        is exiting (every thread), before the kernel has freed its memory and
+        closed its pipes.  Anything else (a replica writing its own slot) is
+        left to the usual signs of death."""
+        pidfd = self._pidfd
+        if self.dead.done() or pidfd is None or self._deaths is None:
+            return
+        found = _linux.exit_started(self.pid, pidfd)
+        if found is None:
+            return
+        self._deaths.noticed += 1
+        self._settle(ExitInfo.from_status(*found))
+
+    def _give_back_slot(self) -> None:
+        """Its process is reaped (or never started): its slot may serve another."""
+        if self._deaths is not None:
+            self._deaths.give_back(self._death_slot)
+            self._deaths, self._death_slot = None, -1
+
     def _on_pidfd(self) -> None:
         pidfd = self._pidfd
         assert pidfd is not None
@@ -898,6 +940,7 @@ class AgentProcess:
             # nothing waits on it forever.
             self.signal(signal.SIGKILL)
             self._settle(ExitInfo(None))
+            self._give_back_slot()
             raise
         except Exception as exc:  # the launcher lost track: assume killed
             self.launcher_lost = True
@@ -905,6 +948,7 @@ class AgentProcess:
                 self.log.warning("exit_status_lost", error=str(exc))
             info = ExitInfo(None)
         self._settle(info)
+        self._give_back_slot()
         # Nothing the replica started may outlive it: its session and group
         # members, and the descendants seen while it was alive.
         if self.sweep and self.local:
@@ -918,6 +962,8 @@ class AgentProcess:
         if self.dead.done():
             return
         self._gone.set()
+        if self._deaths is not None:
+            self._deaths.disarm(self._death_slot)
         self.exit = info
         self._drain()
         self._close_fds()

@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from agentrt import _linux, sandbox
+from agentrt import _linux, deathwatch, sandbox
 from agentrt.context import AgentIO, Context, SyncContext, takes_ctx
 from agentrt.errors import AgentrtError
 from agentrt.protocol import (
@@ -187,6 +187,8 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
     if boot.supervisor_pid and os.getppid() == 1:
         os._exit(EXIT_STARTUP)  # parent already gone: nobody to serve
     _detach()
+    # (before the fds are closed: the DeathWatch memfd is one of them)
+    deathwatch.hold_slot(boot.death_slot)
     os.dup2(ofd, 1)
     os.dup2(ofd, 2)
     keep = sorted({0, 1, 2, rfd, wfd, *kept_rulesets()})  # (confine closes these)

@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from agentrt import _linux
+from agentrt import _linux, deathwatch
 from agentrt.protocol import (
     Boot,
     Fork,
@@ -56,8 +56,6 @@ __all__ = ["ZygoteClient", "zygote_main"]
 _DGRAM = 1 << 16
 #: fork requests read from the socket before any is forked, at most
 _FORK_BATCH = 8
-#: /proc/<pid>/stat flags: the process is exiting
-_PF_EXITING = 0x4
 
 
 def zygote_main(
@@ -70,6 +68,7 @@ def zygote_main(
     spare_cgroups: list[str] | None = None,
     fork_hooks: list[dict[str, Callable[[], object]]] | None = None,
     imported: list[str] | None = None,
+    deaths: int = -1,
 ) -> None:
     """Body of the zygote process.
 
@@ -77,8 +76,11 @@ def zygote_main(
     so far, and it goes on recording them (``_main`` wraps the function
     before anything is imported; ``imported`` were the modules then): where
     all are known, replicas are forked without the interpreter's own
-    (:func:`_fork`).
+    (:func:`_fork`).  ``deaths`` is the supervisor's :class:`DeathWatch`
+    memfd, which replicas inherit (each maps its own page of it, then closes
+    it with every other fd before its agent runs).
     """
+    deathwatch.inherited_fd = deaths
     global _parent, _rundir, _parent_fd, _spare_target, _spare_bound, _spare_cgroups, _zygote
     _parent, _rundir, _spare_bound, _zygote = parent, rundir, spares, os.getpid()
     _spare_target = _spares_first()
@@ -761,7 +763,9 @@ class ZygoteClient:
         rundir: str = "",
         spares: int = 0,
         spare_cgroups: list[str] | None = None,
+        deaths: int = -1,
     ) -> None:
+        self.deaths = deaths  # a DeathWatch's memfd (-1: none)
         self.spares = spares
         self.spare_cgroups = spare_cgroups or []
         self.preload = preload
@@ -878,7 +882,7 @@ class ZygoteClient:
             flags = int(stat[stat.rfind(b")") + 2 :].split()[6])
         except (OSError, ValueError, IndexError):
             return False
-        return not flags & _PF_EXITING
+        return not flags & _linux.PF_EXITING
 
     async def start(self, timeout: float = 30.0) -> None:
         import multiprocess.spawn
@@ -895,6 +899,7 @@ class ZygoteClient:
                 self.rundir,
                 self.spares,
                 self.spare_cgroups,
+                self.deaths,
             ]
         )
         exe = os.fsencode(multiprocess.spawn.get_executable())
@@ -909,7 +914,8 @@ class ZygoteClient:
         # Started from the loop's thread: PR_SET_PDEATHSIG follows the thread
         # that created the child, so it must be one that lives as long as we do.
         try:
-            self.pid = multiprocess.util.spawnv_passfds(exe, argv, [theirs.fileno()])
+            passed = [theirs.fileno(), *([self.deaths] if self.deaths >= 0 else [])]
+            self.pid = multiprocess.util.spawnv_passfds(exe, argv, passed)
         finally:
             theirs.close()
         with contextlib.suppress(OSError):
@@ -1104,7 +1110,7 @@ def _main(
     imported: list[str] | None = None,
 ) -> None:
     """Entry of the zygote interpreter (see :meth:`ZygoteClient.start`)."""
-    fd, preload, sys_path, parent, rundir, spares, spare_cgroups = msgspec.json.decode(args)
+    fd, preload, sys_path, parent, rundir, spares, spare_cgroups, deaths = msgspec.json.decode(args)
     zygote_main(
         socket.socket(fileno=fd),
         preload,
@@ -1115,6 +1121,7 @@ def _main(
         spare_cgroups,
         fork_hooks,
         imported,
+        deaths,
     )
 
 

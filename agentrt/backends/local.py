@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from agentrt.deathwatch import DeathWatch
 from agentrt.process import ExitInfo, Launched, Launcher
 from agentrt.protocol import Boot
 from agentrt.zygote import ZygoteClient
@@ -32,6 +33,7 @@ class ZygoteLauncher:
 
     name = "zygote"
     remote = False
+    deaths: DeathWatch | None
 
     def __init__(
         self,
@@ -42,7 +44,11 @@ class ZygoteLauncher:
         spares: int = 0,
         spare_cgroups: list[str] | None = None,
     ) -> None:
-        self._args = (preload, sys_path, rundir, spares, spare_cgroups or [])
+        # Replicas' deaths noticed as they start to exit (see agentrt.deathwatch).
+        watch = DeathWatch()
+        self.deaths = watch if watch.on else None
+        fd = watch.fd if watch.on else -1
+        self._args = (preload, sys_path, rundir, spares, spare_cgroups or [], fd)
         self.client = ZygoteClient(*self._args)
         self._may_restart = may_restart
         self._restart: asyncio.Future[None] | None = None
@@ -84,6 +90,8 @@ class ZygoteLauncher:
             with contextlib.suppress(BaseException):
                 await self._restart
         await self.client.close()
+        if self.deaths is not None:
+            self.deaths.close()
 
 
 def _mp_child(boot: Boot, conns: list[Any]) -> None:
@@ -101,6 +109,7 @@ class MultiprocessLauncher:
     """Replicas started by ``multiprocess`` (``forkserver``, ``spawn`` or ``fork``)."""
 
     remote = False
+    deaths = None  # (their deaths are noticed at their pipes' end)
 
     def __init__(self, method: str, preload: list[str], sys_path: list[str]) -> None:
         import multiprocess

@@ -410,6 +410,7 @@ class RayLauncher:
 
     name = "ray"
     remote = True
+    deaths = None  # (a remote replica's death comes through its host)
 
     def __init__(self, spec: SupervisorSpec, log: Any) -> None:
         self.spec = spec

@@ -12,6 +12,7 @@ from typing import Any
 
 from agentrt import __version__
 from agentrt.cli.common import EXIT_CONFIG, EXIT_OK, Subparsers
+from agentrt.deathwatch import DeathWatch
 from agentrt.errors import AgentrtError
 
 __all__ = ["add_parser", "command"]
@@ -82,9 +83,19 @@ def _features(caps: dict[str, Any]) -> list[tuple[str, str, str]]:
     def yn(ok: object) -> str:
         return "yes" if ok else "no"
 
+    watch = DeathWatch()
+    early = watch.on
+    watch.close()
     return [
         ("feature", "here", "what it gives"),
         ("pidfd", yn(caps["pidfd"]), "exits observed without pid-reuse races"),
+        (
+            "early death notice",
+            yn(early),
+            "a replica's death noticed as it begins (robust futex, futex_waitv)"
+            if early
+            else f"deaths noticed once the kernel freed the memory ({watch.why_off})",
+        ),
         (
             "user namespace",
             yn(caps["user_ns"]),

@@ -124,7 +124,7 @@ def test_doctor_exits_0_and_names_the_isolation_features() -> None:
     proc = _run("doctor")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.lower()
-    for word in ("pidfd", "landlock", "cgroup", "namespace", "rlimit"):
+    for word in ("pidfd", "early death notice", "landlock", "cgroup", "namespace", "rlimit"):
         assert word in text, word
 
 

@@ -194,6 +194,7 @@ class HeldLauncher:
 
     name = "zygote-held"
     remote = False
+    deaths = None  # (settled from /proc at the pidfd, the way under test)
 
     def __init__(self, fixtures_dir: Path) -> None:
         self.inner = ZygoteLauncher([], [str(fixtures_dir)])

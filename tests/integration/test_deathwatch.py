@@ -1,0 +1,144 @@
+"""A replica's death is noticed as it begins to exit (agentrt.deathwatch).
+
+Each replica holds a robust futex in its own page of the supervisor's
+memfd; the kernel marks it and wakes the supervisor's waiter thread before
+it tears the replica's memory down.  The supervisor then checks ``/proc``
+(every thread exiting) and settles the replica there and then.  These tests
+pin down:
+
+* a death by SIGKILL and by ``os._exit`` of a replica whose memory takes the
+  kernel a while to free is settled by that notice, classified as before,
+  and its replacement serves;
+* a hostile replica that marks its own slot as dead is not taken for dead
+  (it goes on serving), and one that wakes its waiter over and over is no
+  longer watched (its death is still reported, the usual way);
+* slots are given back and reused, and the waiter threads end with the
+  supervisor;
+* without ``futex_waitv`` nothing is handed out and deaths are noticed as
+  before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+
+import pytest
+
+from agentrt import AgentCrashed, deathwatch
+from agentrt.process import AgentProcess
+
+
+def _available() -> bool:
+    watch = deathwatch.DeathWatch()
+    try:
+        return watch.on
+    finally:
+        watch.close()
+
+
+pytestmark = pytest.mark.skipif(not _available(), reason="no futex_waitv or memfd here")
+
+
+def _waiters() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("agentrt-deathwatch")]
+
+
+@pytest.mark.parametrize(("how", "status"), [("kill", -signal.SIGKILL), ("exit", 3)])
+async def test_a_death_is_settled_as_it_begins_and_the_replacement_serves(
+    make_supervisor, agent_spec, how, status
+):
+    async with make_supervisor(preload=["dying_agents"]) as sup:
+        await sup.start(agent_spec("d", "dying_agents:die_heavy"))
+        deaths = sup._launcher.deaths
+        assert deaths is not None
+        # 256 MiB in small pages: the kernel takes a while to free them, and
+        # the pipe's end and the pidfd come only after that.
+        with pytest.raises(AgentCrashed) as err:
+            await sup.call("d", {"mib": 256, "how": how})
+        assert err.value.exit_code == status
+        assert deaths.noticed == 1
+        assert deaths.reported == 1
+        # Its replacement serves, and holds a slot of its own.
+        with pytest.raises(AgentCrashed):
+            await sup.call("d", {"mib": 256, "how": how})
+        assert deaths.noticed == 2
+    assert _waiters() == []
+
+
+async def test_a_replica_that_fakes_its_death_is_not_taken_for_dead(
+    make_supervisor, agent_spec, monkeypatch
+):
+    checked = asyncio.Event()
+    real = AgentProcess._exit_began
+
+    def spy(self: AgentProcess) -> None:
+        real(self)
+        checked.set()
+
+    monkeypatch.setattr(AgentProcess, "_exit_began", spy)
+    async with make_supervisor(preload=["dying_agents"]) as sup:
+        await sup.start(agent_spec("h", "dying_agents:fake_death"))
+        deaths = sup._launcher.deaths
+        assert deaths is not None
+        pid = await sup.call("h")
+        assert pid is not None  # it held a slot, and marked it as the kernel would
+        async with asyncio.timeout(10):
+            await checked.wait()  # the supervisor looked, in /proc
+        assert deaths.reported == 1
+        assert deaths.noticed == 0
+        # Still the same process, serving; nothing restarted.
+        assert await sup.call("h") == pid
+        assert [s.restarts for s in await sup.status()] == [0]
+
+
+async def test_a_replica_waking_its_waiter_over_and_over_is_no_longer_watched(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor(preload=["dying_agents"]) as sup:
+        await sup.start(agent_spec("s", "dying_agents:wake_spuriously"))
+        await sup.start(agent_spec("k", "dying_agents:die_heavy"))
+        deaths = sup._launcher.deaths
+        assert deaths is not None
+        pid = await sup.call("s", {"times": 50, "pause": 0.002})
+        assert pid is not None
+        # Its death is still reported (the pipe's end), not through its slot.
+        with pytest.raises(AgentCrashed):
+            await sup.call("s", {"then_die": True})
+        assert deaths.noticed == 0
+        # Its replacement is up (the loop has nothing left to do about it)...
+        assert await sup.call("s", {"times": 0}) not in (None, pid)
+        # ...and another replica's slot is watched as before.
+        with pytest.raises(AgentCrashed):
+            await sup.call("k", {"mib": 256})
+        assert deaths.noticed == 1
+
+
+async def test_slots_are_given_back_and_reused(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("k", "agents:kill_self", replicas=2))
+        deaths = sup._launcher.deaths
+        assert deaths is not None
+        for _ in range(6):
+            with pytest.raises(AgentCrashed):
+                await sup.call("k")
+        await sup.stop("k")  # (returns once every process of it is reaped)
+        # Every slot ever handed out is free again (8 processes, fewer slots).
+        assert len(deaths._free) == deaths._next < 8
+
+
+async def test_without_futex_waitv_no_slot_is_handed_out(make_supervisor, agent_spec, monkeypatch):
+    monkeypatch.setattr(deathwatch, "_NR", None)
+    watch = deathwatch.DeathWatch()
+    assert not watch.on
+    assert "futex_waitv" in watch.why_off
+    assert watch.fd == -1
+    assert watch.take() == -1
+    watch.close()
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("k", "agents:kill_self"))
+        assert sup._launcher.deaths is None
+        with pytest.raises(AgentCrashed) as err:
+            await sup.call("k")
+        assert err.value.exit_code == -signal.SIGKILL
