@@ -270,9 +270,18 @@ async def _sweep_later(pid: int, extra: list[int], now: bool = False) -> None:
     try:
         await asyncio.shield(done)
     except asyncio.CancelledError:
-        if sweeps.done is done:  # torn down before its pass began: swept here
+        if sweeps.done is done:
+            # Torn down before its pass began: the pass is made here, for every
+            # death waiting on it (they are cancelled too), and nothing is left
+            # pending to hold the loop (the registry would then keep it).
+            leaders, every_extra = sweeps.leaders, sweeps.extra
+            sweeps.leaders, sweeps.extra, sweeps.done = [], [], None
+            if sweeps.timer is not None:
+                sweeps.timer.cancel()
+                sweeps.timer = None
+            done.cancel()
             with contextlib.suppress(Exception):
-                _linux.kill_tree([pid], extra)
+                _linux.kill_tree(leaders, every_extra)
         raise
 
 

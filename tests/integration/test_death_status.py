@@ -426,3 +426,45 @@ async def test_deaths_at_once_share_one_sweep(make_supervisor, agent_spec, monke
         assert got and not got & set(pids)
     assert pids in passes  # one pass for the two
     assert not any(len(p) == 1 and p[0] in pids for p in passes)
+
+
+def test_a_sweep_torn_down_before_its_pass_still_kills_and_lets_the_loop_go():
+    """A loop torn down while deaths wait for their shared pass (asyncio.run
+    cancelling every task): the pass is made there and then, for every death
+    waiting on it, and nothing pending is left to keep the loop alive."""
+    import gc
+    import subprocess
+    import sys
+    import weakref
+
+    from agentrt import process
+
+    # Two "dead replicas' leftovers": sessions of their own, still running.
+    left = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+        )
+        for _ in range(2)
+    ]
+    loop_ref: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> None:
+        loop_ref.append(weakref.ref(asyncio.get_running_loop()))
+        waits = [asyncio.ensure_future(process._sweep_later(p.pid, [])) for p in left]
+        await asyncio.sleep(0)  # both wait for the pass (_SWEEP_AFTER away)
+        for w in waits:
+            w.cancel()
+        for w in waits:
+            with pytest.raises(asyncio.CancelledError):
+                await w
+
+    try:
+        asyncio.run(main())
+        assert [p.wait(timeout=10) for p in left] == [-signal.SIGKILL] * 2
+        gc.collect()
+        assert loop_ref[0]() is None
+    finally:
+        for p in left:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
