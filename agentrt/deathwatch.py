@@ -8,13 +8,15 @@ before that teardown: it walks the robust futex list of each of its threads
 (``exit_mm`` -> ``exit_robust_list``), marks every futex the thread still
 holds ``FUTEX_OWNER_DIED`` and wakes one waiter.  So:
 
-- The supervisor's :class:`DeathWatch` owns a sealed memfd of one page per
-  slot, each with a process-shared robust mutex.  A replica gets a slot in
-  its ``Boot`` (``death_slot``), maps only that page (the memfd is inherited
-  from the zygote and closed before any user code runs) and locks the mutex
-  in its main thread (:func:`hold_slot`); once it said Ready, the supervisor
-  checks that the mutex's word is its pid and marks it as waited for.
-- Threads of the supervisor wait on up to 127 slots each with
+- For each replica about to start, the supervisor's :class:`DeathWatch`
+  makes a memfd of one page, sealed at that size, with a process-shared
+  robust mutex in it, and maps it.  The memfd goes to the replica with its
+  pipes (the supervisor keeps only its mapping); the replica maps it, locks
+  the mutex in its main thread (:func:`hold`) and closes it with every
+  other inherited fd before any user code runs.  Once it said Ready, the
+  supervisor checks that the mutex's word is its pid and marks it as
+  waited for.
+- Threads of the supervisor wait on up to 127 replicas each with
   ``futex_waitv(2)`` (Linux 5.16), with the GIL released; a word that
   changed is reported to the replica's loop (``call_soon_threadsafe``).
 - The replica's :class:`~agentrt.process.AgentProcess` trusts none of it: it
@@ -24,14 +26,15 @@ holds ``FUTEX_OWNER_DIED`` and wakes one waiter.  So:
   it settled: what is in its pipe is read, its callers get their error, and
   its replacement starts while the kernel still frees its memory.
 
-A replica can write only its own page: at worst it fakes its own death,
-which the check in ``/proc`` refuses; a slot that wakes without its word
-changing, or whose word changed without a death, is dropped (that replica's
-death is then noticed the usual way).  The memfd is sealed against
-shrinking, so no process holding it can make the supervisor's mapping fault.
-Where something is missing (no memfd, no ``futex_waitv`` as under some
-seccomp profiles or gVisor, a libc whose robust mutex keeps its owner
-elsewhere) slots are simply not handed out.
+A replica can reach only its own page: a memfd of its own, never reused,
+which cannot grow (a mapping grown with ``mremap`` faults past its end).
+At worst it fakes its own death, which the check in ``/proc`` refuses; a
+page that wakes its waiter without its word changing, or whose word changed
+without a death, is dropped (that replica's death is then noticed the usual
+way).  The memfd cannot shrink either, so no process holding it can make
+the supervisor's mapping fault.  Where something is missing (no memfd, no
+``futex_waitv`` as under some seccomp profiles or gVisor, a libc whose robust
+mutex keeps its owner elsewhere than glibc does) no page is handed out.
 """
 
 from __future__ import annotations
@@ -46,14 +49,12 @@ import platform
 import threading
 from collections.abc import Callable
 
-__all__ = ["DeathWatch", "hold_slot", "inherited_fd"]
+__all__ = ["DeathWatch", "hold"]
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-#: slots (pages) in the memfd: replicas alive at once with an early notice
-CAPACITY = 8192
 #: futex_waitv(2) takes at most 128 futexes: one is the thread's control word
 _PER_THREAD = 127
-#: a slot that wakes its thread this many times with its word unchanged is dropped
+#: a page that wakes its thread this many times with its word unchanged is dropped
 _SPURIOUS = 3
 
 _FUTEX_WAITERS = 0x80000000
@@ -88,7 +89,8 @@ _munmap = _libc.munmap
 _munmap.argtypes = [ctypes.c_ulong, ctypes.c_ulong]
 _PROT_RW = 0x1 | 0x2
 try:  # (in libc since glibc 2.34; in libpthread, loaded by the interpreter, before)
-    _lock: Callable[[int], int] | None = _libc.pthread_mutex_lock
+    # trylock: a replica never waits for its mutex, whatever is in its page
+    _lock: Callable[[int], int] | None = _libc.pthread_mutex_trylock
     _lock.argtypes = [ctypes.c_ulong]  # type: ignore[union-attr]
     _init = _libc.pthread_mutex_init
     _init.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
@@ -98,9 +100,7 @@ except AttributeError:
 _MAP_SHARED = 0x01
 _MAP_FAILED = (1 << 64) - 1
 
-#: the memfd as a replica inherits it (set by the zygote; -1: none)
-inherited_fd = -1
-#: the address of the replica's own slot page, mapped for as long as it lives
+#: the address of the replica's own page, mapped for as long as it lives
 _held = 0
 
 
@@ -134,11 +134,11 @@ def _map_shared(fd: int, size: int, offset: int) -> int:
     return int(addr)
 
 
-def hold_slot(slot: int) -> None:
-    """In a replica, before user code: lock the robust mutex the supervisor
-    made in page ``slot`` of the inherited memfd, so that the kernel marks it
-    as the replica exits.  The caller closes the memfd afterwards (with every
-    fd not kept).
+def hold(fd: int) -> None:
+    """In a replica, before user code: map the page of ``fd`` (the memfd the
+    supervisor sent with its pipes) and lock the robust mutex in it, so that
+    the kernel marks it as the replica exits.  The caller closes ``fd``
+    afterwards (with every fd not kept).
 
     Two calls and nothing else: in a process forked from the zygote, every
     object touched copies the page it lives on (its reference count is
@@ -146,15 +146,15 @@ def hold_slot(slot: int) -> None:
     owner and marks the mutex as waited for (:meth:`DeathWatch.arm`).
     """
     global _held
-    if slot < 0 or inherited_fd < 0 or _held or _lock is None:
+    if fd < 0 or _held or _lock is None:
         return
-    addr = _mmap(0, PAGE, _PROT_RW, _MAP_SHARED, inherited_fd, slot * PAGE)
+    addr = _mmap(0, PAGE, _PROT_RW, _MAP_SHARED, fd, 0)
     if addr != _MAP_FAILED and _lock(addr) == 0:
         _held = addr
 
 
 class _Armed:
-    """A slot watched: the word its replica left, and how to report it."""
+    """A page watched: the word its replica left, and how to report it."""
 
     __slots__ = ("report", "spurious", "val")
 
@@ -165,7 +165,7 @@ class _Armed:
 
 
 class _Waiter(threading.Thread):
-    """Waits on up to 127 slots; reports the ones whose word changed."""
+    """Waits on up to 127 pages (by address); reports those whose word changed."""
 
     def __init__(self, watch: DeathWatch, index: int) -> None:
         super().__init__(name=f"agentrt-deathwatch-{index}", daemon=True)
@@ -175,7 +175,7 @@ class _Waiter(threading.Thread):
         self.stop = False
 
     def poke(self) -> None:
-        """Make the thread wait again, on its slots as they are now (lock held)."""
+        """Make the thread wait again, on its pages as they are now (lock held)."""
         self.ctrl.value = (self.ctrl.value + 1) & 0xFFFFFFFF
         _wake_private(ctypes.addressof(self.ctrl))
 
@@ -190,12 +190,13 @@ class _Waiter(threading.Thread):
                 entries[0].val = self.ctrl.value
             entries[0].uaddr = ctypes.addressof(self.ctrl)
             entries[0].flags = _FUTEX2_SIZE_U32 | _FUTEX2_PRIVATE
-            for i, (slot, armed) in enumerate(items, 1):
+            for i, (addr, armed) in enumerate(items, 1):
                 entries[i].val = armed.val
-                entries[i].uaddr = watch.word_address(slot)
+                entries[i].uaddr = addr
                 entries[i].flags = _FUTEX2_SIZE_U32
             rc, err = _waitv(entries, len(items) + 1)
-            if rc == 0 or err == errno.EINTR:
+            # (EFAULT: a page given back, unmapped, since the list was made)
+            if rc == 0 or err in (errno.EINTR, errno.EFAULT):
                 continue
             if rc < 0 and err != errno.EAGAIN:
                 watch.failed(f"futex_waitv: {os.strerror(err)}")
@@ -206,24 +207,30 @@ class _Waiter(threading.Thread):
         watch = self.watch
         gone: list[Callable[[], object]] = []
         with watch.lock:
-            for i, (slot, armed) in enumerate(items, 1):
-                if self.armed.get(slot) is not armed:
-                    continue  # disarmed (or armed anew) meanwhile
-                if watch.word(slot) != armed.val:
-                    del self.armed[slot]
+            for i, (addr, armed) in enumerate(items, 1):
+                if self.armed.get(addr) is not armed:
+                    continue  # disarmed meanwhile (and maybe unmapped: not read)
+                if _word(addr) != armed.val:
+                    del self.armed[addr]
+                    watch.forget(addr)
                     watch.reported += 1
                     gone.append(armed.report)
                 elif i == woken:
                     armed.spurious += 1
                     if armed.spurious >= _SPURIOUS:
-                        del self.armed[slot]  # woken for nothing: not watched any more
+                        del self.armed[addr]  # woken for nothing: not watched any more
+                        watch.forget(addr)
         for report in gone:
             with contextlib.suppress(RuntimeError):  # (its loop is closed)
                 report()
 
 
+def _word(addr: int) -> int:
+    return ctypes.c_uint32.from_address(addr).value
+
+
 class DeathWatch:
-    """Slots for replicas' robust futexes, and the threads that wait on them.
+    """Pages for replicas' robust futexes, and the threads that wait on them.
 
     Used from the event loop's thread (``take``, ``arm``, ``disarm``,
     ``give_back``, ``close``); reports reach the loop through the ``report``
@@ -231,24 +238,22 @@ class DeathWatch:
     """
 
     def __init__(self) -> None:
-        self.fd = -1
         self.reported = 0  #: words seen changed (each checked by its AgentProcess)
         self.noticed = 0  #: deaths settled early (counted by the AgentProcess)
-        self.why_off = ""  #: why no slots are handed out, if none are
+        self.why_off = ""  #: why no page is handed out, if none is
         self.lock = threading.Lock()
-        self._base = 0  # the memfd's mapping (0: none)
-        self._attr = ctypes.create_string_buffer(0)
-        self._free: list[int] = []
-        self._next = 0
-        self._waiters: list[_Waiter | None] = []
+        self._attr = ctypes.create_string_buffer(64)
+        self._pages: set[int] = set()  # mapped here: address
+        self._waiters: list[_Waiter] = []
+        self._of: dict[int, _Waiter] = {}  # armed page -> its waiter
         self._poke: set[_Waiter] = set()
+        self._closed = False
         try:
-            self._open()
-        except OSError as exc:
+            self._probe()
+        except (OSError, AttributeError) as exc:
             self.why_off = f"{type(exc).__name__}: {exc}"
-            self.close()
 
-    def _open(self) -> None:
+    def _probe(self) -> None:
         if _NR is None:
             raise OSError(errno.ENOSYS, f"no futex_waitv number for {platform.machine()}")
         probe = (_Waitv * 1)()
@@ -258,83 +263,100 @@ class DeathWatch:
         rc, err = _waitv(probe, 1)
         if rc >= 0 or err != errno.EAGAIN:  # (the value differs: EAGAIN where it works)
             raise OSError(err, f"futex_waitv: {os.strerror(err)}")
-        self.fd = os.memfd_create("agentrt-deaths", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        os.ftruncate(self.fd, CAPACITY * PAGE)
-        fcntl.fcntl(
-            self.fd,
-            fcntl.F_ADD_SEALS,
-            fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL,
-        )
-        self._base = _map_shared(self.fd, CAPACITY * PAGE, 0)
         if _lock is None:
-            raise OSError(errno.ENOSYS, "no pthread_mutex_lock in this libc")
-        # Every slot's mutex is made here: process-shared, robust.
-        attr = self._attr = ctypes.create_string_buffer(64)
+            raise OSError(errno.ENOSYS, "no pthread_mutex_trylock in this libc")
+        attr = self._attr
         if (
             _libc.pthread_mutexattr_init(attr)
             or _libc.pthread_mutexattr_setpshared(attr, 1)
             or _libc.pthread_mutexattr_setrobust(attr, 1)
         ):
             raise OSError(errno.EINVAL, "no process-shared robust mutexes in this libc")
+        # The owner must be the mutex's first word (glibc's layout): the
+        # futex the kernel marks, and the one watched.
+        mutex = ctypes.create_string_buffer(64)
+        addr = ctypes.addressof(mutex)
+        if _init(addr, attr) or _lock(addr):
+            raise OSError(errno.EINVAL, "a robust mutex could not be locked")
+        owner = _word(addr)
+        _libc.pthread_mutex_unlock(ctypes.c_ulong(addr))
+        if owner != threading.get_native_id():
+            raise OSError(errno.EINVAL, "this libc keeps a mutex's owner elsewhere")
+        fd, addr = self._make()  # (memfd, seals and mmap work here)
+        os.close(fd)
+        _munmap(addr, PAGE)
 
     @property
     def on(self) -> bool:
-        return self._base != 0 and not self.why_off
+        return not self.why_off and not self._closed
 
-    def word_address(self, slot: int) -> int:
-        return self._base + slot * PAGE
+    def _make(self) -> tuple[int, int]:
+        fd = os.memfd_create("agentrt-death", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, PAGE)
+            seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            addr = _map_shared(fd, PAGE, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _init(addr, self._attr):
+            _munmap(addr, PAGE)
+            os.close(fd)
+            raise OSError(errno.EINVAL, "pthread_mutex_init failed")
+        return fd, addr
 
-    def word(self, slot: int) -> int:
-        return ctypes.c_uint32.from_address(self._base + slot * PAGE).value
+    def forget(self, addr: int) -> None:
+        """A waiter no longer watches the page at ``addr`` (lock held)."""
+        self._of.pop(addr, None)
+
+    def watched(self, addr: int) -> bool:
+        return addr in self._of
 
     def failed(self, why: str) -> None:
-        """A waiter cannot wait (from its thread): hand out no more slots."""
+        """A waiter cannot wait (from its thread): hand out no more pages."""
         self.why_off = why
 
-    def take(self) -> int:
-        """A slot for a replica about to start (its page cleared); -1: none."""
+    def take(self) -> tuple[int, int] | None:
+        """A page for a replica about to start: ``(memfd, its address here)``.
+        The memfd goes to the replica and is then closed here; the address
+        is the page's until :meth:`give_back`.  None: no page."""
         if not self.on:
-            return -1
-        if self._free:
-            slot = self._free.pop()
-        elif self._next < CAPACITY:
-            slot, self._next = self._next, self._next + 1
-        else:
-            return -1
-        addr = self._base + slot * PAGE
-        ctypes.memset(addr, 0, 64)
-        if _init(addr, self._attr):
-            self._free.append(slot)
-            return -1
-        return slot
+            return None
+        try:
+            fd, addr = self._make()
+        except OSError:
+            return None
+        self._pages.add(addr)
+        return fd, addr
 
-    def arm(self, slot: int, pid: int, report: Callable[[], object]) -> bool:
-        """Watch ``slot``, whose replica ``pid`` said Ready (so it holds its
-        mutex): ``report`` is called from a waiter thread once its word changes.
+    def arm(self, addr: int, pid: int, report: Callable[[], object]) -> bool:
+        """Watch the page at ``addr``, whose replica ``pid`` said Ready (so it
+        holds its mutex): ``report`` is called from a waiter thread once its
+        word changes.
 
         The word must be the replica's main thread's id and nothing else
         (glibc's layout, and a replica in our pid namespace); it is then
         marked as waited for, so that the kernel wakes a waiter when it marks
         the owner dead.  (Should the replica die between the read and the
         write, the mark hides the kernel's: that death is noticed the usual
-        way, and the slot dropped then.)  The waiter learns of it at the end
-        of the loop's iteration: replicas that said Ready in one iteration
-        wake it once."""
-        if not self.on or self.word(slot) != pid:
+        way.)  The waiter learns of it at the end of the loop's iteration:
+        replicas that said Ready in one iteration wake it once."""
+        if not self.on or addr not in self._pages or _word(addr) != pid:
             return False  # it could not hold its mutex, or died: noticed the usual way
         word = pid | _FUTEX_WAITERS
-        ctypes.c_uint32.from_address(self.word_address(slot)).value = word
-        index = slot // _PER_THREAD
+        ctypes.c_uint32.from_address(addr).value = word
         with self.lock:
-            while len(self._waiters) <= index:
-                self._waiters.append(None)
-            waiter = self._waiters[index]
+            waiter = next((w for w in self._waiters if len(w.armed) < _PER_THREAD), None)
             if waiter is None:
-                waiter = self._waiters[index] = _Waiter(self, index)
-                waiter.armed[slot] = _Armed(word, report)
-                waiter.start()
-                return True
-            waiter.armed[slot] = _Armed(word, report)
+                waiter = _Waiter(self, len(self._waiters))
+                try:
+                    waiter.start()
+                except RuntimeError:  # (no thread to be had: noticed the usual way)
+                    return False
+                self._waiters.append(waiter)
+            waiter.armed[addr] = _Armed(word, report)
+            self._of[addr] = waiter
             if not self._poke:
                 asyncio.get_running_loop().call_soon(self._commit)
             self._poke.add(waiter)
@@ -346,35 +368,39 @@ class DeathWatch:
                 waiter.poke()
             self._poke.clear()
 
-    def disarm(self, slot: int) -> None:
-        """Stop watching ``slot``.  Its waiter is not woken for that: it drops
-        the slot the next time it wakes (a change to its word is not reported)."""
-        index = slot // _PER_THREAD
+    def disarm(self, addr: int) -> None:
+        """Stop watching the page at ``addr``.  Its waiter is not woken for
+        that: it drops the page the next time it wakes (a change to its word
+        is not reported)."""
         with self.lock:
-            waiter = self._waiters[index] if index < len(self._waiters) else None
+            waiter = self._of.pop(addr, None)
             if waiter is not None:
-                waiter.armed.pop(slot, None)
+                waiter.armed.pop(addr, None)
 
-    def give_back(self, slot: int) -> None:
-        """The slot's replica is reaped: its page may serve another."""
-        self.disarm(slot)
-        if self.on:
-            self._free.append(slot)
+    def give_back(self, addr: int) -> None:
+        """The page's replica is reaped: unmap it (its memfd goes with the
+        last process that had it open or mapped)."""
+        with self.lock:  # (a waiter reads a page's word only with it held)
+            waiter = self._of.pop(addr, None)
+            if waiter is not None:
+                waiter.armed.pop(addr, None)
+            if addr in self._pages:
+                self._pages.discard(addr)
+                _munmap(addr, PAGE)
 
     def close(self) -> None:
-        """Stop the waiters, unmap, close the memfd (idempotent)."""
+        """Stop the waiters and unmap every page (idempotent)."""
         with self.lock:
-            waiters = [w for w in self._waiters if w is not None]
-            self._waiters = []
+            self._closed = True
+            waiters, self._waiters = self._waiters, []
+            self._of.clear()
             self._poke.clear()
             for w in waiters:
                 w.stop = True
                 w.poke()
         for w in waiters:
             w.join()
-        if self._base:
-            _munmap(self._base, CAPACITY * PAGE)
-            self._base = 0
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self.lock:
+            for addr in self._pages:
+                _munmap(addr, PAGE)
+            self._pages.clear()

@@ -34,8 +34,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import msgspec
-
 from agentrt import _linux
 from agentrt.errors import (
     AgentCrashed,
@@ -449,9 +447,9 @@ class AgentProcess:
         #: set while the replica is paused (frozen): thaws it; a kill or a stop
         #: thaws it too (a frozen process dies only once thawed)
         self.thaw: Callable[[], None] | None = None
-        #: its slot in the launcher's DeathWatch (see :meth:`_exit_began`)
+        #: its page of the launcher's DeathWatch, by address (see :meth:`_exit_began`)
         self._deaths: DeathWatch | None = None
-        self._death_slot = -1
+        self._death_page = 0
 
     # --- start -------------------------------------------------------------
 
@@ -522,16 +520,17 @@ class AgentProcess:
         child_fds = [to_child_r, from_child_w, out_w]
         self._rfd, self._wfd, self._ofd = from_child_r, to_child_w, out_r
         deaths = launcher.deaths
-        if deaths is not None and (slot := deaths.take()) >= 0:
-            self._deaths, self._death_slot = deaths, slot
-            self.boot = msgspec.structs.replace(self.boot, death_slot=slot)
+        if deaths is not None and (page := deaths.take()) is not None:
+            # its memfd goes with its pipes (closed here below, as they are)
+            child_fds.append(page[0])
+            self._deaths, self._death_page = deaths, page[1]
         try:
             launched = await launcher.launch(self.boot, child_fds)
         except BaseException as exc:
             for fd in (*child_fds, from_child_r, to_child_w, out_r):
                 os.close(fd)
             self._rfd = self._wfd = self._ofd = -1
-            self._give_back_slot()
+            self._give_back_page()
             self.cause = StartupError(f"could not start: {exc}", agent=self.boot.agent)
             self.dead.set_result(self.cause)
             raise self.cause from exc
@@ -632,7 +631,7 @@ class AgentProcess:
                 ready.set_result(None)
                 if self._deaths is not None:  # it holds its slot's mutex now
                     report = functools.partial(self._loop.call_soon_threadsafe, self._exit_began)
-                    self._deaths.arm(self._death_slot, self.pid, report)
+                    self._deaths.arm(self._death_page, self.pid, report)
                 if self.on_ready is not None:
                     self.on_ready()  # (before the frames that follow it are handled)
             elif isinstance(msg, Log):  # logging while it starts (a class agent's __init__)
@@ -826,9 +825,9 @@ class AgentProcess:
     # --- death -------------------------------------------------------------
 
     def _exit_began(self) -> None:
-        """Its DeathWatch slot changed: settle now if ``/proc`` agrees that it
+        """Its DeathWatch page changed: settle now if ``/proc`` agrees that it
         is exiting (every thread), before the kernel has freed its memory and
-        closed its pipes.  Anything else (a replica writing its own slot) is
+        closed its pipes.  Anything else (a replica writing its own page) is
         left to the usual signs of death."""
         pidfd = self._pidfd
         if self.dead.done() or pidfd is None or self._deaths is None:
@@ -836,14 +835,17 @@ class AgentProcess:
         found = _linux.exit_started(self.pid, pidfd)
         if found is None:
             return
+        # A thread started after /proc was listed would go unseen: the
+        # SIGKILL leaves none behind (to a process already exiting, a no-op).
+        _linux.pidfd_signal(pidfd, signal.SIGKILL)
         self._deaths.noticed += 1
         self._settle(ExitInfo.from_status(*found))
 
-    def _give_back_slot(self) -> None:
-        """Its process is reaped (or never started): its slot may serve another."""
+    def _give_back_page(self) -> None:
+        """Its process is reaped (or never started): its page is unmapped."""
         if self._deaths is not None:
-            self._deaths.give_back(self._death_slot)
-            self._deaths, self._death_slot = None, -1
+            self._deaths.give_back(self._death_page)
+            self._deaths, self._death_page = None, 0
 
     def _on_pidfd(self) -> None:
         pidfd = self._pidfd
@@ -949,7 +951,7 @@ class AgentProcess:
             # nothing waits on it forever.
             self.signal(signal.SIGKILL)
             self._settle(ExitInfo(None))
-            self._give_back_slot()
+            self._give_back_page()
             raise
         except Exception as exc:  # the launcher lost track: assume killed
             self.launcher_lost = True
@@ -957,7 +959,7 @@ class AgentProcess:
                 self.log.warning("exit_status_lost", error=str(exc))
             info = ExitInfo(None)
         self._settle(info)
-        self._give_back_slot()
+        self._give_back_page()
         # Nothing the replica started may outlive it: its session and group
         # members, and the descendants seen while it was alive.
         if self.sweep and self.local:
@@ -972,7 +974,7 @@ class AgentProcess:
             return
         self._gone.set()
         if self._deaths is not None:
-            self._deaths.disarm(self._death_slot)
+            self._deaths.disarm(self._death_page)
         self.exit = info
         self._drain()
         self._close_fds()

@@ -463,9 +463,6 @@ class Boot(msgspec.Struct, frozen=True, kw_only=True):
     #: says Ready, then waits for ``Become`` (its replica and generation; their
     #: variables are unset until then) before it serves
     standby: bool = False
-    #: its page of the supervisor's DeathWatch memfd, inherited from the zygote
-    #: (-1: none): the robust futex the kernel marks as it starts to exit
-    death_slot: int = -1
 
 
 class ZygoteHello(_Msg, frozen=True, tag="hello"):

@@ -171,8 +171,9 @@ def prepare_spare() -> None:
     inspect.iscoroutinefunction(prepare_spare)
 
 
-def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
-    """Everything that must happen before user code runs."""
+def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int, death_fd: int = -1) -> None:
+    """Everything that must happen before user code runs (``death_fd``: see
+    :func:`agentrt.deathwatch.hold`)."""
     # First: everything from here on is accounted.
     unenforced, memory = sandbox.enter_cgroups(boot)
     _unenforced.extend(unenforced)
@@ -187,8 +188,7 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int) -> None:
     if boot.supervisor_pid and os.getppid() == 1:
         os._exit(EXIT_STARTUP)  # parent already gone: nobody to serve
     _detach()
-    # (before the fds are closed: the DeathWatch memfd is one of them)
-    deathwatch.hold_slot(boot.death_slot)
+    deathwatch.hold(death_fd)  # (the memfd is closed below with the rest)
     os.dup2(ofd, 1)
     os.dup2(ofd, 2)
     keep = sorted({0, 1, 2, rfd, wfd, *kept_rulesets()})  # (confine closes these)
@@ -1205,7 +1205,7 @@ def _stand_by(boot: Boot, chan: _Channel) -> tuple[Boot, list[Any]]:
     return boot, rest
 
 
-def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
+def child_main(boot: Boot, rfd: int, wfd: int, ofd: int, death_fd: int = -1) -> NoReturn:
     """Entry point of every replica, whatever started it.  Never returns.
 
     The replica's exit status says how it ended: 0 for a normal end (the
@@ -1216,7 +1216,7 @@ def child_main(boot: Boot, rfd: int, wfd: int, ofd: int) -> NoReturn:
     code = EXIT_STARTUP
     try:
         try:
-            _isolate(boot, rfd, wfd, ofd)
+            _isolate(boot, rfd, wfd, ofd, death_fd)
         except Exception as exc:  # a confinement that could not be applied
             with contextlib.suppress(Exception):
                 _Channel(rfd, wfd, boot.max_frame).write(

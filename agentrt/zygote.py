@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from agentrt import _linux, deathwatch
+from agentrt import _linux
 from agentrt.protocol import (
     Boot,
     Fork,
@@ -68,7 +68,6 @@ def zygote_main(
     spare_cgroups: list[str] | None = None,
     fork_hooks: list[dict[str, Callable[[], object]]] | None = None,
     imported: list[str] | None = None,
-    deaths: int = -1,
 ) -> None:
     """Body of the zygote process.
 
@@ -76,11 +75,8 @@ def zygote_main(
     so far, and it goes on recording them (``_main`` wraps the function
     before anything is imported; ``imported`` were the modules then): where
     all are known, replicas are forked without the interpreter's own
-    (:func:`_fork`).  ``deaths`` is the supervisor's :class:`DeathWatch`
-    memfd, which replicas inherit (each maps its own page of it, then closes
-    it with every other fd before its agent runs).
+    (:func:`_fork`).
     """
-    deathwatch.inherited_fd = deaths
     global _parent, _rundir, _parent_fd, _spare_target, _spare_bound, _spare_cgroups, _zygote
     _parent, _rundir, _spare_bound, _zygote = parent, rundir, spares, os.getpid()
     _spare_target = _spares_first()
@@ -294,14 +290,14 @@ def _fork_spare(sock: socket.socket, encoder: Any, own: tuple[int, int]) -> None
             theirs.send(_SPARE_READY)
             data, fds = _linux.recv_with_fds(theirs, _DGRAM, 8)
             theirs.close()
-            if not data or len(fds) != 3:
+            if not data or len(fds) not in (3, 4):  # (4: with its DeathWatch memfd)
                 os._exit(0)
             with contextlib.suppress(OSError):
                 _linux.set_name(_name)  # a replica is named as the zygote is
             req = msgspec.msgpack.decode(data, type=Fork)
             from agentrt.worker import child_main
 
-            child_main(req.boot, fds[0], fds[1], fds[2])
+            child_main(req.boot, *fds)
         finally:
             os._exit(70)
     theirs.close()
@@ -327,12 +323,12 @@ def _fork_batch(sock: socket.socket, encoder: Any, batch: list[tuple[Fork, list[
     """Fork a replica for each request, then tell the supervisor of each."""
     ready: list[tuple[Fork, list[int]]] = []
     for req, fds in batch:
-        if len(fds) == 3:
+        if len(fds) in (3, 4):  # its pipes, and its DeathWatch memfd if any
             ready.append((req, fds))
             continue
         for f in fds:
             os.close(f)
-        _fork_failed(sock, encoder, req, f"expected 3 fds, got {len(fds)}")
+        _fork_failed(sock, encoder, req, f"expected 3 or 4 fds, got {len(fds)}")
     forked: list[int | OSError] = []
     # Where no at-fork hook runs, nothing but the fork comes between two forks
     # (each would make the zygote's pages copy-on-write again): one look for a
@@ -381,7 +377,7 @@ def _become_replica(req: Fork, fds: list[int]) -> NoReturn:
         _linux.default_signals(_SIGTERM, unblock=False)
         from agentrt.worker import child_main
 
-        child_main(req.boot, fds[0], fds[1], fds[2])
+        child_main(req.boot, *fds)
     finally:
         os._exit(70)
 
@@ -763,9 +759,7 @@ class ZygoteClient:
         rundir: str = "",
         spares: int = 0,
         spare_cgroups: list[str] | None = None,
-        deaths: int = -1,
     ) -> None:
-        self.deaths = deaths  # a DeathWatch's memfd (-1: none)
         self.spares = spares
         self.spare_cgroups = spare_cgroups or []
         self.preload = preload
@@ -899,7 +893,6 @@ class ZygoteClient:
                 self.rundir,
                 self.spares,
                 self.spare_cgroups,
-                self.deaths,
             ]
         )
         exe = os.fsencode(multiprocess.spawn.get_executable())
@@ -914,8 +907,7 @@ class ZygoteClient:
         # Started from the loop's thread: PR_SET_PDEATHSIG follows the thread
         # that created the child, so it must be one that lives as long as we do.
         try:
-            passed = [theirs.fileno(), *([self.deaths] if self.deaths >= 0 else [])]
-            self.pid = multiprocess.util.spawnv_passfds(exe, argv, passed)
+            self.pid = multiprocess.util.spawnv_passfds(exe, argv, [theirs.fileno()])
         finally:
             theirs.close()
         with contextlib.suppress(OSError):
@@ -1110,7 +1102,7 @@ def _main(
     imported: list[str] | None = None,
 ) -> None:
     """Entry of the zygote interpreter (see :meth:`ZygoteClient.start`)."""
-    fd, preload, sys_path, parent, rundir, spares, spare_cgroups, deaths = msgspec.json.decode(args)
+    fd, preload, sys_path, parent, rundir, spares, spare_cgroups = msgspec.json.decode(args)
     zygote_main(
         socket.socket(fileno=fd),
         preload,
@@ -1121,7 +1113,6 @@ def _main(
         spare_cgroups,
         fork_hooks,
         imported,
-        deaths,
     )
 
 

@@ -44,12 +44,11 @@ class ZygoteLauncher:
         spares: int = 0,
         spare_cgroups: list[str] | None = None,
     ) -> None:
+        self._args = (preload, sys_path, rundir, spares, spare_cgroups or [])
+        self.client = ZygoteClient(*self._args)
         # Replicas' deaths noticed as they start to exit (see agentrt.deathwatch).
         watch = DeathWatch()
         self.deaths = watch if watch.on else None
-        fd = watch.fd if watch.on else -1
-        self._args = (preload, sys_path, rundir, spares, spare_cgroups or [], fd)
-        self.client = ZygoteClient(*self._args)
         self._may_restart = may_restart
         self._restart: asyncio.Future[None] | None = None
 
@@ -89,9 +88,11 @@ class ZygoteLauncher:
             self._restart.cancel()
             with contextlib.suppress(BaseException):
                 await self._restart
-        await self.client.close()
-        if self.deaths is not None:
-            self.deaths.close()
+        try:
+            await self.client.close()
+        finally:
+            if self.deaths is not None:
+                self.deaths.close()
 
 
 def _mp_child(boot: Boot, conns: list[Any]) -> None:

@@ -85,7 +85,7 @@ def _features(caps: dict[str, Any]) -> list[tuple[str, str, str]]:
 
     watch = DeathWatch()
     early = watch.on
-    watch.close()
+    watch.close()  # (nothing is made before a page is taken)
     return [
         ("feature", "here", "what it gives"),
         ("pidfd", yn(caps["pidfd"]), "exits observed without pid-reuse races"),

@@ -1,19 +1,20 @@
 """A replica's death is noticed as it begins to exit (agentrt.deathwatch).
 
-Each replica holds a robust futex in its own page of the supervisor's
-memfd; the kernel marks it and wakes the supervisor's waiter thread before
-it tears the replica's memory down.  The supervisor then checks ``/proc``
+Each replica holds a robust futex in a memfd page of its own, shared with
+the supervisor; the kernel marks it and wakes the supervisor's waiter thread
+before it tears the replica's memory down.  The supervisor then checks ``/proc``
 (every thread exiting) and settles the replica there and then.  These tests
 pin down:
 
 * a death by SIGKILL and by ``os._exit`` of a replica whose memory takes the
   kernel a while to free is settled by that notice, classified as before,
   and its replacement serves;
-* a hostile replica that marks its own slot as dead is not taken for dead
-  (it goes on serving), and one that wakes its waiter over and over is no
-  longer watched (its death is still reported, the usual way);
-* slots are given back and reused, and the waiter threads end with the
-  supervisor;
+* a hostile replica that marks its own page as dead is not taken for dead
+  (it goes on serving), one that wakes its waiter over and over is no
+  longer watched (its death is still reported, the usual way), and one that
+  grows its mapping with mremap reaches nothing past its own page;
+* pages are unmapped once their processes are reaped, and the waiter
+  threads end with the supervisor;
 * without ``futex_waitv`` nothing is handed out and deaths are noticed as
   before.
 """
@@ -47,7 +48,7 @@ def _waiters() -> list[str]:
 
 @pytest.mark.parametrize(("how", "status"), [("kill", -signal.SIGKILL), ("exit", 3)])
 async def test_a_death_is_settled_as_it_begins_and_the_replacement_serves(
-    make_supervisor, agent_spec, how, status
+    make_supervisor, agent_spec, logs, how, status
 ):
     async with make_supervisor(preload=["dying_agents"]) as sup:
         await sup.start(agent_spec("d", "dying_agents:die_heavy"))
@@ -56,10 +57,12 @@ async def test_a_death_is_settled_as_it_begins_and_the_replacement_serves(
         # 256 MiB in small pages: the kernel takes a while to free them, and
         # the pipe's end and the pidfd come only after that.
         with pytest.raises(AgentCrashed) as err:
-            await sup.call("d", {"mib": 256, "how": how})
+            await sup.call("d", {"mib": 256, "how": how, "say": "last words"})
         assert err.value.exit_code == status
         assert deaths.noticed == 1
         assert deaths.reported == 1
+        # What it wrote just before dying was read (its pipes drained then).
+        assert logs.find("agent_output", line="last words")
         # Its replacement serves, and holds a slot of its own.
         with pytest.raises(AgentCrashed):
             await sup.call("d", {"mib": 256, "how": how})
@@ -103,6 +106,8 @@ async def test_a_replica_waking_its_waiter_over_and_over_is_no_longer_watched(
         assert deaths is not None
         pid = await sup.call("s", {"times": 50, "pause": 0.002})
         assert pid is not None
+        page = sup._pool.agents["s"].slots[0].proc._death_page
+        assert page and not deaths.watched(page)  # dropped
         # Its death is still reported (the pipe's end), not through its slot.
         with pytest.raises(AgentCrashed):
             await sup.call("s", {"then_die": True})
@@ -115,17 +120,33 @@ async def test_a_replica_waking_its_waiter_over_and_over_is_no_longer_watched(
         assert deaths.noticed == 1
 
 
-async def test_slots_are_given_back_and_reused(make_supervisor, agent_spec):
+async def test_pages_are_unmapped_once_their_processes_are_reaped(make_supervisor, agent_spec):
     async with make_supervisor() as sup:
         await sup.start(agent_spec("k", "agents:kill_self", replicas=2))
         deaths = sup._launcher.deaths
         assert deaths is not None
-        for _ in range(6):
+        assert len(deaths._pages) == 2
+        for _ in range(4):
             with pytest.raises(AgentCrashed):
                 await sup.call("k")
         await sup.stop("k")  # (returns once every process of it is reaped)
-        # Every slot ever handed out is free again (8 processes, fewer slots).
-        assert len(deaths._free) == deaths._next < 8
+        assert deaths._pages == set()
+        assert deaths._of == {}
+
+
+async def test_a_replica_growing_its_mapping_reaches_nothing_past_its_page(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor(preload=["dying_agents"]) as sup:
+        await sup.start(agent_spec("g", "dying_agents:grow_page"))
+        await sup.start(agent_spec("d", "dying_agents:die_heavy"))
+        deaths = sup._launcher.deaths
+        assert deaths is not None
+        # mremap grows the mapping, but its memfd is one page, sealed: past it, SIGBUS.
+        assert await sup.call("g") == -signal.SIGBUS
+        with pytest.raises(AgentCrashed):
+            await sup.call("d", {"mib": 256})
+        assert deaths.noticed == 1
 
 
 async def test_without_futex_waitv_no_slot_is_handed_out(make_supervisor, agent_spec, monkeypatch):
@@ -133,8 +154,7 @@ async def test_without_futex_waitv_no_slot_is_handed_out(make_supervisor, agent_
     watch = deathwatch.DeathWatch()
     assert not watch.on
     assert "futex_waitv" in watch.why_off
-    assert watch.fd == -1
-    assert watch.take() == -1
+    assert watch.take() is None
     watch.close()
     async with make_supervisor() as sup:
         await sup.start(agent_spec("k", "agents:kill_self"))
