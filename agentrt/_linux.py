@@ -227,10 +227,16 @@ def _exit_stat(pid: int, rest: list[bytes] | None = None) -> tuple[bytes, int, f
 PF_EXITING = 0x4
 
 
+#: :func:`exit_started`'s answer for a process whose main thread is exiting
+#: and some other thread not yet
+STRAGGLING = (-1, 0.0)
+
+
 def exit_started(pid: int, pidfd: int) -> tuple[int, float] | None:
     """``(raw wait status, cpu seconds)`` of a process every thread of which
     has begun to exit, read from ``/proc`` while its memory may still be torn
-    down; None where that is not so or cannot be trusted.
+    down; :data:`STRAGGLING` while its main thread has and some other thread
+    not yet; None where neither is so or the read cannot be trusted.
 
     A thread with ``PF_EXITING`` runs no user code again, so once all of them
     have it nothing more reaches the process's pipes.  The kernel sets the
@@ -241,11 +247,14 @@ def exit_started(pid: int, pidfd: int) -> tuple[int, float] | None:
     rest = _stat_fields(f"/proc/{pid}/stat")
     if rest is None:
         return None
+    found = _exit_stat(pid, rest)
     try:
         flags, threads = int(rest[6]), int(rest[17])
     except ValueError:
         return None
     if rest[0] not in (b"Z", b"X") and not flags & PF_EXITING:
+        return None
+    if found is None or found[1] <= 0:
         return None
     if threads > 1:
         try:
@@ -255,9 +264,8 @@ def exit_started(pid: int, pidfd: int) -> tuple[int, float] | None:
         for tid in tids:
             task = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
             if task is not None and not int(task[6]) & PF_EXITING:
-                return None  # (a task gone meanwhile has exited)
-    found = _exit_stat(pid, rest)
-    if found is None or found[1] <= 0 or not pidfd_alive(pidfd):
+                return STRAGGLING  # (a task gone meanwhile has exited)
+    if not pidfd_alive(pidfd):
         return None
     return found[1], found[2]
 

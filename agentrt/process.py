@@ -184,6 +184,8 @@ def _never() -> bool:
 
 #: seconds a dead replica's sweep waits for others to share its pass over /proc
 _SWEEP_AFTER = 0.01
+#: looks at an exiting replica whose other threads have not all begun to exit
+_STRAGGLER_LOOKS = 5
 
 
 class _Sweeps:
@@ -824,15 +826,23 @@ class AgentProcess:
 
     # --- death -------------------------------------------------------------
 
-    def _exit_began(self) -> None:
+    def _exit_began(self, looks: int = 0) -> None:
         """Its DeathWatch page changed: settle now if ``/proc`` agrees that it
         is exiting (every thread), before the kernel has freed its memory and
         closed its pipes.  Anything else (a replica writing its own page) is
-        left to the usual signs of death."""
+        left to the usual signs of death.
+
+        Its main thread comes first (the notice is its): while other threads
+        are still on their way, it looks again, ``_STRAGGLER_LOOKS`` times at
+        most, 0.2 ms later and doubling."""
         pidfd = self._pidfd
         if self.dead.done() or pidfd is None or self._deaths is None:
             return
         found = _linux.exit_started(self.pid, pidfd)
+        if found is _linux.STRAGGLING:
+            if looks < _STRAGGLER_LOOKS:
+                self._loop.call_later(0.0002 * 2**looks, self._exit_began, looks + 1)
+            return
         if found is None:
             return
         # A thread started after /proc was listed would go unseen: the

@@ -22,6 +22,7 @@ pin down:
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 
@@ -68,6 +69,61 @@ async def test_a_death_is_settled_as_it_begins_and_the_replacement_serves(
             await sup.call("d", {"mib": 256, "how": how})
         assert deaths.noticed == 2
     assert _waiters() == []
+
+
+async def test_a_replica_with_threads_is_settled_once_they_all_exit(make_supervisor, agent_spec):
+    async with make_supervisor(preload=["dying_agents"]) as sup:
+        await sup.start(agent_spec("t", "dying_agents:die_heavy_threaded"))
+        deaths = sup._launcher.deaths
+        assert deaths is not None
+        with pytest.raises(AgentCrashed) as err:
+            await sup.call("t", {"mib": 256})
+        assert err.value.exit_code == -signal.SIGKILL
+        assert deaths.noticed == 1
+
+
+_LEADER_GONE = """
+import ctypes, os, platform, threading, time
+leader = os.getpid()
+
+def watch():
+    # Says when the main thread has exited (a zombie leader), then lives on.
+    while open(f"/proc/{leader}/task/{leader}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.001)
+    print("gone", flush=True)
+    time.sleep(60)
+
+threading.Thread(target=watch).start()
+ctypes.CDLL(None).syscall(60 if platform.machine() == "x86_64" else 93, 1)  # SYS_exit
+"""
+
+
+def test_exit_started_waits_for_every_thread():
+    """A main thread gone (``SYS_exit``) while another runs: STRAGGLING, not
+    settled; once the whole process is killed, its status."""
+    import subprocess
+    import sys
+
+    from agentrt import _linux
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _LEADER_GONE], stdout=subprocess.PIPE, text=True
+    )
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "gone\n"
+        assert _linux.exit_started(child.pid, pidfd) is _linux.STRAGGLING
+        child.kill()
+        assert _linux.readable(pidfd, 10)  # the whole process has exited
+        status = _linux.exit_started(child.pid, pidfd)
+        assert status is not None and status[0] == signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        os.close(pidfd)
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 async def test_a_replica_that_fakes_its_death_is_not_taken_for_dead(
