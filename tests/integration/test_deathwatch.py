@@ -55,10 +55,10 @@ async def test_a_death_is_settled_as_it_begins_and_the_replacement_serves(
         await sup.start(agent_spec("d", "dying_agents:die_heavy"))
         deaths = sup._launcher.deaths
         assert deaths is not None
-        # 256 MiB in small pages: the kernel takes a while to free them, and
+        # 128 MiB in small pages: the kernel takes a while to free them, and
         # the pipe's end and the pidfd come only after that.
         with pytest.raises(AgentCrashed) as err:
-            await sup.call("d", {"mib": 256, "how": how, "say": "last words"})
+            await sup.call("d", {"mib": 128, "how": how, "say": "last words"})
         assert err.value.exit_code == status
         assert deaths.noticed == 1
         assert deaths.reported == 1
@@ -66,7 +66,7 @@ async def test_a_death_is_settled_as_it_begins_and_the_replacement_serves(
         assert logs.find("agent_output", line="last words")
         # Its replacement serves, and holds a slot of its own.
         with pytest.raises(AgentCrashed):
-            await sup.call("d", {"mib": 256, "how": how})
+            await sup.call("d", {"mib": 128, "how": how})
         assert deaths.noticed == 2
     assert _waiters() == []
 
@@ -77,7 +77,7 @@ async def test_a_replica_with_threads_is_settled_once_they_all_exit(make_supervi
         deaths = sup._launcher.deaths
         assert deaths is not None
         with pytest.raises(AgentCrashed) as err:
-            await sup.call("t", {"mib": 256})
+            await sup.call("t", {"mib": 128})
         assert err.value.exit_code == -signal.SIGKILL
         assert deaths.noticed == 1
 
@@ -172,7 +172,7 @@ async def test_a_replica_waking_its_waiter_over_and_over_is_no_longer_watched(
         assert await sup.call("s", {"times": 0}) not in (None, pid)
         # ...and another replica's slot is watched as before.
         with pytest.raises(AgentCrashed):
-            await sup.call("k", {"mib": 256})
+            await sup.call("k", {"mib": 128})
         assert deaths.noticed == 1
 
 
@@ -201,7 +201,7 @@ async def test_a_replica_growing_its_mapping_reaches_nothing_past_its_page(
         # mremap grows the mapping, but its memfd is one page, sealed: past it, SIGBUS.
         assert await sup.call("g") == -signal.SIGBUS
         with pytest.raises(AgentCrashed):
-            await sup.call("d", {"mib": 256})
+            await sup.call("d", {"mib": 128})
         assert deaths.noticed == 1
 
 
