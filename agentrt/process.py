@@ -165,7 +165,7 @@ class Launcher(Protocol):
 
     @property
     def deaths(self) -> DeathWatch | None:
-        """Where replicas it starts hold a slot whose death is noticed early
+        """Where replicas it starts hold a page whose death is noticed early
         (the zygote's); None elsewhere."""
 
     async def start(self) -> None: ...
@@ -216,16 +216,25 @@ class _Sweeps:
             self.timer = loop.call_later(_SWEEP_AFTER, self.flush)
         return self.done
 
-    def flush(self) -> None:
-        """Start the pass of the deaths waiting for one, now."""
-        loop, done = self.loop(), self.done
+    def take(self) -> tuple[list[int], list[int], asyncio.Future[None]] | None:
+        """The deaths waiting for a pass, ``(leaders, extra, done)``; none wait
+        any more (no timer, nothing pending that holds the loop)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if done is None or loop is None:
-            return
-        batch = (self.leaders, self.extra, done)
+        if self.done is None:
+            return None
+        batch = (self.leaders, self.extra, self.done)
         self.leaders, self.extra, self.done = [], [], None
+        return batch
+
+    def flush(self) -> None:
+        """Start the pass of the deaths waiting for one, now."""
+        loop = self.loop()
+        batch = self.take() if loop is not None else None
+        if loop is None or batch is None:
+            return
+        done = batch[2]
         task = loop.create_task(self._pass(*batch))
         self.passes.add(task)  # (a task nothing refers to may be collected)
         task.add_done_callback(self.passes.discard)
@@ -270,18 +279,13 @@ async def _sweep_later(pid: int, extra: list[int], now: bool = False) -> None:
     try:
         await asyncio.shield(done)
     except asyncio.CancelledError:
-        if sweeps.done is done:
+        if sweeps.done is done and (batch := sweeps.take()) is not None:
             # Torn down before its pass began: the pass is made here, for every
             # death waiting on it (they are cancelled too), and nothing is left
             # pending to hold the loop (the registry would then keep it).
-            leaders, every_extra = sweeps.leaders, sweeps.extra
-            sweeps.leaders, sweeps.extra, sweeps.done = [], [], None
-            if sweeps.timer is not None:
-                sweeps.timer.cancel()
-                sweeps.timer = None
             done.cancel()
             with contextlib.suppress(Exception):
-                _linux.kill_tree(leaders, every_extra)
+                _linux.kill_tree(batch[0], batch[1])
         raise
 
 
@@ -631,7 +635,7 @@ class AgentProcess:
                     return
             elif isinstance(msg, Ready):
                 ready.set_result(None)
-                if self._deaths is not None:  # it holds its slot's mutex now
+                if self._deaths is not None:  # it holds its page's mutex now
                     report = functools.partial(self._loop.call_soon_threadsafe, self._exit_began)
                     self._deaths.arm(self._death_page, self.pid, report)
                 if self.on_ready is not None:

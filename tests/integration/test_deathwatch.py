@@ -28,7 +28,7 @@ import threading
 
 import pytest
 
-from agentrt import AgentCrashed, deathwatch
+from agentrt import AgentCrashed, Supervisor, deathwatch
 from agentrt.process import AgentProcess
 
 
@@ -43,6 +43,13 @@ def _available() -> bool:
 pytestmark = pytest.mark.skipif(not _available(), reason="no futex_waitv or memfd here")
 
 
+def _watch(sup: Supervisor) -> deathwatch.DeathWatch:
+    """The supervisor's DeathWatch (its zygote launcher's)."""
+    deaths = sup._launcher.deaths
+    assert deaths is not None
+    return deaths
+
+
 def _waiters() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("agentrt-deathwatch")]
 
@@ -53,8 +60,7 @@ async def test_a_death_is_settled_as_it_begins_and_the_replacement_serves(
 ):
     async with make_supervisor(preload=["dying_agents"]) as sup:
         await sup.start(agent_spec("d", "dying_agents:die_heavy"))
-        deaths = sup._launcher.deaths
-        assert deaths is not None
+        deaths = _watch(sup)
         # 128 MiB in small pages: the kernel takes a while to free them, and
         # the pipe's end and the pidfd come only after that.
         with pytest.raises(AgentCrashed) as err:
@@ -74,8 +80,7 @@ async def test_a_death_is_settled_as_it_begins_and_the_replacement_serves(
 async def test_a_replica_with_threads_is_settled_once_they_all_exit(make_supervisor, agent_spec):
     async with make_supervisor(preload=["dying_agents"]) as sup:
         await sup.start(agent_spec("t", "dying_agents:die_heavy_threaded"))
-        deaths = sup._launcher.deaths
-        assert deaths is not None
+        deaths = _watch(sup)
         with pytest.raises(AgentCrashed) as err:
             await sup.call("t", {"mib": 128})
         assert err.value.exit_code == -signal.SIGKILL
@@ -139,8 +144,7 @@ async def test_a_replica_that_fakes_its_death_is_not_taken_for_dead(
     monkeypatch.setattr(AgentProcess, "_exit_began", spy)
     async with make_supervisor(preload=["dying_agents"]) as sup:
         await sup.start(agent_spec("h", "dying_agents:fake_death"))
-        deaths = sup._launcher.deaths
-        assert deaths is not None
+        deaths = _watch(sup)
         pid = await sup.call("h")
         assert pid is not None  # it held a slot, and marked it as the kernel would
         async with asyncio.timeout(10):
@@ -158,8 +162,7 @@ async def test_a_replica_waking_its_waiter_over_and_over_is_no_longer_watched(
     async with make_supervisor(preload=["dying_agents"]) as sup:
         await sup.start(agent_spec("s", "dying_agents:wake_spuriously"))
         await sup.start(agent_spec("k", "dying_agents:die_heavy"))
-        deaths = sup._launcher.deaths
-        assert deaths is not None
+        deaths = _watch(sup)
         pid = await sup.call("s", {"times": 50, "pause": 0.002})
         assert pid is not None
         page = sup._pool.agents["s"].slots[0].proc._death_page
@@ -179,8 +182,7 @@ async def test_a_replica_waking_its_waiter_over_and_over_is_no_longer_watched(
 async def test_pages_are_unmapped_once_their_processes_are_reaped(make_supervisor, agent_spec):
     async with make_supervisor() as sup:
         await sup.start(agent_spec("k", "agents:kill_self", replicas=2))
-        deaths = sup._launcher.deaths
-        assert deaths is not None
+        deaths = _watch(sup)
         assert len(deaths._pages) == 2
         for _ in range(4):
             with pytest.raises(AgentCrashed):
@@ -196,8 +198,7 @@ async def test_a_replica_growing_its_mapping_reaches_nothing_past_its_page(
     async with make_supervisor(preload=["dying_agents"]) as sup:
         await sup.start(agent_spec("g", "dying_agents:grow_page"))
         await sup.start(agent_spec("d", "dying_agents:die_heavy"))
-        deaths = sup._launcher.deaths
-        assert deaths is not None
+        deaths = _watch(sup)
         # mremap grows the mapping, but its memfd is one page, sealed: past it, SIGBUS.
         assert await sup.call("g") == -signal.SIGBUS
         with pytest.raises(AgentCrashed):
