@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib
 import logging
 import os
@@ -68,6 +69,10 @@ _ACCEPTED = b"\x01"
 _UNAVAILABLE_RETRIES = 20
 #: how long after a SIGKILL the actor may take to report before it is killed itself
 _KILL_WAIT = 5.0
+#: an actor's directory on its node (its replica's boot file and workdir)
+_BASE_PREFIX = "agentrt-ray-"
+#: in an actor's directory: made once the actor holds its lock
+_OWNED = ".locked"
 
 
 def ray_module() -> Any:
@@ -106,6 +111,8 @@ class ReplicaHost:
         self._pidfd = -1
         self._reaped = False
         self._base = ""
+        #: the base directory, opened and locked while this actor lives
+        self._base_fd = -1
         self._stopped: list[int] = []
 
     def start(
@@ -114,15 +121,17 @@ class ReplicaHost:
         """Connect the replica's streams to the supervisor and start its process."""
         boot = msgspec.msgpack.decode(raw, type=Boot)
         boot, warnings = fit_to_node(boot)
-        self._base = tempfile.mkdtemp(prefix="agentrt-ray-")
+        self._base = tempfile.mkdtemp(prefix=_BASE_PREFIX)
         try:
+            self._base_fd = _own(self._base)
+            remove_abandoned(os.path.dirname(self._base))
             pid = self._start(boot, preload, host, port, token)
         except BaseException:
             if self._proc is not None:
                 self._proc.kill()
                 self._proc.wait()
                 self._reaped = True
-            shutil.rmtree(self._base, ignore_errors=True)
+            self._remove_base()
             raise
         ray = ray_module()
         return {
@@ -178,8 +187,15 @@ class ReplicaHost:
             proc.returncode = os.waitstatus_to_exitcode(status)
             self._reaped = True
             os.close(self._pidfd)
-        shutil.rmtree(self._base, ignore_errors=True)
+        self._remove_base()
         return status, usage.ru_utime + usage.ru_stime
+
+    def _remove_base(self) -> None:
+        """Remove the actor's directory, then let go of its lock."""
+        shutil.rmtree(self._base, ignore_errors=True)
+        if self._base_fd != -1:
+            os.close(self._base_fd)
+            self._base_fd = -1
 
     def signal(self, sig: int) -> None:
         """``sig`` to the replica and its process group (nothing once it is reaped)."""
@@ -205,6 +221,51 @@ class ReplicaHost:
             for pid in stopped:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGCONT)
+
+
+def _own(base: str) -> int:
+    """Lock the actor's new directory ``base`` for as long as the actor lives
+    (the kernel lets go of the lock when the process dies, however it dies);
+    the open directory."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(os.open(_OWNED, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_abandoned(tmp: str) -> list[str]:
+    """Remove the directories of actors on this node that died without
+    removing theirs (killed by Ray, their node's raylet gone); the paths removed.
+
+    A directory is abandoned when it says its actor locked it (``.locked``)
+    and its lock is free: its actor is gone (an actor removes its own
+    directory before letting go of the lock).
+    """
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(tmp) as entries:
+        for entry in entries:
+            if not entry.name.startswith(_BASE_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            if not os.path.exists(os.path.join(entry.path, _OWNED)):
+                continue  # not an actor's, or one between its mkdtemp and its lock
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its actor lives
+            else:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+            finally:
+                os.close(fd)
+    return removed
 
 
 def _connect(host: str, port: int, hello: bytes) -> socket.socket:

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+from pathlib import Path
 
 import psutil
 import pytest
@@ -101,6 +102,29 @@ async def test_a_replica_killed_from_outside_is_sigkill(ray_supervisor, agent_sp
             await call
         assert ei.value.signal == signal.SIGKILL
         assert ei.value.pid == pid
+
+
+async def test_an_actor_killed_before_its_cleanup_leaves_no_directory_behind(
+    ray_supervisor, agent_spec, make_gate, logs
+):
+    gate = make_gate()
+    async with ray_supervisor() as sup:
+        await sup.start(agent_spec("slow", "agents:report_and_sleep"))
+        call = sup.submit("slow", {"fifo": gate.path, "seconds": 30})
+        replica = psutil.Process(int((await gate.read_line()).split()[-1]))
+        base = Path(replica.cwd())
+        while not base.name.startswith("agentrt-ray-"):
+            base = base.parent
+        assert (base / "work").is_dir()
+        actor = replica.parent()
+        assert actor is not None and "ReplicaHost" in " ".join(actor.cmdline())
+        actor.kill()  # as Ray kills an actor: it removes nothing
+        with pytest.raises(AgentCrashed):
+            await call
+        await logs.wait_for("replica_ready", agent="slow", replica=0, generation=1)
+        # the replacement's actor found the directory abandoned
+        assert not base.exists()
+        assert await sup.call("slow", {"fifo": gate.path, "seconds": 0}) == 0
 
 
 async def test_pause_stops_the_replica_on_its_node_and_resume_continues_it(
