@@ -19,6 +19,10 @@ deadline they were given.  A cancellation waits too: a call cancelled
 while its replica is paused is settled at once, and the replica hears of
 it (and gets its ``cancel_grace``) when resumed.  Stopping or killing a
 paused replica thaws it first.
+
+A paused agent's standby (``standby = true``) is frozen too: what its
+import started runs no more than the replicas do.  None is made while the
+agent is paused (its import is the agent's code); one is made on resume.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Holds:
         #: the whole run is paused: agents started from now on start paused
         self.all = False
         pool.on_ready = self._ready
+        pool.on_standby = self._standby_ready
 
     # --- targets -----------------------------------------------------------------
 
@@ -94,7 +99,10 @@ class Holds:
         todo = [s for s in slots if not s.paused]
         for slot in todo:
             self._hold_slot(slot, now)
-        await asyncio.gather(*(self._freeze(s) for s in todo))
+        standbys = [(a, p) for a in agents for p in list(a.standby_procs) if p.said_ready]
+        await asyncio.gather(
+            *(self._freeze(s) for s in todo), *(self._freeze_standby(a, p) for a, p in standbys)
+        )
         for slot in todo:
             self.events.emit("replica_paused", agent=slot.agent.name, replica=slot.index)
         return [s.name for s in todo]
@@ -122,10 +130,39 @@ class Holds:
             for slot in agent.slots:
                 slot.paused, slot.paused_at = True, now
 
+    def _standby_ready(self, agent: Agent, proc: AgentProcess) -> None:
+        """A standby became ready while its agent is paused: frozen at once."""
+        self.pool.spawn(self._freeze_standby(agent, proc))
+
+    async def _freeze_standby(self, agent: Agent, proc: AgentProcess) -> None:
+        if not await self._freeze_proc(proc, agent.name, -1):
+            return
+        if proc in agent.standby_procs:
+            keep = agent.paused
+        else:  # it became a replica while it was being stopped
+            keep = any(s.proc is proc and s.paused for s in agent.slots)
+        if not keep:
+            if proc.thaw is not None:
+                proc.thaw()  # resumed while it was being stopped
+            return
+        self.log.info("standby_paused", agent=agent.name, pid=proc.pid)
+
     async def _freeze(self, slot: Slot) -> None:
         proc = slot.proc
-        if proc is None or not proc.alive or proc.thaw is not None:
+        if proc is None or not await self._freeze_proc(proc, slot.agent.name, slot.index):
             return
+        if not slot.paused or slot.proc is not proc or not proc.alive:
+            # Resumed (or gone) while it was being stopped: the resume found
+            # nothing to thaw yet, so it is thawed now.
+            if proc.thaw is not None:
+                proc.thaw()
+            return
+        self.log.info("replica_paused", agent=slot.agent.name, replica=slot.index, pid=proc.pid)
+
+    async def _freeze_proc(self, proc: AgentProcess, agent: str, replica: int) -> bool:
+        """Freeze ``proc``'s processes; whether this call froze them."""
+        if not proc.alive or proc.thaw is not None:
+            return False
         group = Cgroups.freezer(proc.boot.cgroups)
         try:
             if proc.remote is not None:  # its host stops its tree
@@ -141,17 +178,9 @@ class Holds:
                 )
                 proc.thaw = _Thaw(proc, None, stopped)
         except OSError as exc:
-            self.log.error(
-                "pause_failed", agent=slot.agent.name, replica=slot.index, error=str(exc)
-            )
-            return
-        if not slot.paused or slot.proc is not proc or not proc.alive:
-            # Resumed (or gone) while it was being stopped: the resume found
-            # nothing to thaw yet, so it is thawed now.
-            if proc.thaw is not None:
-                proc.thaw()
-            return
-        self.log.info("replica_paused", agent=slot.agent.name, replica=slot.index, pid=proc.pid)
+            self.log.error("pause_failed", agent=agent, replica=replica, error=str(exc))
+            return False
+        return True
 
     # --- resume ----------------------------------------------------------------------
 
@@ -171,6 +200,8 @@ class Holds:
                 agent.held_for += now - agent.paused_at
                 for call in agent.waiting:
                     self.ledger.release(call, now, reframe=True)
+                _thaw_standbys(agent)
+                self.pool.keep_standby(agent)  # (none was made while paused)
             self.pool.dispatch(agent, rescan=True)
         for agent in {s.agent for s in slots}:
             self.pool.dispatch(agent, rescan=True)
@@ -208,6 +239,7 @@ class Holds:
         self.all = False
         for agent in self.pool.agents.values():
             agent.paused = False
+            _thaw_standbys(agent)
             for slot in agent.slots:
                 slot.paused = False
                 if slot.proc is not None and slot.proc.thaw is not None:
@@ -222,6 +254,12 @@ class Holds:
             else:
                 out.extend(s.name for s in agent.slots if s.paused)
         return out
+
+
+def _thaw_standbys(agent: Agent) -> None:
+    for proc in list(agent.standby_procs):
+        if proc.thaw is not None:
+            proc.thaw()
 
 
 class _Thaw:

@@ -272,6 +272,8 @@ class Pool:
         self.close_error: CallError | SupervisorClosed | None = None
         #: a replica became ready (the pause module freezes one in a paused slot)
         self.on_ready: Callable[[Slot], None] | None = None
+        #: a standby became ready (the pause module freezes one of a paused agent)
+        self.on_standby: Callable[[Agent, AgentProcess], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -507,6 +509,7 @@ class Pool:
             or agent.standby_off
             or agent.failed is not None
             or agent.all_gone
+            or agent.paused  # (its import is the agent's code: made on resume)
             or self.closing
             or self.launcher is None
             or self.launcher.remote
@@ -543,6 +546,8 @@ class Pool:
             return
         agent.standby, agent.standby_inputs = proc, inputs
         log.info("standby_ready", pid=proc.pid)
+        if agent.paused and self.on_standby is not None:  # paused while it started
+            self.on_standby(agent, proc)
 
     def _standby_gone(
         self, agent: Agent, proc: AgentProcess, dead: asyncio.Future[AgentDied | None]
@@ -604,6 +609,8 @@ class Pool:
         proc.handler = self._handler(slot)
         proc.log = log.bind(pid=proc.pid)
         proc.send_soon(Become(slot.index, slot.generation))  # (the first calls with it)
+        if proc.thaw is not None and not slot.paused:
+            proc.thaw()  # frozen with its agent, now a replica of a slot resumed alone
         proc.ready_at = slot.launched_at = time.monotonic()
         slot.proc = proc
         slot.psutil_proc = None

@@ -10,9 +10,11 @@ was imported: a standby does not know its replica number yet
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import msgspec
+import psutil
 import pytest
 
 from agentrt import AgentFailed, ToolSpec, _linux
@@ -54,6 +56,57 @@ async def test_a_standby_takes_the_place_of_a_dead_replica(
         third = await sup.call("s")
         assert (third["generation"], third["imported_as"]) == ("2", None)
         assert third["pid"] not in (first["pid"], second["pid"])
+
+
+def _cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+async def test_a_paused_agents_standby_is_frozen_until_resume_then_takes_a_place(
+    make_supervisor, agent_spec, logs
+):
+    async with make_supervisor(intensity=10) as sup:
+        await sup.start(agent_spec("s", "standby_spin:who", standby=True))
+        pid = (await logs.wait_for("standby_ready", agent="s"))["pid"]
+        replica = await sup.call("s")
+        assert await sup.pause("s") == ["s#0"]
+        assert logs.find("standby_paused", agent="s", pid=pid)
+        before = _cpu(pid)
+        await asyncio.sleep(0.5)
+        assert _cpu(pid) - before < 0.05  # its import's thread stopped with it
+        assert await sup.resume("s") == ["s#0"]
+        before = _cpu(pid)
+        await asyncio.sleep(0.5)
+        assert _cpu(pid) - before > 0.05  # and runs again
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        assert await sup.call("s") == pid  # the thawed standby took the place
+        assert pid != replica
+
+
+async def test_a_standby_still_starting_when_its_agent_is_paused_is_frozen_once_ready(
+    make_supervisor, agent_spec, logs
+):
+    async with make_supervisor(intensity=10) as sup:
+        await sup.start(agent_spec("s", "standby_spin:who", standby=True))
+        await sup.pause("s")  # its standby was launched as the start returned
+        pid = (await logs.wait_for("standby_paused", agent="s"))["pid"]
+        assert [e["pid"] for e in logs.find("standby_ready", agent="s")] == [pid]
+        before = _cpu(pid)
+        await asyncio.sleep(0.5)
+        assert _cpu(pid) - before < 0.05
+
+
+async def test_no_standby_is_made_while_its_agent_is_paused(make_supervisor, agent_spec, logs):
+    async with make_supervisor(intensity=10) as sup:
+        await sup.pause()  # the run: an agent started now starts paused
+        await sup.start(agent_spec("s", f"{E}:who", standby=True))
+        await asyncio.sleep(0.3)  # time enough to make one (a few ms here)
+        assert not logs.find("standby_ready", agent="s")  # its import would run
+        await sup.resume()
+        await logs.wait_for("standby_ready", agent="s")
+        assert (await sup.call("s"))["replica"] == "0"
 
 
 async def test_without_standby_a_replacement_is_started_for_its_slot(make_supervisor, agent_spec):
