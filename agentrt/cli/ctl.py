@@ -98,7 +98,11 @@ def add_parser(sub: Subparsers) -> None:
         return cs.add_parser(name, help=what, description=what, parents=parents, epilog=EPILOG)
 
     add("status", "the run: state, uptime, what is paused, replicas, tasks, approvals", [with_run])
-    add("agents", "one row per replica: state, pid, calls, restarts, memory, CPU", [with_run])
+    add(
+        "agents",
+        "one row per replica (and standby): state, pid, calls, restarts, memory, CPU",
+        [with_run],
+    )
     add("tasks", "tasks by status, calls in flight, approvals pending", [with_run])
     add("audit", "every approval, denial, pause, resume, cancel and stop", [with_run])
     for verb in ("pause", "resume"):
@@ -263,6 +267,9 @@ def _show_agents(v: list[dict[str, Any]], info: RunInfo) -> None:
                     "-" if r.get("cpu_percent") is None else f"{r['cpu_percent']:.1f}",
                 ]
             )
+        standby = ag.get("standby")
+        if standby:  # (``standby = true``: the process kept to take a dead replica's place)
+            rows.append([ag["name"], "standby", standby["state"], _opt(standby["pid"])] + ["-"] * 4)
         if ag["failed"]:
             notes.append(f"{ag['name']}: {ag['failed']}")
         if ag["queued"]:

@@ -231,6 +231,22 @@ async def test_pause_then_resume_an_agent_or_the_run_holds_calls_in_between(sup,
     assert actions == [("pause", "echo"), ("resume", "echo"), ("pause", "run"), ("resume", "run")]
 
 
+async def test_agents_shows_an_agents_standby_and_its_pause(sup, agent_spec, logs):
+    await sup.start(agent_spec("s", "standby_agents:who", standby=True))
+    pid = (await logs.wait_for("standby_ready", agent="s"))["pid"]
+    rows = [line.split() for line in ok(await ctl("agents")).splitlines()]
+    assert [r[:4] for r in rows[1:]] == [
+        ["s", "#0", "ready", str((await sup.status())[0].pid)],
+        ["s", "standby", "ready", str(pid)],
+    ]
+    await sup.pause("s")
+    [shown] = (await ctl("--json", "agents")).json()
+    assert shown["standby"] == {"pid": pid, "state": "paused"}
+    await sup.resume("s")
+    [shown] = (await ctl("--json", "agents")).json()
+    assert shown["standby"] == {"pid": pid, "state": "ready"}
+
+
 async def test_cancel_a_running_call_by_number_and_an_agents_calls(sup, agent_spec, make_gate):
     gate = make_gate("started")
     await sup.start(agent_spec("slow", "agents:report_and_sleep", concurrency=2))
