@@ -2,7 +2,7 @@
 
 Skipped where Ray is not installed (``pip install -e '.[ray]'``; ``.ci/run``
 installs it).  The cluster's own processes (GCS, raylets, idle workers) live
-for all of this directory's tests, so this suite's leak check looks at agentrt's processes
+for a whole module, so this suite's leak check looks at agentrt's processes
 only: replica processes, replica actors, zygotes.  A test's sockets to the
 supervisor's listener are checked by :func:`ray_supervisor` when it closes.
 """
@@ -33,11 +33,10 @@ EXIT_WAIT = 5.0
 _OURS = ("agentrt.backends.ray_child", "ReplicaHost", "agentrt.zygote")
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
-    """A Ray cluster of one head node (2 CPUs), this process its driver; one for
-    this directory's tests (gone before the rest of the suite, whose leak
-    checks see every child)."""
+    """A Ray cluster of one head node (2 CPUs), this process its driver; one per
+    module (gone before the rest of the suite, whose leak checks see every child)."""
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     cluster = cluster_utils.Cluster(
         initialize_head=True,
