@@ -385,19 +385,40 @@ _SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
 
 def dying(pid: int) -> bool:
     """Whether ``pid`` is gone, a zombie, or has a SIGKILL pending (it will not
-    run user code again).  One read of ``/proc/PID/status``."""
+    run user code again).  One raw read of ``/proc/PID/status``: it is on a
+    spare's way to becoming a replica (20 us here, against 66 for a buffered
+    read split into lines)."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            status = f.read()
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return True
-    for line in status.splitlines():
-        key, _, value = line.partition(b":")
-        if key == b"State" and value.split()[:1] in ([b"Z"], [b"X"]):
-            return True
-        if key in (b"SigPnd", b"ShdPnd") and int(value.strip(), 16) & _SIGKILL_BIT:
-            return True
+    try:
+        status = os.read(fd, 8192)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    state = _status_field(status, b"State")
+    if state is not None and state[:1] in (b"Z", b"X"):
+        return True
+    for key in (b"SigPnd", b"ShdPnd"):
+        pending = _status_field(status, key)
+        try:
+            if pending is not None and int(pending, 16) & _SIGKILL_BIT:
+                return True
+        except ValueError:
+            pass
     return False
+
+
+def _status_field(status: bytes, key: bytes) -> bytes | None:
+    """The value of line ``key:`` of a ``/proc/PID/status`` (None if absent)."""
+    at = status.find(b"\n" + key + b":")
+    if at == -1:
+        return None
+    start = at + len(key) + 2
+    end = status.find(b"\n", start)
+    return status[start : end if end != -1 else len(status)].strip()
 
 
 def cgroup_members(group: str) -> list[int]:

@@ -50,3 +50,22 @@ def test_a_receive_without_waiting_takes_what_is_there_and_stops_when_nothing_is
     finally:
         a.close()
         b.close()
+
+
+def test_dying_tells_a_live_process_from_a_zombie_and_from_one_gone() -> None:
+    """(``dying`` guards a spare's hand-over: it reads ``/proc/PID/status``.)"""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # waits for a byte, then exits
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        assert not _linux.dying(pid)
+        os.write(w, b"x")
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # a zombie, not reaped
+        assert _linux.dying(pid)
+    finally:
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+    assert _linux.dying(pid)  # reaped: gone
