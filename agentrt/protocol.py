@@ -65,6 +65,7 @@ __all__ = [
     "Receive",
     "Reply",
     "ReplyError",
+    "Rest",
     "Result",
     "Send",
     "Shutdown",
@@ -130,8 +131,10 @@ class CallMany(_Msg, frozen=True, tag="call_many"):
     Each item is answered by a :class:`Part` (or a :class:`Failure` naming
     its ``part``), written before the next item starts; the whole by a
     :class:`Result` whose value is the seconds the items took (a float),
-    or by a :class:`Failure` with ``part = -1`` (its deadline passed, or it
-    was cancelled: the items not answered did not run to their end).
+    by a :class:`Rest` (a replica that runs calls side by side ended it
+    after a long item: the items not answered did not run), or by a
+    :class:`Failure` with ``part = -1`` (its deadline passed, or it was
+    cancelled: the items not answered did not run to their end).
     """
 
     id: int
@@ -198,6 +201,16 @@ class Part(_Msg, frozen=True, tag="part"):
     id: int
     index: int
     value: Any
+
+
+class Rest(_Msg, frozen=True, tag="rest"):
+    """:class:`CallMany` ``id`` ends before its remaining items: one took long,
+    and the replica runs calls side by side (``concurrency > 1``), so the
+    rest go back to be spread as calls of their own would be.  ``seconds``:
+    what the items answered took.  At least one item must have been answered."""
+
+    id: int
+    seconds: float
 
 
 class Failure(_Msg, frozen=True, tag="failure"):
@@ -362,6 +375,7 @@ AgentMessage = (
     Ready
     | StartupFailed
     | Part
+    | Rest
     | Result
     | Failure
     | Log

@@ -61,6 +61,7 @@ from agentrt.protocol import (
     Ready,
     Reply,
     ReplyError,
+    Rest,
     Result,
     Shutdown,
     StartupFailed,
@@ -88,6 +89,9 @@ _streams_set = False
 
 #: how often the items of a ``CallMany`` stop to read what came meanwhile (seconds)
 _LOOK_EVERY = 0.001
+#: an item of a ``CallMany`` that took longer ends its chunk where calls run
+#: side by side (``Rest``): the items after it are spread again (seconds)
+_LONG_ITEM = 0.002
 
 
 class _Deadline(BaseException):
@@ -900,7 +904,7 @@ class _Worker:
             await asyncio.gather(*running.values(), return_exceptions=True)
         return 0
 
-    async def run_async(self, call: Call | CallMany) -> Result | Failure | None:
+    async def run_async(self, call: Call | CallMany) -> Result | Rest | Failure | None:
         # Which processes were this call's can only be told when no other call
         # ran beside it: ``alone`` turns False as soon as one does.
         me = _Running(_linux.clock_ticks())
@@ -914,16 +918,24 @@ class _Worker:
 
     async def _items_async(
         self, call: CallMany, fn: Callable[..., Any], base: float
-    ) -> Result | None:
-        """:meth:`_items_sync` for an async replica (inside :meth:`_run_async`)."""
+    ) -> Result | Rest | None:
+        """:meth:`_items_sync` for an async replica (inside :meth:`_run_async`).
+
+        Where calls run side by side (``concurrency > 1``), an item that took
+        longer than ``_LONG_ITEM`` ends the chunk (:class:`Rest`): the items
+        after it would otherwise wait for each other in one of the replica's
+        slots, where as calls of their own they would run together."""
         write = self.chan.write
         with_ctx = self.with_ctx.get(fn)
+        side_by_side = self.boot.concurrency > 1
+        last = len(call.items) - 1
         start = looked = time.perf_counter()
         for i, args in enumerate(call.items):
             now = time.perf_counter()
             if now - looked >= _LOOK_EVERY:
                 looked = now
                 await asyncio.sleep(0)  # its Cancel: the loop reads between two items
+                now = time.perf_counter()
             try:
                 if with_ctx:
                     args = {**args, "ctx": Context(self.io, call.id, call.deadline or None, base)}
@@ -933,11 +945,17 @@ class _Worker:
                 write(_failure(call.id, exc, kind, i))
                 if kind != "error":
                     return None
-                continue
-            write(Part(call.id, i, value))
+            else:
+                write(Part(call.id, i, value))
+            if side_by_side and i < last:
+                took = time.perf_counter()
+                if took - now > _LONG_ITEM:
+                    return Rest(call.id, took - start)
         return Result(call.id, time.perf_counter() - start)
 
-    async def _run_async(self, call: Call | CallMany, me: _Running) -> Result | Failure | None:
+    async def _run_async(
+        self, call: Call | CallMany, me: _Running
+    ) -> Result | Rest | Failure | None:
         io = self.io
         base = self.bases.pop(call.id, 0.0) if self.bases else 0.0
         try:

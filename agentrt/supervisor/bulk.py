@@ -1,8 +1,8 @@
 """A bulk map: many small calls to one agent, many items to a frame.
 
-``Supervisor.map`` over an agent that runs one call at a time sends its
-items in chunks: one ``CallMany`` frame carries several items, the replica
-runs them in order and answers each with a ``Part`` frame before the next
+``Supervisor.map`` over an agent on this machine sends its items in
+chunks: one ``CallMany`` frame carries several items, the replica runs them
+in order and answers each with a ``Part`` frame before the next
 starts.  The supervisor keeps one ledger call per chunk, not per item, which
 is what bounds a map of tiny calls: the supervisor's own work per call.
 
@@ -25,6 +25,13 @@ another one is free for; a map of tiny ones pays the supervisor's cost once
 per chunk.  At most as many chunks are out as the replicas have room for
 (``concurrency + queue`` each), so each new chunk is sized from what the
 last ones measured.  The time is kept per agent and method.
+
+A replica that runs calls side by side (``concurrency > 1``, async) runs a
+chunk in one of its slots, its items one after another.  So that items
+which wait (on a tool, a model, a file) still overlap as calls of their
+own would, an item that took longer than 2 ms ends its chunk (``Rest``):
+the items after it come back here and go out again in chunks sized from
+the new measure (one item each, for items that wait).
 """
 
 from __future__ import annotations
@@ -248,8 +255,10 @@ class BulkMap:
             if first == end:
                 if type(took) is float and 0.0 <= took < _MAX_REPORT:
                     self._measured(took / n)
-            else:  # it ended early, blaming no item (a neighbour's limit): the rest again
-                self._todo.appendleft((first, end))
+            else:  # it ended early, blaming no item (a long item, a neighbour's limit)
+                if type(took) is float and 0.0 <= took < _MAX_REPORT and parts.answered:
+                    self._measured(took / parts.answered)  # (a long item: smaller chunks)
+                self._todo.appendleft((first, end))  # the rest again
         elif isinstance(exc, AgentDied) and first < end:
             # The replica died running item ``first``: it alone is to blame.
             deaths = self._deaths.get(first, 0) + 1

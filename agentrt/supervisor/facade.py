@@ -668,10 +668,10 @@ class Supervisor:
         running are cancelled), unless ``return_exceptions`` puts the error
         in its place in the list.
 
-        An agent that runs one call at a time (``concurrency = 1``) gets its
-        items many to a frame, as many as take about half a millisecond by
-        what its replicas measure (see :mod:`agentrt.supervisor.bulk`); each
-        item is still a call of its own to the caller.
+        The agent gets its items many to a frame, as many as take about half
+        a millisecond by what its replicas measure (see
+        :mod:`agentrt.supervisor.bulk`); each item is still a call of its own
+        to the caller.
         """
         if not isinstance(items, list | tuple):
             items = list(items)
@@ -692,12 +692,11 @@ class Supervisor:
         return await self._map_calls(agent, items, method, timeout, retries, return_exceptions)
 
     def _bulk_ok(self, ag: Agent) -> bool:
-        """Whether a map to ``ag`` may send many items to a frame: one call at a
-        time per replica, on this machine, nothing counted or approved per call."""
+        """Whether a map to ``ag`` may send many items to a frame: on this
+        machine, nothing counted or approved per call."""
         spec = ag.spec
         return (
-            spec.concurrency == 1
-            and not ag.is_tool
+            not ag.is_tool
             and self._unlimited
             and spec.approval != "required"
             and not self._approvals.spec.rules

@@ -63,6 +63,7 @@ from agentrt.protocol import (
     Log,
     Part,
     Receive,
+    Rest,
     Result,
     Send,
     Spawn,
@@ -814,6 +815,26 @@ class Pool:
                             call.timer.cancel()
                             call.timer = None
                         settle(call, value)
+                        self._after_answer(slot)
+                case Rest(id=cid, seconds=seconds):
+                    call = slot.inflight.pop(cid, None)
+                    if call is not None:
+                        parts = call.parts
+                        if parts is None or not 0 < parts.answered < len(parts.items):
+                            slot.inflight[cid] = call  # killed below, as a violation
+                            raise ValueError(
+                                f"call {cid} ended its items early "
+                                + (
+                                    "but is not a chunk of items"
+                                    if parts is None
+                                    else f"after {parts.answered} of {len(parts.items)}"
+                                )
+                            )
+                        call.slot = None
+                        if call.timer is not None:
+                            call.timer.cancel()
+                            call.timer = None
+                        settle(call, seconds)  # (its map sends the rest again)
                         self._after_answer(slot)
                 case Part(id=cid, index=index, value=value):
                     call = slot.inflight.get(cid)

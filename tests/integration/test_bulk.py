@@ -42,6 +42,38 @@ async def test_a_map_of_quick_items_goes_many_to_a_frame(make_supervisor, agent_
         assert (await sup.call("c", {"i": 7}))["call"] not in calls
 
 
+async def test_an_agent_running_calls_side_by_side_gets_quick_items_many_to_a_frame(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("c", "agents:achunk_of", replicas=2, concurrency=4))
+        await _warm(sup, "c")
+        got = await sup.map("c", [{"i": i} for i in range(2000)])
+        assert [g["i"] for g in got] == list(range(2000))
+        assert len({g["call"] for g in got}) <= 2000 // 4
+        assert len({g["pid"] for g in got}) == 2
+
+
+async def test_an_item_that_waits_ends_its_chunk_and_the_rest_wait_side_by_side(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("c", "agents:achunk_of", concurrency=8))
+        await _warm(sup, "c")  # quick items: the next chunks carry many
+        waiting = list(range(10, 18))
+        items = [{"i": i, "wait_at": waiting, "seconds": 0.3} for i in range(40)]
+        got = await sup.map("c", items)
+        assert [g["i"] for g in got] == list(range(40))
+        assert len({g["call"] for g in got[:10]}) < 10  # they went many to a frame
+        # The first item that waited ended its chunk: no later item shared its call.
+        assert all(g["call"] != got[10]["call"] for g in got[11:])
+        # The other waiting items went out again, each in a chunk of its own,
+        # and waited together as calls of their own would: their waits overlap.
+        rest = [got[i] for i in waiting[1:]]
+        assert len({g["call"] for g in rest}) == len(rest)
+        assert max(g["ran"][0] for g in rest) < min(g["ran"][1] for g in rest)
+
+
 async def test_an_item_that_raises_fails_alone(make_supervisor, agent_spec):
     async with make_supervisor() as sup:
         await sup.start(agent_spec("f", "agents:item"))
@@ -115,7 +147,10 @@ async def test_an_item_over_a_limit_fails_alone_and_the_replica_is_replaced(
 
 
 # An item answered twice is out of turn too: tests/unit/test_parts.py.
-@pytest.mark.parametrize("what", ["part", "result"])
+# A chunk ended early before any item of it was answered is too (``rest``: the
+# first forged end is one after item 3's turn, and taken; item 3 is sent
+# again, and the next forged end of its new chunk answered nothing).
+@pytest.mark.parametrize("what", ["part", "result", "rest"])
 async def test_answers_out_of_turn_are_a_protocol_violation(make_supervisor, agent_spec, what):
     async with make_supervisor() as sup:
         await sup.start(agent_spec("h", "agents:forge_answer"))
@@ -123,7 +158,8 @@ async def test_answers_out_of_turn_are_a_protocol_violation(make_supervisor, age
         items = [{"i": i, "at": 3, "what": what} for i in range(12)]
         got = await sup.map("h", items, return_exceptions=True)
         assert isinstance(got[3], ProtocolViolation)
-        assert "out of turn" in str(got[3]) or "answered after" in str(got[3])
+        said = {"part": "out of turn", "result": "answered after", "rest": "early after 0"}
+        assert said[what] in str(got[3])
         assert [g["i"] for k, g in enumerate(got) if k != 3] == [i for i in range(12) if i != 3]
         assert all(g != "x" for g in got)
 
