@@ -393,7 +393,7 @@ def dying(pid: int) -> bool:
     except OSError:
         return True
     try:
-        status = os.read(fd, 8192)
+        status = os.read(fd, 1 << 16)  # (a long Groups: line comes before SigPnd)
     except OSError:
         return True
     finally:

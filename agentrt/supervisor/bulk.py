@@ -110,6 +110,8 @@ class BulkMap:
         self._deaths: dict[int, int] = {}
         self._wake: asyncio.Future[None] | None = None
         self._sent = False  # a chunk has gone out
+        #: every call of its agent was cancelled: items that come back fail with it
+        self._cancelled: CallError | None = None
 
     # --- answers (from the pool, as frames arrive) --------------------------
 
@@ -134,12 +136,22 @@ class BulkMap:
 
     def cancel(self, error: CallError) -> None:
         """Every call of its agent is cancelled: so are the items not sent yet
-        (those sent end with the calls that carry them)."""
+        (those sent end with the calls that carry them, and those a chunk
+        ended early gives back later)."""
+        self._cancelled = error
         while self._todo:
             start, stop = self._todo.popleft()
             for pos in range(start, stop):
                 self._fail(pos, copy.copy(error))
         self._poke()
+
+    def _again(self, start: int, stop: int) -> None:
+        """Items ``start`` to ``stop`` (not run) are to be sent again, first."""
+        if self._cancelled is None:
+            self._todo.appendleft((start, stop))
+            return
+        for pos in range(start, stop):
+            self._fail(pos, copy.copy(self._cancelled))
 
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -258,17 +270,17 @@ class BulkMap:
             else:  # it ended early, blaming no item (a long item, a neighbour's limit)
                 if type(took) is float and 0.0 <= took < _MAX_REPORT and parts.answered:
                     self._measured(took / parts.answered)  # (a long item: smaller chunks)
-                self._todo.appendleft((first, end))  # the rest again
+                self._again(first, end)  # the rest again
         elif isinstance(exc, AgentDied) and first < end:
             # The replica died running item ``first``: it alone is to blame.
             deaths = self._deaths.get(first, 0) + 1
             if deaths <= self._retries:
                 self._deaths[first] = deaths
-                self._todo.appendleft((first, end))
+                self._again(first, end)
             else:
                 self._fail(first, exc)
                 if first + 1 < end:
-                    self._todo.appendleft((first + 1, end))
+                    self._again(first + 1, end)
         elif isinstance(exc, CallTimeout):
             self._time_out(first, end)  # with the map's timeout, not the chunk's rest
         else:

@@ -21,8 +21,9 @@ it (and gets its ``cancel_grace``) when resumed.  Stopping or killing a
 paused replica thaws it first.
 
 A paused agent's standby (``standby = true``) is frozen too: what its
-import started runs no more than the replicas do.  None is made while the
-agent is paused (its import is the agent's code); one is made on resume.
+import started runs no more than the replicas do (one still starting is
+frozen as it becomes ready).  None is launched while the agent is paused
+(its import is the agent's code); one is made on resume.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class Holds:
         todo = [s for s in slots if not s.paused]
         for slot in todo:
             self._hold_slot(slot, now)
-        standbys = [(a, p) for a in agents for p in list(a.standby_procs) if p.said_ready]
+        standbys = [
+            (a, p) for a in agents for p in list(a.standby_procs) if p.said_ready and not p.stopping
+        ]
         await asyncio.gather(
             *(self._freeze(s) for s in todo), *(self._freeze_standby(a, p) for a, p in standbys)
         )

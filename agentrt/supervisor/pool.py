@@ -521,6 +521,9 @@ class Pool:
     async def _start_standby(self, agent: Agent) -> None:
         assert self.launcher is not None
         spec = agent.spec
+        if agent.paused:  # paused since it was asked for: made on resume
+            agent.standby_task = None
+            return
         agent.standbys += 1
         log = self.log.bind(agent=spec.name, standby=agent.standbys)
         try:
@@ -802,14 +805,16 @@ class Pool:
         def handle(proc: AgentProcess, msg: Any) -> None:
             match msg:
                 case Result(id=cid, value=value):
-                    call = slot.inflight.pop(cid, None)
+                    # (a violation leaves the call where it was among the slot's
+                    # calls: the ones that started are told apart by their order)
+                    call = slot.inflight.get(cid)
                     if call is not None:
                         if call.parts is not None and call.parts.answered < len(call.parts.items):
-                            slot.inflight[cid] = call  # killed below, as a violation
-                            raise ValueError(
+                            raise ValueError(  # killed for it, as a violation
                                 f"call {cid} answered after {call.parts.answered} "
                                 f"of its {len(call.parts.items)} items"
                             )
+                        del slot.inflight[cid]
                         call.slot = None
                         if call.timer is not None:  # its deadline, or a withdrawn call's grace
                             call.timer.cancel()
@@ -817,19 +822,21 @@ class Pool:
                         settle(call, value)
                         self._after_answer(slot)
                 case Rest(id=cid, seconds=seconds):
-                    call = slot.inflight.pop(cid, None)
+                    call = slot.inflight.get(cid)
                     if call is not None:
                         parts = call.parts
-                        if parts is None or not 0 < parts.answered < len(parts.items):
-                            slot.inflight[cid] = call  # killed below, as a violation
-                            raise ValueError(
-                                f"call {cid} ended its items early "
-                                + (
-                                    "but is not a chunk of items"
-                                    if parts is None
-                                    else f"after {parts.answered} of {len(parts.items)}"
-                                )
-                            )
+                        why = (
+                            "it is not a chunk of items"
+                            if parts is None
+                            else "its replica runs one call at a time"
+                            if slot.agent.spec.concurrency == 1
+                            else f"it had answered {parts.answered} of its {len(parts.items)} items"
+                            if not 0 < parts.answered < len(parts.items)
+                            else ""
+                        )
+                        if why:  # killed for it, as a violation
+                            raise ValueError(f"call {cid} ended its items early, but {why}")
+                        del slot.inflight[cid]
                         call.slot = None
                         if call.timer is not None:
                             call.timer.cancel()

@@ -85,17 +85,22 @@ async def test_a_paused_agents_standby_is_frozen_until_resume_then_takes_a_place
         assert pid != replica
 
 
-async def test_a_standby_still_starting_when_its_agent_is_paused_is_frozen_once_ready(
-    make_supervisor, agent_spec, logs
+async def test_a_standby_that_becomes_ready_while_its_agent_is_paused_is_frozen(
+    make_supervisor, agent_spec, logs, make_gate
 ):
+    gate, report = make_gate("gate"), make_gate("report")
+    env = {"STANDBY_GATE": gate.path, "STANDBY_REPORT": report.path}
     async with make_supervisor(intensity=10) as sup:
-        await sup.start(agent_spec("s", "standby_spin:who", standby=True))
-        await sup.pause("s")  # its standby was launched as the start returned
-        pid = (await logs.wait_for("standby_paused", agent="s"))["pid"]
+        await sup.start(agent_spec("s", "standby_gated:who", standby=True, env=env))
+        pid = int(await report.read_line())  # its standby is importing, held at the gate
+        await sup.pause("s")
+        gate.release()
+        assert (await logs.wait_for("standby_paused", agent="s"))["pid"] == pid
         assert [e["pid"] for e in logs.find("standby_ready", agent="s")] == [pid]
-        before = _cpu(pid)
-        await asyncio.sleep(0.5)
-        assert _cpu(pid) - before < 0.05
+        standby = sup._pool.agents["s"].standby
+        assert standby is not None and standby.pid == pid and standby.thaw is not None
+        await sup.resume("s")
+        assert standby.thaw is None  # thawed
 
 
 async def test_no_standby_is_made_while_its_agent_is_paused(make_supervisor, agent_spec, logs):
@@ -104,6 +109,8 @@ async def test_no_standby_is_made_while_its_agent_is_paused(make_supervisor, age
         await sup.start(agent_spec("s", f"{E}:who", standby=True))
         await asyncio.sleep(0.3)  # time enough to make one (a few ms here)
         assert not logs.find("standby_ready", agent="s")  # its import would run
+        agent = sup._pool.agents["s"]
+        assert agent.standby_task is None and not agent.standby_procs
         await sup.resume()
         await logs.wait_for("standby_ready", agent="s")
         assert (await sup.call("s"))["replica"] == "0"

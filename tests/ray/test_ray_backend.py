@@ -112,9 +112,8 @@ async def test_an_actor_killed_before_its_cleanup_leaves_no_directory_behind(
         await sup.start(agent_spec("slow", "agents:report_and_sleep"))
         call = sup.submit("slow", {"fifo": gate.path, "seconds": 30})
         replica = psutil.Process(int((await gate.read_line()).split()[-1]))
-        base = Path(replica.cwd())
-        while not base.name.startswith("agentrt-ray-"):
-            base = base.parent
+        cwd = Path(replica.cwd())
+        [base] = [p for p in (cwd, *cwd.parents) if p.name.startswith("agentrt-ray-")]
         assert (base / "work").is_dir()
         actor = replica.parent()
         assert actor is not None and "ReplicaHost" in " ".join(actor.cmdline())
