@@ -72,6 +72,20 @@ async def test_an_item_that_waits_ends_its_chunk_so_that_the_next_do_not_wait_fo
             assert all(g["call"] != got[w]["call"] for g in got[w + 1 :]), w
 
 
+async def test_a_violation_is_blamed_on_a_running_chunk_not_on_one_queued_behind_it(
+    make_supervisor, agent_spec
+):
+    async with make_supervisor() as sup:
+        # Not warmed: one item to a chunk, six out (two running, four queued).
+        await sup.start(agent_spec("h", "agents:aforge_rest", concurrency=2, queue=4))
+        got = await sup.map("h", [{"i": i, "at": 0} for i in range(6)], return_exceptions=True)
+        assert isinstance(got[0], ProtocolViolation) and "early" in str(got[0])
+        # Item 1 ran beside it, and may fail with it; those queued never ran,
+        # and are served by the replacement.
+        assert [g["i"] for g in got[2:]] == [2, 3, 4, 5]
+        assert len({g["pid"] for g in got[2:]}) == 1
+
+
 async def test_an_item_that_raises_fails_alone(make_supervisor, agent_spec):
     async with make_supervisor() as sup:
         await sup.start(agent_spec("f", "agents:item"))
