@@ -802,6 +802,15 @@ class Pool:
     def _handler(self, slot: Slot) -> Callable[[AgentProcess, Any], None]:
         settle = self.ledger.settle
 
+        def answered(cid: int, call: LedgerCall[Slot], value: Any) -> None:
+            del slot.inflight[cid]
+            call.slot = None
+            if call.timer is not None:  # its deadline, or a withdrawn call's grace
+                call.timer.cancel()
+                call.timer = None
+            settle(call, value)
+            self._after_answer(slot)
+
         def handle(proc: AgentProcess, msg: Any) -> None:
             match msg:
                 case Result(id=cid, value=value):
@@ -814,35 +823,12 @@ class Pool:
                                 f"call {cid} answered after {call.parts.answered} "
                                 f"of its {len(call.parts.items)} items"
                             )
-                        del slot.inflight[cid]
-                        call.slot = None
-                        if call.timer is not None:  # its deadline, or a withdrawn call's grace
-                            call.timer.cancel()
-                            call.timer = None
-                        settle(call, value)
-                        self._after_answer(slot)
+                        answered(cid, call, value)
                 case Rest(id=cid, seconds=seconds):
                     call = slot.inflight.get(cid)
                     if call is not None:
-                        parts = call.parts
-                        why = (
-                            "it is not a chunk of items"
-                            if parts is None
-                            else "its replica runs one call at a time"
-                            if slot.agent.spec.concurrency == 1
-                            else f"it had answered {parts.answered} of its {len(parts.items)} items"
-                            if not 0 < parts.answered < len(parts.items)
-                            else ""
-                        )
-                        if why:  # killed for it, as a violation
-                            raise ValueError(f"call {cid} ended its items early, but {why}")
-                        del slot.inflight[cid]
-                        call.slot = None
-                        if call.timer is not None:
-                            call.timer.cancel()
-                            call.timer = None
-                        settle(call, seconds)  # (its map sends the rest again)
-                        self._after_answer(slot)
+                        _check_rest(call, slot.agent.spec.concurrency)
+                        answered(cid, call, seconds)  # (its map sends the rest again)
                 case Part(id=cid, index=index, value=value):
                     call = slot.inflight.get(cid)
                     if call is not None:
@@ -1191,6 +1177,20 @@ def _serves(slot: Slot, proc: AgentProcess) -> bool:
         and not slot.stop_requested
         and slot.hold is None
     )
+
+
+def _check_rest(call: LedgerCall[Slot], concurrency: int) -> None:
+    """Raises (a protocol violation) where a ``Rest`` may not end ``call``."""
+    parts = call.parts
+    if parts is None:
+        why = "it is not a chunk of items"
+    elif concurrency == 1:
+        why = "its replica runs one call at a time"
+    elif not 0 < parts.answered < len(parts.items):
+        why = f"it had answered {parts.answered} of its {len(parts.items)} items"
+    else:
+        return
+    raise ValueError(f"call {call.id} ended its items early, but {why}")
 
 
 def _standby_frame(proc: AgentProcess, msg: Any) -> None:
