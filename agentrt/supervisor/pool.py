@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import copy
 import functools
+import itertools
 import math
 import time
 from collections import deque
@@ -1139,16 +1140,18 @@ class Pool:
         return await asyncio.to_thread(_status_sync, slots)
 
     async def _limits_watchdog(self) -> None:
-        """Hold each replica's tree to its memory and CPU time limits (see ``watchdog``)."""
+        """Hold each replica's tree to its memory and CPU time limits (see
+        ``watchdog``), and each standby's: a standby has run the agent's import,
+        and what that started counts as a replica's would."""
         while True:
             await asyncio.sleep(watchdog.INTERVAL)
             procs = [
-                s.proc
+                p
                 for a in self.agents.values()
                 if a.spec.limits.memory is not None or a.spec.limits.cpu_time is not None
-                for s in a.slots
+                for p in itertools.chain((s.proc for s in a.slots), a.standby_procs)
                 # a remote replica's limits are its rlimits (its /proc is not ours)
-                if s.proc is not None and s.proc.alive and s.proc.local
+                if p is not None and p.alive and p.local
             ]
             if procs:
                 await watchdog.watch(procs)

@@ -17,7 +17,7 @@ import msgspec
 import psutil
 import pytest
 
-from agentrt import AgentFailed, ToolSpec, _linux
+from agentrt import AgentFailed, Limits, ToolSpec, _linux
 from agentrt.supervisor import pool
 
 E = "standby_agents"
@@ -162,6 +162,27 @@ async def test_a_standby_that_died_is_not_used_nor_made_again(make_supervisor, a
         again = await sup.call("s")
         assert (again["generation"], again["imported_as"]) == ("1", "0")  # started for it
         assert len(logs.find("standby_ready", agent="s")) == 1
+
+
+async def test_a_standby_whose_tree_passes_the_cpu_time_limit_is_killed(
+    make_supervisor, agent_spec, logs
+):
+    # Its import forks a child that spins while the standby lives: no one
+    # process reaches RLIMIT_CPU (one second), the tree passes 0.3 s.
+    async with make_supervisor(intensity=10) as sup:
+        await sup.start(
+            agent_spec("s", "standby_tree:who", standby=True, limits=Limits(cpu_time=0.3))
+        )
+        pid = (await logs.wait_for("standby_ready", agent="s"))["pid"]
+        spinner = psutil.Process(pid).children()[0]
+        died = await logs.wait_for("standby_died", agent="s")
+        assert died["pid"] == pid
+        assert "past the limit of 0.3s" in died["reason"]  # the watchdog's, not SIGXCPU
+        spinner.wait(timeout=5)  # its child ended with it (psutil.TimeoutExpired if not)
+        assert not spinner.is_running()
+        assert sup._pool.agents["s"].standby is None
+        replica = await sup.call("s")  # the replica (no spinner of its own) serves
+        assert replica != pid
 
 
 async def test_a_standby_made_before_a_tool_was_added_is_not_used(
