@@ -57,6 +57,7 @@ if TYPE_CHECKING:
         Decision,
         PendingApproval,
         ReplicaStatus,
+        StandbyStatus,
         Supervisor,
         Who,
     )
@@ -111,6 +112,7 @@ _HOME = {
     "PendingApproval": "agentrt.supervisor",
     "Who": "agentrt.supervisor",
     "ReplicaStatus": "agentrt.supervisor",
+    "StandbyStatus": "agentrt.supervisor",
     "Supervisor": "agentrt.supervisor",
 }
 
@@ -164,6 +166,7 @@ __all__ = [
     "Run",
     "RunResult",
     "RunSpec",
+    "StandbyStatus",
     "StartupError",
     "Supervisor",
     "SupervisorClosed",

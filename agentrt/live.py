@@ -6,7 +6,9 @@ few counters on the loop, and the drawing is done by rich's refresh thread
 from a snapshot taken under a lock.  Logs printed through :func:`console_stream`
 appear above the live region instead of garbling it.
 
-An agent's row shows, beside its running task, the subagent and tool calls
+An agent's row shows its replicas' states and, where it keeps one
+(``standby = true``), its standby's (``+standby ready``, from
+``sup.standbys()`` sampled with the status); beside its running task, the subagent and tool calls
 in flight for its tasks (nested ones too), from ``call_started`` /
 ``call_finished``: each target with how long its oldest call has run, a
 count when it has several (``tool:search x3 1.2s``).  A call goes to the
@@ -56,7 +58,7 @@ from agentrt.protocol import summarize
 from agentrt.supervisor import Who
 
 if TYPE_CHECKING:
-    from agentrt.supervisor import ReplicaStatus, RunEvent, Supervisor
+    from agentrt.supervisor import ReplicaStatus, RunEvent, StandbyStatus, Supervisor
 
 __all__ = ["Action", "ConsoleStream", "Controls", "Keys", "LiveView", "console_stream"]
 
@@ -335,6 +337,7 @@ class LiveView:
         self.clock = clock
         self._lock = threading.Lock()
         self.statuses: list[ReplicaStatus] = []
+        self.standbys: dict[str, StandbyStatus] = {}  # agent -> its standby
         self.total = total
         self.finished: set[str] = set()
         self.failed: set[str] = set()
@@ -364,6 +367,12 @@ class LiveView:
         snap = list(statuses)
         with self._lock:
             self.statuses = snap
+
+    def set_standbys(self, standbys: Iterable[StandbyStatus]) -> None:
+        """The agents' standbys (those that have one)."""
+        snap = {st.agent: st for st in standbys}
+        with self._lock:
+            self.standbys = snap
 
     def set_control(self, approvals: Iterable[_Pending], paused: Iterable[str]) -> None:
         """The requests waiting for approval (oldest first) and what is paused."""
@@ -480,6 +489,7 @@ class LiveView:
     def render(self) -> RenderableType:
         with self._lock:
             statuses = list(self.statuses)
+            standbys = dict(self.standbys)
             running = {a: dict(t) for a, t in self.running.items()}
             total = self.total
             done = len(self.finished | self.skipped)
@@ -528,6 +538,10 @@ class LiveView:
                 if i:
                     state.append(" ")
                 state.append(f"{st}" + (f" x{n}" if n > 1 else ""), _STATE_STYLE.get(st, ""))
+            standby = standbys.get(name)
+            if standby is not None:
+                state.append(" +standby ", "dim")
+                state.append(standby.state, _STATE_STYLE.get(standby.state, ""))
             pids = [str(s.pid) for s in reps if s.pid is not None]
             pid_text = ",".join(pids[:4]) + (f",+{len(pids) - 4}" if len(pids) > 4 else "")
             cpus = [s.cpu_percent for s in reps if s.cpu_percent is not None]
@@ -665,6 +679,8 @@ class LiveView:
     async def _sample_once(self, sup: Supervisor) -> None:
         with contextlib.suppress(Exception):
             self.set_status(await sup.status())
+        with contextlib.suppress(Exception):
+            self.set_standbys(sup.standbys())
         with contextlib.suppress(Exception):
             self.set_control(sup.approvals(), sup.paused())
 

@@ -19,7 +19,7 @@ from agentrt.supervisor.events import RunEvent
 from agentrt.supervisor.facade import CallReport, RunLink, Supervisor
 from agentrt.supervisor.ledger import RunHost
 from agentrt.supervisor.oversight import Approver, AuditEntry, Decision, PendingApproval, Who
-from agentrt.supervisor.pool import ReplicaStatus
+from agentrt.supervisor.pool import ReplicaStatus, StandbyStatus
 
 __all__ = [
     "Approver",
@@ -31,6 +31,7 @@ __all__ = [
     "RunEvent",
     "RunHost",
     "RunLink",
+    "StandbyStatus",
     "Supervisor",
     "Who",
 ]

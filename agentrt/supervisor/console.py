@@ -37,7 +37,7 @@ from agentrt.supervisor.events import EventHub
 from agentrt.supervisor.holds import Holds
 from agentrt.supervisor.ledger import RunHost
 from agentrt.supervisor.oversight import Approvals, Audit, PendingApproval, Who
-from agentrt.supervisor.pool import Agent, Pool, ReplicaStatus
+from agentrt.supervisor.pool import Agent, Pool, ReplicaStatus, standby_status
 
 __all__ = ["Console"]
 
@@ -290,10 +290,5 @@ class Console:
 def _standby_view(agent: Agent) -> dict[str, Any] | None:
     """The agent's standby (``standby = true``): its pid and ``starting``,
     ``ready`` or ``paused``; None when it has none now."""
-    proc = agent.standby
-    if proc is not None and proc.alive:
-        return {"pid": proc.pid, "state": "paused" if proc.thaw is not None else "ready"}
-    if agent.standby_task is not None:
-        starting = [p for p in agent.standby_procs if p.alive and not p.said_ready]
-        return {"pid": starting[0].pid if starting else None, "state": "starting"}
-    return None
+    st = standby_status(agent)
+    return None if st is None else {"pid": st.pid, "state": st.state}

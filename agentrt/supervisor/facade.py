@@ -74,7 +74,7 @@ from agentrt.supervisor.oversight import (
     Who,
     denied,
 )
-from agentrt.supervisor.pool import Agent, Pool, ReplicaStatus, Slot
+from agentrt.supervisor.pool import Agent, Pool, ReplicaStatus, Slot, StandbyStatus
 from agentrt.supervisor.requests import Requests, new_budget
 from agentrt.supervisor.tree import Tree
 
@@ -1002,6 +1002,12 @@ class Supervisor:
     async def status(self) -> list[ReplicaStatus]:
         """A snapshot per replica: state, pid, restarts, in-flight, RSS and CPU %."""
         return await self._pool.status()
+
+    def standbys(self) -> list[StandbyStatus]:
+        """Each agent's standby (``standby = true``), of those that have one
+        now: its pid and ``starting``, ``ready`` or ``paused``.  A standby is
+        not a replica: :meth:`status` does not list it."""
+        return self._pool.standbys()
 
 
 #: events ``agentrt ctl tail`` can show from before it connected

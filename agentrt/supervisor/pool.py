@@ -110,6 +110,15 @@ class ReplicaStatus(msgspec.Struct, kw_only=True):
     node: str | None = None
 
 
+class StandbyStatus(msgspec.Struct, kw_only=True):
+    """An agent's standby (``standby = true``): ``starting`` (its pid None
+    until launched), ``ready`` or ``paused``."""
+
+    agent: str
+    pid: int | None
+    state: str
+
+
 @dataclass(eq=False, slots=True)
 class Slot:
     """One replica position of an agent: the process in it changes, the slot stays."""
@@ -1139,6 +1148,10 @@ class Pool:
         slots = [s for a in self.agents.values() for s in a.slots]
         return await asyncio.to_thread(_status_sync, slots)
 
+    def standbys(self) -> list[StandbyStatus]:
+        """Each agent's standby, of those that have one now."""
+        return [st for a in self.agents.values() if (st := standby_status(a)) is not None]
+
     async def _limits_watchdog(self) -> None:
         """Hold each replica's tree to its memory and CPU time limits (see
         ``watchdog``), and each standby's: a standby has run the agent's import,
@@ -1164,6 +1177,19 @@ class Pool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def standby_status(agent: Agent) -> StandbyStatus | None:
+    """The agent's standby now; None when it has none."""
+    proc = agent.standby
+    if proc is not None and proc.alive:
+        state = "paused" if proc.thaw is not None else "ready"
+        return StandbyStatus(agent=agent.name, pid=proc.pid, state=state)
+    if agent.standby_task is not None:
+        starting = [p for p in agent.standby_procs if p.alive and not p.said_ready]
+        pid = starting[0].pid if starting else None
+        return StandbyStatus(agent=agent.name, pid=pid, state="starting")
+    return None
 
 
 #: seconds after a standby took a replica's place before the next is made

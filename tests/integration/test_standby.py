@@ -17,7 +17,7 @@ import msgspec
 import psutil
 import pytest
 
-from agentrt import AgentFailed, Limits, ToolSpec, _linux
+from agentrt import AgentFailed, Limits, StandbyStatus, ToolSpec, _linux
 from agentrt.supervisor import pool
 
 E = "standby_agents"
@@ -70,8 +70,10 @@ async def test_a_paused_agents_standby_is_frozen_until_resume_then_takes_a_place
         await sup.start(agent_spec("s", "standby_spin:who", standby=True))
         pid = (await logs.wait_for("standby_ready", agent="s"))["pid"]
         replica = await sup.call("s")
+        assert sup.standbys() == [StandbyStatus(agent="s", pid=pid, state="ready")]
         assert await sup.pause("s") == ["s#0"]
         assert logs.find("standby_paused", agent="s", pid=pid)
+        assert sup.standbys() == [StandbyStatus(agent="s", pid=pid, state="paused")]
         before = _cpu(pid)
         await asyncio.sleep(0.5)
         assert _cpu(pid) - before < 0.05  # its import's thread stopped with it

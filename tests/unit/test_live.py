@@ -14,7 +14,7 @@ from rich.console import Console
 
 from agentrt.errors import ControlError
 from agentrt.live import Keys, LiveView
-from agentrt.supervisor import ReplicaStatus, RunEvent
+from agentrt.supervisor import ReplicaStatus, RunEvent, StandbyStatus
 from agentrt.supervisor.oversight import API, PendingApproval
 
 NOW = 1_700_000_010.0
@@ -336,6 +336,20 @@ def test_paused_replicas_and_a_paused_run_are_shown() -> None:
     buf = io.StringIO()
     Console(file=buf, force_terminal=True, width=160, color_system="standard").print(view.render())
     assert "\x1b[35mpaused x2" in buf.getvalue()  # magenta
+
+
+def test_an_agents_standby_is_shown_on_its_row_with_its_state() -> None:
+    view = _view()
+    assert "standby" not in _text(view)
+    view.set_standbys([StandbyStatus(agent="hub", pid=21, state="ready")])
+    text = _text(view)
+    assert "busy +standby ready" in _row(text, "hub") and "standby" not in _row(text, "leaf")
+    view.set_standbys([StandbyStatus(agent="hub", pid=21, state="paused")])
+    buf = io.StringIO()
+    Console(file=buf, force_terminal=True, width=160, color_system="standard").print(view.render())
+    assert "+standby \x1b[0m\x1b[35mpaused" in buf.getvalue()  # magenta, as a paused replica
+    view.set_standbys([])  # it took a dead replica's place: none until the next is made
+    assert "standby" not in _text(view)
 
 
 def test_the_footer_shows_the_keys_only_while_they_are_read() -> None:
