@@ -124,8 +124,9 @@ class ReplicaHost:
         self._base = tempfile.mkdtemp(prefix=_BASE_PREFIX)
         try:
             self._base_fd = _own(self._base)
-            remove_abandoned(os.path.dirname(self._base))
             pid = self._start(boot, preload, host, port, token)
+            # (while the replica boots: the sweep does not delay its start)
+            remove_abandoned(os.path.dirname(self._base))
         except BaseException:
             if self._proc is not None:
                 self._proc.kill()
