@@ -53,8 +53,29 @@ def _convert_error(exc: msgspec.ValidationError, prefix: str, tp: Any) -> Config
     if m4:
         path = f"{path}.{m4.group(1)}" if path else m4.group(1)
         text = "required key is missing"
+    if re.match(r"^Invalid enum value ", text) and path:
+        parent, _, key = path.rpartition(".")
+        owner = _struct_at(tp, parent)
+        choices = _choices(owner, key) if owner is not None else []
+        if choices:
+            text += f"; expected {', '.join(choices[:-1])} or {choices[-1]}"
     full = ".".join(p for p in (prefix, path) if p)
     return ConfigError(full, text[:1].lower() + text[1:])
+
+
+def _choices(owner: Any, key: str) -> list[str]:
+    """The values field ``key`` of struct ``owner`` takes, as a config writes
+    them, where its type is a choice (a ``Literal``, with ``bool``)."""
+    hints = {f.name: f.type for f in msgspec.structs.fields(owner)}
+    out: list[str] = []
+    for cand in getattr(hints.get(key), "__args__", ()):
+        if cand is bool:
+            out += ["true", "false"]
+        elif typing.get_origin(cand) is typing.Literal:
+            out += [f'"{v}"' for v in typing.get_args(cand)]
+    if typing.get_origin(hints.get(key)) is typing.Literal:
+        out = [f'"{v}"' for v in typing.get_args(hints[key])]
+    return out
 
 
 def _struct_at(tp: Any, path: str) -> Any:

@@ -56,6 +56,8 @@ RayStrategy = Literal["SPREAD", "DEFAULT"]
 OnAgentFailure = Literal["stop", "continue"]
 #: ``"required"``: every call waits for a person's (or the approver's) yes
 Approval = Literal["none", "required"]
+#: ``"auto"``: a standby from the agent's first restart on
+Standby = bool | Literal["auto"]
 
 
 @functools.cache
@@ -304,8 +306,9 @@ class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: ``"required"``: every call to it (a task, a subagent call) waits for approval
     approval: Approval = "none"
     #: keep one more process ready (confined, its entry imported) to take the
-    #: place of the next replica that dies: served at once, not started then
-    standby: bool = False
+    #: place of the next replica that dies: served at once, not started then;
+    #: ``"auto"``: from the first time one of its replicas is restarted on
+    standby: Standby = False
 
     _BOUNDS = {
         "replicas": (1, 10_000),

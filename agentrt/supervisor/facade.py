@@ -397,14 +397,15 @@ class Supervisor:
         if spec.name in pool.agents:
             raise ConfigError(f"agents.{spec.name}", "an agent of that name is already running")
         limit = self.spec.max_agents if self.spec.max_agents is not None else default_max_agents()
-        # (a standby is one more process of its agent, on this machine)
+        # (a standby is one more process of its agent, on this machine; one of
+        # "auto" is counted from the start, as it may be made at any restart)
         local = self.spec.backend == "local"
         live = sum(
-            len(a.slots) + (local and a.spec.standby and not a.standby_off)
+            len(a.slots) + (local and bool(a.spec.standby) and not a.standby_off)
             for a in pool.agents.values()
             if a.failed is None
         )
-        wanted = spec.replicas + (local and spec.standby)
+        wanted = spec.replicas + (local and bool(spec.standby))
         if live + wanted > limit:
             raise BudgetExceeded(
                 f"starting {spec.replicas} replica(s) of {spec.name!r}"

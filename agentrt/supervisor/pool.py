@@ -212,6 +212,15 @@ class Agent:
     standby_reaping: set[asyncio.Task[None]] = field(default_factory=set)
     #: no more standbys: one failed, or the agent is stopping
     standby_off: bool = False
+    #: ``standby = "auto"``: one of its replicas was restarted, so it keeps one now
+    standby_due: bool = False
+
+    @property
+    def wants_standby(self) -> bool:
+        """Whether it keeps a standby now (``standby = true``, or ``"auto"``
+        once one of its replicas was restarted)."""
+        want = self.spec.standby
+        return want is True or (want == "auto" and self.standby_due)
 
     def held_now(self) -> float:
         """Seconds its queue has stood still so far, the pause going on counted."""
@@ -500,7 +509,8 @@ class Pool:
 
     def keep_standby(self, agent: Agent) -> None:
         """Start the agent's standby in the background, where it keeps one
-        (``standby = true``, local replicas) and has none.
+        (``standby = true``, or ``"auto"`` after a restart; local replicas)
+        and has none.
 
         A standby is a replica of the agent made ahead of need: launched,
         confined, limited and its entry imported as any, it says Ready and
@@ -514,7 +524,7 @@ class Pool:
         restart as without one), unless its zygote's death took it.
         """
         if (
-            not agent.spec.standby
+            not agent.wants_standby
             or agent.standby is not None
             or agent.standby_task is not None
             or agent.standby_off
@@ -600,9 +610,16 @@ class Pool:
         before the agent's tools changed: it is stopped, and another made)."""
         agent = slot.agent
         proc = agent.standby
-        if proc is None or slot.first_start is None or not slot.first_start.done():
-            return None
+        if slot.first_start is None or not slot.first_start.done():
+            return None  # a first start
         if slot.stop_requested:
+            return None
+        if proc is None:
+            if agent.spec.standby == "auto" and not agent.standby_due:
+                # A restart: from now on the agent keeps a standby (made once
+                # this replacement has served its first calls, as below).
+                agent.standby_due = True
+                asyncio.get_running_loop().call_later(_STANDBY_AFTER, self.keep_standby, agent)
             return None
         agent.standby = None
         loop = asyncio.get_running_loop()

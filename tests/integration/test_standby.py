@@ -58,6 +58,28 @@ async def test_a_standby_takes_the_place_of_a_dead_replica(
         assert third["pid"] not in (first["pid"], second["pid"])
 
 
+async def test_auto_keeps_a_standby_from_the_first_restart_on(make_supervisor, agent_spec, logs):
+    async with make_supervisor(intensity=10) as sup:
+        await sup.start(agent_spec("s", f"{E}:who", standby="auto"))
+        first = await sup.call("s")
+        assert sup.standbys() == [] and sup._pool.agents["s"].standby_task is None
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        second = await sup.call("s")  # the first restart: started for its slot
+        assert (second["generation"], second["imported_as"]) == ("1", "0")
+        ready = await logs.wait_for("standby_ready", agent="s")  # and a standby made
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("s", {"die": "exit"})
+        third = await sup.call("s")
+        assert (third["pid"], third["generation"], third["imported_as"]) == (
+            ready["pid"],
+            "2",
+            None,
+        )
+        await logs.wait_for("standby_ready", agent="s", standby=2)  # kept from now on
+        assert first["pid"] not in (second["pid"], third["pid"])
+
+
 def _cpu(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system

@@ -100,7 +100,12 @@ def _agent(**kw: object) -> dict[str, object]:
             "agents.echo.spin",
             "at most 10ms",
         ),
-        (_agent(standby="yes"), "agents.echo.standby", "expected `bool`, got `str`"),
+        (_agent(standby="yes"), "agents.echo.standby", 'expected true, false or "auto"'),
+        (
+            _agent(restart="sometimes"),
+            "agents.echo.restart",
+            'expected "permanent", "transient" or "temporary"',
+        ),
     ],
 )
 def test_config_errors_name_the_key_path(doc: dict[str, object], path: str, fragment: str) -> None:
@@ -168,6 +173,9 @@ def test_ray_addresses_in_each_documented_form_are_accepted(address: str) -> Non
 
 def test_standby_is_read_from_a_config_file(tmp_path: Path) -> None:
     cfg_file = tmp_path / "config.toml"
-    cfg_file.write_text('[agents.a]\nentry = "m:f"\nstandby = true\n[agents.b]\nentry = "m:f"\n')
+    cfg_file.write_text(
+        '[agents.a]\nentry = "m:f"\nstandby = true\n[agents.b]\nentry = "m:f"\n'
+        '[agents.c]\nentry = "m:f"\nstandby = "auto"\n'
+    )
     agents = load_config(cfg_file).agents
-    assert (agents["a"].standby, agents["b"].standby) == (True, False)
+    assert (agents["a"].standby, agents["b"].standby, agents["c"].standby) == (True, False, "auto")
