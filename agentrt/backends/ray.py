@@ -125,7 +125,7 @@ class ReplicaHost:
         try:
             self._base_fd = _own(self._base)
             pid = self._start(boot, preload, host, port, token)
-            # (while the replica boots: the sweep does not delay its start)
+            # (while the replica boots: the sweep overlaps its start)
             remove_abandoned(os.path.dirname(self._base))
         except BaseException:
             if self._proc is not None:

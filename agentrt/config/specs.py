@@ -56,7 +56,7 @@ RayStrategy = Literal["SPREAD", "DEFAULT"]
 OnAgentFailure = Literal["stop", "continue"]
 #: ``"required"``: every call waits for a person's (or the approver's) yes
 Approval = Literal["none", "required"]
-#: ``"auto"``: a standby from the agent's first restart on
+#: ``"auto"``: a standby from the first death of one of the agent's replicas on
 Standby = bool | Literal["auto"]
 
 
@@ -307,7 +307,7 @@ class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     approval: Approval = "none"
     #: keep one more process ready (confined, its entry imported) to take the
     #: place of the next replica that dies: served at once, not started then;
-    #: ``"auto"``: from the first time one of its replicas is restarted on
+    #: ``"auto"``: from the first death of one of its replicas on
     standby: Standby = False
 
     _BOUNDS = {
@@ -323,6 +323,9 @@ class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
         _entry(self)
         if self.spin > _MAX_SPIN:
             raise ConfigError("spin", f"must be at most {_MAX_SPIN * 1e3:g}ms, got {self.spin}s")
+        # (an AgentSpec built in Python has not been through the decoder's checks)
+        if type(self.standby) is not bool and self.standby != "auto":
+            raise ConfigError("standby", f'must be true, false or "auto", got {self.standby!r}')
         _above_zero(self, "startup_timeout")
         _above_zero(self, "period")
 

@@ -212,13 +212,13 @@ class Agent:
     standby_reaping: set[asyncio.Task[None]] = field(default_factory=set)
     #: no more standbys: one failed, or the agent is stopping
     standby_off: bool = False
-    #: ``standby = "auto"``: one of its replicas was restarted, so it keeps one now
+    #: ``standby = "auto"``: one of its replicas died, so it keeps one now
     standby_due: bool = False
 
     @property
     def wants_standby(self) -> bool:
         """Whether it keeps a standby now (``standby = true``, or ``"auto"``
-        once one of its replicas was restarted)."""
+        once one of its own replicas died)."""
         want = self.spec.standby
         return want is True or (want == "auto" and self.standby_due)
 
@@ -414,6 +414,12 @@ class Pool:
                     self.dispatch(agent, rescan=True)
                     if standby is not None:
                         proc.flush()  # its Become and first calls, now, in one write
+                    elif agent.standby_due and agent.standby is None:
+                        # ("auto": the first standby once this replacement has
+                        # served its first calls, as after a standby's hand-over)
+                        asyncio.get_running_loop().call_later(
+                            _STANDBY_AFTER, self.keep_standby, agent
+                        )
                     # Its callers are answered from a callback on ``dead``, not
                     # after this task wakes up: two loop turns and the restart's
                     # first steps sooner.
@@ -589,6 +595,7 @@ class Pool:
                 agent=agent.name,
                 pid=proc.pid,
                 reason=str(cause) if cause is not None else "exited",
+                limit=getattr(cause, "limit", None),
                 note="the agent's replicas restart without a standby from now on",
             )
         task = self.spawn(self._reap_standby(agent, proc, again=orphaned))
@@ -615,11 +622,6 @@ class Pool:
         if slot.stop_requested:
             return None
         if proc is None:
-            if agent.spec.standby == "auto" and not agent.standby_due:
-                # A restart: from now on the agent keeps a standby (made once
-                # this replacement has served its first calls, as below).
-                agent.standby_due = True
-                asyncio.get_running_loop().call_later(_STANDBY_AFTER, self.keep_standby, agent)
             return None
         agent.standby = None
         loop = asyncio.get_running_loop()
@@ -743,6 +745,10 @@ class Pool:
             self.requeue_or_fail(
                 slot, cause or AgentCrashed("replica exited", agent=name, exit_code=0)
             )
+            if slot.agent.spec.standby == "auto" and not proc.orphaned():
+                # One of its own replicas ended (not a group restart, not its
+                # zygote's death): it keeps a standby from now on (see _serve).
+                slot.agent.standby_due = True
         return cause
 
     def _said_ready(self, slot: Slot, proc: AgentProcess) -> None:

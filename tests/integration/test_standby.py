@@ -80,6 +80,25 @@ async def test_auto_keeps_a_standby_from_the_first_restart_on(make_supervisor, a
         assert first["pid"] not in (second["pid"], third["pid"])
 
 
+async def test_auto_is_not_set_off_by_a_group_restart_only_by_its_own_death(
+    make_supervisor, agent_spec, logs
+):
+    async with make_supervisor(strategy="one_for_all", intensity=10) as sup:
+        await sup.start(agent_spec("a", f"{E}:who", standby="auto"))
+        await sup.start(agent_spec("b", f"{E}:who"))
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("b", {"die": "exit"})  # a's replica restarts with the group
+        await logs.wait_for("replica_ready", agent="a", generation=1)
+        await logs.wait_for("replica_ready", agent="b", generation=1)
+        assert (await sup.call("a"))["generation"] == "1"
+        assert sup.standbys() == [] and sup._pool.agents["a"].standby_task is None
+        with pytest.raises(Exception, match="exited with code 3"):
+            await sup.call("a", {"die": "exit"})  # its own
+        assert (await sup.call("a"))["generation"] == "2"
+        ready = await logs.wait_for("standby_ready", agent="a")
+        assert sup.standbys() == [StandbyStatus(agent="a", pid=ready["pid"], state="ready")]
+
+
 def _cpu(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
@@ -201,6 +220,7 @@ async def test_a_standby_whose_tree_passes_the_cpu_time_limit_is_killed(
         spinner = psutil.Process(pid).children()[0]
         died = await logs.wait_for("standby_died", agent="s")
         assert died["pid"] == pid
+        assert died["limit"] == "cpu_time"
         assert "past the limit of 0.3s" in died["reason"]  # the watchdog's, not SIGXCPU
         spinner.wait(timeout=5)  # its child ended with it (psutil.TimeoutExpired if not)
         assert not spinner.is_running()

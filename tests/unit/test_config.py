@@ -171,6 +171,12 @@ def test_ray_addresses_in_each_documented_form_are_accepted(address: str) -> Non
     assert (cfg.supervisor.backend, cfg.supervisor.address) == ("ray", address)
 
 
+@pytest.mark.parametrize("value", [1, "yes", "Auto", None])
+def test_standby_from_python_is_checked_as_from_a_config(value: object) -> None:
+    with pytest.raises(ConfigError, match='standby: must be true, false or "auto"'):
+        AgentSpec(name="a", entry="m:f", standby=value)  # type: ignore[arg-type]
+
+
 def test_standby_is_read_from_a_config_file(tmp_path: Path) -> None:
     cfg_file = tmp_path / "config.toml"
     cfg_file.write_text(
