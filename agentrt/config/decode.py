@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from agentrt.config.units import dec_hook
+from agentrt.config.units import choices, dec_hook, say_choices
 from agentrt.errors import ConfigError
 
 __all__ = ["convert_spec"]
@@ -56,26 +56,19 @@ def _convert_error(exc: msgspec.ValidationError, prefix: str, tp: Any) -> Config
     if re.match(r"^Invalid enum value ", text) and path:
         parent, _, key = path.rpartition(".")
         owner = _struct_at(tp, parent)
-        choices = _choices(owner, key) if owner is not None else []
-        if choices:
-            text += f"; expected {', '.join(choices[:-1])} or {choices[-1]}"
+        expected = _choices(owner, key) if owner is not None else ""
+        if expected:
+            text += f"; expected {expected}"
     full = ".".join(p for p in (prefix, path) if p)
     return ConfigError(full, text[:1].lower() + text[1:])
 
 
-def _choices(owner: Any, key: str) -> list[str]:
+def _choices(owner: Any, key: str) -> str:
     """The values field ``key`` of struct ``owner`` takes, as a config writes
-    them, where its type is a choice (a ``Literal``, with ``bool``)."""
+    them; empty where its type is not a choice."""
     hints = {f.name: f.type for f in msgspec.structs.fields(owner)}
-    out: list[str] = []
-    for cand in getattr(hints.get(key), "__args__", ()):
-        if cand is bool:
-            out += ["true", "false"]
-        elif typing.get_origin(cand) is typing.Literal:
-            out += [f'"{v}"' for v in typing.get_args(cand)]
-    if typing.get_origin(hints.get(key)) is typing.Literal:
-        out = [f'"{v}"' for v in typing.get_args(hints[key])]
-    return out
+    values = choices(hints.get(key))
+    return say_choices(values) if values else ""
 
 
 def _struct_at(tp: Any, path: str) -> Any:

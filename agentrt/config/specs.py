@@ -27,6 +27,8 @@ from agentrt.config.units import (
     Grace,
     Seconds,
     _Parser,
+    choices,
+    say_choices,
 )
 from agentrt.errors import ConfigError
 
@@ -73,6 +75,14 @@ def _unit_fields(cls: type) -> tuple[tuple[str, _Parser], ...]:
     return tuple(out)
 
 
+@functools.cache
+def _choice_fields(cls: type) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """``(field, values)`` for each field of a spec class that is a choice."""
+    return tuple(
+        (f.name, values) for f in msgspec.structs.fields(cls) if (values := choices(f.type))
+    )
+
+
 class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Base of every spec: durations and sizes hold plain numbers once built.
 
@@ -98,6 +108,11 @@ class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             setattr(self, name, float(n) if isinstance(n, float) else int(n))
         for name, (lo, hi) in self._BOUNDS.items():
             _within(name, getattr(self, name), lo, hi)
+        # (decoded from a config, the decoder checked these; built in Python, not)
+        for name, values in _choice_fields(type(self)):
+            v = getattr(self, name)
+            if not any(v == c and type(v) is type(c) for c in values):
+                raise ConfigError(name, f"must be {say_choices(values)}, got {v!r}")
         self._check()
 
     def _check(self) -> None:
@@ -323,9 +338,6 @@ class AgentSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
         _entry(self)
         if self.spin > _MAX_SPIN:
             raise ConfigError("spin", f"must be at most {_MAX_SPIN * 1e3:g}ms, got {self.spin}s")
-        # (an AgentSpec built in Python has not been through the decoder's checks)
-        if type(self.standby) is not bool and self.standby != "auto":
-            raise ConfigError("standby", f'must be true, false or "auto", got {self.standby!r}')
         _above_zero(self, "startup_timeout")
         _above_zero(self, "period")
 

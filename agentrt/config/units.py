@@ -1,4 +1,5 @@
-"""Durations and sizes: parsed once, held as float seconds and int bytes.
+"""Durations and sizes: parsed once, held as float seconds and int bytes;
+and the values a choice (a ``Literal``) takes, as a config writes them.
 
 A config may write ``"200us"``, ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"`` or
 ``"512KiB"``, ``"256MiB"``, ``"1GB"``; the decoder (:func:`dec_hook`) turns
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 __all__ = [
     "BRUTAL_KILL",
@@ -24,10 +26,12 @@ __all__ = [
     "Bytes",
     "Grace",
     "Seconds",
+    "choices",
     "dec_hook",
     "parse_duration",
     "parse_grace",
     "parse_size",
+    "say_choices",
 ]
 
 _SIZE_UNITS = {
@@ -159,3 +163,35 @@ def dec_hook(tp: type, obj: Any) -> Any:
     if parse is None:
         raise NotImplementedError(f"no decoder for {tp!r}")
     return tp(parse(obj))
+
+
+def choices(tp: Any) -> tuple[Any, ...]:
+    """The values a choice type takes: a ``Literal``'s, with ``True`` and
+    ``False`` where it is in a union with ``bool`` and ``None`` where with
+    ``None``; empty for a type that is not a choice."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    args = typing.get_args(tp)
+    if not any(typing.get_origin(a) is Literal for a in args):
+        return ()
+    out: list[Any] = []
+    for a in args:
+        if a is bool:
+            out += [True, False]
+        elif a is type(None):
+            out.append(None)
+        elif typing.get_origin(a) is Literal:
+            out += typing.get_args(a)
+        else:
+            return ()  # (a choice or something else: not a choice alone)
+    return tuple(out)
+
+
+def say_choices(values: tuple[Any, ...]) -> str:
+    """``true, false or "auto"``: the values as a config writes them."""
+    shown = [
+        "true" if v is True else "false" if v is False else f'"{v}"'
+        for v in values
+        if v is not None
+    ]
+    return f"{', '.join(shown[:-1])} or {shown[-1]}" if len(shown) > 1 else "".join(shown)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrt import AgentSpec, ConfigError, Limits, load_config, parse_config
+from agentrt import AgentSpec, ConfigError, Limits, Supervisor, load_config, parse_config
 from agentrt.config import parse_duration, parse_size
 
 
@@ -171,10 +171,30 @@ def test_ray_addresses_in_each_documented_form_are_accepted(address: str) -> Non
     assert (cfg.supervisor.backend, cfg.supervisor.address) == ("ray", address)
 
 
-@pytest.mark.parametrize("value", [1, "yes", "Auto", None])
-def test_standby_from_python_is_checked_as_from_a_config(value: object) -> None:
-    with pytest.raises(ConfigError, match='standby: must be true, false or "auto"'):
-        AgentSpec(name="a", entry="m:f", standby=value)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("standby", 1, 'true, false or "auto"'),
+        ("standby", "yes", 'true, false or "auto"'),
+        ("standby", None, 'true, false or "auto"'),
+        ("restart", "sometimes", '"permanent", "transient" or "temporary"'),
+        ("approval", True, '"none" or "required"'),
+    ],
+)
+def test_a_choice_given_from_python_is_checked_as_from_a_config(
+    field: str, value: object, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        AgentSpec(name="a", entry="m:f", **{field: value})  # type: ignore[arg-type]
+    assert info.value.path == field
+    assert str(info.value).endswith(f"must be {expected}, got {value!r}")
+
+
+def test_a_supervisor_built_in_python_names_its_choices_too() -> None:
+    with pytest.raises(ConfigError) as info:
+        Supervisor(strategy="one_for_some")  # type: ignore[arg-type]
+    assert info.value.path == "supervisor.strategy"
+    assert str(info.value).endswith('expected "one_for_one", "one_for_all" or "rest_for_one"')
 
 
 def test_standby_is_read_from_a_config_file(tmp_path: Path) -> None:
