@@ -76,11 +76,15 @@ def _unit_fields(cls: type) -> tuple[tuple[str, _Parser], ...]:
 
 
 @functools.cache
-def _choice_fields(cls: type) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    """``(field, values)`` for each field of a spec class that is a choice."""
-    return tuple(
-        (f.name, values) for f in msgspec.structs.fields(cls) if (values := choices(f.type))
-    )
+def _choice_fields(cls: type) -> tuple[tuple[str, frozenset[tuple[type, Any]], str], ...]:
+    """``(field, {(type, value)}, "the values, as a config writes them")`` for
+    each field of a spec class that is a choice (typed: ``1`` is not ``True``)."""
+    out = []
+    for f in msgspec.structs.fields(cls):
+        values = choices(f.type)
+        if values:
+            out.append((f.name, frozenset((type(v), v) for v in values), say_choices(values)))
+    return tuple(out)
 
 
 class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -109,10 +113,14 @@ class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name, (lo, hi) in self._BOUNDS.items():
             _within(name, getattr(self, name), lo, hi)
         # (decoded from a config, the decoder checked these; built in Python, not)
-        for name, values in _choice_fields(type(self)):
+        for name, allowed, said in _choice_fields(type(self)):
             v = getattr(self, name)
-            if not any(v == c and type(v) is type(c) for c in values):
-                raise ConfigError(name, f"must be {say_choices(values)}, got {v!r}")
+            try:
+                ok = (type(v), v) in allowed
+            except TypeError:  # unhashable: not one of them
+                ok = False
+            if not ok:
+                raise ConfigError(name, f"must be {said}, got {v!r}")
         self._check()
 
     def _check(self) -> None:
