@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.resources
+import stat
 import tomllib
 from collections.abc import Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
+
+import msgspec
 
 from agentrt.config.decode import _convert
 from agentrt.config.specs import SandboxProfile
@@ -51,6 +54,38 @@ def _sandbox_sources(inline: dict[str, Any] | None, dirs: list[Path]) -> list[tu
     return sources
 
 
+#: profile files parsed, by path: the file's (inode, size, mtime) when read, its table
+_parsed: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+_PARSED_MAX = 256
+
+
+def _read_toml(path: Traversable) -> dict[str, Any] | None:
+    """The table in profile file ``path``; None when there is no such file.
+
+    Every agent's start resolves its profile: a file read before and not
+    changed since (same inode, size and modification time) is not read and
+    parsed again.  The table returned is shared: read it, never change it.
+    """
+    if not isinstance(path, Path):  # (package data not on a file system)
+        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+    key = str(path)
+    hit = _parsed.get(key)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    if len(_parsed) >= _PARSED_MAX:
+        _parsed.clear()
+    _parsed[key] = (sig, raw)
+    return raw
+
+
 def _find_raw(
     name: str, sources: list[tuple[str, Any]], start: int, where: str
 ) -> tuple[dict[str, Any], int, str]:
@@ -64,12 +99,12 @@ def _find_raw(
                 return raw, i, ""
             continue
         path: Traversable = src.joinpath(f"{name}.toml")
-        if path.is_file():
-            try:
-                raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"sandboxes.{name}", f"cannot load {path}: {exc}") from None
-            return raw, i, str(path)
+        try:
+            found = _read_toml(path)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"sandboxes.{name}", f"cannot load {path}: {exc}") from None
+        if found is not None:
+            return found, i, str(path)
     known = sorted(sandbox_names([s for _, s in sources if isinstance(s, dict)][:1], []))
     raise ConfigError(
         where, f"no sandbox profile named {name!r} (known: {', '.join(known) or 'none'})"
@@ -139,7 +174,7 @@ def load_sandbox(
     for raw, pname, path in reversed(chain):
         try:
             # each link is validated on its own, so an error names its profile
-            _convert(dict(raw), SandboxProfile, f"sandboxes.{pname}")
+            _profile(raw, f"sandboxes.{pname}")
         except ConfigError as exc:
             if path:
                 raise ConfigError(exc.path, f"{exc.message} (in {path})") from None
@@ -147,5 +182,29 @@ def load_sandbox(
         merged = _merge(merged, raw)
     merged["name"] = name
     merged["extends"] = chain[0][0].get("extends")
-    profile = _convert(merged, SandboxProfile, f"sandboxes.{name}")
+    profile = _profile(merged, f"sandboxes.{name}")
     return profile, sources[first_index][1] == SHIPPED_SANDBOXES
+
+
+#: profiles made from tables before, by the table (and where it was found)
+_profiles: dict[bytes, SandboxProfile] = {}
+
+
+def _profile(table: dict[str, Any], where: str) -> SandboxProfile:
+    """The profile ``table`` describes (a ConfigError at ``where`` if none).
+    The same table gives the same profile without decoding it again: a
+    shared one, that nobody changes (its fields are read, or replaced in a
+    copy)."""
+    try:
+        key = msgspec.msgpack.encode((where, table))
+    except (TypeError, msgspec.EncodeError):  # (not a config's plain values: decoded each time)
+        converted: SandboxProfile = _convert(dict(table), SandboxProfile, where)
+        return converted
+    hit = _profiles.get(key)
+    if hit is not None:
+        return hit
+    profile: SandboxProfile = _convert(dict(table), SandboxProfile, where)
+    if len(_profiles) >= _PARSED_MAX:
+        _profiles.clear()
+    _profiles[key] = profile
+    return profile

@@ -102,6 +102,23 @@ def test_profile_errors_name_the_key(sandboxes: dict, path: str, text: str) -> N
     assert text in info.value.message
 
 
+def test_a_profile_file_is_read_again_once_it_changed(tmp_path: Path) -> None:
+    # (each agent's start resolves its profile: unchanged files are not parsed again)
+    f = tmp_path / "mine.toml"
+    f.write_text('extends = "default"\n[limits]\nmemory = "64MiB"\n')
+    first, _ = load_sandbox("mine", dirs=[tmp_path])
+    assert load_sandbox("mine", dirs=[tmp_path])[0] == first
+    assert first.limits.memory == 64 * 1024**2
+    f.write_text('extends = "default"\n[limits]\nmemory = "128MiB"\nprocesses = 32\n')
+    again, _ = load_sandbox("mine", dirs=[tmp_path])
+    assert (again.limits.memory, again.limits.processes) == (128 * 1024**2, 32)
+    f.unlink()  # gone: the shipped profiles only
+    with pytest.raises(ConfigError, match="no sandbox profile named 'mine'"):
+        load_sandbox("mine", dirs=[tmp_path])
+    (tmp_path / "default.toml").write_text('extends = "default"\nnetwork = "none"\n')
+    assert load_sandbox("default", dirs=[tmp_path])[0].network == "none"  # found first now
+
+
 def test_an_unknown_profile_name_is_an_error_at_the_agent() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"agents": {"a": {"entry": "m:f", "sandbox": "strictt"}}})
