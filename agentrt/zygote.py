@@ -138,10 +138,9 @@ def zygote_main(
         # a fork in progress would hold up.  Exits reported meanwhile do not
         # put the refill off, or a busy pool would never get its spares back.
         now = time.monotonic()
-        refill_at = _last_request + refill_hold_ms(_refill_after_ms, _starts) / 1e3
+        refill_at = max(_last_request + _refill_after_ms / 1e3, _busy_until)
         if len(_spares) < _spare_target:
             if now >= refill_at and not poller.poll(0):
-                _refilled()
                 _fork_spare(sock, encoder, own)
                 continue
             timeout: float | None = max(0.0, refill_at - now) * 1e3
@@ -205,17 +204,12 @@ def _spare_failed() -> None:
     _refill_after_ms = min(_REFILL_MAX_MS, _refill_after_ms * 2)
 
 
-def refill_hold_ms(after_ms: float, starts: int) -> float:
-    """How long after the last request the zygote waits before forking a
-    spare: ``after_ms`` (longer after spares failed), or the cores' time the
-    ``starts`` replicas started since the last refill take to answer,
-    whichever is longer, up to the max."""
-    return min(_REFILL_MAX_MS, max(after_ms, _START_CPU_MS * starts))
-
-
-def _refilled() -> None:
-    global _starts
-    _starts = 0
+def busy_after_start(busy_until: float, now: float) -> float:
+    """Until when the replicas started so far, and one more started ``now``,
+    are expected to keep the cores busy: each for ``_START_CPU_MS``, one
+    after another from ``now`` at the earliest (the time of starts long
+    past has passed), and never more than ``_REFILL_MAX_MS`` ahead."""
+    return min(now + _REFILL_MAX_MS / 1e3, max(busy_until, now) + _START_CPU_MS / 1e3)
 
 
 def _spares_first() -> int:
@@ -236,9 +230,9 @@ def _shrink_spares() -> None:
 def _demand(served_by_spare: bool) -> None:
     """A request came: one no spare was left for doubles the spares kept, up to
     the bound (``[supervisor] spares``)."""
-    global _spare_target, _last_request, _refill_after_ms, _starts
+    global _spare_target, _last_request, _refill_after_ms, _busy_until
     _last_request = time.monotonic()
-    _starts += 1
+    _busy_until = busy_after_start(_busy_until, _last_request)
     if served_by_spare:
         _refill_after_ms = _REFILL_AFTER_MS  # spares work: refill promptly again
     else:
@@ -662,12 +656,13 @@ _REFILL_AFTER_MS = 5.0
 _REFILL_MAX_MS = 1000.0
 _refill_after_ms = _REFILL_AFTER_MS
 #: ms of a core a replica takes from its start (a spare taken, or a fork) to
-#: its first answer, about: the refill waits that long for each replica
-#: started since the last spare was forked, so that spares forked after a
+#: its first answer, about: the refill waits until the replicas started
+#: lately had that each, one after another, so that spares forked after a
 #: burst do not compete for the cores with the burst's replicas
 _START_CPU_MS = 2.0
-#: replicas started since the zygote last forked a spare
-_starts = 0
+#: until when (time.monotonic()) the replicas started lately are expected to
+#: keep the cores busy
+_busy_until = 0.0
 #: no request for this long (s): the spares kept are halved
 _SPARE_IDLE_S = 30.0
 #: the cgroups of each of them that has some

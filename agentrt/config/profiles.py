@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
+import pickle
 import stat
+import time
 import tomllib
 from collections.abc import Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
-
-import msgspec
 
 from agentrt.config.decode import _convert
 from agentrt.config.specs import SandboxProfile
@@ -54,17 +55,21 @@ def _sandbox_sources(inline: dict[str, Any] | None, dirs: list[Path]) -> list[tu
     return sources
 
 
-#: profile files parsed, by path: the file's (inode, size, mtime) when read, its table
-_parsed: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+#: profile files parsed, by path: the file's (device, inode, size, mtime,
+#: ctime) when read, its table
+_parsed: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {}
 _PARSED_MAX = 256
+#: a file is cached once it was last changed this long ago (ns)
+_SETTLED_NS = 2_000_000_000
 
 
 def _read_toml(path: Traversable) -> dict[str, Any] | None:
     """The table in profile file ``path``; None when there is no such file.
 
     Every agent's start resolves its profile: a file read before and not
-    changed since (same inode, size and modification time) is not read and
-    parsed again.  The table returned is shared: read it, never change it.
+    changed since (same device, inode, size, modification and change times)
+    is not read and parsed again.  The table returned is shared: read it,
+    never change it.
     """
     if not isinstance(path, Path):  # (package data not on a file system)
         return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -74,15 +79,18 @@ def _read_toml(path: Traversable) -> dict[str, Any] | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+    sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     key = str(path)
     hit = _parsed.get(key)
     if hit is not None and hit[0] == sig:
         return hit[1]
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    if len(_parsed) >= _PARSED_MAX:
-        _parsed.clear()
-    _parsed[key] = (sig, raw)
+    # (a file changed in the last seconds could change again within the
+    # clock's tick, its signature the same: kept only once it has settled)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS:
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        _parsed[key] = (sig, raw)
     return raw
 
 
@@ -186,25 +194,25 @@ def load_sandbox(
     return profile, sources[first_index][1] == SHIPPED_SANDBOXES
 
 
-#: profiles made from tables before, by the table (and where it was found)
+#: profiles made from tables before, by the table (and where it was found);
+#: each caller gets a copy (a caller may change the profile it gets)
 _profiles: dict[bytes, SandboxProfile] = {}
 
 
 def _profile(table: dict[str, Any], where: str) -> SandboxProfile:
-    """The profile ``table`` describes (a ConfigError at ``where`` if none).
-    The same table gives the same profile without decoding it again: a
-    shared one, that nobody changes (its fields are read, or replaced in a
-    copy)."""
+    """The profile ``table`` describes (a ConfigError at ``where`` if none);
+    a table decoded before is not validated again."""
     try:
-        key = msgspec.msgpack.encode((where, table))
-    except (TypeError, msgspec.EncodeError):  # (not a config's plain values: decoded each time)
-        converted: SandboxProfile = _convert(dict(table), SandboxProfile, where)
-        return converted
-    hit = _profiles.get(key)
+        # (pickle keeps the values' types apart: a TOML date is not its string)
+        key = pickle.dumps((where, table), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # (not a config's plain values: decoded each time)
+        key = b""
+    hit = _profiles.get(key) if key else None
     if hit is not None:
-        return hit
+        return copy.deepcopy(hit)
     profile: SandboxProfile = _convert(dict(table), SandboxProfile, where)
-    if len(_profiles) >= _PARSED_MAX:
-        _profiles.clear()
-    _profiles[key] = profile
+    if key:
+        if len(_profiles) >= _PARSED_MAX:
+            _profiles.clear()
+        _profiles[key] = copy.deepcopy(profile)
     return profile

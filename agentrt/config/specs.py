@@ -116,7 +116,8 @@ class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name, allowed, said in _choice_fields(type(self)):
             v = getattr(self, name)
             try:
-                ok = (type(v), v) in allowed
+                # (a str subclass, an enum's member say, counts as its str)
+                ok = (type(v), v) in allowed or (isinstance(v, str) and (str, v) in allowed)
             except TypeError:  # unhashable: not one of them
                 ok = False
             if not ok:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,13 @@ def test_a_choice_given_from_python_is_checked_as_from_a_config(
         AgentSpec(name="a", entry="m:f", **{field: value})  # type: ignore[arg-type]
     assert info.value.path == field
     assert str(info.value).endswith(f"must be {expected}, got {value!r}")
+
+
+def test_a_str_subclass_counts_as_its_string() -> None:
+    class Restart(enum.StrEnum):
+        PERMANENT = "permanent"
+
+    assert AgentSpec(name="a", entry="m:f", restart=Restart.PERMANENT).restart == "permanent"
 
 
 def test_a_supervisor_built_in_python_names_its_choices_too() -> None:

@@ -119,6 +119,17 @@ def test_a_profile_file_is_read_again_once_it_changed(tmp_path: Path) -> None:
     assert load_sandbox("default", dirs=[tmp_path])[0].network == "none"  # found first now
 
 
+def test_a_profile_loaded_twice_is_two_profiles_and_a_huge_number_a_config_error() -> None:
+    first, _ = load_sandbox("strict")
+    assert first.env is not None
+    first.env.append("AWS_*")  # (a caller changing its copy)
+    again, _ = load_sandbox("strict")
+    assert again.env is not None and "AWS_*" not in again.env
+    raw = {"x": {"limits": {"memory": 10**30}}}  # (beyond MessagePack's integers)
+    with pytest.raises(ConfigError, match=r"sandboxes\.x\.limits\.memory"):
+        load_sandbox("x", inline=raw)
+
+
 def test_an_unknown_profile_name_is_an_error_at_the_agent() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"agents": {"a": {"entry": "m:f", "sandbox": "strictt"}}})

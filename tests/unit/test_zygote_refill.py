@@ -3,20 +3,32 @@ the replicas it just started still need the cores for their first answer."""
 
 from __future__ import annotations
 
-from agentrt.zygote import _REFILL_AFTER_MS, _REFILL_MAX_MS, _START_CPU_MS, refill_hold_ms
+import pytest
+
+from agentrt.zygote import _REFILL_MAX_MS, _START_CPU_MS, busy_after_start
+
+STEP = _START_CPU_MS / 1e3
 
 
-def test_one_start_waits_the_usual_moment() -> None:
-    # (a death is usually followed by its replacement's request: 5 ms)
-    assert refill_hold_ms(_REFILL_AFTER_MS, 0) == _REFILL_AFTER_MS
-    assert refill_hold_ms(_REFILL_AFTER_MS, 1) == _REFILL_AFTER_MS
+def test_one_start_keeps_the_cores_busy_for_one_replicas_time() -> None:
+    assert busy_after_start(0.0, 100.0) == pytest.approx(100.0 + STEP)
 
 
-def test_a_burst_of_starts_holds_the_refill_for_their_cores_time_up_to_the_max() -> None:
-    assert refill_hold_ms(_REFILL_AFTER_MS, 300) == 300 * _START_CPU_MS
-    assert refill_hold_ms(_REFILL_AFTER_MS, 10_000) == _REFILL_MAX_MS
+def test_a_burst_queues_its_replicas_time_up_to_the_max() -> None:
+    busy = 0.0
+    for _ in range(300):  # all at once
+        busy = busy_after_start(busy, 100.0)
+    assert busy == pytest.approx(100.0 + 300 * STEP)
+    for _ in range(10_000):
+        busy = busy_after_start(busy, 100.0)
+    assert busy == pytest.approx(100.0 + _REFILL_MAX_MS / 1e3)
 
 
-def test_after_spares_failed_the_longer_wait_wins() -> None:
-    assert refill_hold_ms(640.0, 3) == 640.0
-    assert refill_hold_ms(640.0, 400) == 800.0
+def test_starts_long_past_no_longer_count() -> None:
+    # (a burst, then one start now and then: the refill is not held off for good)
+    busy = 0.0
+    for _ in range(1_000):
+        busy = busy_after_start(busy, 100.0)
+    assert busy_after_start(busy, 105.0) == pytest.approx(105.0 + STEP)
+    # (still within the burst's time: queued after it, a second ahead at most)
+    assert busy_after_start(busy, 100.5) == pytest.approx(100.0 + _REFILL_MAX_MS / 1e3 + STEP)
