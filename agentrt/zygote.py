@@ -68,6 +68,7 @@ def zygote_main(
     spare_cgroups: list[str] | None = None,
     fork_hooks: list[dict[str, Callable[[], object]]] | None = None,
     imported: list[str] | None = None,
+    spares_min: int = 0,
 ) -> None:
     """Body of the zygote process.
 
@@ -78,7 +79,9 @@ def zygote_main(
     (:func:`_fork`).
     """
     global _parent, _rundir, _parent_fd, _spare_target, _spare_bound, _spare_cgroups, _zygote
+    global _spares_min
     _parent, _rundir, _spare_bound, _zygote = parent, rundir, spares, os.getpid()
+    _spares_min = spares_min
     _spare_target = _spares_first()
     _spare_cgroups = spare_cgroups or []
     global _name
@@ -213,8 +216,9 @@ def busy_after_start(busy_until: float, now: float) -> float:
 
 
 def _spares_first() -> int:
-    """How many spares the zygote keeps before any demand (and never fewer)."""
-    return min(_spare_bound, _SPARES_FIRST)
+    """How many spares the zygote keeps before any demand (and never fewer):
+    4, or ``[supervisor] spares_min`` where more; never more than the bound."""
+    return min(_spare_bound, max(_SPARES_FIRST, _spares_min))
 
 
 def _shrink_spares() -> None:
@@ -647,6 +651,8 @@ _spares: set[int] = set()
 #: how many spares the zygote keeps now (forked while it is idle), and at most
 _spare_target = 0
 _spare_bound = 0
+#: ``[supervisor] spares_min``
+_spares_min = 0
 #: when the last fork request came (time.monotonic())
 _last_request = 0.0
 #: spares kept before any demand
@@ -776,8 +782,10 @@ class ZygoteClient:
         rundir: str = "",
         spares: int = 0,
         spare_cgroups: list[str] | None = None,
+        spares_min: int = 0,
     ) -> None:
         self.spares = spares
+        self.spares_min = spares_min
         self.spare_cgroups = spare_cgroups or []
         self.preload = preload
         self.sys_path = sys_path
@@ -910,6 +918,7 @@ class ZygoteClient:
                 self.rundir,
                 self.spares,
                 self.spare_cgroups,
+                self.spares_min,
             ]
         )
         exe = os.fsencode(multiprocess.spawn.get_executable())
@@ -1119,7 +1128,9 @@ def _main(
     imported: list[str] | None = None,
 ) -> None:
     """Entry of the zygote interpreter (see :meth:`ZygoteClient.start`)."""
-    fd, preload, sys_path, parent, rundir, spares, spare_cgroups = msgspec.json.decode(args)
+    fd, preload, sys_path, parent, rundir, spares, spare_cgroups, spares_min = msgspec.json.decode(
+        args
+    )
     zygote_main(
         socket.socket(fileno=fd),
         preload,
@@ -1130,6 +1141,7 @@ def _main(
         spare_cgroups,
         fork_hooks,
         imported,
+        spares_min,
     )
 
 

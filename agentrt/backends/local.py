@@ -43,8 +43,9 @@ class ZygoteLauncher:
         may_restart: Callable[[str], bool] | None = None,
         spares: int = 0,
         spare_cgroups: list[str] | None = None,
+        spares_min: int = 0,
     ) -> None:
-        self._args = (preload, sys_path, rundir, spares, spare_cgroups or [])
+        self._args = (preload, sys_path, rundir, spares, spare_cgroups or [], spares_min)
         self.client = ZygoteClient(*self._args)
         # Replicas' deaths noticed as they start to exit (see agentrt.deathwatch).
         watch = DeathWatch()
@@ -199,10 +200,13 @@ def make_launcher(
     may_restart: Callable[[str], bool] | None = None,
     spares: int = 0,
     spare_cgroups: list[str] | None = None,
+    spares_min: int = 0,
 ) -> Launcher:
     """The launcher for ``start_method`` (``may_restart``: whether a dead zygote
     may be replaced; ``rundir``: removed by the zygote if it outlives us;
     ``spare_cgroups``: where the zygote's spares wait in groups of their own)."""
     if method == "zygote":
-        return ZygoteLauncher(preload, sys_path, rundir, may_restart, spares, spare_cgroups)
+        return ZygoteLauncher(
+            preload, sys_path, rundir, may_restart, spares, spare_cgroups, spares_min
+        )
     return MultiprocessLauncher(method, preload, sys_path)

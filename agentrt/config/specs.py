@@ -464,6 +464,9 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
     #: zygote keeps 4 at first, doubles that when a start finds none left,
     #: halves it after 30 s without starts, down to 4 (0: fork on demand)
     spares: int = 4
+    #: spares kept from the start and never fewer, where more than 4 (at most
+    #: ``spares``): a first burst of starts then finds them waiting
+    spares_min: int = 0
     strategy: Strategy = "one_for_one"
     intensity: int = 5
     period: Seconds = 10.0
@@ -491,6 +494,7 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
 
     _BOUNDS = {
         "spares": (0, 1_024),
+        "spares_min": (0, 1_024),
         "intensity": (0, 1_000_000),
         "mailbox": (1, 1_000_000),
         "max_agents": (0, 100_000),
@@ -507,6 +511,11 @@ class SupervisorSpec(_Spec, kw_only=True, forbid_unknown_fields=True):
 
     def _check(self) -> None:
         _above_zero(self, "period")
+        if self.spares_min > self.spares:
+            raise ConfigError(
+                "spares_min",
+                f"must be at most spares ({self.spares}), got {self.spares_min}",
+            )
         if not 0 <= self.ray_num_cpus <= 1024:
             raise ConfigError(
                 "ray_num_cpus", f"must be between 0 and 1024, got {self.ray_num_cpus:g}"

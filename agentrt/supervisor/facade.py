@@ -240,6 +240,7 @@ class Supervisor:
                 self._zygote_may_restart,
                 self.spec.spares,
                 self._boots.spare_cgroups(),
+                self.spec.spares_min,
             )
         rundir = self._boots.rundir
         audit = [os.path.join(rundir, "audit.jsonl")]

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agentrt import Limits, StartupError
+from agentrt import ConfigError, Limits, StartupError, SupervisorSpec
 from agentrt.config import SandboxLimits, SandboxProfile
 
 
@@ -135,6 +135,26 @@ async def test_the_spares_kept_start_at_four_and_double_on_demand_up_to_the_boun
         await healthy(sup)
         assert await client.spares_forked(6) == 6
         assert client.spares_target == 6 and len(_spares()) == 6
+
+
+async def test_spares_min_keeps_that_many_from_the_start_and_a_burst_takes_them(
+    make_supervisor, agent_spec, healthy
+):
+    async with make_supervisor(spares=8, spares_min=6) as sup:
+        client = sup._launcher.client
+        # six before any start (four without spares_min: this would time out)
+        assert await asyncio.wait_for(client.spares_forked(6), 30) == 6
+        assert client.spares_target == 6
+        waiting = {p.pid for p in _spares()}
+        assert len(waiting) == 6
+        await sup.start(agent_spec("echo", "agents:echo", replicas=6))
+        await healthy(sup)
+        assert {st.pid for st in await sup.status()} == waiting  # each was a spare
+
+
+def test_spares_min_above_spares_is_a_config_error_naming_both() -> None:
+    with pytest.raises(ConfigError, match=r"spares_min: must be at most spares \(4\), got 5"):
+        SupervisorSpec(spares_min=5)
 
 
 async def test_a_spare_waits_in_groups_of_its_own_and_renames_them_to_its_replicas(
