@@ -6,10 +6,10 @@ few counters on the loop, and the drawing is done by rich's refresh thread
 from a snapshot taken under a lock.  Logs printed through :func:`console_stream`
 appear above the live region instead of garbling it.
 
-An agent's row shows its replicas' states and, where it keeps one
-(``standby = true``), its standby's (``+standby ready``, from
-``sup.standbys()`` sampled with the status); beside its running task, the subagent and tool calls
-in flight for its tasks (nested ones too), from ``call_started`` /
+An agent's row shows its replicas' states and, where it keeps one, its
+standby's (``+standby ready``, from ``sup.standbys()`` sampled with the
+status); beside its running task, the subagent and tool calls in flight
+for its tasks (nested ones too), from ``call_started`` /
 ``call_finished``: each target with how long its oldest call has run, a
 count when it has several (``tool:search x3 1.2s``).  A call goes to the
 task its event names; else to the agent of its caller, when an in-process

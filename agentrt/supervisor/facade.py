@@ -399,7 +399,7 @@ class Supervisor:
             raise ConfigError(f"agents.{spec.name}", "an agent of that name is already running")
         limit = self.spec.max_agents if self.spec.max_agents is not None else default_max_agents()
         # (a standby is one more process of its agent, on this machine; one of
-        # "auto" is counted from the start, as it may be made at any restart)
+        # "auto" is counted from the start, as it may be made at any death)
         local = self.spec.backend == "local"
         live = sum(
             len(a.slots) + (local and bool(a.spec.standby) and not a.standby_off)

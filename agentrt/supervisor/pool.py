@@ -515,8 +515,8 @@ class Pool:
 
     def keep_standby(self, agent: Agent) -> None:
         """Start the agent's standby in the background, where it keeps one
-        (``standby = true``, or ``"auto"`` after a restart; local replicas)
-        and has none.
+        (``standby = true``, or ``"auto"`` once one of its replicas died;
+        local replicas) and has none.
 
         A standby is a replica of the agent made ahead of need: launched,
         confined, limited and its entry imported as any, it says Ready and
@@ -617,11 +617,9 @@ class Pool:
         before the agent's tools changed: it is stopped, and another made)."""
         agent = slot.agent
         proc = agent.standby
-        if slot.first_start is None or not slot.first_start.done():
-            return None  # a first start
-        if slot.stop_requested:
+        if proc is None or slot.first_start is None or not slot.first_start.done():
             return None
-        if proc is None:
+        if slot.stop_requested:
             return None
         agent.standby = None
         loop = asyncio.get_running_loop()
