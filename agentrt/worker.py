@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from agentrt import _linux, deathwatch, sandbox
+from agentrt import _linux, deathwatch
 from agentrt.context import AgentIO, Context, SyncContext, takes_ctx
 from agentrt.errors import AgentrtError
 from agentrt.protocol import (
@@ -68,7 +68,7 @@ from agentrt.protocol import (
     SupervisorMessage,
     describe_unencodable,
 )
-from agentrt.sandbox.confine import keep_domain_rulesets, kept_rulesets
+from agentrt.sandbox.confine import confine, enter_cgroups, keep_domain_rulesets, kept_rulesets
 from agentrt.sandbox.confine import warm as warm_confinement
 
 __all__ = ["child_main", "exit_code_of"]
@@ -179,7 +179,7 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int, death_fd: int = -1) -> No
     """Everything that must happen before user code runs (``death_fd``: see
     :func:`agentrt.deathwatch.hold`)."""
     # First: everything from here on is accounted.
-    unenforced, memory = sandbox.enter_cgroups(boot)
+    unenforced, memory = enter_cgroups(boot)
     _unenforced.extend(unenforced)
     if memory is not None and (boot.memory is None or not boot.memory_rlimit):
         # the group that was to hold the memory limit could not: the address
@@ -223,7 +223,7 @@ def _isolate(boot: Boot, rfd: int, wfd: int, ofd: int, death_fd: int = -1) -> No
                 os.path.join(boot.cgroups[0], "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC
             )
     # network namespace, workdir, env allowlist, run_as, no_new_privs, Landlock
-    sandbox.confine(boot)
+    confine(boot)
     for k, v in boot.env.items():
         os.environ[k] = v
     # (replicas run in private directories: where the supervisor was started,

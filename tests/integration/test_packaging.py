@@ -144,7 +144,7 @@ def test_wheel_installs_every_module_and_the_shipped_sandbox_profiles(venv: Venv
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)
     assert Path(found["file"]).is_relative_to(venv.path)
-    assert {"agentrt.cli", "agentrt.sandbox.plan", "agentrt.supervisor.facade"} <= set(
+    assert {"agentrt.cli", "agentrt.sandbox.planning", "agentrt.supervisor.facade"} <= set(
         found["modules"]
     )
     assert set(found["profiles"]) >= {"default", "strict", "untrusted"}

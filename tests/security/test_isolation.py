@@ -27,7 +27,7 @@ from agentrt.protocol import Boot
 
 # the modules (the package exports functions of the same names)
 confine_mod = importlib.import_module("agentrt.sandbox.confine")
-plan_mod = importlib.import_module("agentrt.sandbox.plan")
+plan_mod = importlib.import_module("agentrt.sandbox.planning")
 
 CAPS = sb.probe()
 ATTACKS = ("procfd", "ptrace", "abstract", "kill")

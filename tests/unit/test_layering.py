@@ -58,10 +58,10 @@ ALLOWED: dict[str, set[str]] = {
         "llm.shapes",
     },
     "sandbox.probe": set(),
-    "sandbox.plan": {"config", "errors", "sandbox.probe"},
+    "sandbox.planning": {"config", "errors", "sandbox.probe"},
     "sandbox.cgroups": {"sandbox.probe"},
     "sandbox.confine": {"_linux", "protocol", "sandbox.cgroups", "sandbox.probe"},
-    "sandbox": {"sandbox.cgroups", "sandbox.confine", "sandbox.plan", "sandbox.probe"},
+    "sandbox": {"sandbox.cgroups", "sandbox.confine", "sandbox.planning", "sandbox.probe"},
     "worker": {
         "_linux",
         "context",
@@ -285,3 +285,26 @@ def test_dunder_all_matches_the_public_names() -> None:
     assert set(agentrt.__all__) - {"__version__"} == public - modules
     for name in agentrt.__all__:
         assert hasattr(agentrt, name), name
+
+
+def test_replicas_do_not_import_the_supervisors_side() -> None:
+    """The zygote and the worker (what every replica and spawn child imports)
+    leave out the configuration loader, the sandbox planner and the supervisor;
+    ``agentrt.sandbox``'s lazy names still resolve, even after their module
+    was imported by its own name."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib, agentrt.zygote, agentrt.worker\n"
+        "print(sorted(m for m in sys.modules if m.startswith('agentrt')))\n"
+        "importlib.import_module('agentrt.sandbox.planning')\n"
+        "from agentrt import sandbox\n"
+        "print(callable(sandbox.plan), callable(sandbox.explain), sandbox.Plan.__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, resolved = proc.stdout.splitlines()
+    for heavy in ("agentrt.config", "agentrt.sandbox.planning", "agentrt.supervisor"):
+        assert f"'{heavy}'" not in loaded, f"{heavy} imported by a replica: {loaded}"
+    assert "'agentrt.sandbox.confine'" in loaded
+    assert resolved == "True True Plan"
