@@ -114,7 +114,8 @@ def zygote_main(
         except BaseException as exc:
             error = f"preload {name!r} failed: {type(exc).__name__}: {exc}"
             break
-    sock.sendall(encoder.encode(ZygoteHello(os.getpid(), error)))
+    with contextlib.suppress(OSError):  # (the supervisor gone: the loop below says so)
+        sock.sendall(encoder.encode(ZygoteHello(os.getpid(), error)))
     if error:
         os._exit(1)
     agentrt.worker.prepare()
@@ -176,6 +177,8 @@ def zygote_main(
                     data, fds = _linux.recv_with_fds(sock, _DGRAM, 8, flags)
                 except (BlockingIOError, InterruptedError):
                     break
+                except OSError:  # ECONNRESET: it closed with our messages unread
+                    data, fds = b"", []
                 flags = socket.MSG_DONTWAIT
                 if not data:
                     _die(supervisor_gone=True)  # it closed the socket (or exited)
@@ -373,12 +376,15 @@ def _fork_batch(sock: socket.socket, encoder: Any, batch: list[tuple[Fork, list[
             continue
         try:
             _linux.send_with_fds(sock, encoder.encode(Forked(req.req, pid)), [pidfd])
+        except OSError:
+            pass  # the supervisor is gone: the next read says so (and takes them down)
         finally:
             os.close(pidfd)
 
 
 def _fork_failed(sock: socket.socket, encoder: Any, req: Fork, why: str) -> None:
-    sock.sendall(encoder.encode(ForkFailed(req.req, why)))
+    with contextlib.suppress(OSError):  # (the supervisor gone: as in _fork_batch)
+        sock.sendall(encoder.encode(ForkFailed(req.req, why)))
 
 
 def _become_replica(req: Fork, fds: list[int]) -> NoReturn:

@@ -314,3 +314,54 @@ async def test_a_spare_waits_with_its_replicas_workdir_made(make_supervisor, age
         left = {name for name in os.listdir(rundir) if name.startswith("spare-")}
         assert not left & {f"spare-{pid}" for pid in killed}
         assert left == {f"spare-{pid}" for pid in client._ready}
+
+
+def test_a_supervisor_gone_with_the_zygotes_messages_unread_is_cleaned_up_after(
+    tmp_path: Path,
+) -> None:
+    """A supervisor that closes its socket (or dies) before it read what the
+    zygote sent makes the zygote's next read fail with ECONNRESET, not end:
+    the zygote takes its spares down, removes the run directory and exits 0,
+    as at the socket's end, without a traceback."""
+    import select
+    import socket
+    import subprocess
+    import sys
+
+    import msgspec
+
+    from agentrt import _linux
+    from agentrt.protocol import SpareForked, ZygoteReply
+    from agentrt.zygote import _BOOTSTRAP, _ROOT, _SPARES_FIRST
+
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    decoder = msgspec.msgpack.Decoder(ZygoteReply)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    args = msgspec.json.encode([theirs.fileno(), [], [], os.getpid(), str(rundir), 8, [], 0])
+    code = _BOOTSTRAP.format(args=args.decode(), root=_ROOT)
+    with subprocess.Popen(
+        [sys.executable, "-c", code], pass_fds=[theirs.fileno()], stderr=subprocess.PIPE
+    ) as zygote:
+        theirs.close()
+        with ours:
+            # Everything it sends read, but for its last spare's news, which
+            # is only looked at: once it came, the zygote waits, idle.
+            spares = []
+            while len(spares) < _SPARES_FIRST:
+                assert select.select([ours], [], [], 30)[0], "the zygote went quiet"
+                data, fds = _linux.recv_with_fds(ours, 1 << 16, 4, socket.MSG_PEEK)
+                for fd in fds:
+                    os.close(fd)
+                msg = decoder.decode(data)
+                if isinstance(msg, SpareForked):
+                    spares.append(psutil.Process(msg.pid))
+                if len(spares) < _SPARES_FIRST:
+                    for fd in _linux.recv_with_fds(ours, 1 << 16, 4)[1]:
+                        os.close(fd)
+        _, err = zygote.communicate(timeout=30)
+    assert b"Traceback" not in err, err.decode()
+    assert zygote.returncode == 0, err.decode()
+    assert not rundir.exists()
+    _gone, alive = psutil.wait_procs(spares, timeout=10)  # taken down with it
+    assert not alive
