@@ -125,6 +125,14 @@ def test_a_profile_loaded_twice_is_two_profiles_and_a_huge_number_a_config_error
     first.env.append("AWS_*")  # (a caller changing its copy)
     again, _ = load_sandbox("strict")
     assert again.env is not None and "AWS_*" not in again.env
+    # nested too: its structs and their lists are its own
+    mine, _ = load_sandbox("untrusted")
+    assert mine.filesystem is not None and mine.limits.memory is not None
+    mine.filesystem.read.append("/home")
+    mine.limits.memory = 1
+    theirs, _ = load_sandbox("untrusted")
+    assert theirs.filesystem is not None and "/home" not in theirs.filesystem.read
+    assert theirs.limits.memory == 512 * 1024**2
     raw = {"x": {"limits": {"memory": 10**30}}}  # (beyond MessagePack's integers)
     with pytest.raises(ConfigError, match=r"sandboxes\.x\.limits\.memory"):
         load_sandbox("x", inline=raw)
