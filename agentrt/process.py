@@ -155,7 +155,7 @@ class Remote(Protocol):
 
 
 class Launcher(Protocol):
-    """Starts replica processes (the zygote, a ``multiprocess`` start method, Ray).
+    """Starts replica processes (the zygote, fresh interpreters, ``multiprocess``, Ray).
 
     A launcher with ``remote = True`` makes the replica's stream itself
     (``launch`` gets no fds and returns :attr:`Launched.fds`)."""

@@ -1223,6 +1223,22 @@ def _stand_by(boot: Boot, chan: _Channel) -> tuple[Boot, list[Any]]:
     return boot, rest
 
 
+def spawned_main(boot_fd: int, rfd: int, wfd: int, ofd: int) -> NoReturn:
+    """Entry point of a replica started by ``start_method = "spawn"`` (a fresh
+    interpreter, see :class:`agentrt.backends.local.SpawnLauncher`): its Boot
+    is read from ``boot_fd`` (a memfd, closed here), then it is any replica."""
+    try:
+        with os.fdopen(boot_fd, "rb") as f:
+            boot = msgspec.msgpack.decode(f.read(), type=Boot)
+    except Exception as exc:  # (the supervisor wrote it: a bug, said on the stream)
+        with contextlib.suppress(Exception):
+            _Channel(rfd, wfd, 1 << 20).write(
+                StartupFailed(type(exc).__qualname__, f"its Boot could not be read: {exc}", "")
+            )
+        os._exit(EXIT_STARTUP)
+    child_main(boot, rfd, wfd, ofd)
+
+
 def child_main(boot: Boot, rfd: int, wfd: int, ofd: int, death_fd: int = -1) -> NoReturn:
     """Entry point of every replica, whatever started it.  Never returns.
 

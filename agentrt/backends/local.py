@@ -1,9 +1,8 @@
 """The local backend: replica processes on this machine.
 
 ``zygote`` (the default) forks replicas from a preloaded single-threaded
-zygote; ``forkserver``, ``spawn`` and ``fork`` start them through the
-``multiprocess`` package instead (dill pickling, so a closure can be an
-entry when embedding).
+zygote; ``spawn`` starts each in a fresh interpreter of its own; ``forkserver``
+and ``fork`` start them through the ``multiprocess`` package.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from agentrt.process import ExitInfo, Launched, Launcher
 from agentrt.protocol import Boot
 from agentrt.zygote import ZygoteClient
 
-__all__ = ["MultiprocessLauncher", "ZygoteLauncher", "make_launcher"]
+__all__ = ["MultiprocessLauncher", "SpawnLauncher", "ZygoteLauncher", "make_launcher"]
 
 
 class ZygoteLauncher:
@@ -108,7 +107,7 @@ def _mp_child(boot: Boot, conns: list[Any]) -> None:
 
 
 class MultiprocessLauncher:
-    """Replicas started by ``multiprocess`` (``forkserver``, ``spawn`` or ``fork``)."""
+    """Replicas started by ``multiprocess`` (``forkserver`` or ``fork``)."""
 
     remote = False
     deaths = None  # (their deaths are noticed at their pipes' end)
@@ -186,6 +185,103 @@ class MultiprocessLauncher:
         multiprocess.resource_tracker._resource_tracker._stop()
 
 
+#: what a spawned replica's interpreter runs (``-c``): agentrt is imported from
+#: where the supervisor's came from (``-c`` puts the working directory first
+#: on ``sys.path``: an ``agentrt`` there must not answer instead), then the
+#: replica's own path comes from its Boot
+_SPAWN_BOOTSTRAP = """\
+import sys
+sys.path.insert(0, {root!r})
+from agentrt.worker import spawned_main
+sys.path.remove({root!r})
+spawned_main({fds})
+"""
+
+
+class SpawnLauncher:
+    """Replicas started as fresh interpreters (``start_method = "spawn"``).
+
+    Nothing of the supervisor's process is inherited but its environment and
+    the replica's pipes: the interpreter runs agentrt's worker, which reads
+    its Boot from a memfd and imports the agent's entry.  Unlike a
+    ``multiprocess`` spawn child it does not import the supervisor's
+    ``__main__`` again (nor ``multiprocess`` and ``dill``): a script's
+    top-level code runs in the supervisor and where a replica imports its
+    entry, no more, and a replica answers in less than half the time.
+    """
+
+    name = "spawn"
+    remote = False
+    deaths = None  # (their deaths are noticed at their pipes' end)
+
+    def __init__(self, sys_path: list[str]) -> None:
+        self.sys_path = sys_path
+
+    async def start(self) -> None:
+        return None
+
+    async def launch(self, boot: Boot, fds: list[int]) -> Launched:
+        import msgspec
+        import multiprocess.spawn
+        import multiprocess.util
+
+        from agentrt.zygote import _ROOT
+
+        # The fork below blocks the loop for a moment: what is ready runs first
+        # (as in MultiprocessLauncher.launch).
+        await asyncio.sleep(0)
+        if self.sys_path:
+            boot = _with_sys_path(boot, self.sys_path)
+        # (a memfd, not argv, which any user's ps shows, nor a pipe, which
+        # would hold a large Boot back until the child reads it)
+        boot_fd = os.memfd_create("agentrt-boot", os.MFD_CLOEXEC)
+        try:
+            data = msgspec.msgpack.encode(boot)
+            while data:
+                data = data[os.write(boot_fd, data) :]
+            os.lseek(boot_fd, 0, os.SEEK_SET)
+            exe = multiprocess.spawn.get_executable()
+            argv = [
+                exe,
+                *multiprocess.util._args_from_interpreter_flags(),
+                "-c",
+                _SPAWN_BOOTSTRAP.format(root=_ROOT, fds=", ".join(map(str, [boot_fd, *fds]))),
+            ]
+            # From the loop's thread: PR_SET_PDEATHSIG follows the creating thread.
+            pid = multiprocess.util.spawnv_passfds(os.fsencode(exe), argv, [boot_fd, *fds])
+        finally:
+            os.close(boot_fd)
+        pidfd = os.pidfd_open(pid)
+        watch_fd = os.dup(pidfd)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            loop.remove_reader(watch_fd)
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(watch_fd, on_exit)
+
+        async def exited() -> ExitInfo:
+            try:
+                await done
+                # It has exited (its pidfd is readable): the wait only reaps it.
+                try:
+                    _pid, status, usage = await asyncio.to_thread(os.wait4, pid, 0)
+                except ChildProcessError:  # reaped by someone else (a waitpid(-1))
+                    return ExitInfo(None)
+                return ExitInfo.from_status(status, usage.ru_utime + usage.ru_stime)
+            finally:
+                loop.remove_reader(watch_fd)
+                os.close(watch_fd)
+
+        return Launched(pid, pidfd, exited())
+
+    async def close(self) -> None:
+        return None
+
+
 def _with_sys_path(boot: Boot, extra: list[str]) -> Boot:
     import msgspec
 
@@ -209,4 +305,6 @@ def make_launcher(
         return ZygoteLauncher(
             preload, sys_path, rundir, may_restart, spares, spare_cgroups, spares_min
         )
+    if method == "spawn":
+        return SpawnLauncher(sys_path)
     return MultiprocessLauncher(method, preload, sys_path)

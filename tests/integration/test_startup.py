@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -169,7 +170,7 @@ async def test_every_start_method_starts_an_agent_that_answers(method, make_supe
     assert not alive
 
 
-@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+@pytest.mark.parametrize("method", ["forkserver"])
 async def test_close_stops_the_helper_processes_of_multiprocess_start_methods(
     method, make_supervisor, agent_spec
 ):
@@ -185,6 +186,52 @@ async def test_close_stops_the_helper_processes_of_multiprocess_start_methods(
         assert not alive, [p.cmdline() for p in alive]
     finally:
         _stop_multiprocess_helpers()
+
+
+_SPAWNED_SCRIPT = """\
+import asyncio, os, sys
+from agentrt import AgentSpec, Supervisor
+
+with open(os.environ["RUNS"], "a") as f:  # each time this file runs, and as what
+    f.write(__name__ + "\\n")
+
+def agent(x):
+    return {"pid": os.getpid(), "ppid": os.getppid(), "x": x}
+
+async def main():
+    async with Supervisor(start_method="spawn") as sup:
+        await sup.start(AgentSpec(name="a", entry="spawned:agent", replicas=2))
+        got = await asyncio.gather(sup.call("a", {"x": 1}), sup.call("a", {"x": 2}))
+        print(sorted(r["x"] for r in got), len({r["pid"] for r in got}),
+              all(r["ppid"] == os.getpid() for r in got))
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_spawn_starts_fresh_interpreters_that_import_the_entry_and_not_main(
+    tmp_path: Path,
+) -> None:
+    """``start_method = "spawn"``: each replica is a fresh interpreter, a child
+    of the supervisor, that imports its entry's module and nothing of the
+    supervisor's ``__main__`` (a multiprocess spawn child ran the script
+    again as ``__mp_main__``); no helper process is left behind."""
+    (tmp_path / "spawned.py").write_text(_SPAWNED_SCRIPT)
+    runs = tmp_path / "runs.txt"
+    env = {**os.environ, "RUNS": str(runs)}
+    proc = subprocess.run(
+        [sys.executable, "spawned.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "[1, 2] 2 True"
+    # the script as the program, then as the entry's module in each replica
+    assert sorted(runs.read_text().split()) == ["__main__", "spawned", "spawned"]
 
 
 # --- agent output ------------------------------------------------------------------------
