@@ -268,6 +268,12 @@ def _load_entry(entry: str) -> tuple[Any, dict[str, Callable[..., Any]]]:
     # (a preloaded module is taken as it is: import_module is Python code,
     # and in a forked replica every page it touches is copied)
     module = sys.modules.get(mod_name) or importlib.import_module(mod_name)
+    if mod_name == "__main__" and not hasattr(module, attr.partition(".")[0]):
+        raise AttributeError(
+            f"entry {entry!r}: a replica's __main__ is not the supervisor's program; name"
+            " the module that defines it (a script research.py is the module 'research',"
+            ' its start under `if __name__ == "__main__"`)'
+        )
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part)

@@ -114,7 +114,7 @@ def zygote_main(
         except BaseException as exc:
             error = f"preload {name!r} failed: {type(exc).__name__}: {exc}"
             break
-    with contextlib.suppress(OSError):  # (the supervisor gone: the loop below says so)
+    with contextlib.suppress(ConnectionError):  # (the supervisor gone: the loop says so)
         sock.sendall(encoder.encode(ZygoteHello(os.getpid(), error)))
     if error:
         os._exit(1)
@@ -177,7 +177,7 @@ def zygote_main(
                     data, fds = _linux.recv_with_fds(sock, _DGRAM, 8, flags)
                 except (BlockingIOError, InterruptedError):
                     break
-                except OSError:  # ECONNRESET: it closed with our messages unread
+                except ConnectionError:  # ECONNRESET: it closed with our messages unread
                     data, fds = b"", []
                 flags = socket.MSG_DONTWAIT
                 if not data:
@@ -376,14 +376,14 @@ def _fork_batch(sock: socket.socket, encoder: Any, batch: list[tuple[Fork, list[
             continue
         try:
             _linux.send_with_fds(sock, encoder.encode(Forked(req.req, pid)), [pidfd])
-        except OSError:
+        except ConnectionError:
             pass  # the supervisor is gone: the next read says so (and takes them down)
         finally:
             os.close(pidfd)
 
 
 def _fork_failed(sock: socket.socket, encoder: Any, req: Fork, why: str) -> None:
-    with contextlib.suppress(OSError):  # (the supervisor gone: as in _fork_batch)
+    with contextlib.suppress(ConnectionError):  # (the supervisor gone: as in _fork_batch)
         sock.sendall(encoder.encode(ForkFailed(req.req, why)))
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import os
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -185,10 +188,9 @@ class MultiprocessLauncher:
         multiprocess.resource_tracker._resource_tracker._stop()
 
 
-#: what a spawned replica's interpreter runs (``-c``): agentrt is imported from
-#: where the supervisor's came from (``-c`` puts the working directory first
-#: on ``sys.path``: an ``agentrt`` there must not answer instead), then the
-#: replica's own path comes from its Boot
+#: what a spawned replica's interpreter runs (``-c``, with ``-P``: nothing is
+#: put before ``sys.path``): agentrt is imported from where the supervisor's
+#: came from, then the replica's own path comes from its Boot
 _SPAWN_BOOTSTRAP = """\
 import sys
 sys.path.insert(0, {root!r})
@@ -196,18 +198,47 @@ from agentrt.worker import spawned_main
 sys.path.remove({root!r})
 spawned_main({fds})
 """
+#: variables a spawned interpreter may need to start (its loader's, its own),
+#: kept whatever the agent's ``env`` allowlist (which removes them once it runs)
+_START_VARIABLES = ("LD_*", "PYTHONHOME", "PYTHONPATH")
+
+
+def _reap_later(pid: int) -> None:
+    """Collect child ``pid``'s exit on a thread of its own: a spawned replica
+    whose watcher is gone (its loop closed without the supervisor's close)
+    must not stay a zombie."""
+
+    def wait() -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    threading.Thread(target=wait, name=f"agentrt-reap-{pid}", daemon=True).start()
+
+
+def _spawn_env(boot: Boot) -> dict[str, str]:
+    """The environment a spawned replica starts with: only what its ``env``
+    allowlist lets through (and what the interpreter needs to start), so the
+    rest never reaches its memory (``os.environ``'s deletions leave the
+    strings of the process's initial environment in place)."""
+    if boot.env_allow is None:
+        return dict(os.environ)
+    pats = [*boot.env_allow, *_START_VARIABLES]
+    return {k: v for k, v in os.environ.items() if any(fnmatch.fnmatchcase(k, p) for p in pats)}
 
 
 class SpawnLauncher:
     """Replicas started as fresh interpreters (``start_method = "spawn"``).
 
-    Nothing of the supervisor's process is inherited but its environment and
-    the replica's pipes: the interpreter runs agentrt's worker, which reads
-    its Boot from a memfd and imports the agent's entry.  Unlike a
+    Nothing of the supervisor's process is inherited but the replica's pipes
+    and the environment its ``env`` allowlist lets through: the interpreter,
+    in a session of its own from the start, runs agentrt's worker, which
+    reads its Boot from a memfd and imports the agent's entry.  Unlike a
     ``multiprocess`` spawn child it does not import the supervisor's
     ``__main__`` again (nor ``multiprocess`` and ``dill``): a script's
     top-level code runs in the supervisor and where a replica imports its
-    entry, no more, and a replica answers in less than half the time.
+    entry, no more (an entry must name a module: ``__main__`` in a replica
+    is not the supervisor's program), and a replica answers in less than
+    half the time.
     """
 
     name = "spawn"
@@ -221,6 +252,8 @@ class SpawnLauncher:
         return None
 
     async def launch(self, boot: Boot, fds: list[int]) -> Launched:
+        import subprocess
+
         import msgspec
         import multiprocess.spawn
         import multiprocess.util
@@ -241,18 +274,33 @@ class SpawnLauncher:
                 data = data[os.write(boot_fd, data) :]
             os.lseek(boot_fd, 0, os.SEEK_SET)
             exe = multiprocess.spawn.get_executable()
-            argv = [
-                exe,
-                *multiprocess.util._args_from_interpreter_flags(),
-                "-c",
-                _SPAWN_BOOTSTRAP.format(root=_ROOT, fds=", ".join(map(str, [boot_fd, *fds]))),
-            ]
-            # From the loop's thread: PR_SET_PDEATHSIG follows the creating thread.
-            pid = multiprocess.util.spawnv_passfds(os.fsencode(exe), argv, [boot_fd, *fds])
+            code = _SPAWN_BOOTSTRAP.format(root=_ROOT, fds=", ".join(map(str, [boot_fd, *fds])))
+            # From the loop's thread: PR_SET_PDEATHSIG follows the creating
+            # thread.  An exec that fails raises here, with its reason.
+            proc = subprocess.Popen(  # noqa: ASYNC220 (from this thread, see above)
+                [exe, *multiprocess.util._args_from_interpreter_flags(), "-P", "-c", code],
+                executable=exe,
+                stdin=subprocess.DEVNULL,
+                pass_fds=[boot_fd, *fds],
+                env=_spawn_env(boot),
+                start_new_session=True,
+            )
         finally:
             os.close(boot_fd)
-        pidfd = os.pidfd_open(pid)
-        watch_fd = os.dup(pidfd)
+        pid = proc.pid
+        pidfd = watch_fd = -1
+        try:
+            pidfd = os.pidfd_open(pid)
+            watch_fd = os.dup(pidfd)
+        except OSError:  # (EMFILE): no replica it cannot watch
+            for fd in (pidfd, watch_fd):
+                if fd != -1:
+                    os.close(fd)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            proc.returncode = -signal.SIGKILL  # (reaped here, not by Popen)
+            _reap_later(pid)
+            raise
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -264,17 +312,26 @@ class SpawnLauncher:
         loop.add_reader(watch_fd, on_exit)
 
         async def exited() -> ExitInfo:
+            reaped = False
             try:
                 await done
                 # It has exited (its pidfd is readable): the wait only reaps it.
                 try:
                     _pid, status, usage = await asyncio.to_thread(os.wait4, pid, 0)
                 except ChildProcessError:  # reaped by someone else (a waitpid(-1))
+                    reaped = True
                     return ExitInfo(None)
-                return ExitInfo.from_status(status, usage.ru_utime + usage.ru_stime)
+                reaped = True
+                info = ExitInfo.from_status(status, usage.ru_utime + usage.ru_stime)
+                proc.returncode = info.exit_code  # (Popen must not wait for it)
+                return info
             finally:
                 loop.remove_reader(watch_fd)
                 os.close(watch_fd)
+                if not reaped:  # (cancelled: the loop is going away)
+                    # (a returncode, so that Popen does not track it: ours to reap)
+                    proc.returncode = -signal.SIGKILL
+                    _reap_later(pid)
 
         return Launched(pid, pidfd, exited())
 

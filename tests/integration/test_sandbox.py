@@ -8,6 +8,7 @@ supervisor's environment, run as root, use more memory than its cgroup.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import socket
@@ -122,6 +123,31 @@ async def test_env_allowlist_hides_the_supervisors_secrets(
         assert await sup.call("closed", {"name": "AGENTRT_TEST_SECRET"}) is None
         assert await sup.call("closed", {"name": "GIVEN"}) == "1"
         assert await sup.call("closed", {"name": "PATH"}) == os.environ["PATH"]
+
+
+async def test_a_spawned_replica_never_holds_the_secrets_its_allowlist_hides(
+    make_supervisor, agent_spec, monkeypatch
+):
+    """With ``start_method = "spawn"`` the interpreter starts with the allowed
+    variables only: the initial environment block in its memory (what
+    ``/proc/PID/environ`` shows, and what an agent could read from its own
+    stack) has no secret, where removing it from ``os.environ`` would leave
+    the string there."""
+    monkeypatch.setenv("AGENTRT_TEST_SECRET", "sk-hunter2")
+    prof = SandboxProfile(env=["PATH"])
+    async with make_supervisor(start_method="spawn") as sup:
+        await sup.start(agent_spec("open", "sandboxed:env"))
+        await sup.start(agent_spec("closed", "sandboxed:env", sandbox=prof))
+        assert await sup.call("closed", {"name": "AGENTRT_TEST_SECRET"}) is None
+        assert await sup.call("closed", {"name": "PATH"}) == os.environ["PATH"]
+        pids = {st.agent: st.pid for st in await sup.status()}
+        blocks = {
+            a: await asyncio.to_thread(Path(f"/proc/{pid}/environ").read_bytes)
+            for a, pid in pids.items()
+        }
+    assert b"sk-hunter2" in blocks["open"]
+    assert b"sk-hunter2" not in blocks["closed"]
+    assert b"PATH=" in blocks["closed"]
 
 
 @needs_root

@@ -234,6 +234,16 @@ def test_spawn_starts_fresh_interpreters_that_import_the_entry_and_not_main(
     assert sorted(runs.read_text().split()) == ["__main__", "spawned", "spawned"]
 
 
+@pytest.mark.parametrize("method", ["zygote", "spawn"])
+async def test_an_entry_in_main_says_to_name_the_programs_module(
+    method, make_supervisor, agent_spec
+):
+    # (a replica's __main__ is its own interpreter's, not the supervisor's program)
+    async with make_supervisor(start_method=method) as sup:
+        with pytest.raises(StartupError, match="name the module that defines it"):
+            await sup.start(agent_spec("main", "__main__:agent"))
+
+
 # --- agent output ------------------------------------------------------------------------
 
 
