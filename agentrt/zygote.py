@@ -789,9 +789,12 @@ class ZygoteClient:
         spares: int = 0,
         spare_cgroups: list[str] | None = None,
         spares_min: int = 0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.spares = spares
         self.spares_min = spares_min
+        #: the zygote's environment (None: ours), which its replicas inherit
+        self.env = env
         self.spare_cgroups = spare_cgroups or []
         self.preload = preload
         self.sys_path = sys_path
@@ -939,7 +942,10 @@ class ZygoteClient:
         # Started from the loop's thread: PR_SET_PDEATHSIG follows the thread
         # that created the child, so it must be one that lives as long as we do.
         try:
-            self.pid = multiprocess.util.spawnv_passfds(exe, argv, [theirs.fileno()])
+            if self.env is None:
+                self.pid = multiprocess.util.spawnv_passfds(exe, argv, [theirs.fileno()])
+            else:
+                self.pid = _spawn_with_env(exe, argv, theirs.fileno(), self.env)
         finally:
             theirs.close()
         with contextlib.suppress(OSError):
@@ -1110,6 +1116,16 @@ class ZygoteClient:
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
+
+
+def _spawn_with_env(exe: bytes, argv: list[str], fd: int, env: dict[str, str]) -> int:
+    """Start the zygote's interpreter with ``env`` as its whole environment
+    (``fd`` passed to it); its pid, which :func:`_reap_pid` reaps."""
+    import subprocess
+
+    proc = subprocess.Popen(argv, executable=exe, pass_fds=[fd], env=env)
+    proc.returncode = 0  # (ours to reap, not Popen's: see _reap_pid)
+    return proc.pid
 
 
 def _reap_pid(pid: int, grace: float) -> None:

@@ -13,7 +13,7 @@ import fnmatch
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agentrt.deathwatch import DeathWatch
@@ -31,6 +31,14 @@ class ZygoteLauncher:
     OOM, a crash) its replicas die with it, and the next launch starts a new
     zygote, if ``may_restart(why)`` agrees (the supervisor's own restart
     intensity).
+
+    A replica inherits its zygote's memory, the zygote's initial environment
+    block included: removing a variable from ``os.environ`` does not remove
+    its value from there.  So the replicas of agents with an ``env``
+    allowlist are forked from a zygote of their own per allowlist, started
+    (at the first such agent) with only the variables it lets through and
+    those the interpreter needs to start: a secret the allowlist hides is
+    not in their memory at all.
     """
 
     name = "zygote"
@@ -48,35 +56,52 @@ class ZygoteLauncher:
         spares_min: int = 0,
     ) -> None:
         self._args = (preload, sys_path, rundir, spares, spare_cgroups or [], spares_min)
+        #: the zygote of agents without an env allowlist
         self.client = ZygoteClient(*self._args)
+        #: the zygotes of agents with one, by allowlist (started on first use)
+        self.fenced: dict[tuple[str, ...], ZygoteClient] = {}
         # Replicas' deaths noticed as they start to exit (see agentrt.deathwatch).
         watch = DeathWatch()
         self.deaths = watch if watch.on else None
         self._may_restart = may_restart
-        self._restart: asyncio.Future[None] | None = None
+        self._restarts: dict[tuple[str, ...] | None, asyncio.Future[None]] = {}
 
     async def start(self) -> None:
         await self.client.start()
 
-    async def _live(self) -> ZygoteClient:
-        """The running zygote; a new one if the last one died."""
-        while self.client.closed:
-            if self._restart is None or self._restart.done():
-                self._restart = asyncio.ensure_future(self._replace(self.client))
-            await asyncio.shield(self._restart)
-        return self.client
+    def _current(self, key: tuple[str, ...] | None) -> ZygoteClient | None:
+        return self.client if key is None else self.fenced.get(key)
 
-    async def _replace(self, dead: ZygoteClient) -> None:
-        why = f"the zygote (pid {dead.pid}) exited"
-        await dead.close()  # reap it
-        if self._may_restart is not None and not self._may_restart(why):
-            raise RuntimeError(f"{why} and is not restarted (restart intensity)")
-        client = ZygoteClient(*self._args)
+    async def _live(self, key: tuple[str, ...] | None) -> ZygoteClient:
+        """The running zygote for ``key`` (None: the main one; else an env
+        allowlist); a new one if it died, or none was started yet."""
+        while (client := self._current(key)) is None or client.closed:
+            restart = self._restarts.get(key)
+            if restart is None or restart.done():
+                restart = self._restarts[key] = asyncio.ensure_future(self._replace(key, client))
+            await asyncio.shield(restart)
+        return client
+
+    async def _replace(self, key: tuple[str, ...] | None, dead: ZygoteClient | None) -> None:
+        if dead is not None:
+            why = f"the zygote (pid {dead.pid}) exited"
+            await dead.close()  # reap it
+            if self._may_restart is not None and not self._may_restart(why):
+                raise RuntimeError(f"{why} and is not restarted (restart intensity)")
+        if key is None:
+            client = ZygoteClient(*self._args)
+        else:
+            # (spares as the main zygote's, but none kept from the start)
+            client = ZygoteClient(*self._args[:5], 0, _fenced_env(key))
         await client.start()
-        self.client = client
+        if key is None:
+            self.client = client
+        else:
+            self.fenced[key] = client
 
     async def launch(self, boot: Boot, fds: list[int]) -> Launched:
-        client = await self._live()
+        key = None if boot.env_allow is None else tuple(sorted(set(boot.env_allow)))
+        client = await self._live(key)
         pid, pidfd = await client.fork(boot, fds)
         status = client.exit_status(pid)
 
@@ -87,12 +112,13 @@ class ZygoteLauncher:
         return Launched(pid, pidfd, exited(), lambda: not client.alive())
 
     async def close(self) -> None:
-        if self._restart is not None and not self._restart.done():
-            self._restart.cancel()
-            with contextlib.suppress(BaseException):
-                await self._restart
+        for restart in self._restarts.values():
+            if not restart.done():
+                restart.cancel()
+                with contextlib.suppress(BaseException):
+                    await restart
         try:
-            await self.client.close()
+            await asyncio.gather(self.client.close(), *(c.close() for c in self.fenced.values()))
         finally:
             if self.deaths is not None:
                 self.deaths.close()
@@ -215,15 +241,19 @@ def _reap_later(pid: int) -> None:
     threading.Thread(target=wait, name=f"agentrt-reap-{pid}", daemon=True).start()
 
 
-def _spawn_env(boot: Boot) -> dict[str, str]:
-    """The environment a spawned replica starts with: only what its ``env``
-    allowlist lets through (and what the interpreter needs to start), so the
-    rest never reaches its memory (``os.environ``'s deletions leave the
-    strings of the process's initial environment in place)."""
-    if boot.env_allow is None:
-        return dict(os.environ)
-    pats = [*boot.env_allow, *_START_VARIABLES]
+def _fenced_env(allow: Sequence[str]) -> dict[str, str]:
+    """Our environment as a process whose agent has the ``env`` allowlist
+    ``allow`` starts with: what it lets through, and what the interpreter
+    needs to start (the agent's ``confine`` removes those later).  The rest
+    never reaches such a process's memory (``os.environ``'s deletions leave
+    the strings of a process's initial environment in place)."""
+    pats = [*allow, *_START_VARIABLES]
     return {k: v for k, v in os.environ.items() if any(fnmatch.fnmatchcase(k, p) for p in pats)}
+
+
+def _spawn_env(boot: Boot) -> dict[str, str]:
+    """The environment a spawned replica starts with (see :func:`_fenced_env`)."""
+    return dict(os.environ) if boot.env_allow is None else _fenced_env(boot.env_allow)
 
 
 class SpawnLauncher:

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agentrt import LimitExceeded, StartupError, ToolSpec
@@ -125,17 +126,19 @@ async def test_env_allowlist_hides_the_supervisors_secrets(
         assert await sup.call("closed", {"name": "PATH"}) == os.environ["PATH"]
 
 
-async def test_a_spawned_replica_never_holds_the_secrets_its_allowlist_hides(
-    make_supervisor, agent_spec, monkeypatch
+@pytest.mark.parametrize("method", ["zygote", "spawn"])
+async def test_a_replica_never_holds_the_secrets_its_allowlist_hides(
+    method, make_supervisor, agent_spec, monkeypatch
 ):
-    """With ``start_method = "spawn"`` the interpreter starts with the allowed
-    variables only: the initial environment block in its memory (what
-    ``/proc/PID/environ`` shows, and what an agent could read from its own
-    stack) has no secret, where removing it from ``os.environ`` would leave
-    the string there."""
+    """A replica whose profile has an env allowlist starts from a process
+    whose environment held the allowed variables only (a zygote of its own
+    per allowlist, or a spawned interpreter): the initial environment block
+    in its memory (what ``/proc/PID/environ`` shows, and what an agent can
+    read from its own stack with ctypes) has no secret, where removing it
+    from ``os.environ`` would leave the string there."""
     monkeypatch.setenv("AGENTRT_TEST_SECRET", "sk-hunter2")
     prof = SandboxProfile(env=["PATH"])
-    async with make_supervisor(start_method="spawn") as sup:
+    async with make_supervisor(start_method=method) as sup:
         await sup.start(agent_spec("open", "sandboxed:env"))
         await sup.start(agent_spec("closed", "sandboxed:env", sandbox=prof))
         assert await sup.call("closed", {"name": "AGENTRT_TEST_SECRET"}) is None
@@ -148,6 +151,17 @@ async def test_a_spawned_replica_never_holds_the_secrets_its_allowlist_hides(
     assert b"sk-hunter2" in blocks["open"]
     assert b"sk-hunter2" not in blocks["closed"]
     assert b"PATH=" in blocks["closed"]
+
+
+async def test_agents_with_one_allowlist_share_a_zygote_of_their_own(make_supervisor, agent_spec):
+    async with make_supervisor() as sup:
+        await sup.start(agent_spec("open", "sandboxed:env"))
+        await sup.start(agent_spec("a", "sandboxed:env", sandbox=SandboxProfile(env=["PATH"])))
+        await sup.start(agent_spec("b", "sandboxed:env", sandbox=SandboxProfile(env=["PATH"])))
+        await sup.start(agent_spec("c", "sandboxed:env", sandbox=SandboxProfile(env=["LANG"])))
+        parents = {st.agent: psutil.Process(st.pid).ppid() for st in await sup.status()}
+    assert parents["a"] == parents["b"]
+    assert len({parents["open"], parents["a"], parents["c"]}) == 3
 
 
 @needs_root
