@@ -946,6 +946,9 @@ class ZygoteClient:
                 self.pid = multiprocess.util.spawnv_passfds(exe, argv, [theirs.fileno()])
             else:
                 self.pid = _spawn_with_env(exe, argv, theirs.fileno(), self.env)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         with contextlib.suppress(OSError):
@@ -958,6 +961,12 @@ class ZygoteClient:
             async with asyncio.timeout(timeout):
                 hello = await self._hello
         except BaseException:
+            # Killed, not let go: at its socket's end a zygote takes its
+            # supervisor for gone and removes the run directory, which is
+            # still in use when only this zygote failed (a fenced one).
+            if self._pidfd >= 0:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             await self.close()
             raise
         if hello.error:

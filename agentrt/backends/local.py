@@ -65,6 +65,7 @@ class ZygoteLauncher:
         self.deaths = watch if watch.on else None
         self._may_restart = may_restart
         self._restarts: dict[tuple[str, ...] | None, asyncio.Future[None]] = {}
+        self._closed = False
 
     async def start(self) -> None:
         await self.client.start()
@@ -76,6 +77,8 @@ class ZygoteLauncher:
         """The running zygote for ``key`` (None: the main one; else an env
         allowlist); a new one if it died, or none was started yet."""
         while (client := self._current(key)) is None or client.closed:
+            if self._closed:
+                raise RuntimeError("the zygotes are closed")
             restart = self._restarts.get(key)
             if restart is None or restart.done():
                 restart = self._restarts[key] = asyncio.ensure_future(self._replace(key, client))
@@ -84,14 +87,15 @@ class ZygoteLauncher:
 
     async def _replace(self, key: tuple[str, ...] | None, dead: ZygoteClient | None) -> None:
         if dead is not None:
-            why = f"the zygote (pid {dead.pid}) exited"
+            of = "" if key is None else f" of env allowlist {list(key)}"
+            why = f"the zygote{of} (pid {dead.pid}) exited"
             await dead.close()  # reap it
             if self._may_restart is not None and not self._may_restart(why):
                 raise RuntimeError(f"{why} and is not restarted (restart intensity)")
         if key is None:
             client = ZygoteClient(*self._args)
         else:
-            # (spares as the main zygote's, but none kept from the start)
+            # (spares as the main zygote's, but not spares_min: four at first)
             client = ZygoteClient(*self._args[:5], 0, _fenced_env(key))
         await client.start()
         if key is None:
@@ -112,13 +116,18 @@ class ZygoteLauncher:
         return Launched(pid, pidfd, exited(), lambda: not client.alive())
 
     async def close(self) -> None:
-        for restart in self._restarts.values():
+        self._closed = True
+        for restart in list(self._restarts.values()):
             if not restart.done():
                 restart.cancel()
                 with contextlib.suppress(BaseException):
                     await restart
         try:
-            await asyncio.gather(self.client.close(), *(c.close() for c in self.fenced.values()))
+            clients = [self.client, *self.fenced.values()]
+            results = await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
         finally:
             if self.deaths is not None:
                 self.deaths.close()
@@ -224,9 +233,10 @@ from agentrt.worker import spawned_main
 sys.path.remove({root!r})
 spawned_main({fds})
 """
-#: variables a spawned interpreter may need to start (its loader's, its own),
-#: kept whatever the agent's ``env`` allowlist (which removes them once it runs)
-_START_VARIABLES = ("LD_*", "PYTHONHOME", "PYTHONPATH")
+#: variables an interpreter may need to start (its loader's, its own, and
+#: HOME for the user's site-packages), kept whatever the agent's ``env``
+#: allowlist (which removes them from its environment once it runs)
+_START_VARIABLES = ("LD_*", "PYTHONHOME", "PYTHONPATH", "HOME")
 
 
 def _reap_later(pid: int) -> None:
@@ -342,25 +352,26 @@ class SpawnLauncher:
         loop.add_reader(watch_fd, on_exit)
 
         async def exited() -> ExitInfo:
-            reaped = False
+            # (a returncode on every way out, so that Popen never waits for it:
+            # its pid may be another process's once reaped)
+            proc.returncode = -signal.SIGKILL
+            waiting = False
             try:
                 await done
-                # It has exited (its pidfd is readable): the wait only reaps it.
+                # It has exited (its pidfd is readable): the wait only reaps it
+                # (on its thread, which reaps it even if this is cancelled).
+                waiting = True
                 try:
                     _pid, status, usage = await asyncio.to_thread(os.wait4, pid, 0)
                 except ChildProcessError:  # reaped by someone else (a waitpid(-1))
-                    reaped = True
                     return ExitInfo(None)
-                reaped = True
                 info = ExitInfo.from_status(status, usage.ru_utime + usage.ru_stime)
-                proc.returncode = info.exit_code  # (Popen must not wait for it)
+                proc.returncode = info.exit_code
                 return info
             finally:
                 loop.remove_reader(watch_fd)
                 os.close(watch_fd)
-                if not reaped:  # (cancelled: the loop is going away)
-                    # (a returncode, so that Popen does not track it: ours to reap)
-                    proc.returncode = -signal.SIGKILL
+                if not waiting:  # (cancelled first: the loop is going away)
                     _reap_later(pid)
 
         return Launched(pid, pidfd, exited())
