@@ -333,6 +333,9 @@ async def test_cancelling_a_map_cancels_its_calls_in_the_replicas(make_superviso
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await sup.map("m", [{"n": 4}] * 4, method="barrier") == [4] * 4
+        # (a chunk's own end follows its items' answers: one call more, whose
+        # answer comes after them on the replica's stream, and they are in)
+        assert await sup.call("m", {"n": 1}, method="barrier") == 1
         after = [r for r in await sup.status() if r.agent == "m"]
         assert [(r.restarts, r.inflight) for r in after] == [(0, 0)]
 
