@@ -1,7 +1,7 @@
 """The zygote: a single-threaded process that forks agent replicas on request.
 
-It is started once per supervisor as a fresh interpreter (through
-``multiprocess.util.spawnv_passfds``, so it never inherits the supervisor's
+It is started once per supervisor (and once per env allowlist in use) as a
+fresh interpreter (fork and exec, so it never inherits the supervisor's
 threads nor re-imports the user's ``__main__``), imports agentrt and the
 ``preload`` modules, freezes the GC so forked children share those pages,
 and then serves :class:`~agentrt.protocol.Fork` requests on a
@@ -942,10 +942,7 @@ class ZygoteClient:
         # Started from the loop's thread: PR_SET_PDEATHSIG follows the thread
         # that created the child, so it must be one that lives as long as we do.
         try:
-            if self.env is None:
-                self.pid = multiprocess.util.spawnv_passfds(exe, argv, [theirs.fileno()])
-            else:
-                self.pid = _spawn_with_env(exe, argv, theirs.fileno(), self.env)
+            self.pid = _spawn(exe, argv, theirs.fileno(), self.env)
         except BaseException:
             ours.close()
             raise
@@ -1127,9 +1124,10 @@ class ZygoteClient:
             self._pidfd = -1
 
 
-def _spawn_with_env(exe: bytes, argv: list[str], fd: int, env: dict[str, str]) -> int:
-    """Start the zygote's interpreter with ``env`` as its whole environment
-    (``fd`` passed to it); its pid, which :func:`_reap_pid` reaps."""
+def _spawn(exe: bytes, argv: list[str], fd: int, env: dict[str, str] | None) -> int:
+    """Start the zygote's interpreter (``fd`` passed to it; ``env`` its whole
+    environment, None: ours); its pid, which :func:`_reap_pid` reaps.  An
+    exec that fails raises, with its reason."""
     import subprocess
 
     proc = subprocess.Popen(argv, executable=exe, pass_fds=[fd], env=env)

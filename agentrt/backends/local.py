@@ -182,17 +182,8 @@ class MultiprocessLauncher:
                 c.close()
         pidfd = os.pidfd_open(proc.pid)
         # Not multiprocess's sentinel: the replica closes every fd it did not
-        # ask for, that one included.  A pidfd turns readable when it exits.
-        watch_fd = os.dup(pidfd)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def on_exit() -> None:
-            loop.remove_reader(watch_fd)
-            if not done.done():
-                done.set_result(None)
-
-        loop.add_reader(watch_fd, on_exit)
+        # ask for, that one included.
+        done, unwatch = _watch_exit(pidfd)
 
         async def exited() -> ExitInfo:
             try:
@@ -202,8 +193,7 @@ class MultiprocessLauncher:
                 await asyncio.to_thread(proc.join, 5.0)
                 return ExitInfo(proc.exitcode)
             finally:
-                loop.remove_reader(watch_fd)
-                os.close(watch_fd)
+                unwatch()
                 with contextlib.suppress(Exception):
                     proc.close()
 
@@ -328,28 +318,18 @@ class SpawnLauncher:
         finally:
             os.close(boot_fd)
         pid = proc.pid
-        pidfd = watch_fd = -1
+        pidfd = -1
         try:
             pidfd = os.pidfd_open(pid)
-            watch_fd = os.dup(pidfd)
+            done, unwatch = _watch_exit(pidfd)
         except OSError:  # (EMFILE): no replica it cannot watch
-            for fd in (pidfd, watch_fd):
-                if fd != -1:
-                    os.close(fd)
+            if pidfd != -1:
+                os.close(pidfd)
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             proc.returncode = -signal.SIGKILL  # (reaped here, not by Popen)
             _reap_later(pid)
             raise
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def on_exit() -> None:
-            loop.remove_reader(watch_fd)
-            if not done.done():
-                done.set_result(None)
-
-        loop.add_reader(watch_fd, on_exit)
 
         async def exited() -> ExitInfo:
             # (a returncode on every way out, so that Popen never waits for it:
@@ -369,8 +349,7 @@ class SpawnLauncher:
                 proc.returncode = info.exit_code
                 return info
             finally:
-                loop.remove_reader(watch_fd)
-                os.close(watch_fd)
+                unwatch()
                 if not waiting:  # (cancelled first: the loop is going away)
                     _reap_later(pid)
 
@@ -378,6 +357,26 @@ class SpawnLauncher:
 
     async def close(self) -> None:
         return None
+
+
+def _watch_exit(pidfd: int) -> tuple[asyncio.Future[None], Callable[[], None]]:
+    """A future done once the process of ``pidfd`` has exited (the loop reads
+    a copy of the pidfd, which turns readable then), and what ends the watch."""
+    watch_fd = os.dup(pidfd)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        loop.remove_reader(watch_fd)
+        if not done.done():
+            done.set_result(None)
+
+    def unwatch() -> None:
+        loop.remove_reader(watch_fd)
+        os.close(watch_fd)
+
+    loop.add_reader(watch_fd, on_exit)
+    return done, unwatch
 
 
 def _with_sys_path(boot: Boot, extra: list[str]) -> Boot:
