@@ -10,6 +10,7 @@ working directory and cgroups once it is gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from agentrt import _linux, sandbox
 from agentrt.config import AgentSpec, SupervisorSpec, load_sandbox
 from agentrt.control import RUN_PREFIX
 from agentrt.errors import AgentCrashed, AgentDied, LimitExceeded, StartupError
-from agentrt.protocol import Boot
+from agentrt.protocol import AgentMessage, Boot, FrameDecoder
 
 __all__ = ["BootPlanner"]
 
@@ -89,6 +90,20 @@ class BootPlanner:
         if self._cgroups is not None:
             await asyncio.to_thread(self._cgroups.close)
             self._cgroups = None
+
+    def warm(self) -> None:
+        """Do now what the first agent's start would do first, and only once
+        (meant for while the zygote boots): the planner imported, the
+        default sandbox profile resolved and planned, the spec classes'
+        field tables built, the replicas' message decoder made.  Only those
+        caches are kept; what fails is left for that start to report."""
+        with contextlib.suppress(Exception):
+            spec = AgentSpec(name="warm", entry="warm:warm")
+            dirs = [self.base_dir] if self.base_dir is not None else []
+            if isinstance(spec.sandbox, str):
+                prof, _shipped = load_sandbox(spec.sandbox, dirs=dirs, where="warm")
+                sandbox.plan(prof, spec.limits, remote=self.remote)
+            FrameDecoder(AgentMessage)
 
     def plan(self, spec: AgentSpec) -> AgentSpec:
         """Resolve the agent's sandbox profile; refuse or warn about what is unenforced.

@@ -185,7 +185,8 @@ class Supervisor:
             self._events,
         )
         self._launcher: Launcher | None = None
-        self._started = False
+        #: the open in progress or done (every caller of open() awaits this one)
+        self._opening: asyncio.Task[None] | None = None
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
         self._closed_event = asyncio.Event()
@@ -220,10 +221,26 @@ class Supervisor:
         return paths
 
     async def open(self) -> None:
-        """Start the launcher (the zygote, by default)."""
-        if self._started:
+        """Start the launcher (the zygote, by default).
+
+        Idempotent, and safe to call concurrently (``start`` calls it too):
+        every caller waits for the same open; one that failed is tried again
+        by the next call.  Closing (or closed), it raises :class:`SupervisorClosed`."""
+        if self._closing:
+            raise self._closed_error()
+        opening = self._opening
+        if opening is None or (opening.done() and (opening.cancelled() or opening.exception())):
+            opening = self._opening = asyncio.get_running_loop().create_task(self._open())
+            # (retrieved here: its callers may all have been cancelled)
+            opening.add_done_callback(lambda t: t.cancelled() or t.exception())
+        elif opening.done():
             return
-        self._started = True
+        # (a caller cancelled leaves the open to the others, and to close())
+        await asyncio.shield(opening)
+
+    async def _open(self) -> None:
+        if self._closing:
+            raise self._closed_error()
         _linux.raise_nofile_limit()
         self._boots.open()
         launcher: Launcher
@@ -248,7 +265,12 @@ class Supervisor:
             audit.append(os.path.join(self._boots.launch_dir, self.spec.audit_log))
         self._audit.open(*audit)
         try:
-            await launcher.start()
+            starting = asyncio.ensure_future(launcher.start())
+            try:
+                await asyncio.sleep(0)  # (it starts the zygote, and waits for it)
+                self._boots.warm()  # meanwhile, on this core
+            finally:
+                await starting
             # The loop's default executor starts its first thread now, not on
             # a replica's first death (sweeps and clean-ups run there).
             await asyncio.to_thread(int)
@@ -335,7 +357,11 @@ class Supervisor:
             for agent in agents:  # calls a dying replica gave back meanwhile
                 pool.fail_waiting(agent, err)
         finally:
-            # Whatever happened above, the launcher and the run directory go.
+            # Whatever happened above, the launcher and the run directory go
+            # (once an open under way has finished: what it started is closed).
+            if self._opening is not None and not self._opening.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(self._opening)
             if self._control is not None:
                 await self._control.close()
             await pool.close()
@@ -417,6 +443,8 @@ class Supervisor:
                 agent=spec.name,
             )
         await self.open()
+        if self._closing:  # (closed while it opened)
+            raise self._closed_error()
         spec = self._boots.plan(spec)
         agent = pool.add(spec, self._tree.period(spec))
         self._holds.adopt(agent)

@@ -140,6 +140,40 @@ async def test_start_and_submit_after_close_raise_supervisor_closed(make_supervi
         sup.submit("echo")
 
 
+async def test_agents_started_together_before_any_open_share_one_open(make_supervisor, agent_spec):
+    # start() opens the supervisor: several at once wait for the same open
+    # (one zygote), and every agent answers
+    sup = make_supervisor()
+    try:
+        await asyncio.gather(
+            *(sup.start(agent_spec(f"e{i}", "agents:echo", replicas=2)) for i in range(3))
+        )
+        got = await asyncio.gather(*(sup.call(f"e{i}", {"i": i}) for i in range(3)))
+        assert got == [{"i": 0}, {"i": 1}, {"i": 2}]
+        assert len(psutil.Process().children()) == 1  # the zygote
+    finally:
+        await sup.close()
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 4])
+async def test_a_close_while_the_supervisor_opens_stops_what_the_open_started(
+    turns, make_supervisor, agent_spec
+):
+    # closed at some point of the open that a start began (before the zygote
+    # was asked for, or while it boots): the start is refused, nothing is
+    # left running (the leak check), and open() after close refuses too
+    sup = make_supervisor()
+    start = asyncio.ensure_future(sup.start(agent_spec("echo", "agents:echo")))
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await sup.close()
+    with pytest.raises(SupervisorClosed):
+        await start
+    assert "echo" not in sup.agents
+    with pytest.raises(SupervisorClosed):
+        await sup.open()
+
+
 # --- start methods --------------------------------------------------------------------
 
 
