@@ -257,8 +257,10 @@ async def _supervise(
             finished_at=0.0,
             failed_agents={n: e.to_dict() for n, e in failed.items()},
         )
-        if outcome.start_error is not None:
+        if outcome.start_error is not None and not outcome.start_failures:
             result.failed_agents[outcome.start_agent] = outcome.start_error.to_dict()
+        for name, exc in outcome.start_failures.items():
+            result.failed_agents[name] = exc.to_dict()
     else:
         counts: dict[str, int] = {}
         for r in result.tasks.values():
@@ -297,6 +299,8 @@ class _Outcome:
         #: the journal refused the run (locked, changed, unreadable): nothing ran
         self.journal_error: JournalError | None = None
         self.start_agent = ""
+        #: every agent that could not start, in the config's order
+        self.start_failures: dict[str, AgentrtError] = {}
         self.interrupted = False
 
 
@@ -304,9 +308,16 @@ def _skipped_all(cfg: Config, outcome: _Outcome) -> dict[str, TaskResult]:
     """Every task, skipped because an agent could not start (none ran)."""
     if outcome.start_error is None:
         return {}
-    why = f"agent {outcome.start_agent!r} failed to start: {outcome.start_error}"
+    failed = {outcome.start_agent: outcome.start_error, **outcome.start_failures}
+
+    def why(agent: str) -> str:
+        # its own agent's failure where it had one, else the first agent's
+        name = agent if agent in failed else outcome.start_agent
+        return f"agent {name!r} failed to start: {failed[name]}"
+
     return {
-        t.id: TaskResult(id=t.id, status="skipped", reason=why, agent=t.agent) for t in cfg.tasks
+        t.id: TaskResult(id=t.id, status="skipped", reason=why(t.agent), agent=t.agent)
+        for t in cfg.tasks
     }
 
 
@@ -380,14 +391,24 @@ async def _run_tasks(
     try:
         for tool in cfg.tools.values():
             await sup.add_tool(tool)
-        for spec in cfg.agents.values():
-            outcome.start_agent = spec.name
-            await sup.start(spec)
-    except AgentrtError as exc:
-        log.error(
-            "agent_start_failed", agent=outcome.start_agent, error=str(exc), type=type(exc).__name__
+        # The agents start side by side: their replicas come up together, and
+        # the run waits for its slowest agent, not for the sum of them all.
+        started = await asyncio.gather(
+            *(sup.start(spec) for spec in cfg.agents.values()), return_exceptions=True
         )
+    except AgentrtError as exc:
+        log.error("agent_start_failed", agent="", error=str(exc), type=type(exc).__name__)
         outcome.start_error = exc
+        return outcome
+    for name, got in zip(cfg.agents, started, strict=True):
+        if isinstance(got, BaseException) and not isinstance(got, AgentrtError):
+            raise got  # (a bug, or cancelled: not an agent's failure)
+        if isinstance(got, AgentrtError):
+            log.error("agent_start_failed", agent=name, error=str(got), type=type(got).__name__)
+            outcome.start_failures[name] = got
+            if outcome.start_error is None:  # (the first in the config's order)
+                outcome.start_agent, outcome.start_error = name, got
+    if outcome.start_error is not None:
         return outcome
     if sup.control_path is not None:
         log.info(

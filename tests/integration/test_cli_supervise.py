@@ -32,6 +32,14 @@ class CrashSoon:
 
     def __call__(self):
         return os.getpid()
+
+class Broken:
+    # each replica fails before Ready, its agent named
+    def __init__(self):
+        raise RuntimeError("broken: " + os.environ["AGENTRT_AGENT"])
+
+    def __call__(self):
+        return None
 """
 
 
@@ -111,6 +119,41 @@ agent = "echo"
     assert doc["tasks"]["fine"]["status"] == "ok"
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert any(e.get("event") == "replica_died" and e.get("agent") == "crasher" for e in events)
+
+
+def test_every_agent_that_cannot_start_is_named_and_each_task_says_why(tmp_path: Path) -> None:
+    # the agents start side by side: both failures are known, and recorded
+    cfg = _project(
+        tmp_path,
+        """
+[agents.lost]
+entry = "agents:Broken"
+[agents.echo]
+entry = "agents:echo"
+[agents.missing]
+entry = "agents:Broken"
+
+[[tasks]]
+id = "a"
+agent = "echo"
+
+[[tasks]]
+id = "b"
+agent = "missing"
+""",
+    )
+    out = tmp_path / "results.json"
+    proc = _run("supervise", str(cfg), "--output", str(out))
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "failed"
+    assert set(doc["failed_agents"]) == {"lost", "missing"}
+    assert "broken: lost" in doc["failed_agents"]["lost"]["message"]
+    assert "broken: missing" in doc["failed_agents"]["missing"]["message"]
+    a, b = doc["tasks"]["a"], doc["tasks"]["b"]
+    assert a["status"] == b["status"] == "skipped"
+    assert a["reason"].startswith("agent 'lost' failed to start")  # the first in the config
+    assert b["reason"].startswith("agent 'missing' failed to start")  # its own
 
 
 def test_supervise_exits_2_with_the_key_path_on_a_config_error(tmp_path: Path) -> None:
