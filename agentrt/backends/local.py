@@ -13,7 +13,7 @@ import fnmatch
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from agentrt.deathwatch import DeathWatch
@@ -103,8 +103,19 @@ class ZygoteLauncher:
         else:
             self.fenced[key] = client
 
+    def expect(self, allowlists: Iterable[tuple[str, ...]]) -> None:
+        """Agents with these ``env`` allowlists (:func:`allowlist_key`) are
+        about to start: their zygotes start now, in the background, beside
+        the main one.  One that fails is started again at its first launch
+        (which reports the failure if it fails again)."""
+        for key in allowlists:
+            if self._closed or self._current(key) is not None or key in self._restarts:
+                continue
+            early = self._restarts[key] = asyncio.ensure_future(self._replace(key, None))
+            early.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     async def launch(self, boot: Boot, fds: list[int]) -> Launched:
-        key = None if boot.env_allow is None else tuple(sorted(set(boot.env_allow)))
+        key = allowlist_key(boot.env_allow)
         client = await self._live(key)
         pid, pidfd = await client.fork(boot, fds)
         status = client.exit_status(pid)
@@ -239,6 +250,12 @@ def _reap_later(pid: int) -> None:
             os.waitpid(pid, 0)
 
     threading.Thread(target=wait, name=f"agentrt-reap-{pid}", daemon=True).start()
+
+
+def allowlist_key(env_allow: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Which zygote forks the replicas of an agent with this ``env`` allowlist:
+    one per set of patterns (None: no allowlist, the main zygote)."""
+    return None if env_allow is None else tuple(sorted(set(env_allow)))
 
 
 def _fenced_env(allow: Sequence[str]) -> dict[str, str]:

@@ -205,9 +205,12 @@ async def _supervise(
         if trace is not None and not spec.trace_tools:
             # the timeline shows each in-process tool call too
             spec = msgspec.structs.replace(spec, trace_tools=True)
-        async with Supervisor(
+        sup = Supervisor(
             spec, base_dir=cfg.base_dir, approvals=cfg.approvals, models=cfg.models, run_id=resume
-        ) as sup:
+        )
+        # (the zygotes of the agents' env allowlists boot beside the main one)
+        await sup.open(cfg.agents.values())
+        async with sup:
             pump = asyncio.ensure_future(_pump(sup, sinks))
             await asyncio.sleep(0)  # the pump subscribes before anything is emitted
             view = (

@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -104,6 +105,23 @@ class BootPlanner:
                 prof, _shipped = load_sandbox(spec.sandbox, dirs=dirs, where="warm")
                 sandbox.plan(prof, spec.limits, remote=self.remote)
             FrameDecoder(AgentMessage)
+
+    def env_allowlists(self, specs: Iterable[AgentSpec]) -> list[list[str]]:
+        """The ``env`` allowlists of these agents' sandbox profiles (those
+        that have one); an agent whose profile cannot be read is left out
+        (its start says why)."""
+        out: list[list[str]] = []
+        dirs = [self.base_dir] if self.base_dir is not None else []
+        for spec in specs:
+            prof = spec.sandbox
+            if isinstance(prof, str):
+                try:
+                    prof, _shipped = load_sandbox(prof, dirs=dirs, where=f"agents.{spec.name}")
+                except Exception:
+                    continue
+            if prof.env is not None:
+                out.append(list(prof.env))
+        return out
 
     def plan(self, spec: AgentSpec) -> AgentSpec:
         """Resolve the agent's sandbox profile; refuse or warn about what is unenforced.

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from agentrt import _linux
-from agentrt.backends.local import make_launcher
+from agentrt.backends.local import ZygoteLauncher, allowlist_key, make_launcher
 from agentrt.config import (
     AgentSpec,
     ApprovalsSpec,
@@ -187,6 +187,8 @@ class Supervisor:
         self._launcher: Launcher | None = None
         #: the open in progress or done (every caller of open() awaits this one)
         self._opening: asyncio.Task[None] | None = None
+        #: the env allowlists of the agents open() was told of
+        self._expected: set[tuple[str, ...]] = set()
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
         self._closed_event = asyncio.Event()
@@ -220,23 +222,31 @@ class Supervisor:
                 paths.append(p)
         return paths
 
-    async def open(self) -> None:
+    async def open(self, agents: Iterable[AgentSpec] = ()) -> None:
         """Start the launcher (the zygote, by default).
 
-        Idempotent, and safe to call concurrently (``start`` calls it too):
-        every caller waits for the same open; one that failed is tried again
-        by the next call.  Closing (or closed), it raises :class:`SupervisorClosed`."""
+        ``agents``: those about to be started, if known: what they need
+        besides the main zygote (a zygote per ``env`` allowlist) starts
+        beside it, not at their start.  Idempotent, and safe to call
+        concurrently (``start`` calls it too): every caller waits for the
+        same open; one that failed is tried again by the next call.
+        Closing (or closed), it raises :class:`SupervisorClosed`."""
         if self._closing:
             raise self._closed_error()
+        zygote = self.spec.backend == "local" and self.spec.start_method == "zygote"
+        allowlists = self._boots.env_allowlists(agents) if zygote else []
+        expected = {k for a in allowlists if (k := allowlist_key(a)) is not None}
+        self._expected |= expected
         opening = self._opening
         if opening is None or (opening.done() and (opening.cancelled() or opening.exception())):
             opening = self._opening = asyncio.get_running_loop().create_task(self._open())
             # (retrieved here: its callers may all have been cancelled)
             opening.add_done_callback(lambda t: t.cancelled() or t.exception())
-        elif opening.done():
-            return
         # (a caller cancelled leaves the open to the others, and to close())
-        await asyncio.shield(opening)
+        if not opening.done():
+            await asyncio.shield(opening)
+        if expected and isinstance(self._launcher, ZygoteLauncher):
+            self._launcher.expect(expected)  # (those the open started are not started again)
 
     async def _open(self) -> None:
         if self._closing:
@@ -268,6 +278,8 @@ class Supervisor:
             starting = asyncio.ensure_future(launcher.start())
             try:
                 await asyncio.sleep(0)  # (it starts the zygote, and waits for it)
+                if isinstance(launcher, ZygoteLauncher):
+                    launcher.expect(self._expected)
                 self._boots.warm()  # meanwhile, on this core
             finally:
                 await starting

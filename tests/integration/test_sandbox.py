@@ -164,6 +164,23 @@ async def test_agents_with_one_allowlist_share_a_zygote_of_their_own(make_superv
     assert len({parents["open"], parents["a"], parents["c"]}) == 3
 
 
+async def test_open_told_of_its_agents_starts_their_allowlists_zygotes_with_its_own(
+    make_supervisor, agent_spec
+):
+    fenced = agent_spec("a", "sandboxed:env", sandbox=SandboxProfile(env=["PATH"]))
+    same = agent_spec("b", "sandboxed:env", sandbox=SandboxProfile(env=["PATH"]))
+    sup = make_supervisor()
+    await sup.open([fenced, same, agent_spec("open", "sandboxed:env")])
+    async with sup:
+        # at open's return: the main zygote and the allowlist's (one for both)
+        zygotes = {p.pid for p in psutil.Process().children()}
+        assert len(zygotes) == 2
+        await asyncio.gather(sup.start(fenced), sup.start(same))
+        parents = {psutil.Process(st.pid).ppid() for st in await sup.status()}
+        assert len(parents) == 1 and parents < zygotes  # that zygote forked them
+        assert {p.pid for p in psutil.Process().children()} == zygotes
+
+
 @needs_root
 async def test_run_as_drops_to_nobody(make_supervisor, agent_spec):
     nobody = pwd.getpwnam("nobody")
