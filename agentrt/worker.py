@@ -1186,6 +1186,8 @@ def prepare(rehearse: bool = True) -> None:
         keep_domain_rulesets()
         _rehearse()
     gc.collect()
+    if rehearse:
+        _linux.trim_heap()  # (what the imports and the rehearsal freed)
     gc.freeze()
 
 
