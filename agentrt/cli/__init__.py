@@ -33,7 +33,13 @@ assembles the parser and dispatches.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import os
+import sys
+import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 from agentrt import __version__
 from agentrt.cli import bench, ctl, doctor, runs, supervise, trace, validate
@@ -66,8 +72,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def run() -> NoReturn:
+    """The ``agentrt`` command: :func:`main`, then out without the interpreter's
+    teardown.
+
+    Once a command is done, what a normal exit has left to do is free every
+    object of every module imported (60-70 ms here, a fifth of ``agentrt
+    ctl status``), which the kernel does anyway when the process ends.  The
+    exit handlers run and the standard streams are flushed first, as on a
+    normal exit; an exception, or a thread still running that is not a
+    daemon, takes the normal way out.
+    """
+    code = main()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()[1:]):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # (a closed pipe: what is lost is lost)
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``agentrt`` console script."""
+    """The ``agentrt`` command's work (in process: the exit status is returned)."""
     args = _parser().parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "supervise": supervise.command,

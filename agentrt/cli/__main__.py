@@ -1,8 +1,6 @@
 """``python -m agentrt.cli``: the ``agentrt`` command without the console script."""
 
-import sys
-
-from agentrt.cli import main
+from agentrt.cli import run
 
 if __name__ == "__main__":  # importing this module (pkgutil.walk_packages does) runs nothing
-    sys.exit(main())
+    run()

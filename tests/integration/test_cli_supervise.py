@@ -221,6 +221,34 @@ def test_demo_config_runs_and_its_flaky_agent_is_restarted(tmp_path: Path) -> No
     assert os.path.exists(out)
 
 
+_QUICK_EXIT = """
+import atexit, sys
+from agentrt.cli import run
+atexit.register(print, "exit handler ran")  # (stdout a pipe: buffered until flushed)
+sys.argv = ["agentrt", "validate", sys.argv[1]]
+run()
+"""
+
+
+def test_the_command_runs_exit_handlers_and_flushes_its_output_on_its_way_out(
+    tmp_path: Path,
+) -> None:
+    # run() leaves without the interpreter's teardown, not without its exit work
+    cfg = _project(tmp_path, '[agents.echo]\nentry = "agents:echo"\n')
+    proc = subprocess.run(
+        [sys.executable, "-c", _QUICK_EXIT, str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"{cfg}: ok (1 agents, 0 tools, 0 tasks)",
+        "exit handler ran",
+    ]
+
+
 def test_bench_refuses_an_unknown_benchmark_name() -> None:
     proc = _run("bench", "--only", "core,nonsense")
     assert proc.returncode == 2
