@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentrt.sandbox.cgroups import Cgroups
 from agentrt.sandbox.confine import confine, enter_cgroups
-from agentrt.sandbox.probe import SandboxError, landlock_abi, probe
+from agentrt.sandbox.probe import SandboxError, cgroup_probe, landlock_abi, probe
 
 if TYPE_CHECKING:
     from agentrt.sandbox.planning import Plan, explain, plan
@@ -50,6 +50,7 @@ __all__ = [
     "Cgroups",
     "Plan",
     "SandboxError",
+    "cgroup_probe",
     "confine",
     "enter_cgroups",
     "explain",

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from agentrt.sandbox.probe import _mounts, _own_cgroups, _read, probe
+from agentrt.sandbox.probe import _mounts, _own_cgroups, _read, cgroup_probe
 
 __all__ = ["Cgroups", "apply_writes"]
 
@@ -17,7 +17,7 @@ class Cgroups:
     """Per-replica cgroups under ``agentrt-<pid>`` in each writable hierarchy."""
 
     def __init__(self) -> None:
-        cg = probe()["cgroup"]
+        cg = cgroup_probe()
         self.version: int | None = cg["version"]
         self.bases: dict[str, str] = dict(cg["controllers"])
         self.parents: dict[str, str] = {}

@@ -72,26 +72,45 @@ def landlock_abi() -> int:
     return int(rc) if rc > 0 else 0
 
 
-def _fork_check(fn: Any) -> str:
-    """Run ``fn`` in a forked child; '' when it worked, else the error text."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        os.close(r)
-        msg = b""
-        try:
-            fn()
-        except BaseException as exc:
-            msg = str(exc).encode()[:500] or type(exc).__name__.encode()
-        with contextlib.suppress(OSError):
-            os.write(w, msg)
-        os._exit(0)
-    os.close(w)
+def _fork_checks(*fns: Any) -> list[str]:
+    """Run each of ``fns`` in a forked child of its own, the children side by
+    side; for each, '' when it worked, else the error text."""
+    children: list[tuple[int, int]] = []
+    try:
+        for fn in fns:
+            r, w = os.pipe()
+            try:
+                pid = os.fork()
+            except BaseException:
+                os.close(r)
+                os.close(w)
+                raise
+            if pid == 0:  # pragma: no cover - child
+                os.close(r)
+                msg = b""
+                try:
+                    fn()
+                except BaseException as exc:
+                    msg = str(exc).encode()[:500] or type(exc).__name__.encode()
+                with contextlib.suppress(OSError):
+                    os.write(w, msg)
+                os._exit(0)
+            os.close(w)
+            children.append((pid, r))
+    finally:
+        out = [_check_result(pid, r) for pid, r in children]
+    return out
+
+
+def _check_result(pid: int, r: int) -> str:
+    """What a :func:`_fork_checks` child wrote, once it has exited (reaped)."""
     chunks = []
-    while chunk := os.read(r, 4096):
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
+    try:
+        while chunk := os.read(r, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
     return b"".join(chunks).decode(errors="replace")
 
 
@@ -272,8 +291,11 @@ def _read(path: str) -> str:
         return ""
 
 
-def _cgroup_probe() -> dict[str, Any]:
-    """Which cgroup hierarchy this process may create groups in, per controller."""
+@functools.cache
+def cgroup_probe() -> dict[str, Any]:
+    """``probe()["cgroup"]`` alone (cached): files read, no child forked.
+
+    Which cgroup hierarchy this process may create groups in, per controller."""
     own = _own_cgroups()
     mounts = _mounts()
     why: list[str] = []
@@ -336,11 +358,10 @@ def probe() -> dict[str, Any]:
             pidfd = True
         except OSError:
             pass
-    user_err = _fork_check(lambda: _unshare(_CLONE_NEWUSER))
-    mount_err = _fork_check(_try_mount_ns)
-    pid_err = _fork_check(_try_pid_ns)
+    user_err, mount_err, pid_err, net_err = _fork_checks(
+        lambda: _unshare(_CLONE_NEWUSER), _try_mount_ns, _try_pid_ns, _unshare_net
+    )
     net_how: list[str] = []
-    net_err = _fork_check(_unshare_net)
     if not net_err:
         net_how.append("netns" if os.geteuid() == 0 else "userns+netns")
     rl = {}
@@ -363,7 +384,7 @@ def probe() -> dict[str, Any]:
         "cap_sys_admin": has_cap_sys_admin(),
         "interpreter": _interpreter_access(),
         "no_new_privs": True,
-        "cgroup": _cgroup_probe(),
+        "cgroup": cgroup_probe(),
         "rlimits": rl,
         "nproc_enforced": os.geteuid() != 0,
     }

@@ -64,7 +64,8 @@ class BootPlanner:
         self.rundir = tempfile.mkdtemp(prefix=_RUN_PREFIX)
         with open(os.path.join(self.rundir, _OWNER), "w") as f:
             f.write(_linux.process_identity(os.getpid()) or "")
-        if not self.remote and sandbox.probe()["cgroup"]["controllers"]:
+        # (only the cgroup part of the probe: its forked checks are warm()'s)
+        if not self.remote and sandbox.cgroup_probe()["controllers"]:
             # Every replica gets a group of its own where the machine allows
             # (made now: the zygote's spares wait in groups under its parents).
             self._cgroups = sandbox.Cgroups()

@@ -51,6 +51,28 @@ def _leaf_dirs(name: str) -> list[Path]:
     return [Path(base) / f"agentrt-{os.getpid()}" / f"{name}.0.0" for base in CGROUP.values()]
 
 
+def test_the_probes_checks_run_side_by_side_each_answering_for_itself() -> None:
+    from agentrt.sandbox.probe import _fork_checks
+
+    r, w = os.pipe()
+
+    def waits_for_the_next() -> None:  # answered only if the next check runs meanwhile
+        import select
+
+        if not select.select([r], [], [], 10)[0]:
+            raise TimeoutError("the checks ran one after another")
+
+    def refused() -> None:
+        raise PermissionError(1, "refused here")
+
+    try:
+        got = _fork_checks(waits_for_the_next, lambda: os.write(w, b"x"), refused)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert got == ["", "", "[Errno 1] refused here"]
+
+
 # --- network -----------------------------------------------------------------------
 
 
