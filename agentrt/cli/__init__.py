@@ -84,7 +84,8 @@ def run() -> NoReturn:
     daemon, takes the normal way out.
     """
     code = main()
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate()[1:]):
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

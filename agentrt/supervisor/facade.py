@@ -189,6 +189,8 @@ class Supervisor:
         self._opening: asyncio.Task[None] | None = None
         #: the env allowlists of the agents open() was told of
         self._expected: set[tuple[str, ...]] = set()
+        #: callers of open() waiting for it
+        self._open_waiters = 0
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
         self._closed_event = asyncio.Event()
@@ -242,9 +244,22 @@ class Supervisor:
             opening = self._opening = asyncio.get_running_loop().create_task(self._open())
             # (retrieved here: its callers may all have been cancelled)
             opening.add_done_callback(lambda t: t.cancelled() or t.exception())
-        # (a caller cancelled leaves the open to the others, and to close())
         if not opening.done():
-            await asyncio.shield(opening)
+            self._open_waiters += 1
+            try:
+                await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                # the last caller cancelled: the open is too (it undoes what it
+                # started); one cancelled among others leaves it to them
+                if self._open_waiters == 1 and not opening.done():
+                    opening.cancel()
+                    with contextlib.suppress(BaseException):  # (undone before we go on)
+                        await asyncio.wait({opening})
+                raise
+            finally:
+                self._open_waiters -= 1
+        if self._closing:  # (closed while it opened)
+            raise self._closed_error()
         if expected and isinstance(self._launcher, ZygoteLauncher):
             self._launcher.expect(expected)  # (those the open started are not started again)
 
@@ -252,29 +267,31 @@ class Supervisor:
         if self._closing:
             raise self._closed_error()
         _linux.raise_nofile_limit()
-        self._boots.open()
-        launcher: Launcher
-        if self.spec.backend == "ray":
-            from agentrt.backends.ray import RayLauncher
-
-            launcher = RayLauncher(self.spec, self.log)
-        else:
-            launcher = make_launcher(
-                self.spec.start_method,
-                list(self.spec.preload),
-                self.sys_path,
-                self._boots.rundir,
-                self._zygote_may_restart,
-                self.spec.spares,
-                self._boots.spare_cgroups(),
-                self.spec.spares_min,
-            )
-        rundir = self._boots.rundir
-        audit = [os.path.join(rundir, "audit.jsonl")]
-        if self.spec.audit_log:
-            audit.append(os.path.join(self._boots.launch_dir, self.spec.audit_log))
-        self._audit.open(*audit)
+        launcher: Launcher | None = None
+        # (whatever fails or is cancelled below undoes all of it: a later
+        # open() starts afresh)
         try:
+            self._boots.open()
+            if self.spec.backend == "ray":
+                from agentrt.backends.ray import RayLauncher
+
+                launcher = RayLauncher(self.spec, self.log)
+            else:
+                launcher = make_launcher(
+                    self.spec.start_method,
+                    list(self.spec.preload),
+                    self.sys_path,
+                    self._boots.rundir,
+                    self._zygote_may_restart,
+                    self.spec.spares,
+                    self._boots.spare_cgroups(),
+                    self.spec.spares_min,
+                )
+            rundir = self._boots.rundir
+            audit = [os.path.join(rundir, "audit.jsonl")]
+            if self.spec.audit_log:
+                audit.append(os.path.join(self._boots.launch_dir, self.spec.audit_log))
+            self._audit.open(*audit)
             starting = asyncio.ensure_future(launcher.start())
             try:
                 await asyncio.sleep(0)  # (it starts the zygote, and waits for it)
@@ -289,8 +306,13 @@ class Supervisor:
             if self.spec.control:
                 await self._open_control(rundir)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await launcher.close()
+            if self._control is not None:
+                with contextlib.suppress(Exception):
+                    await self._control.close()
+                self._control = None
+            if launcher is not None:
+                with contextlib.suppress(Exception):
+                    await launcher.close()
             self._audit.close()
             await self._boots.close()
             raise
@@ -432,6 +454,9 @@ class Supervisor:
             raise self._closed_error()
         if not spec.name:
             raise ConfigError("name", "an agent needs a name")
+        await self.open()
+        # (from here to pool.add nothing awaits: starts made side by side are
+        # checked one after another, each seeing the agents added before it)
         pool = self._pool
         if spec.name in pool.agents:
             raise ConfigError(f"agents.{spec.name}", "an agent of that name is already running")
@@ -454,9 +479,6 @@ class Supervisor:
                 limit=limit,
                 agent=spec.name,
             )
-        await self.open()
-        if self._closing:  # (closed while it opened)
-            raise self._closed_error()
         spec = self._boots.plan(spec)
         agent = pool.add(spec, self._tree.period(spec))
         self._holds.adopt(agent)

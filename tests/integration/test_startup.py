@@ -13,7 +13,7 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from agentrt import ConfigError, StartupError, SupervisorClosed
+from agentrt import BudgetExceeded, ConfigError, StartupError, SupervisorClosed
 
 
 def _not_own_session(p: psutil.Process) -> bool:
@@ -153,6 +153,44 @@ async def test_agents_started_together_before_any_open_share_one_open(make_super
         assert len(psutil.Process().children()) == 1  # the zygote
     finally:
         await sup.close()
+
+
+async def test_starts_side_by_side_before_any_open_are_checked_one_after_another(
+    make_supervisor, agent_spec
+):
+    # the name and max_agents checks see the agents the starts before added
+    sup = make_supervisor(max_agents=3)
+    try:
+        got = await asyncio.gather(
+            sup.start(agent_spec("e", "agents:echo", replicas=2)),
+            sup.start(agent_spec("e", "agents:echo", replicas=1)),
+            sup.start(agent_spec("f", "agents:echo", replicas=2)),
+            return_exceptions=True,
+        )
+        assert got[0] is None
+        assert isinstance(got[1], ConfigError) and "already running" in str(got[1])
+        assert isinstance(got[2], BudgetExceeded)
+        assert [(st.agent, st.replica) for st in await sup.status()] == [("e", 0), ("e", 1)]
+    finally:
+        await sup.close()
+
+
+def _exists(path: str) -> bool:
+    return Path(path).exists()
+
+
+async def test_an_open_whose_callers_are_all_cancelled_undoes_what_it_started(make_supervisor):
+    sup = make_supervisor(control=True)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):  # (the zygote takes longer to boot)
+            async with sup:
+                pass
+    # no zygote left (the leak check), no run directory, no control socket
+    assert sup._boots.rundir and not _exists(sup._boots.rundir)
+    assert sup.control_path is None
+    # and a later open starts afresh
+    async with sup:
+        assert sup.control_path is not None and _exists(sup.control_path)
 
 
 @pytest.mark.parametrize("turns", [0, 1, 2, 4])
