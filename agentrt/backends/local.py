@@ -97,7 +97,17 @@ class ZygoteLauncher:
         else:
             # (spares as the main zygote's, but not spares_min: four at first)
             client = ZygoteClient(*self._args[:5], 0, _fenced_env(key))
-        await client.start()
+        try:
+            await client.start()
+        except RuntimeError as exc:
+            if key is None:
+                raise
+            # (a preload that works in the main zygote may need a variable
+            # this allowlist hides: say which zygote failed)
+            raise RuntimeError(
+                f"{exc} (in the zygote of env allowlist {list(key)}, whose preload"
+                " modules see only the variables it lets through)"
+            ) from exc
         if key is None:
             self.client = client
         else:

@@ -203,6 +203,22 @@ async def test_open_told_of_its_agents_starts_their_allowlists_zygotes_with_its_
         assert {p.pid for p in psutil.Process().children()} == zygotes
 
 
+async def test_a_preload_that_needs_a_hidden_variable_names_the_allowlists_zygote(
+    make_supervisor, agent_spec, monkeypatch
+):
+    monkeypatch.setenv("AGENTRT_TEST_KEY", "sk-42")
+    async with make_supervisor(preload=["reads_key_at_import"]) as sup:
+        await sup.start(agent_spec("open", "reads_key_at_import:first_two"))
+        assert await sup.call("open") == "sk"
+        fenced = SandboxProfile(env=["PATH"])
+        with pytest.raises(StartupError) as info:
+            await sup.start(agent_spec("f", "reads_key_at_import:first_two", sandbox=fenced))
+        why = str(info.value)
+        assert "KeyError: 'AGENTRT_TEST_KEY'" in why
+        assert "zygote of env allowlist ['PATH']" in why
+        assert await sup.call("open") == "sk"  # the main zygote's agents go on
+
+
 @needs_root
 async def test_run_as_drops_to_nobody(make_supervisor, agent_spec):
     nobody = pwd.getpwnam("nobody")
