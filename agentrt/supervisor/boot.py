@@ -96,7 +96,8 @@ class BootPlanner:
     def warm(self) -> None:
         """Do now what the first agent's start would do first, and only once
         (meant for while the zygote boots): the planner imported, the
-        default sandbox profile resolved and planned, the spec classes'
+        default sandbox profile resolved and planned (with the machine's
+        probe, whose checks fork), the spec classes'
         field tables built, the replicas' message decoder made.  Only those
         caches are kept; what fails is left for that start to report."""
         with contextlib.suppress(Exception):
