@@ -294,8 +294,8 @@ class SpawnLauncher:
     ``__main__`` again (nor ``multiprocess`` and ``dill``): a script's
     top-level code runs in the supervisor and where a replica imports its
     entry, no more (an entry must name a module: ``__main__`` in a replica
-    is not the supervisor's program), and a replica answers in less than
-    half the time.
+    is not the supervisor's program), and a replica answers in about half
+    the time (212-224 ms against 384-394 here).
     """
 
     name = "spawn"

@@ -10,7 +10,7 @@
 The planning names (:func:`plan`, :func:`explain`, :class:`Plan`) are
 imported on first use (PEP 562): the supervisor's side, they bring in the
 configuration loader, which a replica never needs.  A zygote that imports
-them boots about 70 ms later, and every ``spawn`` replica with it.
+them boots about 25 ms later, and every ``spawn`` replica with it.
 """
 
 from __future__ import annotations
